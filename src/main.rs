@@ -1,0 +1,217 @@
+//! Command line of `goloadbalancer`: parses arguments and hands over to one module.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use goloadbalancer::{config, proxy, supervisor, worker};
+
+const USAGE: &str = "\
+usage: goloadbalancer <command> [options]
+
+commands:
+  run [--config PATH]              the supervisor: workers, LB children, admin endpoint
+  worker [options]                 one worker (flags, or the GLB_* environment variables):
+      --listen ADDR   (GLB_LISTEN, default 0.0.0.0)   --port N     (GLB_PORT, default 6000)
+      --id ID         (GLB_WORKER_ID, default: container hostname or host-<port>)
+      --db PATH       (GLB_DB, default worker-stats.db)
+      --avg-delay MS  (GLB_AVG_DELAY, default 500)    --failure PCT (GLB_FAILURE, default 12)
+  proxy --listen ADDR --backend ADDR [--backend ADDR ...] [--config PATH] [--KEY VALUE ...]
+                                   one LB loop in the foreground; any config key is a flag
+  check-config [PATH]              validate a config file and print the effective settings
+  status [--config PATH] [--admin ADDR]
+                                   show the running supervisor's state (exit 1 if not running)
+  help                             this text
+";
+
+/// Command-line arguments split into `--key value` pairs and positionals.
+struct Args {
+    flags: Vec<(String, String)>,
+    positional: Vec<String>,
+}
+
+impl Args {
+    /// Splits `args`; `switches` are flags that take no value.
+    fn parse(args: &[String], switches: &[&str]) -> Result<Args, String> {
+        let mut flags = Vec::new();
+        let mut positional = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                if let Some((k, v)) = name.split_once('=') {
+                    flags.push((k.to_string(), v.to_string()));
+                } else if switches.contains(&name) {
+                    flags.push((name.to_string(), "true".to_string()));
+                } else {
+                    let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                    flags.push((name.to_string(), v.clone()));
+                }
+            } else {
+                positional.push(a.clone());
+            }
+        }
+        Ok(Args { flags, positional })
+    }
+
+    /// Removes and returns the last value given for `key`.
+    fn take(&mut self, key: &str) -> Option<String> {
+        let mut found = None;
+        self.flags.retain(|(k, v)| {
+            if k == key {
+                found = Some(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// Removes and returns every value given for `key`, in order.
+    fn take_all(&mut self, key: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        self.flags.retain(|(k, v)| {
+            if k == key {
+                found.push(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// Fails on any flag or positional left unused.
+    fn finish(self, max_positional: usize) -> Result<Vec<String>, String> {
+        if let Some((k, _)) = self.flags.first() {
+            return Err(format!("unknown option --{k}"));
+        }
+        if self.positional.len() > max_positional {
+            return Err(format!(
+                "unexpected argument {}",
+                self.positional[max_positional]
+            ));
+        }
+        Ok(self.positional)
+    }
+}
+
+/// A flag's value, else the environment variable's, else nothing.
+fn flag_or_env(args: &mut Args, key: &str, env: &str) -> Option<String> {
+    args.take(key)
+        .or_else(|| std::env::var(env).ok().filter(|v| !v.is_empty()))
+}
+
+fn parse_num<T: std::str::FromStr>(what: &str, v: Option<String>, default: T) -> Result<T, String> {
+    match v {
+        None => Ok(default),
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("{what}: not a valid number: {s:?}")),
+    }
+}
+
+fn worker_options(mut args: Args) -> Result<worker::Options, String> {
+    let listen = flag_or_env(&mut args, "listen", "GLB_LISTEN").unwrap_or_else(|| "0.0.0.0".into());
+    let port = parse_num(
+        "--port",
+        flag_or_env(&mut args, "port", "GLB_PORT"),
+        6000u16,
+    )?;
+    let id = flag_or_env(&mut args, "id", "GLB_WORKER_ID");
+    let db = flag_or_env(&mut args, "db", "GLB_DB").unwrap_or_else(|| "worker-stats.db".into());
+    let avg_delay_ms = parse_num(
+        "--avg-delay",
+        flag_or_env(&mut args, "avg-delay", "GLB_AVG_DELAY"),
+        500u64,
+    )?;
+    let failure_pct = parse_num(
+        "--failure",
+        flag_or_env(&mut args, "failure", "GLB_FAILURE"),
+        12f64,
+    )?;
+    if !(0.0..=100.0).contains(&failure_pct) {
+        return Err(format!(
+            "--failure: must be between 0 and 100, got {failure_pct}"
+        ));
+    }
+    let listen_ip = listen
+        .parse()
+        .map_err(|_| format!("--listen: not an IP address: {listen:?}"))?;
+    args.finish(0)?;
+    Ok(worker::Options {
+        listen: std::net::SocketAddr::new(listen_ip, port),
+        id,
+        db: PathBuf::from(db),
+        avg_delay_ms,
+        failure_pct,
+    })
+}
+
+fn proxy_options(mut args: Args) -> Result<proxy::StandaloneOptions, String> {
+    let listen = args
+        .take("listen")
+        .ok_or("proxy: --listen ADDR is required")?;
+    let backends = args.take_all("backend");
+    let config = args.take("config").map(PathBuf::from);
+    let positional = std::mem::take(&mut args.positional);
+    if let Some(p) = positional.first() {
+        return Err(format!("unexpected argument {p}"));
+    }
+    // Every remaining `--key value` is a config key; the proxy validates them like config.yaml.
+    Ok(proxy::StandaloneOptions {
+        listen,
+        backends,
+        config,
+        overrides: args.flags,
+    })
+}
+
+fn real_main() -> Result<i32, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = argv.split_first() else {
+        eprint!("{USAGE}");
+        return Ok(2);
+    };
+    match cmd.as_str() {
+        "run" => {
+            let mut args = Args::parse(rest, &[])?;
+            let config = args.take("config").map(PathBuf::from);
+            args.finish(0)?;
+            Ok(supervisor::run(config))
+        }
+        "worker" => Ok(worker::run(worker_options(Args::parse(rest, &[])?)?)),
+        "proxy" => Ok(proxy::run_standalone(proxy_options(Args::parse(
+            rest,
+            &[],
+        )?)?)),
+        "check-config" => {
+            let args = Args::parse(rest, &[])?;
+            let pos = args.finish(1)?;
+            Ok(config::check_config_cmd(pos.first().map(PathBuf::from)))
+        }
+        "status" => {
+            let mut args = Args::parse(rest, &["json"])?;
+            let config = args.take("config").map(PathBuf::from);
+            let admin = args.take("admin");
+            let json = args.take("json").is_some();
+            args.finish(0)?;
+            Ok(supervisor::status_cmd(config, admin, json))
+        }
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        other => Err(format!("unknown command {other:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(msg) => {
+            eprintln!("goloadbalancer: {msg}");
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Control channel messages between the supervisor and an LB child: one JSON object per line
+//! over an inherited unix socketpair. Down: backend set, settings, drain. Up: metrics.
+//! Shared by both sides; change additively.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ProxySettings;
+
+/// Whether a backend takes new requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new requests (when healthy).
+    Active,
+    /// No new requests, not even on pooled connections; in-flight ones finish.
+    Draining,
+}
+
+/// One backend as the supervisor describes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    /// Stable id (worker id / container id), used in metrics.
+    pub id: String,
+    /// `ip:port`.
+    pub addr: std::net::SocketAddr,
+    /// Weight for `balance: weighted` (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Active or draining.
+    pub state: BackendState,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Supervisor -> LB child.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Down {
+    /// The full backend set (replaces the previous one; backends absent are removed).
+    Backends {
+        seq: u64,
+        backends: Vec<BackendSpec>,
+    },
+    /// New settings for the loop.
+    Settings { seq: u64, settings: ProxySettings },
+    /// Stop accepting, finish in-flight requests (bounded by `timeout_ms`), then exit 0.
+    Drain { seq: u64, timeout_ms: u64 },
+}
+
+/// Per-backend figures in a metrics report (counters are cumulative since the child started).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendMetrics {
+    /// Backend id.
+    pub id: String,
+    /// Requests (or TCP connections) in flight now.
+    pub in_flight: u64,
+    /// Responses by status class: [1xx, 2xx, 3xx, 4xx, 5xx].
+    pub responses: [u64; 5],
+    /// Failures to connect / timeouts / broken responses (passive health).
+    pub failures: u64,
+    /// Whether the child currently considers it healthy.
+    pub healthy: bool,
+    /// Latency histogram counts; bucket upper bounds are [`LATENCY_BUCKETS_MS`] then +Inf.
+    pub latency: Vec<u64>,
+    /// Sum of latencies in ms (for the mean).
+    pub latency_sum_ms: f64,
+}
+
+/// Upper bounds (ms) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+];
+
+/// LB child -> supervisor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Up {
+    /// Answer to a Down message with the same seq.
+    Ack {
+        seq: u64,
+        ok: bool,
+        error: Option<String>,
+    },
+    /// About once a second.
+    Metrics {
+        /// Client connections open now.
+        connections: u64,
+        /// Per backend.
+        backends: Vec<BackendMetrics>,
+    },
+}

@@ -1,0 +1,1 @@
+//! How workers are started: docker (through the docker CLI) or local processes.

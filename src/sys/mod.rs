@@ -1,0 +1,5 @@
+//! Process plumbing shared by every role: logging, signals, sd_notify.
+
+pub mod log;
+pub mod notify;
+pub mod signals;
