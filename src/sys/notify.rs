@@ -1,2 +1,109 @@
 //! sd_notify over a plain unix datagram socket (NOTIFY_SOCKET), no libsystemd.
-//! Implemented in the systemd issue.
+//! Every call is a no-op when NOTIFY_SOCKET is unset (not started by systemd).
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+/// Sends one notification (`READY=1`, `STATUS=...`, several lines allowed) to NOTIFY_SOCKET.
+/// Returns Ok(false) when there is no socket to notify.
+pub fn notify(state: &str) -> io::Result<bool> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let sock = UnixDatagram::unbound()?;
+    let bytes = path.as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        // Abstract namespace socket: '@' stands for the leading NUL byte.
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(state.as_bytes(), &path)?;
+    }
+    Ok(true)
+}
+
+/// `READY=1` with a status line.
+pub fn ready(status: &str) {
+    send(&format!("READY=1\nSTATUS={status}"));
+}
+
+/// `RELOADING=1` with `MONOTONIC_USEC` (required by Type=notify-reload semantics).
+pub fn reloading() {
+    send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+}
+
+/// `STOPPING=1`.
+pub fn stopping() {
+    send("STOPPING=1");
+}
+
+/// `STATUS=...`: the line `systemctl status` shows.
+pub fn status(status: &str) {
+    send(&format!("STATUS={status}"));
+}
+
+/// `WATCHDOG=1`: the supervisor's loop is alive.
+pub fn watchdog() {
+    send("WATCHDOG=1");
+}
+
+/// How often to send WATCHDOG=1: half of WATCHDOG_USEC, when set for this pid.
+pub fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok()? != std::process::id()
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+/// Removes NOTIFY_SOCKET and WATCHDOG_* from this process's environment so children (LB
+/// children, workers) never talk to systemd as if they were the main process.
+pub fn forget_for_children(cmd: &mut std::process::Command) {
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
+}
+
+fn send(state: &str) {
+    if let Err(e) = notify(state) {
+        crate::warn!(
+            "sd_notify_failed",
+            "error={}",
+            crate::sys::log::quote(&e.to_string())
+        );
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd expects in MONOTONIC_USEC.
+pub fn monotonic_usec() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_to_the_socket_in_notify_socket() {
+        let dir = std::env::temp_dir().join(format!("glb-notify-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let server = UnixDatagram::bind(&path).expect("bind");
+        // SAFETY: this unit test is the only one touching NOTIFY_SOCKET in this binary.
+        unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+        assert!(notify("READY=1").expect("notify"));
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"READY=1");
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
