@@ -195,14 +195,13 @@ impl Autoscaler {
         self.cfg = cfg.clone();
     }
 
-    /// Overrides the desired count (e.g. an operator changed `worker` on reload); clamped to
-    /// [min, max] when enabled. Counts as an action for the cooldown.
+    /// Sets the desired count: the start count once the first workers run, or an operator's
+    /// new `worker` on reload. Clamped to [min, max] when enabled. Restarts the breach clock
+    /// (the next action needs a full `breach-ms` measured from here) but not the cooldown.
     pub fn set_desired(&mut self, now: Instant, n: usize) {
         let n = if self.cfg.enabled { self.clamp(n) } else { n };
         self.desired = Some(n);
-        self.last_action = Some(now);
-        self.region_since = None;
-        self.region = Region::Unknown;
+        self.region_since = Some(now);
     }
 
     /// The count the autoscaler wants, once it has seen a sample.
@@ -274,6 +273,9 @@ impl Autoscaler {
 
         let desired = match self.desired {
             Some(d) => d,
+            // Without set_desired, the first sample with a running worker gives the start count
+            // (a sample with none says nothing: the first workers may still be starting).
+            None if sample.active_workers == 0 => return Decision::Hold,
             None => {
                 self.desired = Some(sample.active_workers);
                 sample.active_workers
@@ -1060,15 +1062,34 @@ mod tests {
     }
 
     #[test]
-    fn set_desired_clamps_and_starts_cooldown() {
+    fn set_desired_clamps_and_restarts_the_breach_clock() {
         let mut a = Autoscaler::new(&cfg());
         let t0 = Instant::now();
         a.set_desired(t0, 9);
         assert_eq!(a.desired(), Some(4));
-        // Low load right away: it still waits for the cooldown (10 s) before scaling in.
+        // Low load from 0: the first scale-in after a full breach, no cooldown before it.
         let mut active = 4;
         let d = run(&mut a, t0, 0, 12_000, |_, n| s(n, 0), &mut active);
-        assert_eq!(d, vec![(10_000, 3)]);
+        assert_eq!(d, vec![(3000, 3)]);
+        // Reload sets 4 again at 5 s while low: the clock restarts there.
+        a.set_desired(ms(t0, 5000), 4);
+        let mut active = 4;
+        let d = run(&mut a, t0, 13_000, 30_000, |_, n| s(n, 0), &mut active);
+        assert_eq!(d, vec![(13_000, 3), (23_000, 2)]);
+    }
+
+    #[test]
+    fn starting_workers_do_not_set_the_desired_count() {
+        // The supervisor samples before its first workers are healthy: no decision, and the
+        // first sample with workers gives the start count.
+        let mut c = cfg();
+        c.min = 2;
+        let mut a = Autoscaler::new(&c);
+        let t0 = Instant::now();
+        assert_eq!(a.observe(t0, &s(0, 0)), Decision::Hold);
+        assert_eq!(a.desired(), None);
+        assert_eq!(a.observe(ms(t0, 1000), &s(3, 0)), Decision::Hold);
+        assert_eq!(a.desired(), Some(3));
     }
 
     #[test]
