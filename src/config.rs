@@ -286,7 +286,11 @@ impl Config {
 
     /// First and last LB port (inclusive; one port with `shared-port`).
     pub fn lb_ports(&self) -> (u32, u32) {
-        let n = if self.shared_port { 1 } else { self.pool.max(1) };
+        let n = if self.shared_port {
+            1
+        } else {
+            self.pool.max(1)
+        };
         let first = u32::from(self.load_balancer_port);
         (first, first.saturating_add(n as u32 - 1))
     }
@@ -662,8 +666,12 @@ fn read_autoscale(a: &mut Autoscale, v: &Node) -> Result<(), TreeError> {
             Some(Err(m)) => return Err(TreeError::at(&path, 1, m)),
             None => {
                 let mut m = unknown_key_message(&key, AUTOSCALE_KEYS);
-                if m == "unknown key" && (TOP_KEYS.contains(&key.as_str()) || PROXY_KEYS.contains(&key.as_str())) {
-                    m = format!("unknown key (`{key}` belongs at the top level, not under autoscale:)");
+                if m == "unknown key"
+                    && (TOP_KEYS.contains(&key.as_str()) || PROXY_KEYS.contains(&key.as_str()))
+                {
+                    m = format!(
+                        "unknown key (`{key}` belongs at the top level, not under autoscale:)"
+                    );
                 }
                 return Err(TreeError::at(&path, 1, m));
             }
@@ -833,6 +841,7 @@ pub fn check_config_cmd(path: Option<PathBuf>) -> i32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
 
@@ -874,11 +883,18 @@ mod tests {
     fn every_listed_key_is_readable() {
         // Feeding each key a value of the wrong kind must give a type error, never "unknown".
         let mut c = Config::default();
-        for k in TOP_KEYS.iter().chain(PROXY_KEYS).filter(|k| **k != "autoscale") {
+        for k in TOP_KEYS
+            .iter()
+            .chain(PROXY_KEYS)
+            .filter(|k| **k != "autoscale")
+        {
             assert!(set_top_key(&mut c, k, &Node::Seq).is_some(), "{k}");
         }
         for k in AUTOSCALE_KEYS {
-            assert!(set_autoscale_key(&mut c.autoscale, k, &Node::Seq).is_some(), "{k}");
+            assert!(
+                set_autoscale_key(&mut c.autoscale, k, &Node::Seq).is_some(),
+                "{k}"
+            );
         }
     }
 
@@ -930,7 +946,10 @@ mod tests {
             p.apply_override("worker", "1"),
             Err("worker: unknown key".into())
         );
-        assert_eq!(p.response_timeout_ms, 5000, "a failed override changes nothing");
+        assert_eq!(
+            p.response_timeout_ms, 5000,
+            "a failed override changes nothing"
+        );
         // Rules between keys wait for validate(): raise both limits in either order.
         p.apply_override("max-request-line", "40000").unwrap();
         assert!(p.validate().is_err());

@@ -168,9 +168,9 @@ impl Node {
             return Err(m);
         }
         match self {
-            Node::Str(s) => s.parse().map_err(|_| {
-                format!("must be an IP address (like 127.0.0.1 or ::1), got {s:?}")
-            }),
+            Node::Str(s) => s
+                .parse()
+                .map_err(|_| format!("must be an IP address (like 127.0.0.1 or ::1), got {s:?}")),
             other => Err(format!(
                 "must be an IP address (like 127.0.0.1 or ::1), got {}",
                 other.describe()
@@ -184,10 +184,10 @@ impl Node {
             return Err(m);
         }
         let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-        if let Node::Str(s) = self {
-            if let Some((_, v)) = choices.iter().find(|(n, _)| n == s) {
-                return Ok(*v);
-            }
+        if let Node::Str(s) = self
+            && let Some((_, v)) = choices.iter().find(|(n, _)| n == s)
+        {
+            return Ok(*v);
         }
         Err(format!(
             "must be one of {}, got {}",
@@ -276,7 +276,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(Node::Map(entries))
     }
     fn visit_enum<A: de::EnumAccess<'de>>(self, _data: A) -> Result<Node, A::Error> {
-        Err(de::Error::custom("YAML tags (`!name`) are not supported here"))
+        Err(de::Error::custom(
+            "YAML tags (`!name`) are not supported here",
+        ))
     }
 }
 
@@ -549,7 +551,9 @@ flow: {min: 5, max: 6}
     #[test]
     fn strip_marks_keeps_other_text() {
         assert_eq!(
-            strip_marks("did not find expected key at line 3 column 1, while parsing a block mapping at line 1 column 1"),
+            strip_marks(
+                "did not find expected key at line 3 column 1, while parsing a block mapping at line 1 column 1"
+            ),
             "did not find expected key, while parsing a block mapping"
         );
         assert_eq!(strip_marks("look at this"), "look at this");

@@ -78,7 +78,12 @@ impl<'a> Rules<'a> {
         self.between("max-header-bytes", p.max_header_bytes as u64, 64, 1 << 20);
         self.between("max-headers", p.max_headers as u64, 1, 1024);
         self.between("retries", p.retries.into(), 0, 100);
-        self.between("upstream-pool-size", p.upstream_pool_size as u64, 0, 100_000);
+        self.between(
+            "upstream-pool-size",
+            p.upstream_pool_size as u64,
+            0,
+            100_000,
+        );
         let path = &p.health_path;
         self.check(
             "health-path",
@@ -157,7 +162,12 @@ impl<'a> Rules<'a> {
                 )
             },
         );
-        self.between("autoscale.target-p90-ms", a.target_p90_ms, 0, MAX_TIMEOUT_MS);
+        self.between(
+            "autoscale.target-p90-ms",
+            a.target_p90_ms,
+            0,
+            MAX_TIMEOUT_MS,
+        );
         self.between("autoscale.breach-ms", a.breach_ms, 0, MAX_TIMEOUT_MS);
         self.between("autoscale.cooldown-ms", a.cooldown_ms, 0, MAX_TIMEOUT_MS);
         self.between("autoscale.step", a.step as u64, 1, MAX_WORKERS as u64);
@@ -184,17 +194,12 @@ impl<'a> Rules<'a> {
         let lb = c.lb_ports();
         let wk = c.worker_ports();
         let admin = (u32::from(c.admin_port), u32::from(c.admin_port));
-        self.cross(
-            "load-balancer-port",
-            &["pool"],
-            lb.1 <= 65535,
-            || {
-                format!(
-                    "{} load balancer ports from {} would end at {}, past 65535",
-                    c.pool, c.load_balancer_port, lb.1
-                )
-            },
-        );
+        self.cross("load-balancer-port", &["pool"], lb.1 <= 65535, || {
+            format!(
+                "{} load balancer ports from {} would end at {}, past 65535",
+                c.pool, c.load_balancer_port, lb.1
+            )
+        });
         let workers = c.worker_slots();
         self.cross(
             "worker-port",
@@ -259,6 +264,7 @@ fn range_text((lo, hi): (u32, u32)) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
     use crate::config::{Config, ProxySettings};
@@ -363,7 +369,11 @@ mod tests {
         let mut c = Config::default();
         c.worker_port = 5000;
         c.autoscale.max = 60;
-        assert_eq!(check(&c), Ok(()), "autoscale off: only `worker` ports count");
+        assert_eq!(
+            check(&c),
+            Ok(()),
+            "autoscale off: only `worker` ports count"
+        );
         c.autoscale.enabled = true;
         assert_eq!(
             violation(&c),
