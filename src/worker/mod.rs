@@ -30,6 +30,8 @@ pub struct Options {
     pub stats_flush_ms: u64,
     /// On SIGTERM/SIGINT, in-flight requests get at most this long to finish.
     pub drain_timeout_ms: u64,
+    /// Before draining, keep serving this long with /healthz answering 503 (0 = drain at once).
+    pub drain_grace_ms: u64,
     /// Connections held at once; beyond this the worker stops accepting until one closes.
     pub max_connections: usize,
 }
@@ -47,6 +49,7 @@ impl Options {
             idle_timeout_ms: 60_000,
             stats_flush_ms: 5,
             drain_timeout_ms: 30_000,
+            drain_grace_ms: 0,
             max_connections: 20_000,
         }
     }
@@ -68,7 +71,11 @@ pub fn run(opts: Options) -> i32 {
     match server::run(&opts, &id) {
         Ok(()) => 0,
         Err(e) => {
-            crate::error!("worker_failed", "id={id} error={}", crate::sys::log::quote(&e));
+            crate::error!(
+                "worker_failed",
+                "id={id} error={}",
+                crate::sys::log::quote(&e)
+            );
             eprintln!("goloadbalancer worker: {e}");
             1
         }

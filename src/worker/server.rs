@@ -6,9 +6,10 @@
 //! the queue is full, the input buffer is full or unsent output is above a high-water mark:
 //! a client that does not read its responses stops being read (backpressure).
 
+use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::delay::DelayModel;
 use super::store::Store;
 use super::{Options, ms};
+use crate::http::response::{ConnectionHeader, json_error_body, write_simple};
+use crate::http::{Framing, Limits, Method, RequestHead, parse_request_head};
 use crate::sys::log::quote;
 
 const LISTENER: Token = Token(0);
@@ -68,6 +71,8 @@ struct Slot {
     hello: Option<bool>,
     /// HEAD request: head of the response only.
     head_only: bool,
+    /// HTTP/1.0 request (a kept-alive answer must say `Connection: keep-alive`).
+    http10: bool,
 }
 
 /// One client connection.
@@ -119,126 +124,86 @@ enum TimerKind {
     ResumeAccept,
 }
 
-/// A parsed request head, as the worker needs it.
-struct Head {
-    len: usize,
-    method: Vec<u8>,
-    path: Vec<u8>,
-    keep_alive: bool,
-    body: BodyLen,
-}
+/// Request-head limits of the worker: its requests are tiny, so smaller than the proxy's.
+const HEAD_LIMITS: Limits = Limits {
+    max_request_line: 8 * 1024,
+    max_header_bytes: 16 * 1024,
+    max_headers: 100,
+};
+/// Input buffered per connection: a whole head at the limit plus some, so an oversized head
+/// is seen (431) rather than waited on.
+const IN_MAX: usize = 16 * 1024 + 4 * 1024;
 
-enum BodyLen {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-/// The stand-in head parser until `crate::http::request` lands: Ok(None) = incomplete,
-/// Err(status) = answer that status and close.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, u16> {
-    const MAX_HEAD: usize = 16 * 1024;
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEAD {
-                Err(431)
-            } else {
-                Ok(None)
-            }
-        }
-        Err(httparse::Error::TooManyHeaders) => Err(431),
-        Err(_) => Err(400),
-        Ok(httparse::Status::Complete(len)) => {
-            if len > MAX_HEAD {
-                return Err(431);
-            }
-            let version = req.version.unwrap_or(1);
-            let mut keep_alive = version == 1;
-            let mut body = BodyLen::None;
-            for h in req.headers.iter() {
-                if h.name.eq_ignore_ascii_case("connection") {
-                    let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-                    if v.contains("close") {
-                        keep_alive = false;
-                    } else if v.contains("keep-alive") {
-                        keep_alive = true;
-                    }
-                } else if h.name.eq_ignore_ascii_case("content-length") {
-                    let n = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .ok_or(400u16)?;
-                    body = BodyLen::Length(n);
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    body = BodyLen::Chunked;
-                }
-            }
-            Ok(Some(Head {
-                len,
-                method: req.method.unwrap_or("").as_bytes().to_vec(),
-                path: req.path.unwrap_or("").as_bytes().to_vec(),
-                keep_alive,
-                body,
-            }))
-        }
-    }
-}
-
-/// The reason phrase for the statuses the worker sends.
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
+/// How one response is framed on the wire.
+#[derive(Clone, Copy, Debug)]
+struct Wire {
+    conn: ConnectionHeader,
+    head_only: bool,
 }
 
 /// Appends one JSON response to `out`.
-fn write_json(
-    out: &mut Vec<u8>,
-    status: u16,
-    body: &str,
-    allow: Option<&str>,
-    close: bool,
-    head_only: bool,
-) {
-    let _ = write!(
+fn write_json(out: &mut Vec<u8>, status: u16, body: &str, allow: Option<&str>, wire: Wire) {
+    let start = out.len();
+    write_simple(
         out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        reason(status),
-        body.len()
+        status,
+        "application/json",
+        body.as_bytes(),
+        wire.conn,
+        wire.head_only,
     );
-    if let Some(a) = allow {
-        let _ = write!(out, "Allow: {a}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !head_only {
-        out.extend_from_slice(body.as_bytes());
+    if let Some(a) = allow
+        && let Some(eol) = out[start..].windows(2).position(|w| w == b"\r\n")
+    {
+        // write_simple takes no extra fields: Allow goes in right after the status line.
+        let at = start + eol + 2;
+        out.splice(at..at, format!("Allow: {a}\r\n").into_bytes());
     }
 }
 
-/// `{"error":"<reason in lower case>"}`.
-fn error_body(status: u16) -> Arc<str> {
-    Arc::from(format!(
-        "{{\"error\":{}}}",
-        serde_json::Value::String(reason(status).to_ascii_lowercase())
-    ))
+/// `{"error":"<message>","status":<status>}`.
+fn error_body(status: u16, message: &str) -> Arc<str> {
+    Arc::from(json_error_body(status, message))
+}
+
+/// What the worker keeps of a request head.
+struct Request {
+    method: Method,
+    route: Route,
+    keep_alive: bool,
+    head_only: bool,
+    http10: bool,
+    body: Framing,
+    expect_continue: bool,
+}
+
+/// The worker's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Hello,
+    Stats,
+    Health,
+    Other,
+}
+
+impl Request {
+    fn from_head(head: &RequestHead, buf: &[u8]) -> Request {
+        let route = match route_path(head.target.get(buf)) {
+            b"/api/v1/hello" => Route::Hello,
+            b"/worker/stats" => Route::Stats,
+            b"/healthz" => Route::Health,
+            _ => Route::Other,
+        };
+        Request {
+            method: head.method_kind,
+            route,
+            keep_alive: head.keep_alive,
+            head_only: head.is_head(),
+            http10: head.version == 0,
+            body: head.framing,
+            expect_continue: head.expect_continue,
+        }
+    }
 }
 
 /// Precomputed hello answers (the hot path allocates nothing for them).
@@ -253,7 +218,7 @@ struct Worker {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     live: usize,
-    timers: BinaryHeap<std::cmp::Reverse<Timer>>,
+    timers: BinaryHeap<Reverse<Timer>>,
     dirty: Vec<usize>,
     /// Stats requests waiting on the store: request seq -> connection index.
     stats_waiting: HashMap<u64, usize>,
@@ -264,6 +229,8 @@ struct Worker {
     next_seq: u64,
     next_serial: u64,
     draining: bool,
+    /// /healthz answers 503 (from the stop signal on, during the grace period too).
+    unhealthy: bool,
     accept_paused: bool,
     head_timeout: Duration,
     idle_timeout: Duration,
@@ -274,9 +241,8 @@ struct Worker {
 /// Binds, opens the store, serves until SIGTERM/SIGINT, drains, flushes.
 pub fn run(opts: &Options, id: &str) -> Result<(), String> {
     let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-    let waker = Arc::new(
-        Waker::new(poll.registry(), STORE_WAKER).map_err(|e| format!("waker: {e}"))?,
-    );
+    let waker =
+        Arc::new(Waker::new(poll.registry(), STORE_WAKER).map_err(|e| format!("waker: {e}"))?);
     let notify = {
         let waker = Arc::clone(&waker);
         Box::new(move || {
@@ -285,11 +251,8 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
     };
     // The store first: a bad database is reported before the port is taken.
     let store = Store::start(&opts.db, id, ms(opts.stats_flush_ms.max(1)), notify)?;
-    let std_listener = std::net::TcpListener::bind(opts.listen)
-        .map_err(|e| format!("listen {}: {e}", opts.listen))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("listen {}: {e}", opts.listen))?;
+    let std_listener =
+        bind_listener(opts.listen).map_err(|e| format!("listen {}: {e}", opts.listen))?;
     let mut listener = TcpListener::from_std(std_listener);
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
@@ -310,10 +273,7 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
             "{{\"message\":{}}}",
             serde_json::Value::String(format!("hello from container: {id}"))
         )),
-        fail_body: Arc::from(format!(
-            "{{\"error\":\"internal server error\",\"message\":{}}}",
-            serde_json::Value::String(format!("simulated failure in container: {id}"))
-        )),
+        fail_body: error_body(500, &format!("simulated failure in container: {id}")),
     };
     let mut w = Worker {
         poll,
@@ -331,6 +291,7 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
         next_seq: 0,
         next_serial: 0,
         draining: false,
+        unhealthy: false,
         accept_paused: false,
         head_timeout: ms(opts.head_timeout_ms.max(1)),
         idle_timeout: ms(opts.idle_timeout_ms.max(1)),
@@ -351,11 +312,15 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
 
     let mut events = Events::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
+    let mut grace_until: Option<Instant> = None;
     let drain_timeout = ms(opts.drain_timeout_ms);
     loop {
         let now = Instant::now();
-        let mut timeout = w.timers.peek().map(|t| t.0.at.saturating_duration_since(now));
-        if let Some(d) = drain_deadline {
+        let mut timeout = w
+            .timers
+            .peek()
+            .map(|t| t.0.at.saturating_duration_since(now));
+        for d in [drain_deadline, grace_until].into_iter().flatten() {
             let left = d.saturating_duration_since(now);
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
@@ -374,19 +339,25 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
                 LISTENER => w.accept_all(),
                 SIGNALS => {
                     let sigs = signals.pending();
-                    if !sigs.is_empty() && !w.draining {
+                    if sigs.is_empty() || w.draining {
+                        continue;
+                    }
+                    if !w.unhealthy && opts.drain_grace_ms > 0 {
+                        // Grace: still serving, /healthz 503, so balancers stop sending first.
                         crate::info!(
-                            "worker_draining",
-                            "id={} signal={} connections={} timeout_ms={}",
+                            "worker_stopping",
+                            "id={} signal={} grace_ms={}",
                             w.id,
                             sigs[0],
-                            w.live,
-                            opts.drain_timeout_ms
+                            opts.drain_grace_ms
                         );
                         crate::sys::notify::stopping();
-                        drain_deadline = Some(Instant::now() + drain_timeout);
-                        w.start_drain();
+                        w.unhealthy = true;
+                        grace_until = Some(Instant::now() + ms(opts.drain_grace_ms));
+                        continue;
                     }
+                    // A second signal during the grace period drains at once.
+                    grace_until = Some(Instant::now());
                 }
                 STORE_WAKER => w.take_store_answers(),
                 Token(t) => {
@@ -402,6 +373,18 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
                     }
                 }
             }
+        }
+        if !w.draining && grace_until.is_some_and(|g| Instant::now() >= g) {
+            crate::info!(
+                "worker_draining",
+                "id={} connections={} timeout_ms={}",
+                w.id,
+                w.live,
+                opts.drain_timeout_ms
+            );
+            crate::sys::notify::stopping();
+            drain_deadline = Some(Instant::now() + drain_timeout);
+            w.start_drain();
         }
         w.fire_timers(Instant::now());
         w.drive_dirty();
@@ -455,7 +438,7 @@ impl Worker {
                     // Out of descriptors: pending connections wait in the backlog; retry soon.
                     crate::warn!("worker_accept_paused", "id={} error={}", self.id, e);
                     self.accept_paused = true;
-                    self.timers.push(std::cmp::Reverse(Timer {
+                    self.timers.push(Reverse(Timer {
                         at: Instant::now() + Duration::from_millis(100),
                         kind: TimerKind::ResumeAccept,
                         slot_or_conn: 0,
@@ -549,12 +532,21 @@ impl Worker {
         }
     }
 
+    /// Stops accepting and lets every connection finish what it has received.
     fn start_drain(&mut self) {
+        // Connections the kernel already completed and requests already received are the
+        // clients' in-flight requests: take them before closing the door.
+        self.accept_all();
         self.draining = true;
+        self.unhealthy = true;
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         for idx in 0..self.conns.len() {
+            if let Some(Some(c)) = self.conns.get_mut(idx) {
+                c.readable = true;
+                self.drive(idx);
+            }
             if let Some(Some(c)) = self.conns.get_mut(idx) {
                 c.closing = true;
                 self.mark_dirty(idx);
@@ -595,7 +587,7 @@ impl Worker {
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(std::cmp::Reverse(t)) = self.timers.peek().copied() {
+        while let Some(Reverse(t)) = self.timers.peek().copied() {
             if t.at > now {
                 break;
             }
@@ -647,7 +639,7 @@ impl Worker {
             && c.armed.is_none_or(|a| a > d)
         {
             c.armed = Some(d);
-            self.timers.push(std::cmp::Reverse(Timer {
+            self.timers.push(Reverse(Timer {
                 at: d,
                 kind: TimerKind::Deadline,
                 slot_or_conn: idx,
@@ -670,18 +662,18 @@ impl Worker {
             // Ready responses at the front of the queue go to the output, in order.
             while c.out.len() - c.out_pos < OUT_HIGH_WATER {
                 let Some(front) = c.queue.front() else { break };
-                if front.reply.is_none() {
+                // A request is answered once it is complete: its body read too.
+                if front.reply.is_none() || (c.queue.len() == 1 && c.body_left > 0) {
                     break;
                 }
                 let Some(slot) = c.queue.pop_front() else {
                     break;
                 };
                 let close = c.closing && c.queue.is_empty();
-                if let Some(reply) = &slot.reply {
-                    self.serialize(&mut c.out, reply, close, slot.head_only);
-                }
+                self.serialize(&mut c.out, &slot, close);
                 if let Some(success) = slot.hello {
-                    self.store.record(success, now.saturating_duration_since(slot.start));
+                    self.store
+                        .record(success, now.saturating_duration_since(slot.start));
                 }
                 progress = true;
             }
@@ -717,9 +709,9 @@ impl Worker {
                 && !c.closing
                 && c.queue.len() < MAX_PIPELINE
                 && backlog < OUT_HIGH_WATER
-                && c.inbuf.len() < READ_CHUNK
+                && c.inbuf.len() < IN_MAX
             {
-                let room = READ_CHUNK - c.inbuf.len();
+                let room = (IN_MAX - c.inbuf.len()).min(READ_CHUNK);
                 match c.sock.read(&mut self.scratch[..room]) {
                     Ok(0) => {
                         c.read_eof = true;
@@ -758,6 +750,12 @@ impl Worker {
         let receiving = c.body_left > 0 || (c.head_started.is_some() && !c.inbuf.is_empty());
         if receiving && !out_pending && !c.closing {
             crate::debug!("worker_request_timeout", "id={} conn={}", self.id, idx);
+            if c.body_left > 0 {
+                // Its body never came: that request is not answered (nor counted).
+                if let Some(s) = c.queue.pop_back() {
+                    self.stats_waiting.remove(&s.seq);
+                }
+            }
             c.closing = true;
             c.inbuf.clear();
             c.head_started = None;
@@ -768,11 +766,12 @@ impl Worker {
                 start: now,
                 reply: Some(Reply::Json {
                     status: 408,
-                    body: error_body(408),
+                    body: error_body(408, "request not received in time"),
                     allow: None,
                 }),
                 hello: None,
                 head_only: false,
+                http10: false,
             });
             // Try to write it right away; the connection then closes (lingering).
             return self.step(idx, c, now);
@@ -815,12 +814,11 @@ impl Worker {
         let mut progress = false;
         loop {
             if c.body_left > 0 {
-                let take = (c.inbuf.len() - pos).min(c.body_left.min(usize::MAX as u64) as usize);
+                let avail = (c.inbuf.len() - pos) as u64;
+                let take = avail.min(c.body_left) as usize;
                 pos += take;
                 c.body_left -= take as u64;
-                if take > 0 {
-                    progress = true;
-                }
+                progress |= take > 0;
                 if c.body_left > 0 {
                     break;
                 }
@@ -828,7 +826,7 @@ impl Worker {
             if c.closing || c.queue.len() >= MAX_PIPELINE || pos == c.inbuf.len() {
                 break;
             }
-            match parse_head(&c.inbuf[pos..]) {
+            match parse_request_head(&c.inbuf[pos..], &HEAD_LIMITS) {
                 Ok(None) => {
                     if c.head_started.is_none() {
                         c.head_started = Some(now);
@@ -836,23 +834,32 @@ impl Worker {
                     break;
                 }
                 Ok(Some(head)) => {
-                    pos += head.len;
+                    let buf = &c.inbuf[pos..pos + head.head_len];
+                    let req = Request::from_head(&head, buf);
+                    pos += head.head_len;
                     c.head_started = None;
                     progress = true;
-                    self.dispatch(idx, c, head, now);
+                    self.dispatch(idx, c, req, now);
                 }
-                Err(status) => {
+                Err(e) => {
                     pos = c.inbuf.len();
                     c.head_started = None;
                     progress = true;
-                    self.push_ready(c, now, status, error_body(status), None, false);
+                    let status = e.status();
+                    crate::debug!(
+                        "worker_bad_request",
+                        "id={} status={status} reason={}",
+                        self.id,
+                        quote(e.message())
+                    );
+                    self.push_ready(c, now, status, error_body(status, e.message()), None);
                     c.closing = true;
                 }
             }
         }
         if pos > 0 {
             c.inbuf.drain(..pos);
-            if c.inbuf.is_empty() && c.inbuf.capacity() > READ_CHUNK {
+            if c.inbuf.is_empty() && c.inbuf.capacity() > IN_MAX {
                 c.inbuf = Vec::new();
             }
         }
@@ -862,14 +869,26 @@ impl Worker {
         progress
     }
 
+    /// Queues an answer that is ready now (not a hello, not counted).
     fn push_ready(
         &mut self,
         c: &mut Conn,
         now: Instant,
         status: u16,
         body: Arc<str>,
+        req: Option<&Request>,
+    ) {
+        self.push_reply(c, now, status, body, None, req);
+    }
+
+    fn push_reply(
+        &mut self,
+        c: &mut Conn,
+        now: Instant,
+        status: u16,
+        body: Arc<str>,
         allow: Option<&'static str>,
-        head_only: bool,
+        req: Option<&Request>,
     ) {
         self.next_seq += 1;
         c.queue.push_back(Slot {
@@ -881,46 +900,53 @@ impl Worker {
                 allow,
             }),
             hello: None,
-            head_only,
+            head_only: req.is_some_and(|r| r.head_only),
+            http10: req.is_some_and(|r| r.http10),
         });
     }
 
-    /// Routes one request head.
-    fn dispatch(&mut self, idx: usize, c: &mut Conn, head: Head, now: Instant) {
-        if !head.keep_alive {
+    /// Routes one request.
+    fn dispatch(&mut self, idx: usize, c: &mut Conn, req: Request, now: Instant) {
+        if !req.keep_alive {
             c.closing = true;
         }
-        let path = route_path(&head.path);
-        let method = head.method.as_slice();
-        let is_hello = path == b"/api/v1/hello";
+        let is_hello = req.route == Route::Hello;
         let body_max = if is_hello {
             HELLO_BODY_MAX
         } else {
             OTHER_BODY_MAX
         };
-        match head.body {
-            BodyLen::None => {}
-            BodyLen::Length(n) if n <= body_max => c.body_left = n,
-            BodyLen::Length(_) => {
-                self.push_ready(c, now, 413, error_body(413), None, false);
+        match req.body {
+            Framing::None | Framing::Close => {}
+            Framing::Length(n) if n <= body_max => {
+                if n > 0 && req.expect_continue && c.queue.is_empty() {
+                    // Every earlier answer is already in `out`: the interim one may follow.
+                    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                c.body_left = n;
+            }
+            Framing::Length(_) => {
+                let body = error_body(413, "request body too large");
+                self.push_ready(c, now, 413, body, Some(&req));
                 c.closing = true;
                 return;
             }
-            BodyLen::Chunked => {
-                // Chunked request bodies are not read here: refuse them plainly.
-                self.push_ready(c, now, 411, error_body(411), None, false);
+            Framing::Chunked => {
+                // No chunked decoder here yet: ask for a Content-Length instead.
+                let body = error_body(411, "chunked request bodies are not accepted");
+                self.push_ready(c, now, 411, body, Some(&req));
                 c.closing = true;
                 return;
             }
         }
-        let head_only = method == b"HEAD";
-        match path {
-            b"/api/v1/hello" => {
-                if method != b"GET" {
-                    let body = method_body("GET");
-                    self.push_ready(c, now, 405, body, Some("GET"), false);
-                    return;
-                }
+        let get = req.method == Method::Get;
+        let get_or_head = get || req.method == Method::Head;
+        match req.route {
+            Route::Hello if !get => {
+                let body = error_body(405, "method not allowed");
+                self.push_reply(c, now, 405, body, Some("GET"), Some(&req));
+            }
+            Route::Hello => {
                 let mut rng = rand::rng();
                 let success = !self.model.fails(&mut rng);
                 let delay = self.model.delay(&mut rng);
@@ -937,9 +963,10 @@ impl Worker {
                     }),
                     hello: Some(success),
                     head_only: false,
+                    http10: req.http10,
                 });
                 if !ready {
-                    self.timers.push(std::cmp::Reverse(Timer {
+                    self.timers.push(Reverse(Timer {
                         at: now + delay,
                         kind: TimerKind::Delay,
                         slot_or_conn: idx,
@@ -947,12 +974,11 @@ impl Worker {
                     }));
                 }
             }
-            b"/worker/stats" => {
-                if method != b"GET" && !head_only {
-                    let body = method_body("GET, HEAD");
-                    self.push_ready(c, now, 405, body, Some("GET, HEAD"), false);
-                    return;
-                }
+            Route::Stats | Route::Health if !get_or_head => {
+                let body = error_body(405, "method not allowed");
+                self.push_reply(c, now, 405, body, Some("GET, HEAD"), Some(&req));
+            }
+            Route::Stats => {
                 self.next_seq += 1;
                 let seq = self.next_seq;
                 c.queue.push_back(Slot {
@@ -960,18 +986,14 @@ impl Worker {
                     start: now,
                     reply: None,
                     hello: None,
-                    head_only,
+                    head_only: req.head_only,
+                    http10: req.http10,
                 });
                 self.stats_waiting.insert(seq, idx);
                 self.store.request_stats(seq);
             }
-            b"/healthz" => {
-                if method != b"GET" && !head_only {
-                    let body = method_body("GET, HEAD");
-                    self.push_ready(c, now, 405, body, Some("GET, HEAD"), false);
-                    return;
-                }
-                let (status, state) = if self.draining {
+            Route::Health => {
+                let (status, state) = if self.unhealthy {
                     (503, "draining")
                 } else {
                     (200, "serving")
@@ -980,23 +1002,35 @@ impl Worker {
                     "{{\"status\":\"{state}\",\"id\":{}}}",
                     serde_json::Value::String(self.id.clone())
                 ));
-                self.push_ready(c, now, status, body, None, head_only);
+                self.push_ready(c, now, status, body, Some(&req));
             }
-            _ => self.push_ready(c, now, 404, error_body(404), None, head_only),
+            Route::Other => {
+                let body = error_body(404, "not found");
+                self.push_ready(c, now, 404, body, Some(&req));
+            }
         }
     }
 
-    fn serialize(&self, out: &mut Vec<u8>, reply: &Reply, close: bool, head_only: bool) {
-        match reply {
-            Reply::Hello => write_json(out, 200, &self.canned.ok_body, None, close, head_only),
-            Reply::HelloFail => {
-                write_json(out, 500, &self.canned.fail_body, None, close, head_only)
-            }
-            Reply::Json {
+    fn serialize(&self, out: &mut Vec<u8>, slot: &Slot, close: bool) {
+        let wire = Wire {
+            conn: if close {
+                ConnectionHeader::Close
+            } else if slot.http10 {
+                ConnectionHeader::KeepAlive
+            } else {
+                ConnectionHeader::Omit
+            },
+            head_only: slot.head_only,
+        };
+        match &slot.reply {
+            None => {}
+            Some(Reply::Hello) => write_json(out, 200, &self.canned.ok_body, None, wire),
+            Some(Reply::HelloFail) => write_json(out, 500, &self.canned.fail_body, None, wire),
+            Some(Reply::Json {
                 status,
                 body,
                 allow,
-            } => write_json(out, *status, body, *allow, close, head_only),
+            }) => write_json(out, *status, body, *allow, wire),
         }
     }
 }
@@ -1030,13 +1064,6 @@ impl Conn {
     }
 }
 
-/// `{"error":"method not allowed","allow":"<allow>"}`.
-fn method_body(allow: &str) -> Arc<str> {
-    Arc::from(format!(
-        "{{\"error\":\"method not allowed\",\"allow\":\"{allow}\"}}"
-    ))
-}
-
 /// The path of a request target without query; absolute-form targets lose their authority.
 fn route_path(target: &[u8]) -> &[u8] {
     let mut t = target;
@@ -1054,6 +1081,35 @@ fn route_path(target: &[u8]) -> &[u8] {
         Some(i) => &t[..i],
         None => t,
     }
+}
+
+/// A non-blocking listener with a deep accept backlog (std's is 128: a burst of thousands of
+/// connects would otherwise wait on SYN retransmits).
+fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen,
+        setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
+    }
+    // The kernel caps this at net.core.somaxconn.
+    listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {

@@ -60,7 +60,9 @@ fn open(path: &Path) -> Result<Connection, String> {
         if mode.eq_ignore_ascii_case("wal") {
             Ok(())
         } else {
-            Err(named(format!("cannot switch to WAL (journal_mode is {mode})")))
+            Err(named(format!(
+                "cannot switch to WAL (journal_mode is {mode})"
+            )))
         }
     })?;
     // NORMAL in WAL mode: a commit survives a process crash; only power loss can undo the
@@ -326,12 +328,19 @@ impl Store {
     /// Counts one answered hello request (never blocks on disk).
     pub fn record(&self, success: bool, response: Duration) {
         let mut inbox = lock(&self.shared.inbox);
+        let first = inbox.pending.is_empty();
         if success {
             inbox.pending.successes += 1;
         } else {
             inbox.pending.failures += 1;
         }
         inbox.pending.sum_us += response.as_micros() as u64;
+        drop(inbox);
+        if first {
+            // The writer may be idle (long wait): start its flush interval now. Later
+            // records in the same interval need no wake-up.
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Asks for the stats JSON; the answer comes back through `take_answers` under `key`.
@@ -489,9 +498,13 @@ mod tests {
         prepare(&p).unwrap();
         prepare(&p).unwrap();
         let c = Connection::open(&p).unwrap();
-        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
-        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
@@ -581,8 +594,7 @@ mod tests {
         let answers = s.take_answers();
         assert_eq!(answers.len(), 1);
         assert_eq!(answers[0].0, 7);
-        let v: serde_json::Value =
-            serde_json::from_str(answers[0].1.as_ref().unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(answers[0].1.as_ref().unwrap()).unwrap();
         assert_eq!(v["TotalRequests"][1]["w1"], 1000);
         assert_eq!(v["FailedRequests"][1]["w1"], 250);
         s.record(true, Duration::from_millis(3));
@@ -591,7 +603,10 @@ mod tests {
         let rows = read_rows(&c).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].total, 1001);
-        assert_eq!(rows[0].sum_us, (0..1000u64).map(|i| 1000 + i).sum::<u64>() + 3000);
+        assert_eq!(
+            rows[0].sum_us,
+            (0..1000u64).map(|i| 1000 + i).sum::<u64>() + 3000
+        );
         let _ = std::fs::remove_dir_all(p.parent().unwrap());
     }
 }
