@@ -537,6 +537,8 @@ struct TreeError {
     message: String,
     /// A repeated key: the message gets the first appearance's line.
     duplicate: bool,
+    /// Whether `path` can be looked up for a line.
+    locate: bool,
 }
 
 impl TreeError {
@@ -546,6 +548,7 @@ impl TreeError {
             occurrence,
             message,
             duplicate: false,
+            locate: true,
         }
     }
 }
@@ -574,6 +577,7 @@ fn kind_of(v: &Node) -> &'static str {
         Node::Str(_) => "a string",
         Node::Seq => "a list",
         Node::Map(_) => "a mapping",
+        Node::Tagged(_) => "a tagged value",
     }
 }
 
@@ -594,6 +598,17 @@ fn config_from_tree(root: &Node) -> Result<Config, TreeError> {
     for (k, v) in entries {
         let key = k.key_text();
         let n = seen.add(&key);
+        if matches!(k, Node::Seq | Node::Map(_)) {
+            // A complex key (`? [a]`): no name to report it by, nor a line to find it at.
+            return Err(TreeError {
+                locate: false,
+                ..TreeError::at(
+                    &[],
+                    1,
+                    format!("keys must be names like `worker`, got {}", kind_of(k)),
+                )
+            });
+        }
         if !matches!(k, Node::Str(_)) {
             return Err(TreeError::at(
                 &[&key],
@@ -648,6 +663,13 @@ fn read_autoscale(a: &mut Autoscale, v: &Node) -> Result<(), TreeError> {
         let key = k.key_text();
         let n = seen.add(&key);
         let path = ["autoscale", key.as_str()];
+        if matches!(k, Node::Seq | Node::Map(_)) {
+            return Err(TreeError::at(
+                &["autoscale"],
+                1,
+                format!("keys must be names like `min`, got {}", kind_of(k)),
+            ));
+        }
         if !matches!(k, Node::Str(_)) {
             return Err(TreeError::at(
                 &path,
@@ -747,6 +769,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    // A byte-order mark confuses the YAML reader's document count; it carries no meaning.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let error = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
         file: file.to_path_buf(),
         line,
@@ -771,7 +795,11 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let config = config_from_tree(&root).map_err(|e| {
         let path: Vec<&str> = e.path.iter().map(String::as_str).collect();
-        let line = node::key_line(text, &path, e.occurrence);
+        let line = if e.locate {
+            node::key_line(text, &path, e.occurrence)
+        } else {
+            None
+        };
         let message = if e.duplicate {
             match node::key_line(text, &path, 1) {
                 Some(first) => format!("duplicate key (first set on line {first})"),
