@@ -642,3 +642,43 @@ fn autoscale_block_may_be_empty() {
     let out = accepted("cfg-as-empty", "worker: 3\nautoscale:\n");
     assert!(out.contains("  enabled: false"), "{out}");
 }
+
+#[test]
+fn readme_documents_every_key_with_its_default() {
+    // The README's configuration tables list exactly the keys check-config prints, with the
+    // same defaults.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let mut documented: Vec<(String, String)> = readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let key = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let default = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((key.to_string(), default.to_string()))
+        })
+        .collect();
+    documented.sort();
+    let printed = accepted("cfg-readme", "worker: 3\n");
+    let mut effective: Vec<(String, String)> = Vec::new();
+    let mut section = "";
+    for line in printed.lines().skip(1) {
+        let (k, v) = line.split_once(':').expect("key: value");
+        let v = v.trim();
+        // `12.0` is printed for the float keys; the table says `12`.
+        let v = v
+            .strip_suffix(".0")
+            .filter(|n| n.parse::<u64>().is_ok())
+            .unwrap_or(v)
+            .to_string();
+        if let Some(nested) = k.strip_prefix("  ") {
+            effective.push((format!("{section}.{nested}"), v));
+        } else if v.is_empty() {
+            section = if k == "autoscale" { "autoscale" } else { "" };
+        } else {
+            effective.push((k.to_string(), v));
+        }
+    }
+    effective.sort();
+    assert_eq!(documented, effective);
+}
