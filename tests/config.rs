@@ -554,7 +554,7 @@ fn repository_config_yaml_passes_with_seed_values() {
 
 /// `key: ...` or `  key: ...` (a commented-out setting, not prose).
 fn is_key_line(s: &str) -> bool {
-    let first = s.trim_start().split_whitespace().next().unwrap_or("");
+    let first = s.split_whitespace().next().unwrap_or("");
     first.len() > 1
         && first.ends_with(':')
         && first[..first.len() - 1]
