@@ -753,6 +753,16 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A key as printed in an error: quoted and escaped if it holds control characters, so the
+/// error stays one line.
+fn printable_key(key: &str) -> String {
+    if key.chars().any(char::is_control) {
+        format!("{key:?}")
+    } else {
+        key.to_string()
+    }
+}
+
 /// Whether the text holds nothing but blank lines, comments and document markers.
 fn is_blank_yaml(text: &str) -> bool {
     text.lines().all(|l| {
@@ -808,7 +818,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
         } else {
             e.message
         };
-        let key = (!path.is_empty()).then(|| path.join("."));
+        let key = (!path.is_empty()).then(|| printable_key(&path.join(".")));
         error(line, key, message)
     })?;
     config.validate().map_err(|v| {
@@ -983,6 +993,41 @@ mod tests {
         assert!(p.validate().is_err());
         p.apply_override("max-header-bytes", "65536").unwrap();
         assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn mutated_files_never_panic_and_errors_stay_one_line() {
+        use rand::RngExt;
+        let base = include_str!("../config.yaml").to_string()
+            + "autoscale:\n  enabled: true\n  min: 2\n  max: 4\n";
+        let alphabet: &[u8] = b" \n\t:-#[]{}!&*?|>'\",.~0123456789abcwp\\\x00\xff";
+        let mut rng = rand::rng();
+        for _ in 0..3000 {
+            let mut bytes = base.clone().into_bytes();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..bytes.len());
+                let b = alphabet[rng.random_range(0..alphabet.len())];
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = b,
+                    1 => bytes.insert(at, b),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let lines = text.lines().count() + 1;
+            if let Err(e) = parse_and_check(Path::new("c.yaml"), &text) {
+                let shown = e.to_string();
+                assert!(
+                    !shown.contains('\n'),
+                    "multi-line error {shown:?}\nfor:\n{text}"
+                );
+                if let Some(l) = e.line {
+                    assert!((1..=lines).contains(&l), "line {l} of {lines}: {shown}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl Node {
             Node::Null => "nothing".into(),
             Node::Bool(b) => b.to_string(),
             Node::Int(i) => i.to_string(),
-            Node::Float(f) => f.to_string(),
+            Node::Float(f) => format!("{f:?}"),
             Node::Str(s) => format!("{s:?}"),
             Node::Seq => "a list".into(),
             Node::Map(_) => "a mapping".into(),
