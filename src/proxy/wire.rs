@@ -673,7 +673,7 @@ mod tests {
             let a = c
                 .feed(&body[..split], |d| data.extend_from_slice(d))
                 .unwrap();
-            assert_eq!(a, split);
+            assert_eq!(a, split.min(body.len() - 4));
             let b = c
                 .feed(&body[split..], |d| data.extend_from_slice(d))
                 .unwrap();
