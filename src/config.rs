@@ -827,7 +827,13 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
         for k in candidates {
             let path: Vec<&str> = k.split('.').collect();
             if let Some(line) = node::key_line(text, &path, 1) {
-                return error(Some(line), Some(k.clone()), v.message.clone());
+                // Reported at another key than the rule's own: name the rule's key.
+                let message = if *k != v.key && v.message.starts_with("must ") {
+                    format!("{} {}", v.key, v.message)
+                } else {
+                    v.message.clone()
+                };
+                return error(Some(line), Some(k.clone()), message);
             }
         }
         error(None, Some(v.key.clone()), v.message.clone())

@@ -369,6 +369,11 @@ fn counts_and_timeouts() {
         ":2: max-request-line: must not exceed max-header-bytes (1024), the head it is part of, got 2048",
     );
     rejects(
+        "cfg-reqline-default",
+        "max-header-bytes: 1024\n",
+        ":1: max-header-bytes: max-request-line must not exceed max-header-bytes (1024), the head it is part of, got 8192",
+    );
+    rejects(
         "cfg-instance",
         "instance: my lb\n",
         ":1: instance: must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit (it names containers), got \"my lb\"",
@@ -460,6 +465,12 @@ fn autoscale_bounds() {
         "cfg-as-worker",
         "worker: 3\nautoscale:\n  enabled: true\n  min: 4\n",
         ":1: worker: must be between autoscale.min (4) and autoscale.max (10) when autoscale is enabled, got 3",
+    );
+    // `worker` left at its default: reported at the autoscale key that broke the rule.
+    rejects(
+        "cfg-as-worker-default",
+        "autoscale:\n  enabled: true\n  min: 5\n",
+        ":3: autoscale.min: worker must be between autoscale.min (5) and autoscale.max (10) when autoscale is enabled, got 3",
     );
     rejects(
         "cfg-as-minmax",
