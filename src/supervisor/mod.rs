@@ -1,6 +1,8 @@
 //! The supervisor ("config manager"): workers through a runtime, forked LB children,
 //! reconcile loop, reload, stop, admin endpoint.
 
+pub mod autoscale;
+
 use std::path::PathBuf;
 
 /// `goloadbalancer run`: returns the process exit code.
