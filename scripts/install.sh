@@ -133,6 +133,7 @@ do_uninstall() {
     rmdir "$root$dropin_dir" 2>/dev/null || true
     remove "$bin_path"
     remove "$sysusers"
+    rmdir "$root$(dirname "$sysusers")" 2>/dev/null || true
     remove "$doc_dir/README.md"
     rmdir "$root$doc_dir" 2>/dev/null || true
     if [ $purge = 1 ]; then
@@ -180,7 +181,9 @@ do_install() {
     trap 'rm -rf "$tmp"' EXIT
 
     put "$binary" "$bin_path" 0755
-    sed "s#/usr/local/bin/goloadbalancer#$bin_path#g" "$repo/systemd/goloadbalancer.service" >"$tmp/unit"
+    sed -e "s#/usr/local/bin/goloadbalancer#$bin_path#g" \
+        -e "s#/usr/local/share/doc/goloadbalancer#$doc_dir#g" \
+        "$repo/systemd/goloadbalancer.service" >"$tmp/unit"
     put "$tmp/unit" "$unit" 0644
     # A missing group makes the unit fail (216/GROUP): the drop-in exists only with the group.
     if has_docker_group; then

@@ -64,6 +64,7 @@ phase_done() {
 
 container=""
 root_dir=""
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local rc=$?
     if [ -n "$container" ]; then
@@ -217,5 +218,182 @@ if [ $boot_only = 1 ]; then
 fi
 
 # --- the goloadbalancer part ------------------------------------------------------------------
-echo "the goloadbalancer part needs the supervisor (goloadbalancer run)" >&2
-exit 1
+log "binary"
+if [ -z "$binary" ]; then
+    (cd "$repo" && cargo build --release --locked) || fail "cargo build --release failed"
+    binary="$repo/target/x86_64-unknown-linux-gnu/release/goloadbalancer"
+fi
+[ -x "$binary" ] || fail "no binary at $binary"
+echo "systemd-e2e: $binary ($(du -h "$binary" | cut -f1))"
+phase_done "binary"
+
+log "install with scripts/install.sh"
+cx mkdir -p /opt/glb-src /tmp/glb
+docker cp "$binary" "$container:/tmp/glb/goloadbalancer" >/dev/null
+tar -C "$repo" -c scripts/install.sh systemd config.yaml README.md |
+    docker exec -i "$container" tar -C /opt/glb-src -x
+cx /opt/glb-src/scripts/install.sh --binary /tmp/glb/goloadbalancer || fail "install.sh failed"
+cx getent passwd goloadbalancer >/dev/null || fail "install.sh created no user goloadbalancer"
+cx systemctl cat goloadbalancer.service >/dev/null || fail "systemd does not know the unit"
+# The test's configuration: workers as local processes (no docker engine in here), a short
+# delay, no random failures, so any failed request is the reload's fault.
+docker exec -i "$container" tee /etc/goloadbalancer/config.yaml >/dev/null <<'YAML'
+# systemd-e2e
+worker: 2
+pool: 2
+stats-dir: worker-stats.db
+avg-delay: 20
+failure: 0
+load-balancer-port: 5050
+worker-port: 6000
+runtime: process
+listen-address: 127.0.0.1
+drain-timeout-ms: 5000
+health-interval-ms: 1000
+YAML
+cx cp /etc/goloadbalancer/config.yaml /tmp/glb/config.edited
+# Idempotent, and an edited config survives a second install.
+cx /opt/glb-src/scripts/install.sh --binary /tmp/glb/goloadbalancer >/dev/null ||
+    fail "second install.sh failed"
+cx cmp -s /etc/goloadbalancer/config.yaml /tmp/glb/config.edited ||
+    fail "a second install overwrote the edited config"
+# A short watchdog so this run proves the pings arrive (WATCHDOG_USEC=4s: a ping every 2s).
+cx mkdir -p /etc/systemd/system/goloadbalancer.service.d
+printf '[Service]\nWatchdogSec=4s\n' |
+    docker exec -i "$container" tee /etc/systemd/system/goloadbalancer.service.d/50-e2e.conf >/dev/null
+cx systemctl daemon-reload
+phase_done "install"
+
+show() { cx systemctl show goloadbalancer -p "$1" --value; }
+
+log "systemctl start"
+timeout 150 docker exec "$container" systemctl start goloadbalancer || fail "systemctl start failed"
+[ "$(cx systemctl is-active goloadbalancer)" = active ] || fail "not active after start"
+main_pid="$(show MainPID)"
+echo "systemd-e2e: active, MainPID $main_pid, status: $(show StatusText)"
+[ "$(cx ps -o user= -p "$main_pid" | tr -d ' ')" = goloadbalancer ] ||
+    fail "the supervisor does not run as goloadbalancer"
+[ "$(show WatchdogUSec)" = 4s ] || fail "WatchdogUSec is $(show WatchdogUSec), not 4s"
+for port in 5050 5051; do
+    body="$(cx curl -fsS --max-time 10 "http://127.0.0.1:$port/api/v1/hello")" ||
+        fail "GET :$port/api/v1/hello failed"
+    case "$body" in *"hello from"*) ;; *) fail "unexpected body on :$port: $body" ;; esac
+done
+echo "systemd-e2e: both LB ports answer"
+phase_done "start"
+
+log "systemctl reload under load"
+# Four curl loops (two per LB port) run until told to stop; each counts 200s and the rest.
+docker exec -i "$container" tee /tmp/glb/load.sh >/dev/null <<'LOAD'
+#!/bin/bash
+port=$1; ok=0; bad=0
+while [ ! -e /tmp/glb/stop ]; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 15 "http://127.0.0.1:$port/api/v1/hello")
+    if [ "$code" = 200 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "$port $code" >>/tmp/glb/bad; fi
+done
+echo "$ok $bad" >"/tmp/glb/result.$port.$$"
+LOAD
+cx chmod +x /tmp/glb/load.sh
+cx rm -f /tmp/glb/stop /tmp/glb/bad
+for port in 5050 5050 5051 5051; do
+    docker exec -d "$container" /tmp/glb/load.sh "$port"
+done
+sleep 2
+# A real change: one more worker.
+cx sed -i 's/^worker: 2$/worker: 3/' /etc/goloadbalancer/config.yaml
+timeout 60 docker exec "$container" systemctl reload goloadbalancer || fail "systemctl reload failed"
+# The reload is done when the supervisor has said READY=1 again (systemd: active) and the
+# new worker shows in the STATUS= line.
+state=""
+status=""
+for _ in $(seq 1 120); do
+    state="$(show ActiveState)"
+    status="$(show StatusText)"
+    if [ "$state" = active ]; then
+        case "$status" in *"workers 3/3"*) break ;; esac
+    fi
+    sleep 0.5
+done
+echo "systemd-e2e: after reload: $state, status: $status"
+[ "$state" = active ] || fail "not active after reload ($state)"
+case "$status" in *"workers 3/3"*) ;; *) fail "STATUS never showed workers 3/3: $status" ;; esac
+[ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed across a reload"
+# Keep the load going past the watchdog timeout: a missing WATCHDOG=1 would get it killed.
+sleep 5
+cx touch /tmp/glb/stop
+for _ in $(seq 1 60); do
+    [ "$(cx_sh 'ls /tmp/glb/result.* 2>/dev/null | wc -l')" = 4 ] && break
+    sleep 0.5
+done
+[ "$(cx_sh 'ls /tmp/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
+read -r ok bad <<<"$(cx_sh 'cat /tmp/glb/result.*' | awk '{o += $1; b += $2} END {print o, b}')"
+echo "systemd-e2e: load across the reload: $ok ok, $bad failed"
+if [ "$bad" != 0 ]; then
+    cx_sh 'sort /tmp/glb/bad | uniq -c' || true
+    fail "$bad requests failed across systemctl reload"
+fi
+[ "$ok" -ge 40 ] || fail "only $ok requests ran: the load did not span the reload"
+[ "$(show NRestarts)" = 0 ] || fail "restarted $(show NRestarts) times (watchdog?)"
+phase_done "reload"
+
+log "journal"
+journal="$(cx journalctl -u goloadbalancer -p info --no-pager -o cat)"
+for want in 'event=ready' 'event=reload_started' 'event=reloaded'; do
+    grep -q -- "$want" <<<"$journal" || fail "journalctl -u goloadbalancer -p info has no $want"
+done
+grep -qE '^role=lb\.[0-9]+ ' <<<"$journal" || fail "no line from an LB child in the journal"
+grep -qE '^role=worker\.' <<<"$journal" || fail "no line from a worker in the journal"
+# The <N> prefixes were read as priorities (and stripped), and -p warning leaves info out.
+if grep -qE '^<[0-7]>' <<<"$journal"; then
+    fail "journal lines still carry <N>: the prefix was not parsed"
+fi
+if cx journalctl -u goloadbalancer -p warning --no-pager -o cat | grep -q 'level=info'; then
+    fail "journalctl -p warning shows info lines: priorities are not applied"
+fi
+echo "systemd-e2e: the journal has the start and reload events, priorities applied"
+echo "--- journalctl -u goloadbalancer -p warning"
+cx journalctl -u goloadbalancer -p warning --no-pager -o short-monotonic | tail -20 || true
+phase_done "journal"
+
+log "watchdog: a stuck supervisor is killed and restarted"
+cx kill -STOP "$main_pid"
+for _ in $(seq 1 120); do
+    if [ "$(show NRestarts)" = 1 ] && [ "$(cx systemctl is-active goloadbalancer || true)" = active ]; then
+        break
+    fi
+    sleep 0.5
+done
+[ "$(show NRestarts)" = 1 ] || fail "no restart after the watchdog timeout (NRestarts=$(show NRestarts))"
+[ "$(cx systemctl is-active goloadbalancer)" = active ] || fail "not active after the watchdog restart"
+new_pid="$(show MainPID)"
+[ "$new_pid" != "$main_pid" ] || fail "same MainPID after a watchdog restart"
+cx journalctl -u goloadbalancer --no-pager -o cat | grep -q 'Watchdog timeout' ||
+    fail "no 'Watchdog timeout' in the journal"
+for port in 5050 5051; do
+    cx curl -fsS --max-time 10 -o /dev/null "http://127.0.0.1:$port/api/v1/hello" ||
+        fail "port $port does not answer after the restart"
+done
+echo "systemd-e2e: the watchdog killed the stopped supervisor, systemd restarted it (MainPID $new_pid)"
+phase_done "watchdog"
+
+log "systemctl stop"
+timeout 150 docker exec "$container" systemctl stop goloadbalancer || fail "systemctl stop failed"
+state="$(cx systemctl is-active goloadbalancer || true)"
+[ "$state" = inactive ] || fail "state after stop: $state"
+[ "$(show Result)" = success ] || fail "Result=$(show Result) after stop (not a clean exit)"
+[ "$(show ExecMainStatus)" = 0 ] || fail "the supervisor exited $(show ExecMainStatus)"
+if cx pgrep -a goloadbalancer; then fail "goloadbalancer processes left after systemctl stop"; fi
+cx journalctl -u goloadbalancer --no-pager -o cat | grep -q 'Stopped goloadbalancer' ||
+    fail "no 'Stopped' in the journal"
+echo "systemd-e2e: stopped cleanly, nothing left running"
+phase_done "stop"
+
+log "uninstall"
+cx /opt/glb-src/scripts/install.sh --uninstall || fail "install.sh --uninstall failed"
+if cx systemctl cat goloadbalancer.service >/dev/null 2>&1; then fail "unit still known after uninstall"; fi
+cx test ! -e /usr/local/bin/goloadbalancer || fail "binary left after uninstall"
+cx test -f /etc/goloadbalancer/config.yaml || fail "uninstall removed the edited config"
+phase_done "uninstall"
+
+echo
+echo "systemd-e2e: PASS in $(($(date +%s) - t_start))s (privileges: $used)"
