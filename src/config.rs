@@ -537,6 +537,8 @@ struct TreeError {
     message: String,
     /// A repeated key: the message gets the first appearance's line.
     duplicate: bool,
+    /// Whether `path` can be looked up for a line.
+    locate: bool,
 }
 
 impl TreeError {
@@ -546,6 +548,7 @@ impl TreeError {
             occurrence,
             message,
             duplicate: false,
+            locate: true,
         }
     }
 }
@@ -574,6 +577,7 @@ fn kind_of(v: &Node) -> &'static str {
         Node::Str(_) => "a string",
         Node::Seq => "a list",
         Node::Map(_) => "a mapping",
+        Node::Tagged(_) => "a tagged value",
     }
 }
 
@@ -594,6 +598,17 @@ fn config_from_tree(root: &Node) -> Result<Config, TreeError> {
     for (k, v) in entries {
         let key = k.key_text();
         let n = seen.add(&key);
+        if matches!(k, Node::Seq | Node::Map(_)) {
+            // A complex key (`? [a]`): no name to report it by, nor a line to find it at.
+            return Err(TreeError {
+                locate: false,
+                ..TreeError::at(
+                    &[],
+                    1,
+                    format!("keys must be names like `worker`, got {}", kind_of(k)),
+                )
+            });
+        }
         if !matches!(k, Node::Str(_)) {
             return Err(TreeError::at(
                 &[&key],
@@ -648,6 +663,13 @@ fn read_autoscale(a: &mut Autoscale, v: &Node) -> Result<(), TreeError> {
         let key = k.key_text();
         let n = seen.add(&key);
         let path = ["autoscale", key.as_str()];
+        if matches!(k, Node::Seq | Node::Map(_)) {
+            return Err(TreeError::at(
+                &["autoscale"],
+                1,
+                format!("keys must be names like `min`, got {}", kind_of(k)),
+            ));
+        }
         if !matches!(k, Node::Str(_)) {
             return Err(TreeError::at(
                 &path,
@@ -731,6 +753,16 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A key as printed in an error: quoted and escaped if it holds control characters, so the
+/// error stays one line.
+fn printable_key(key: &str) -> String {
+    if key.chars().any(char::is_control) {
+        format!("{key:?}")
+    } else {
+        key.to_string()
+    }
+}
+
 /// Whether the text holds nothing but blank lines, comments and document markers.
 fn is_blank_yaml(text: &str) -> bool {
     text.lines().all(|l| {
@@ -747,6 +779,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    // A byte-order mark confuses the YAML reader's document count; it carries no meaning.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let error = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
         file: file.to_path_buf(),
         line,
@@ -771,7 +805,11 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let config = config_from_tree(&root).map_err(|e| {
         let path: Vec<&str> = e.path.iter().map(String::as_str).collect();
-        let line = node::key_line(text, &path, e.occurrence);
+        let line = if e.locate {
+            node::key_line(text, &path, e.occurrence)
+        } else {
+            None
+        };
         let message = if e.duplicate {
             match node::key_line(text, &path, 1) {
                 Some(first) => format!("duplicate key (first set on line {first})"),
@@ -780,7 +818,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
         } else {
             e.message
         };
-        let key = (!path.is_empty()).then(|| path.join("."));
+        let key = (!path.is_empty()).then(|| printable_key(&path.join(".")));
         error(line, key, message)
     })?;
     config.validate().map_err(|v| {
@@ -789,7 +827,13 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
         for k in candidates {
             let path: Vec<&str> = k.split('.').collect();
             if let Some(line) = node::key_line(text, &path, 1) {
-                return error(Some(line), Some(k.clone()), v.message.clone());
+                // Reported at another key than the rule's own: name the rule's key.
+                let message = if *k != v.key && v.message.starts_with("must ") {
+                    format!("{} {}", v.key, v.message)
+                } else {
+                    v.message.clone()
+                };
+                return error(Some(line), Some(k.clone()), message);
             }
         }
         error(None, Some(v.key.clone()), v.message.clone())
@@ -955,6 +999,41 @@ mod tests {
         assert!(p.validate().is_err());
         p.apply_override("max-header-bytes", "65536").unwrap();
         assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn mutated_files_never_panic_and_errors_stay_one_line() {
+        use rand::RngExt;
+        let base = include_str!("../config.yaml").to_string()
+            + "autoscale:\n  enabled: true\n  min: 2\n  max: 4\n";
+        let alphabet: &[u8] = b" \n\t:-#[]{}!&*?|>'\",.~0123456789abcwp\\\x00\xff";
+        let mut rng = rand::rng();
+        for _ in 0..3000 {
+            let mut bytes = base.clone().into_bytes();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..bytes.len());
+                let b = alphabet[rng.random_range(0..alphabet.len())];
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = b,
+                    1 => bytes.insert(at, b),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let lines = text.lines().count() + 1;
+            if let Err(e) = parse_and_check(Path::new("c.yaml"), &text) {
+                let shown = e.to_string();
+                assert!(
+                    !shown.contains('\n'),
+                    "multi-line error {shown:?}\nfor:\n{text}"
+                );
+                if let Some(l) = e.line {
+                    assert!((1..=lines).contains(&l), "line {l} of {lines}: {shown}");
+                }
+            }
+        }
     }
 
     #[test]

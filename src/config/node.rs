@@ -23,6 +23,8 @@ pub enum Node {
     Str(String),
     Seq,
     Map(Vec<(Node, Node)>),
+    /// A value with a YAML tag (`!name value`): never what a key wants.
+    Tagged(String),
 }
 
 /// A YAML syntax error: the parser's message and 1-based line when it has one.
@@ -40,15 +42,21 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     })
 }
 
-/// Removes libyaml's ` at line N column M` / ` at position N` suffixes: the line is reported
-/// in front of the message already.
+/// Rewrites libyaml's positions: the first ` at line N column M` (the problem, whose line is
+/// reported in front of the message already) is dropped, a later one (the context, e.g. where
+/// an unclosed `[` began) becomes ` on line N`; ` at position N` is dropped.
 fn strip_marks(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
     let mut rest = msg;
+    let mut first = true;
     while let Some(i) = rest.find(" at ") {
         out.push_str(&rest[..i]);
         let tail = &rest[i + 4..];
-        if let Some(after) = skip_mark(tail) {
+        if let Some((line, after)) = skip_mark(tail) {
+            if let Some(line) = line.filter(|_| !first) {
+                out.push_str(&format!(" on line {line}"));
+            }
+            first = false;
             rest = after;
         } else {
             out.push_str(" at ");
@@ -59,18 +67,19 @@ fn strip_marks(msg: &str) -> String {
     out
 }
 
-/// If `s` starts with `line N column M` or `position N`, returns what follows.
-fn skip_mark(s: &str) -> Option<&str> {
-    fn digits(s: &str) -> Option<&str> {
+/// If `s` starts with `line N column M` or `position N`, returns the line (if any) and what
+/// follows.
+fn skip_mark(s: &str) -> Option<(Option<&str>, &str)> {
+    fn digits(s: &str) -> Option<(&str, &str)> {
         let n = s.bytes().take_while(u8::is_ascii_digit).count();
-        (n > 0).then(|| &s[n..])
+        (n > 0).then(|| s.split_at(n))
     }
     if let Some(r) = s.strip_prefix("line ") {
-        let r = digits(r)?;
+        let (line, r) = digits(r)?;
         let r = r.strip_prefix(" column ")?;
-        digits(r)
+        Some((Some(line), digits(r)?.1))
     } else if let Some(r) = s.strip_prefix("position ") {
-        digits(r)
+        Some((None, digits(r)?.1))
     } else {
         None
     }
@@ -83,10 +92,11 @@ impl Node {
             Node::Null => "nothing".into(),
             Node::Bool(b) => b.to_string(),
             Node::Int(i) => i.to_string(),
-            Node::Float(f) => f.to_string(),
+            Node::Float(f) => format!("{f:?}"),
             Node::Str(s) => format!("{s:?}"),
             Node::Seq => "a list".into(),
             Node::Map(_) => "a mapping".into(),
+            Node::Tagged(t) => format!("a value tagged !{t}"),
         }
     }
 
@@ -275,10 +285,11 @@ impl<'de> Visitor<'de> for NodeVisitor {
         }
         Ok(Node::Map(entries))
     }
-    fn visit_enum<A: de::EnumAccess<'de>>(self, _data: A) -> Result<Node, A::Error> {
-        Err(de::Error::custom(
-            "YAML tags (`!name`) are not supported here",
-        ))
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<Node, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, value) = data.variant::<String>()?;
+        value.newtype_variant::<Node>()?;
+        Ok(Node::Tagged(tag))
     }
 }
 
@@ -554,7 +565,7 @@ flow: {min: 5, max: 6}
             strip_marks(
                 "did not find expected key at line 3 column 1, while parsing a block mapping at line 1 column 1"
             ),
-            "did not find expected key, while parsing a block mapping"
+            "did not find expected key, while parsing a block mapping on line 1"
         );
         assert_eq!(strip_marks("look at this"), "look at this");
     }

@@ -1,9 +1,17 @@
 //! Responses: canned responses written by the worker, the proxy (its own errors) and the
-//! admin endpoint, with reason phrases, Content-Length, Date and Connection.
+//! admin endpoint, with reason phrases, Content-Length, Date and Connection; and the strict
+//! parser of upstream response heads the proxy reads (`parse_response_head`).
 
 use std::cell::Cell;
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::fields::{
+    Field, Framing, Span, TransferCoding, is_token, list_items, parse_content_length,
+    transfer_coding,
+};
+use super::request::Limits;
 
 /// The standard reason phrase of `status` (RFC 9110 section 15); "Unknown" otherwise.
 pub fn reason(status: u16) -> &'static str {
@@ -131,6 +139,267 @@ pub fn write_simple(
     if !no_body && !head_request {
         out.extend_from_slice(body);
     }
+}
+
+/// Why an upstream response head was rejected. The proxy answers 502 (`status()`) and
+/// closes the upstream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseError {
+    /// The head is malformed or its framing ambiguous; the text says what.
+    Malformed(&'static str),
+    /// The head is larger than the limit.
+    HeadTooLarge,
+    /// More header fields than the limit.
+    TooManyHeaders,
+}
+
+impl ResponseError {
+    /// The status the proxy answers the client with (always 502 Bad Gateway).
+    pub fn status(&self) -> u16 {
+        502
+    }
+
+    /// A short human-readable reason (for logs).
+    pub fn message(&self) -> &'static str {
+        match self {
+            ResponseError::Malformed(m) => m,
+            ResponseError::HeadTooLarge => "upstream response head too large",
+            ResponseError::TooManyHeaders => "too many upstream response header fields",
+        }
+    }
+}
+
+impl std::fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+/// A parsed, validated response head (spans into the buffer it was parsed from).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Minor version: 0 (HTTP/1.0) or 1 (HTTP/1.1).
+    pub version: u8,
+    /// Status code, 100..=599.
+    pub status: u16,
+    /// Reason phrase as received (may be empty).
+    pub reason: Span,
+    /// Every field line in order.
+    pub headers: Vec<Field>,
+    /// Bytes of the head; the body starts at `buf[head_len..]`.
+    pub head_len: usize,
+    /// How the body is delimited, given the request method: `None` for HEAD, 1xx, 204 and
+    /// 304; else `Chunked`, `Length(n)`, or `Close` (read until the server closes).
+    pub framing: Framing,
+    /// Whether the upstream connection can be reused after this response's body (version and
+    /// Connection allow it and the body is not close-delimited). Meaningless for 1xx.
+    pub keep_alive: bool,
+    /// Every token listed in Connection field lines (these fields are hop-by-hop).
+    pub connection_tokens: Vec<Span>,
+    /// For a 101: the Upgrade field value (the protocol switched to).
+    pub upgrade: Option<Span>,
+}
+
+impl ResponseHead {
+    /// An interim response (1xx other than 101): a final response follows on the same
+    /// exchange (100 Continue, 103 Early Hints, ...).
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+
+    /// A 101 Switching Protocols: the connection becomes a tunnel after this head.
+    pub fn is_switching_protocols(&self) -> bool {
+        self.status == 101
+    }
+
+    /// The first value of field `name` (ASCII case-insensitive), from `buf`.
+    pub fn header<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|f| f.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|f| f.value.get(buf))
+    }
+
+    /// Whether `name` is listed in Connection (so the field is hop-by-hop).
+    pub fn is_connection_listed(&self, buf: &[u8], name: &[u8]) -> bool {
+        self.connection_tokens
+            .iter()
+            .any(|t| t.get(buf).eq_ignore_ascii_case(name))
+    }
+}
+
+/// Parses an upstream response head from the start of `buf`. `head_request`: the request
+/// was HEAD (no body whatever the fields say). Uses `limits.max_header_bytes` and
+/// `limits.max_headers`. `Ok(None)` = need more bytes (stateless, like the request parser).
+///
+/// Strictness (docs/ARCHITECTURE.md): status 100..=599 with a `HTTP/1.0`/`HTTP/1.1` status
+/// line; whitespace before a colon, obs-fold, CTLs in values are errors; Content-Length must
+/// be a single field line of 1*DIGIT; Transfer-Encoding must be exactly `chunked` (anything
+/// else, chunked with Content-Length, or Transfer-Encoding in an HTTP/1.0 response is an
+/// error rather than a guess: we would otherwise forward a body whose framing we cannot
+/// state). For HEAD/1xx/204/304 the framing fields are still validated, then ignored.
+pub fn parse_response_head(
+    buf: &[u8],
+    head_request: bool,
+    limits: &Limits,
+) -> Result<Option<ResponseHead>, ResponseError> {
+    let window = &buf[..buf.len().min(limits.max_header_bytes)];
+    let over = buf.len() > limits.max_header_bytes;
+    let (head_len, version, status, fields) = {
+        const STACK_SLOTS: usize = 128;
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_SLOTS];
+        let mut heap = Vec::new();
+        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_SLOTS {
+            &mut stack[..limits.max_headers]
+        } else {
+            heap.resize_with(limits.max_headers, MaybeUninit::uninit);
+            &mut heap[..]
+        };
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, window, slots);
+        let n = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if over => return Err(ResponseError::HeadTooLarge),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooManyHeaders),
+            Err(httparse::Error::HeaderName) => {
+                return Err(ResponseError::Malformed("invalid header field name"));
+            }
+            Err(httparse::Error::HeaderValue) => {
+                return Err(ResponseError::Malformed(
+                    "invalid byte in header field value",
+                ));
+            }
+            Err(httparse::Error::Version) => {
+                return Err(ResponseError::Malformed("invalid HTTP version"));
+            }
+            Err(_) => return Err(ResponseError::Malformed("invalid status line")),
+        };
+        let fields: Vec<Field> = resp
+            .headers
+            .iter()
+            .map(|h| Field {
+                name: Span::of(buf, h.name.as_bytes()),
+                value: Span::of(buf, h.value),
+            })
+            .collect();
+        (n, resp.version.unwrap_or(1), resp.code.unwrap_or(0), fields)
+    };
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed("status code out of range"));
+    }
+    let reason = reason_span(buf);
+
+    let mut content_length = None;
+    let mut te_lines = 0usize;
+    let mut connection_tokens = Vec::new();
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut upgrade = None;
+    for f in &fields {
+        let name = f.name.get(buf);
+        let value = f.value.get(buf);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(ResponseError::Malformed(
+                    "more than one Content-Length field",
+                ));
+            }
+            content_length = Some(
+                parse_content_length(value)
+                    .ok_or(ResponseError::Malformed("invalid Content-Length"))?,
+            );
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_lines += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for item in list_items(value) {
+                if !is_token(item) {
+                    return Err(ResponseError::Malformed("invalid Connection field value"));
+                }
+                if item.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                }
+                connection_tokens.push(Span::of(buf, item));
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") && upgrade.is_none() {
+            upgrade = Some(f.value);
+        }
+    }
+    let chunked = if te_lines > 0 {
+        if version == 0 {
+            return Err(ResponseError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 response",
+            ));
+        }
+        if content_length.is_some() {
+            return Err(ResponseError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let values = fields
+            .iter()
+            .filter(|f| f.name.get(buf).eq_ignore_ascii_case(b"transfer-encoding"))
+            .map(|f| f.value.get(buf));
+        if transfer_coding(values) != TransferCoding::Chunked {
+            return Err(ResponseError::Malformed(
+                "Transfer-Encoding is not a single chunked",
+            ));
+        }
+        true
+    } else {
+        false
+    };
+    let framing = if head_request || status_has_no_body(status) {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = content_length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    let persistent = if version == 1 {
+        !close
+    } else {
+        keep_alive_token && !close
+    };
+    Ok(Some(ResponseHead {
+        version,
+        status,
+        reason,
+        headers: fields,
+        head_len,
+        framing,
+        keep_alive: persistent && framing != Framing::Close,
+        connection_tokens,
+        upgrade: if status == 101 { upgrade } else { None },
+    }))
+}
+
+/// The reason phrase of the (already validated) status line at the start of `buf`, after
+/// any empty lines: everything after `HTTP/1.x NNN ` up to the line end.
+fn reason_span(buf: &[u8]) -> Span {
+    let mut i = 0;
+    while i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n') {
+        i += 1;
+    }
+    let line_end = buf[i..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |p| i + p);
+    let end = if line_end > i && buf[line_end - 1] == b'\r' {
+        line_end - 1
+    } else {
+        line_end
+    };
+    // "HTTP/1.1 200" is 12 bytes; the reason follows one space.
+    let start = (i + 13).min(end);
+    Span::new(start, end)
 }
 
 /// `unix_secs` as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 5.6.7).
@@ -311,5 +580,183 @@ mod tests {
         assert_eq!(&http_date(951782400), b"Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(&http_date(4102444799), b"Thu, 31 Dec 2099 23:59:59 GMT");
         assert_eq!(date_now().len(), 29);
+    }
+
+    fn resp(raw: &[u8], head: bool) -> ResponseHead {
+        match parse_response_head(raw, head, &Limits::default()) {
+            Ok(Some(h)) => h,
+            other => panic!("{:?}: {:?}", String::from_utf8_lossy(raw), other),
+        }
+    }
+
+    fn resp_err(raw: &[u8]) -> ResponseError {
+        match parse_response_head(raw, false, &Limits::default()) {
+            Err(e) => e,
+            other => panic!(
+                "{:?}: expected error, got {:?}",
+                String::from_utf8_lossy(raw),
+                other
+            ),
+        }
+    }
+
+    #[test]
+    fn response_basic() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
+        let h = resp(raw, false);
+        assert_eq!(h.status, 200);
+        assert_eq!(h.version, 1);
+        assert_eq!(h.reason.get(raw), b"OK");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(h.head_len, raw.len() - 5);
+        assert_eq!(h.header(raw, "x-a"), Some(&b"b"[..]));
+        assert!(!h.is_interim());
+        for n in 0..h.head_len {
+            assert_eq!(
+                parse_response_head(&raw[..n], false, &Limits::default()),
+                Ok(None)
+            );
+        }
+    }
+
+    #[test]
+    fn response_reason_forms() {
+        let raw = b"HTTP/1.1 404 Not  Found here\r\n\r\n";
+        assert_eq!(resp(raw, false).reason.get(raw), b"Not  Found here");
+        let raw = b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(resp(raw, false).reason.get(raw), b"");
+        let raw = b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(resp(raw, false).reason.get(raw), b"");
+        let raw = b"HTTP/1.1 200 caf\xc3\xa9\nContent-Length: 0\n\n";
+        assert_eq!(resp(raw, false).reason.get(raw), b"caf\xc3\xa9");
+    }
+
+    #[test]
+    fn response_framing() {
+        let h = resp(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.keep_alive);
+        let h = resp(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::Close);
+        assert!(!h.keep_alive);
+        let h = resp(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::Length(3));
+        assert!(!h.keep_alive);
+        let h = resp(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+            false,
+        );
+        assert!(h.keep_alive);
+        let h = resp(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+            false,
+        );
+        assert!(!h.keep_alive);
+        // HEAD, 204, 304, 1xx: no body whatever the fields say.
+        let h = resp(b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", true);
+        assert_eq!(h.framing, Framing::None);
+        assert!(h.keep_alive);
+        assert_eq!(
+            resp(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true
+            )
+            .framing,
+            Framing::None
+        );
+        assert_eq!(
+            resp(b"HTTP/1.1 200 OK\r\n\r\n", true).framing,
+            Framing::None
+        );
+        assert_eq!(
+            resp(b"HTTP/1.1 204 No Content\r\n\r\n", false).framing,
+            Framing::None
+        );
+        assert_eq!(
+            resp(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+                false
+            )
+            .framing,
+            Framing::None
+        );
+        let h = resp(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false);
+        assert_eq!(h.framing, Framing::None);
+        assert!(h.is_interim());
+        assert!(resp(b"HTTP/1.1 100 Continue\r\n\r\n", false).is_interim());
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let h = resp(raw, false);
+        assert!(h.is_switching_protocols());
+        assert!(!h.is_interim());
+        assert_eq!(h.upgrade.map(|u| u.get(raw)), Some(&b"websocket"[..]));
+        assert!(h.is_connection_listed(raw, b"upgrade"));
+    }
+
+    #[test]
+    fn response_rejections() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX : y\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: y\r\n z\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: a b\r\n\r\n",
+            b"HTTP/2.0 200 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
+            b"HTTP/1.1 600 High\r\n\r\n",
+            b"HTTP/1.1  200 OK\r\n\r\n",
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"ICY 200 OK\r\n\r\n",
+            b"garbage\r\n\r\n",
+            b"HTTP/1.1 200 O\x00K\r\n\r\n",
+        ] {
+            let e = resp_err(raw);
+            assert_eq!(e.status(), 502, "{:?}", String::from_utf8_lossy(raw));
+        }
+        // Still validated for HEAD.
+        assert!(
+            parse_response_head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                true,
+                &Limits::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn response_limits() {
+        let l = Limits {
+            max_request_line: 10,
+            max_header_bytes: 40,
+            max_headers: 2,
+        };
+        assert_eq!(
+            parse_response_head(
+                b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+                false,
+                &l
+            ),
+            Err(ResponseError::TooManyHeaders)
+        );
+        let mut big = b"HTTP/1.1 200 OK\r\nA: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 30));
+        assert_eq!(
+            parse_response_head(&big, false, &l),
+            Err(ResponseError::HeadTooLarge)
+        );
     }
 }
