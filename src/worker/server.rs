@@ -41,6 +41,8 @@ const OTHER_BODY_MAX: u64 = 64 * 1024;
 /// After a response that closes the connection, unread input is drained this long so the
 /// close is a FIN, not a reset that could destroy the response in flight.
 const LINGER: Duration = Duration::from_secs(1);
+/// The timer heap is never swept below this size.
+const TIMER_SWEEP_MIN: usize = 4096;
 /// Read scratch size: one read never takes more than this from a socket.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -222,6 +224,9 @@ struct Worker {
     free: Vec<usize>,
     live: usize,
     timers: BinaryHeap<Reverse<Timer>>,
+    /// Heap size above which stale entries (closed connections, superseded deadlines) are
+    /// swept out, so connection churn cannot grow the heap for a whole idle timeout.
+    timers_sweep_at: usize,
     dirty: Vec<usize>,
     /// Stats requests waiting on the store: request seq -> connection index.
     stats_waiting: HashMap<u64, usize>,
@@ -285,6 +290,7 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
         free: Vec::new(),
         live: 0,
         timers: BinaryHeap::new(),
+        timers_sweep_at: TIMER_SWEEP_MIN,
         dirty: Vec::new(),
         stats_waiting: HashMap::new(),
         store,
@@ -391,6 +397,7 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
         }
         w.fire_timers(Instant::now());
         w.drive_dirty();
+        w.sweep_timers();
         if w.draining {
             if w.live == 0 {
                 break;
@@ -628,6 +635,27 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Drops heap entries that can no longer do anything, when the heap has doubled since the
+    /// last sweep (amortised O(1) per entry).
+    fn sweep_timers(&mut self) {
+        if self.timers.len() <= self.timers_sweep_at {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|Reverse(t)| match t.kind {
+            TimerKind::ResumeAccept => true,
+            TimerKind::Deadline => matches!(
+                conns.get(t.slot_or_conn),
+                Some(Some(c)) if c.serial == t.id && c.armed == Some(t.at)
+            ),
+            TimerKind::Delay => matches!(
+                conns.get(t.slot_or_conn),
+                Some(Some(c)) if c.queue.iter().any(|s| s.seq == t.id)
+            ),
+        });
+        self.timers_sweep_at = (2 * self.timers.len()).max(TIMER_SWEEP_MIN);
     }
 
     /// Does everything possible for connection `idx` now, then closes it or re-arms its
