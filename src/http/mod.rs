@@ -1,2 +1,21 @@
 //! HTTP/1.1 pieces shared by the proxy, the worker and the admin endpoint: head parsing
 //! (httparse, strict), body framing (Content-Length, chunked), limits, canned responses.
+//!
+//! - `request`: strict request-head parser with limits (`parse_request_head`).
+//! - `response`: canned responses (`simple`, `json_error`), reason phrases, Date, and the
+//!   upstream response-head parser (`parse_response_head`).
+//! - `chunked`: incremental bounded chunked decoder (`ChunkedDecoder`) and encoder.
+//! - `rewrite`: heads to forward (upstream request, client response), hop-by-hop removal,
+//!   X-Forwarded-For/Proto, re-framing.
+//! - `fields`: byte spans, framing, Content-Length / Transfer-Encoding / Host rules.
+
+pub mod chunked;
+pub mod fields;
+pub mod request;
+pub mod response;
+pub mod rewrite;
+
+pub use chunked::{ChunkError, ChunkLimits, ChunkedDecoder, Progress};
+pub use fields::{Field, Framing, Span};
+pub use request::{HeadError, Limits, Method, RequestHead, parse_request_head};
+pub use response::{ResponseError, ResponseHead, parse_response_head};

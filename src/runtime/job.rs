@@ -46,7 +46,11 @@ impl JobOutput {
             return "timed out".into();
         }
         let msg = self.stderr.trim();
-        let msg = if msg.is_empty() { self.stdout.trim() } else { msg };
+        let msg = if msg.is_empty() {
+            self.stdout.trim()
+        } else {
+            msg
+        };
         match (self.code, msg.is_empty()) {
             (Some(c), true) => format!("exit status {c}"),
             (None, true) => "killed by a signal".into(),

@@ -38,8 +38,6 @@ struct Conn {
 #[derive(Debug)]
 pub struct Admin {
     listener: TcpListener,
-    /// Token of the listener.
-    pub token: Token,
     conns: HashMap<Token, Conn>,
 }
 
@@ -63,7 +61,6 @@ impl Admin {
         registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Admin {
             listener,
-            token,
             conns: HashMap::new(),
         })
     }
@@ -104,7 +101,11 @@ impl Admin {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    crate::warn!("admin_accept_failed", "error={}", crate::sys::log::quote(&e.to_string()));
+                    crate::warn!(
+                        "admin_accept_failed",
+                        "error={}",
+                        crate::sys::log::quote(&e.to_string())
+                    );
                     return;
                 }
             }
@@ -144,7 +145,13 @@ impl Admin {
         let too_big = conn.inbuf.len() > MAX_HEAD;
         match parsed {
             Parsed::Incomplete if too_big => {
-                self.respond(registry, token, 431, "text/plain", b"request head too large\n".to_vec());
+                self.respond(
+                    registry,
+                    token,
+                    431,
+                    "text/plain",
+                    b"request head too large\n".to_vec(),
+                );
                 None
             }
             Parsed::Incomplete => {
@@ -154,7 +161,13 @@ impl Admin {
                 None
             }
             Parsed::Bad => {
-                self.respond(registry, token, 400, "text/plain", b"bad request\n".to_vec());
+                self.respond(
+                    registry,
+                    token,
+                    400,
+                    "text/plain",
+                    b"bad request\n".to_vec(),
+                );
                 None
             }
             Parsed::Request { method, path } => {
@@ -162,7 +175,13 @@ impl Admin {
                     "/status" => Route::Status,
                     "/metrics" => Route::Metrics,
                     _ => {
-                        self.respond(registry, token, 404, "text/plain", b"not found: try /status or /metrics\n".to_vec());
+                        self.respond(
+                            registry,
+                            token,
+                            404,
+                            "text/plain",
+                            b"not found: try /status or /metrics\n".to_vec(),
+                        );
                         return None;
                     }
                 };
@@ -180,7 +199,14 @@ impl Admin {
         self.respond(registry, token, 200, content_type, body);
     }
 
-    fn respond(&mut self, registry: &Registry, token: Token, status: u16, ctype: &str, body: Vec<u8>) {
+    fn respond(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        status: u16,
+        ctype: &str,
+        body: Vec<u8>,
+    ) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };

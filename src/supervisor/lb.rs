@@ -7,8 +7,8 @@ use mio::Token;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-use super::Supervisor;
 use super::children::{self, ChildMetrics, ChildStart, ChildState, ControlConn, LbChild};
+use super::{Supervisor, autoscale};
 use crate::proxy::control::{Down, Up};
 use crate::sys::log::quote;
 use crate::{error, info, warn};
@@ -59,7 +59,11 @@ impl Supervisor {
             .collect();
         let timeout = self.cfg.drain_timeout_ms;
         for k in retiring {
-            self.drain_child(k, timeout, now + Duration::from_millis(timeout) + Duration::from_secs(2));
+            self.drain_child(
+                k,
+                timeout,
+                now + Duration::from_millis(timeout) + Duration::from_secs(2),
+            );
         }
     }
 
@@ -93,13 +97,21 @@ impl Supervisor {
         let conn = match ControlConn::new(ours, self.poll.registry(), token) {
             Ok(c) => c,
             Err(e) => {
-                error!("lb_control_failed", "lb={i} error={}", quote(&e.to_string()));
+                error!(
+                    "lb_control_failed",
+                    "lb={i} error={}",
+                    quote(&e.to_string())
+                );
                 let _ = kill(pid, Signal::SIGKILL);
                 let _ = waitpid(pid, None);
                 return;
             }
         };
-        info!("lb_child_forked", "lb={i} pid={pid} listen={addr} backends={}", backends.len());
+        info!(
+            "lb_child_forked",
+            "lb={i} pid={pid} listen={addr} backends={}",
+            backends.len()
+        );
         self.children.push(LbChild {
             pid,
             index: i,
@@ -184,7 +196,10 @@ impl Supervisor {
         if let ChildState::Draining { .. } = c.state {
             return;
         }
-        info!("lb_child_draining", "lb={} pid={} timeout_ms={timeout_ms}", c.index, c.pid);
+        info!(
+            "lb_child_draining",
+            "lb={} pid={} timeout_ms={timeout_ms}", c.index, c.pid
+        );
         c.state = ChildState::Draining { deadline };
         if c.conn.send(&Down::Drain { seq, timeout_ms }).is_err() {
             let _ = kill(c.pid, Signal::SIGTERM);
@@ -213,7 +228,13 @@ impl Supervisor {
     /// SIGKILL to every child, and reap them.
     pub(super) fn kill_all_children(&mut self, why: &str) {
         for c in &mut self.children {
-            warn!("lb_child_kill", "lb={} pid={} reason={}", c.index, c.pid, quote(why));
+            warn!(
+                "lb_child_kill",
+                "lb={} pid={} reason={}",
+                c.index,
+                c.pid,
+                quote(why)
+            );
             let _ = kill(c.pid, Signal::SIGKILL);
             let _ = waitpid(c.pid, None);
             c.conn.deregister(self.poll.registry());
@@ -241,10 +262,11 @@ impl Supervisor {
             let mut c = self.children.remove(k);
             c.conn.deregister(self.poll.registry());
             // Take in what it sent last (its final metrics) before forgetting it.
-            handle_messages(&mut c);
+            handle_messages(&mut c, &mut self.latency);
             if let Some(m) = &c.metrics {
                 self.retired.absorb(&m.backends);
             }
+            self.latency.forget_child(&c.pid.to_string());
             let how = match status {
                 WaitStatus::Exited(_, code) => format!("exit {code}"),
                 WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
@@ -253,15 +275,26 @@ impl Supervisor {
             let expected = matches!(c.state, ChildState::Draining { .. })
                 || matches!(self.phase, super::Phase::Stopping(_));
             if expected {
-                info!("lb_child_exited", "lb={} pid={pid} status={}", c.index, quote(&how));
+                info!(
+                    "lb_child_exited",
+                    "lb={} pid={pid} status={}",
+                    c.index,
+                    quote(&how)
+                );
             } else {
-                warn!("lb_child_died", "lb={} pid={pid} status={} action=refork", c.index, quote(&how));
+                warn!(
+                    "lb_child_died",
+                    "lb={} pid={pid} status={} action=refork",
+                    c.index,
+                    quote(&how)
+                );
                 self.lb_restarts += 1;
                 let young = now.duration_since(c.started) < YOUNG_DEATH;
                 let entry = self.lb_backoff.entry(c.index).or_insert((now, 0));
                 if young {
                     entry.1 += 1;
-                    let delay = (Duration::from_millis(100) * 2u32.pow(entry.1.min(6))).min(MAX_REFORK_DELAY);
+                    let delay = (Duration::from_millis(100) * 2u32.pow(entry.1.min(6)))
+                        .min(MAX_REFORK_DELAY);
                     entry.0 = now + delay;
                 } else {
                     *entry = (now, 0);
@@ -277,7 +310,7 @@ impl Supervisor {
         };
         let c = &mut self.children[k];
         let _ = c.conn.flush();
-        handle_messages(c);
+        handle_messages(c, &mut self.latency);
     }
 
     /// Every second: request rate (and the autoscaler, when on).
@@ -291,10 +324,49 @@ impl Supervisor {
         let views = self.backend_views();
         let total: u64 = views.values().map(|v| v.totals.requests()).sum();
         self.rate.record(now, total);
+
+        let active: std::collections::HashSet<String> = self
+            .backend_set()
+            .into_iter()
+            .filter(|b| b.state == crate::proxy::control::BackendState::Active)
+            .map(|b| b.id)
+            .collect();
+        let sample = autoscale::Sample {
+            active_workers: self.active_workers(),
+            in_flight: autoscale::active_in_flight(
+                self.children
+                    .iter()
+                    .filter_map(|c| c.metrics.as_ref().map(|m| m.backends.as_slice())),
+                |id| active.contains(id),
+            ),
+            p90_ms: self.latency.take_p90(),
+        };
+        let decision = self.scaler.observe(now, &sample);
+        self.apply_scale(decision, now);
+    }
+
+    /// Applies an autoscaler decision through the same path as a reload's worker count.
+    pub(super) fn apply_scale(&mut self, decision: autoscale::Decision, now: Instant) {
+        if let autoscale::Decision::ScaleTo { target, reason } = decision {
+            if target == self.desired_workers {
+                return;
+            }
+            info!(
+                "autoscale_decision",
+                "from={} to={target} reason={}",
+                self.desired_workers,
+                quote(&reason)
+            );
+            self.desired_workers = target;
+            self.sync_worker_slots();
+            self.drive_workers(now);
+        }
     }
 
     /// Per-backend figures: retired children plus every live child's latest report.
-    pub(super) fn backend_views(&self) -> std::collections::BTreeMap<String, super::metrics::BackendView> {
+    pub(super) fn backend_views(
+        &self,
+    ) -> std::collections::BTreeMap<String, super::metrics::BackendView> {
         super::metrics::aggregate(
             &self.retired,
             self.children
@@ -305,7 +377,7 @@ impl Supervisor {
 }
 
 /// Takes in what a child sent: acks and metrics reports.
-fn handle_messages(c: &mut LbChild) {
+fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
     let now = Instant::now();
     for msg in c.conn.read() {
         match msg {
@@ -325,6 +397,7 @@ fn handle_messages(c: &mut LbChild) {
                 backends,
             }) => {
                 c.metrics_basis = c.acked_seq;
+                latency.record(&c.pid.to_string(), &backends);
                 c.metrics = Some(ChildMetrics {
                     connections,
                     backends,

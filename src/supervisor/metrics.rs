@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::proxy::control::{BackendMetrics, LATENCY_BUCKETS_MS};
+use crate::proxy::control::BackendMetrics;
 
 /// Cumulative figures of one backend.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,21 +34,6 @@ impl Totals {
             *a += b;
         }
         self.latency_sum_ms += m.latency_sum_ms;
-    }
-
-    /// Adds another total.
-    pub fn merge(&mut self, o: &Totals) {
-        for (a, b) in self.responses.iter_mut().zip(o.responses.iter()) {
-            *a += b;
-        }
-        self.failures += o.failures;
-        if self.latency.len() < o.latency.len() {
-            self.latency.resize(o.latency.len(), 0);
-        }
-        for (a, b) in self.latency.iter_mut().zip(o.latency.iter()) {
-            *a += b;
-        }
-        self.latency_sum_ms += o.latency_sum_ms;
     }
 
     /// All responses.
@@ -124,33 +109,6 @@ pub fn aggregate<'a>(
     out
 }
 
-/// The latency below which `q` (0..1) of the samples in `buckets` fall: the upper bound of
-/// the bucket holding that rank (the last finite bound for the +Inf bucket). None when empty.
-pub fn quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = (q * total as f64).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, &c) in buckets.iter().enumerate() {
-        seen += c;
-        if seen >= rank {
-            let last = LATENCY_BUCKETS_MS[LATENCY_BUCKETS_MS.len() - 1];
-            return Some(LATENCY_BUCKETS_MS.get(i).copied().unwrap_or(last));
-        }
-    }
-    None
-}
-
-/// Bucket-wise `now - before` (a counter that went back, after a restart, counts from 0).
-pub fn delta(now: &[u64], before: &[u64]) -> Vec<u64> {
-    now.iter()
-        .enumerate()
-        .map(|(i, &n)| n.saturating_sub(before.get(i).copied().unwrap_or(0)))
-        .collect()
-}
-
 /// Request rate over a sliding window of (time, total) samples.
 #[derive(Debug, Default)]
 pub struct Rate {
@@ -215,24 +173,6 @@ mod tests {
         assert_eq!(a.in_flight, 3, "retired in-flight does not count");
         assert_eq!((a.healthy_votes, a.unhealthy_votes), (1, 1));
         assert_eq!(agg["b"].totals.requests(), 4);
-    }
-
-    #[test]
-    fn quantile_picks_the_bucket_bound() {
-        // 10 samples: 5 in <=1ms, 4 in <=2.5ms, 1 in <=5ms.
-        let b = [5, 4, 1, 0];
-        assert_eq!(quantile_ms(&b, 0.5), Some(1.0));
-        assert_eq!(quantile_ms(&b, 0.9), Some(2.5));
-        assert_eq!(quantile_ms(&b, 0.99), Some(5.0));
-        assert_eq!(quantile_ms(&[0, 0], 0.9), None);
-        let mut inf = vec![0; LATENCY_BUCKETS_MS.len()];
-        inf.push(3);
-        assert_eq!(quantile_ms(&inf, 0.9), Some(5000.0));
-    }
-
-    #[test]
-    fn delta_never_goes_negative() {
-        assert_eq!(delta(&[5, 3, 1], &[2, 4]), vec![3, 0, 1]);
     }
 
     #[test]

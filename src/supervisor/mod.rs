@@ -6,6 +6,7 @@
 //! backend-set fan-out); `reload.rs` SIGHUP; `render.rs` /status and /metrics.
 
 mod admin;
+pub mod autoscale;
 mod children;
 mod lb;
 mod metrics;
@@ -55,8 +56,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
-    let path = standin::default_path(config);
-    let cfg = match standin::load(&path) {
+    let path = crate::config::default_path(config);
+    let cfg = match crate::config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             error!("config_invalid", "error={}", quote(&e.to_string()));
@@ -185,6 +186,10 @@ pub(crate) struct Supervisor {
     stop_signals: u32,
     /// When metrics were last sampled.
     last_sample: Option<Instant>,
+    /// The autoscaler (always present; decides nothing when disabled).
+    scaler: autoscale::Autoscaler,
+    /// p90 of the requests completed between two samples.
+    latency: autoscale::LatencyWindow,
 }
 
 /// Binds a listening TCP socket (std sets SO_REUSEADDR) and raises its backlog to the
@@ -265,6 +270,7 @@ impl Supervisor {
         let now = Instant::now();
         let next_listener_id = listeners.len() as u64;
         let desired_workers = cfg.worker;
+        let cfg_autoscale = cfg.autoscale.clone();
         let next_watchdog = notify::watchdog_interval().map(|_| now);
         let mut sup = Supervisor {
             cfg,
@@ -305,6 +311,8 @@ impl Supervisor {
             image_ready: false,
             stop_signals: 0,
             last_sample: None,
+            scaler: autoscale::Autoscaler::new(&cfg_autoscale),
+            latency: autoscale::LatencyWindow::new(),
         };
         sup.choose_runtime();
         Ok(sup)
@@ -334,7 +342,11 @@ impl Supervisor {
             RuntimeKind::Auto => {
                 self.phase = Phase::Detecting;
                 let deadline = Instant::now() + DOCKER_INFO_TIMEOUT;
-                if !self.spawn_job(crate::runtime::docker::info(), JobKind::DockerInfo, deadline) {
+                if !self.spawn_job(
+                    crate::runtime::docker::info(),
+                    JobKind::DockerInfo,
+                    deadline,
+                ) {
                     self.use_runtime(
                         Runtime::Process,
                         "runtime: auto and the docker CLI could not be started".into(),
@@ -360,7 +372,12 @@ impl Supervisor {
     }
 
     fn use_runtime(&mut self, rt: Runtime, reason: String) {
-        info!("runtime_chosen", "runtime={} reason={}", rt.name(), quote(&reason));
+        info!(
+            "runtime_chosen",
+            "runtime={} reason={}",
+            rt.name(),
+            quote(&reason)
+        );
         self.runtime_reason = reason;
         let docker = match &rt {
             Runtime::Docker(d) => Some(d.clone()),
@@ -383,14 +400,11 @@ impl Supervisor {
         if matches!(self.phase, Phase::Stopping(_)) {
             return;
         }
-        let deadline =
-            Instant::now() + Duration::from_millis(self.cfg.worker_start_timeout_ms);
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.worker_start_timeout_ms);
         self.phase = Phase::StartingWorkers { deadline };
         info!(
             "starting_workers",
-            "count={} timeout_ms={}",
-            self.desired_workers,
-            self.cfg.worker_start_timeout_ms
+            "count={} timeout_ms={}", self.desired_workers, self.cfg.worker_start_timeout_ms
         );
         self.sync_worker_slots();
     }
@@ -551,6 +565,17 @@ impl Supervisor {
     fn finish_start(&mut self) {
         self.phase = Phase::Running;
         let now = Instant::now();
+        self.scaler.set_desired(now, self.cfg.worker);
+        if self.cfg.autoscale.enabled
+            && let Some(d) = self.scaler.desired()
+            && d != self.desired_workers
+        {
+            info!(
+                "autoscale_bounds",
+                "workers={} desired={d}", self.desired_workers
+            );
+            self.desired_workers = d;
+        }
         self.publish_backends();
         self.ensure_children(now);
         let line = self.status_line();
@@ -579,7 +604,10 @@ impl Supervisor {
             return;
         }
         let line = self.status_line();
-        if force || line != self.last_status_line || now.duration_since(self.last_status_notify) >= STATUS_EVERY {
+        if force
+            || line != self.last_status_line
+            || now.duration_since(self.last_status_notify) >= STATUS_EVERY
+        {
             notify::status(&line);
             self.last_status_line = line;
             self.last_status_notify = now;
@@ -649,12 +677,20 @@ impl Supervisor {
                             .join(",")
                     );
                     let cmd = d.remove(&ids);
-                    self.spawn_job(cmd, JobKind::RemoveLeftovers, Instant::now() + DOCKER_CALL_TIMEOUT);
+                    self.spawn_job(
+                        cmd,
+                        JobKind::RemoveLeftovers,
+                        Instant::now() + DOCKER_CALL_TIMEOUT,
+                    );
                 }
             }
             JobKind::RemoveLeftovers => {
                 if !out.success {
-                    warn!("leftover_removal_failed", "error={}", quote(&out.error_text()));
+                    warn!(
+                        "leftover_removal_failed",
+                        "error={}",
+                        quote(&out.error_text())
+                    );
                 }
                 self.leftovers_done = true;
                 self.maybe_docker_ready();
@@ -676,7 +712,9 @@ impl Supervisor {
                         let cmd = d.build(&context);
                         if !self.spawn_job(
                             cmd,
-                            JobKind::ImageBuild { context: context.clone() },
+                            JobKind::ImageBuild {
+                                context: context.clone(),
+                            },
                             Instant::now() + DOCKER_BUILD_TIMEOUT,
                         ) {
                             let _ = std::fs::remove_dir_all(&context);
@@ -719,12 +757,20 @@ impl Supervisor {
                 if !ids.is_empty() {
                     info!("removing_containers", "count={}", ids.len());
                     let cmd = d.remove(&ids);
-                    self.spawn_job(cmd, JobKind::SweepRemove, Instant::now() + DOCKER_CALL_TIMEOUT);
+                    self.spawn_job(
+                        cmd,
+                        JobKind::SweepRemove,
+                        Instant::now() + DOCKER_CALL_TIMEOUT,
+                    );
                 }
             }
             JobKind::SweepRemove => {
                 if !out.success {
-                    warn!("container_removal_failed", "error={}", quote(&out.error_text()));
+                    warn!(
+                        "container_removal_failed",
+                        "error={}",
+                        quote(&out.error_text())
+                    );
                 }
             }
         }
@@ -762,8 +808,11 @@ impl Supervisor {
                     for slot in self.workers.values_mut() {
                         slot.wanted = false;
                     }
-                    let grace = Duration::from_millis(self.cfg.drain_timeout_ms) + Duration::from_secs(15);
-                    self.phase = Phase::Stopping(StopStep::StopWorkers { deadline: now + grace });
+                    let grace =
+                        Duration::from_millis(self.cfg.drain_timeout_ms) + Duration::from_secs(15);
+                    self.phase = Phase::Stopping(StopStep::StopWorkers {
+                        deadline: now + grace,
+                    });
                     self.drive_workers(now);
                 }
             }

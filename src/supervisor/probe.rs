@@ -25,8 +25,6 @@ pub enum ProbeResult {
 #[derive(Debug)]
 pub struct Probe {
     stream: mio::net::TcpStream,
-    /// Poll token.
-    pub token: Token,
     /// The worker port it checks (the worker slot's key).
     pub port: u16,
     /// The worker slot's launch generation it belongs to.
@@ -53,7 +51,6 @@ impl Probe {
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         Ok(Probe {
             stream,
-            token,
             port,
             generation,
             deadline,
@@ -154,8 +151,8 @@ mod tests {
         });
         let mut poll = mio::Poll::new().expect("poll");
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut probe =
-            Probe::start(addr, "/healthz", poll.registry(), Token(1), 1, 0, deadline).expect("start");
+        let mut probe = Probe::start(addr, "/healthz", poll.registry(), Token(1), 1, 0, deadline)
+            .expect("start");
         let mut events = mio::Events::with_capacity(8);
         let result = loop {
             let _ = poll.poll(&mut events, Some(Duration::from_millis(50)));

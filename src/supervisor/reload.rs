@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{LbListener, Supervisor, bind_listener, lb_addrs, standin};
+use super::{LbListener, Supervisor, bind_listener, lb_addrs};
 use crate::config::Config;
 use crate::sys::log::quote;
 use crate::sys::notify;
@@ -27,7 +27,11 @@ impl Supervisor {
     /// Handles SIGHUP. An invalid config changes nothing.
     pub(super) fn reload(&mut self) {
         notify::reloading();
-        info!("reload_started", "config={}", quote(&self.config_path.display().to_string()));
+        info!(
+            "reload_started",
+            "config={}",
+            quote(&self.config_path.display().to_string())
+        );
         match self.try_reload() {
             Ok(changed) => {
                 self.reloads += 1;
@@ -41,7 +45,11 @@ impl Supervisor {
                 );
             }
             Err(e) => {
-                error!("reload_rejected", "error={} action=\"keep running unchanged\"", quote(&e));
+                error!(
+                    "reload_rejected",
+                    "error={} action=\"keep running unchanged\"",
+                    quote(&e)
+                );
                 self.last_reload_error = Some(e);
             }
         }
@@ -49,7 +57,7 @@ impl Supervisor {
     }
 
     fn try_reload(&mut self) -> Result<Vec<String>, String> {
-        let mut new = standin::load(&self.config_path).map_err(|e| e.to_string())?;
+        let mut new = crate::config::load(&self.config_path).map_err(|e| e.to_string())?;
         // What the running processes cannot take without a restart stays as it is.
         let old = &self.cfg;
         let mut kept = Vec::new();
@@ -105,8 +113,12 @@ impl Supervisor {
                 Err(e) => {
                     // Put everything back as it was (the new sockets close here).
                     old_listeners.extend(next.into_iter().filter(|l| l.id < first_new_id));
-                    old_listeners
-                        .sort_by_key(|l| order.iter().position(|&id| id == l.id).unwrap_or(usize::MAX));
+                    old_listeners.sort_by_key(|l| {
+                        order
+                            .iter()
+                            .position(|&id| id == l.id)
+                            .unwrap_or(usize::MAX)
+                    });
                     self.listeners = old_listeners;
                     return Err(e);
                 }
@@ -132,13 +144,23 @@ impl Supervisor {
         let settings_changed = new.proxy != self.cfg.proxy;
         let worker_changed = new.worker != self.cfg.worker;
         self.cfg = new;
+        let now = Instant::now();
+        self.scaler.reconfigure(&self.cfg.autoscale);
         if worker_changed {
+            // The operator's new count wins (clamped to [min, max] when autoscaling).
+            self.scaler.set_desired(now, self.cfg.worker);
             self.desired_workers = self.cfg.worker;
         }
         if self.cfg.autoscale.enabled {
-            self.desired_workers = self
-                .desired_workers
-                .clamp(self.cfg.autoscale.min, self.cfg.autoscale.max.max(self.cfg.autoscale.min));
+            let (min, max) = (
+                self.cfg.autoscale.min,
+                self.cfg.autoscale.max.max(self.cfg.autoscale.min),
+            );
+            let clamped = self.desired_workers.clamp(min, max);
+            if clamped != self.desired_workers {
+                self.scaler.set_desired(now, clamped);
+                self.desired_workers = clamped;
+            }
         }
 
         // Children: those on a listener that changed, past the new pool size, or needing a
@@ -159,7 +181,6 @@ impl Supervisor {
         if settings_changed && !replace_all {
             self.publish_settings();
         }
-        let now = Instant::now();
         self.ensure_children(now);
         self.sync_worker_slots();
         self.drive_workers(now);

@@ -15,7 +15,9 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Escapes a Prometheus label value.
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Supervisor {
@@ -31,7 +33,8 @@ impl Supervisor {
                 self.metrics_text().into_bytes(),
             ),
         };
-        self.admin.answer(self.poll.registry(), p.token, ctype, body);
+        self.admin
+            .answer(self.poll.registry(), p.token, ctype, body);
     }
 
     fn phase_name(&self) -> &'static str {
@@ -55,7 +58,11 @@ impl Supervisor {
                     (WorkerState::Active | WorkerState::Draining { .. }, Some(v))
                         if v.healthy_votes + v.unhealthy_votes > 0 =>
                     {
-                        if v.unhealthy_votes == 0 { "healthy" } else { "unhealthy" }
+                        if v.unhealthy_votes == 0 {
+                            "healthy"
+                        } else {
+                            "unhealthy"
+                        }
                     }
                     // Not yet reported by a child: the supervisor's own check passed.
                     (WorkerState::Active, _) => "healthy",
@@ -128,7 +135,7 @@ impl Supervisor {
             workers,
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
-            autoscaler: self.autoscaler_status(),
+            autoscale: serde_json::to_value(self.scaler.status()).ok(),
         }
     }
 
@@ -136,19 +143,37 @@ impl Supervisor {
     pub(super) fn metrics_text(&self) -> String {
         let views = self.backend_views();
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP glb_requests_total Responses sent to clients, by backend and status class.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_requests_total Responses sent to clients, by backend and status class."
+        );
         let _ = writeln!(o, "# TYPE glb_requests_total counter");
         for (id, v) in &views {
             for (class, n) in CLASSES.iter().zip(v.totals.responses.iter()) {
-                let _ = writeln!(o, "glb_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}", label(id));
+                let _ = writeln!(
+                    o,
+                    "glb_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
+                    label(id)
+                );
             }
         }
-        let _ = writeln!(o, "# HELP glb_backend_failures_total Connect failures, timeouts and broken responses, by backend.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_backend_failures_total Connect failures, timeouts and broken responses, by backend."
+        );
         let _ = writeln!(o, "# TYPE glb_backend_failures_total counter");
         for (id, v) in &views {
-            let _ = writeln!(o, "glb_backend_failures_total{{backend=\"{}\"}} {}", label(id), v.totals.failures);
+            let _ = writeln!(
+                o,
+                "glb_backend_failures_total{{backend=\"{}\"}} {}",
+                label(id),
+                v.totals.failures
+            );
         }
-        let _ = writeln!(o, "# HELP glb_request_duration_seconds Time from request to complete response, by backend.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_request_duration_seconds Time from request to complete response, by backend."
+        );
         let _ = writeln!(o, "# TYPE glb_request_duration_seconds histogram");
         for (id, v) in &views {
             let mut cum = 0u64;
@@ -162,55 +187,104 @@ impl Supervisor {
                 );
             }
             let count: u64 = v.totals.latency.iter().sum();
-            let _ = writeln!(o, "glb_request_duration_seconds_bucket{{backend=\"{}\",le=\"+Inf\"}} {count}", label(id));
-            let _ = writeln!(o, "glb_request_duration_seconds_sum{{backend=\"{}\"}} {}", label(id), v.totals.latency_sum_ms / 1000.0);
-            let _ = writeln!(o, "glb_request_duration_seconds_count{{backend=\"{}\"}} {count}", label(id));
+            let _ = writeln!(
+                o,
+                "glb_request_duration_seconds_bucket{{backend=\"{}\",le=\"+Inf\"}} {count}",
+                label(id)
+            );
+            let _ = writeln!(
+                o,
+                "glb_request_duration_seconds_sum{{backend=\"{}\"}} {}",
+                label(id),
+                v.totals.latency_sum_ms / 1000.0
+            );
+            let _ = writeln!(
+                o,
+                "glb_request_duration_seconds_count{{backend=\"{}\"}} {count}",
+                label(id)
+            );
         }
-        let _ = writeln!(o, "# HELP glb_backend_in_flight Requests in flight to a backend now.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_backend_in_flight Requests in flight to a backend now."
+        );
         let _ = writeln!(o, "# TYPE glb_backend_in_flight gauge");
         for (id, v) in &views {
-            let _ = writeln!(o, "glb_backend_in_flight{{backend=\"{}\"}} {}", label(id), v.in_flight);
+            let _ = writeln!(
+                o,
+                "glb_backend_in_flight{{backend=\"{}\"}} {}",
+                label(id),
+                v.in_flight
+            );
         }
-        let _ = writeln!(o, "# HELP glb_backend_healthy 1 when the worker is serving and every LB child sees it healthy.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_backend_healthy 1 when the worker is serving and every LB child sees it healthy."
+        );
         let _ = writeln!(o, "# TYPE glb_backend_healthy gauge");
         for s in self.workers.values() {
             let Some(id) = &s.id else { continue };
             let v = views.get(id);
             let up = s.state == WorkerState::Active && v.is_none_or(|v| v.unhealthy_votes == 0);
-            let _ = writeln!(o, "glb_backend_healthy{{backend=\"{}\",port=\"{}\"}} {}", label(id), s.port, u8::from(up));
+            let _ = writeln!(
+                o,
+                "glb_backend_healthy{{backend=\"{}\",port=\"{}\"}} {}",
+                label(id),
+                s.port,
+                u8::from(up)
+            );
         }
-        let _ = writeln!(o, "# HELP glb_workers_desired Workers wanted (config or autoscaler).");
+        let _ = writeln!(
+            o,
+            "# HELP glb_workers_desired Workers wanted (config or autoscaler)."
+        );
         let _ = writeln!(o, "# TYPE glb_workers_desired gauge");
         let _ = writeln!(o, "glb_workers_desired {}", self.desired_workers);
         let _ = writeln!(o, "# HELP glb_workers_actual Workers healthy and active.");
         let _ = writeln!(o, "# TYPE glb_workers_actual gauge");
         let _ = writeln!(o, "glb_workers_actual {}", self.active_workers());
-        let _ = writeln!(o, "# HELP glb_worker_restarts_total Workers replaced after dying or failing to start.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_worker_restarts_total Workers replaced after dying or failing to start."
+        );
         let _ = writeln!(o, "# TYPE glb_worker_restarts_total counter");
-        let _ = writeln!(o, "glb_worker_restarts_total {}", self.workers.values().map(|s| s.restarts).sum::<u64>());
-        let _ = writeln!(o, "# HELP glb_lb_children LB children running (not draining).");
+        let _ = writeln!(
+            o,
+            "glb_worker_restarts_total {}",
+            self.workers.values().map(|s| s.restarts).sum::<u64>()
+        );
+        let _ = writeln!(
+            o,
+            "# HELP glb_lb_children LB children running (not draining)."
+        );
         let _ = writeln!(o, "# TYPE glb_lb_children gauge");
-        let running = self.children.iter().filter(|c| c.state == ChildState::Running).count();
+        let running = self
+            .children
+            .iter()
+            .filter(|c| c.state == ChildState::Running)
+            .count();
         let _ = writeln!(o, "glb_lb_children {running}");
-        let _ = writeln!(o, "# HELP glb_lb_child_restarts_total LB children re-forked after dying.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_lb_child_restarts_total LB children re-forked after dying."
+        );
         let _ = writeln!(o, "# TYPE glb_lb_child_restarts_total counter");
         let _ = writeln!(o, "glb_lb_child_restarts_total {}", self.lb_restarts);
-        let _ = writeln!(o, "# HELP glb_connections Client connections open across LB children.");
+        let _ = writeln!(
+            o,
+            "# HELP glb_connections Client connections open across LB children."
+        );
         let _ = writeln!(o, "# TYPE glb_connections gauge");
-        let conns: u64 = self.children.iter().filter_map(|c| c.metrics.as_ref().map(|m| m.connections)).sum();
+        let conns: u64 = self
+            .children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
+            .sum();
         let _ = writeln!(o, "glb_connections {conns}");
         let _ = writeln!(o, "# HELP glb_reloads_total Successful reloads.");
         let _ = writeln!(o, "# TYPE glb_reloads_total counter");
         let _ = writeln!(o, "glb_reloads_total {}", self.reloads);
-        self.autoscaler_metrics(&mut o);
+        o.push_str(&self.scaler.status().prometheus());
         o
     }
-
-    /// Autoscaler status for /status (None until the autoscaler is wired).
-    fn autoscaler_status(&self) -> Option<serde_json::Value> {
-        None
-    }
-
-    /// Autoscaler lines for /metrics.
-    fn autoscaler_metrics(&self, _o: &mut String) {}
 }

@@ -46,8 +46,8 @@ pub struct Status {
     pub reloads: u64,
     /// Error of the last rejected reload, if the last reload was rejected.
     pub last_reload_error: Option<String>,
-    /// Autoscaler status, when enabled.
-    pub autoscaler: Option<serde_json::Value>,
+    /// Autoscaler status (`enabled: false` when off).
+    pub autoscale: Option<serde_json::Value>,
 }
 
 /// One LB child in `/status`.
@@ -108,8 +108,8 @@ fn admin_addr(config: Option<PathBuf>, admin: Option<String>) -> Result<SocketAd
             .next()
             .ok_or_else(|| format!("--admin {a}: no address"));
     }
-    let path = super::standin::default_path(config);
-    match super::standin::load(&path) {
+    let path = crate::config::default_path(config);
+    match crate::config::load(&path) {
         Ok(cfg) => Ok(SocketAddr::new(cfg.admin_address, cfg.admin_port)),
         Err(e) => Err(e.to_string()),
     }
@@ -150,13 +150,28 @@ pub fn render_table(s: &Status) -> String {
     ));
     out.push_str(&format!(
         "workers {}/{} healthy, {:.1} req/s, {} requests, {} connections, {} reloads\n",
-        s.workers_actual, s.workers_desired, s.requests_per_s, s.requests_total, s.connections, s.reloads
+        s.workers_actual,
+        s.workers_desired,
+        s.requests_per_s,
+        s.requests_total,
+        s.connections,
+        s.reloads
     ));
     if let Some(e) = &s.last_reload_error {
         out.push_str(&format!("last reload rejected: {e}\n"));
     }
-    if let Some(a) = &s.autoscaler {
-        out.push_str(&format!("autoscaler: {a}\n"));
+    if let Some(a) = &s.autoscale
+        && a.get("enabled").and_then(|e| e.as_bool()) == Some(true)
+    {
+        let g = |k: &str| {
+            a.get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "autoscale: desired {} (min {}, max {}), in-flight/worker {} (target {}), p90 {} ms, region {}\n",
+            g("desired"), g("min"), g("max"), g("inflight_per_worker"), g("target_inflight"), g("p90_ms"), g("region")
+        ));
     }
     out.push_str("\nLB CHILD  PID      LISTENER               STATE     CONNS  UPTIME\n");
     for c in &s.children {

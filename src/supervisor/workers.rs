@@ -463,6 +463,16 @@ impl Supervisor {
             let _ = child.wait();
         }
         self.remove_container(port, now);
+        // A worker the autoscaler asked for (beyond `min`) that cannot start is given up,
+        // and scale-out pauses; the `min` ones are retried here with the backoff.
+        let index = usize::from(port).saturating_sub(usize::from(self.cfg.worker_port));
+        if self.cfg.autoscale.enabled
+            && self.phase == Phase::Running
+            && index >= self.cfg.autoscale.min
+        {
+            let d = self.scaler.report_start_failure(now);
+            self.apply_scale(d, now);
+        }
     }
 
     /// Docker: `docker rm -f` of the slot's container (or its name) -> Removing.
@@ -628,7 +638,11 @@ impl Supervisor {
                 continue;
             };
             if let WorkerState::Stopping { .. } = slot.state {
-                info!("worker_stopped", "port={port} status={}", quote(&status.to_string()));
+                info!(
+                    "worker_stopped",
+                    "port={port} status={}",
+                    quote(&status.to_string())
+                );
                 slot.state = WorkerState::Gone;
             } else {
                 self.worker_died(port, now, &status.to_string());
@@ -748,7 +762,9 @@ impl Supervisor {
 
     /// Docker: starts a `docker ps` every RECONCILE_EVERY.
     pub(super) fn reconcile_if_due(&mut self, now: Instant) {
-        if self.reconcile_running || now.duration_since(self.last_reconcile) < super::RECONCILE_EVERY {
+        if self.reconcile_running
+            || now.duration_since(self.last_reconcile) < super::RECONCILE_EVERY
+        {
             return;
         }
         let Some(Runtime::Docker(d)) = self.runtime.clone() else {
@@ -793,7 +809,12 @@ impl Supervisor {
         }
         let strays: Vec<String> = listed
             .iter()
-            .filter(|c| !self.workers.values().any(|s| s.container.as_ref() == Some(&c.id)))
+            .filter(|c| {
+                !self
+                    .workers
+                    .values()
+                    .any(|s| s.container.as_ref() == Some(&c.id))
+            })
             .filter(|c| {
                 !c.port.is_some_and(|p| {
                     self.workers

@@ -1,0 +1,538 @@
+//! Head rewriting for forwarding: pure functions that write the head the proxy sends
+//! upstream (from a client's `RequestHead`) or to the client (from an upstream
+//! `ResponseHead`) into a caller-provided buffer.
+//!
+//! Both directions drop the hop-by-hop fields: `Connection` and every field it names,
+//! `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Proxy-Connection`, and `Upgrade` unless
+//! the caller is upgrading. Content-Length / Transfer-Encoding are re-added from the framing
+//! the caller actually sends, and the Connection field from what the caller decided. Every
+//! other field keeps its bytes and its order; every line is written with CRLF (a bare-LF
+//! input comes out as CRLF).
+//!
+//! Decisions (docs/ARCHITECTURE.md):
+//! - The request target is forwarded byte-exact, absolute-form included (RFC 9112 3.2.2 makes
+//!   every server accept absolute-form); with an absolute-form target the Host sent upstream
+//!   is the target's authority (replacing the client's Host in place).
+//! - The upstream request line always says HTTP/1.1 (we speak 1.1 to backends); an HTTP/1.0
+//!   request without Host gets an empty `Host:` (RFC 9112 3.2), unless the caller passes a
+//!   default.
+//! - `Host` is never dropped even if Connection names it (a client must not be able to strip
+//!   the routing field); X-Forwarded-For / X-Forwarded-Proto are ours, so a Connection naming
+//!   them only removes the client's copies.
+//! - `X-Forwarded-For`: the client address is appended to the last existing field line
+//!   (`, ip`), or a new line is added. `X-Forwarded-Proto` replaces any client value.
+//!   `Via` gets `1.x <pseudonym>` appended (RFC 9110 7.6.3: a gateway MUST send Via
+//!   inbound) when the caller gives a pseudonym.
+//! - Responses to clients always say HTTP/1.1 with the upstream's status and reason.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::fields::{Field, Framing};
+use super::request::{RequestHead, TargetForm};
+use super::response::ResponseHead;
+
+/// The Connection field the caller wants on the forwarded head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionOut {
+    /// No Connection field (HTTP/1.1 persistence is the default; also for interim 1xx).
+    Omit,
+    /// `Connection: keep-alive` (an HTTP/1.0 client that asked to keep the connection).
+    KeepAlive,
+    /// `Connection: close`.
+    Close,
+    /// `Connection: upgrade`, and the Upgrade field is kept.
+    Upgrade,
+}
+
+/// How to forward a client's request upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamRequest<'a> {
+    /// The client's address, appended to X-Forwarded-For.
+    pub client_ip: IpAddr,
+    /// The value of X-Forwarded-Proto (`http`).
+    pub proto: &'a str,
+    /// The framing of the body as sent upstream: `Length(n)` adds Content-Length, `Chunked`
+    /// adds `Transfer-Encoding: chunked`, `None` adds nothing.
+    pub framing: Framing,
+    /// The Connection field to send.
+    pub connection: ConnectionOut,
+    /// Host value when the request has neither Host nor an absolute-form target.
+    pub default_host: Option<&'a [u8]>,
+    /// Pseudonym appended to Via (`1.1 <pseudonym>`), None = no Via.
+    pub via: Option<&'a str>,
+}
+
+/// How to forward an upstream response to the client.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientResponse {
+    /// The framing of the body as sent to the client (see `client_framing`).
+    pub framing: Framing,
+    /// The Connection field to send.
+    pub connection: ConnectionOut,
+}
+
+/// Hop-by-hop fields removed in both directions (besides those Connection names).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"proxy-connection",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_framing(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+}
+
+fn put_connection(out: &mut Vec<u8>, c: ConnectionOut) {
+    match c {
+        ConnectionOut::Omit => {}
+        ConnectionOut::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        ConnectionOut::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        ConnectionOut::Upgrade => out.extend_from_slice(b"Connection: upgrade\r\n"),
+    }
+}
+
+/// Whether field `f` is dropped when forwarding (hop-by-hop, or named by Connection).
+fn dropped(buf: &[u8], f: &Field, connection_tokens: &[super::Span], keep_upgrade: bool) -> bool {
+    let name = f.name.get(buf);
+    if name.eq_ignore_ascii_case(b"upgrade") {
+        return !keep_upgrade;
+    }
+    if is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"content-length") {
+        return true;
+    }
+    if name.eq_ignore_ascii_case(b"host") {
+        return false;
+    }
+    connection_tokens
+        .iter()
+        .any(|t| t.get(buf).eq_ignore_ascii_case(name))
+}
+
+/// Appends the head to send upstream for `head` (parsed from `buf`) to `out`.
+pub fn write_upstream_request(
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    buf: &[u8],
+    opts: &UpstreamRequest<'_>,
+) {
+    out.extend_from_slice(head.method.get(buf));
+    out.push(b' ');
+    out.extend_from_slice(head.target.get(buf));
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let host_value: &[u8] = match (head.target_form, head.authority) {
+        (TargetForm::Absolute, Some(a)) => a.get(buf),
+        _ => head
+            .host
+            .map_or(opts.default_host.unwrap_or(b""), |h| h.get(buf)),
+    };
+    let keep_upgrade = opts.connection == ConnectionOut::Upgrade;
+    let last_xff = head
+        .headers
+        .iter()
+        .rposition(|f| f.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for"))
+        .filter(|&i| !dropped(buf, &head.headers[i], &head.connection_tokens, keep_upgrade));
+    let mut host_written = false;
+    for (i, f) in head.headers.iter().enumerate() {
+        if dropped(buf, f, &head.connection_tokens, keep_upgrade) {
+            continue;
+        }
+        let name = f.name.get(buf);
+        if name.eq_ignore_ascii_case(b"host") {
+            put_field(out, name, host_value);
+            host_written = true;
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            // Replaced by ours below.
+        } else if Some(i) == last_xff {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            let v = f.value.get(buf);
+            if !v.is_empty() {
+                out.extend_from_slice(v);
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{}\r\n", opts.client_ip);
+        } else if opts.via.is_some() && name.eq_ignore_ascii_case(b"via") {
+            // Re-emitted with our hop appended below, in this position's stead.
+        } else {
+            put_field(out, name, f.value.get(buf));
+        }
+    }
+    if !host_written {
+        put_field(out, b"Host", host_value);
+    }
+    if let Some(pseudonym) = opts.via {
+        out.extend_from_slice(b"Via: ");
+        for f in &head.headers {
+            if f.name.get(buf).eq_ignore_ascii_case(b"via")
+                && !dropped(buf, f, &head.connection_tokens, keep_upgrade)
+                && !f.value.is_empty()
+            {
+                out.extend_from_slice(f.value.get(buf));
+                out.extend_from_slice(b", ");
+            }
+        }
+        let _ = write!(out, "1.{} {}\r\n", head.version, pseudonym);
+    }
+    if last_xff.is_none() {
+        let _ = write!(out, "X-Forwarded-For: {}\r\n", opts.client_ip);
+    }
+    let _ = write!(out, "X-Forwarded-Proto: {}\r\n", opts.proto);
+    put_framing(out, opts.framing);
+    put_connection(out, opts.connection);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The framing to use towards a client of `client_version` (0 = HTTP/1.0) for `resp`: an
+/// HTTP/1.0 client never gets chunked, it gets the de-chunked body delimited by close.
+pub fn client_framing(resp: &ResponseHead, client_version: u8) -> Framing {
+    match resp.framing {
+        Framing::Chunked if client_version == 0 => Framing::Close,
+        f => f,
+    }
+}
+
+/// Appends the head to send to the client for upstream response `head` (parsed from `buf`)
+/// to `out`. With `framing` `None` the upstream's Content-Length is kept for HEAD and 304
+/// responses (it describes the representation, not this message); dropped for 1xx and 204.
+pub fn write_client_response(
+    out: &mut Vec<u8>,
+    head: &ResponseHead,
+    buf: &[u8],
+    opts: &ClientResponse,
+) {
+    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(head.reason.get(buf));
+    out.extend_from_slice(b"\r\n");
+    let keep_upgrade = opts.connection == ConnectionOut::Upgrade;
+    let mut original_length = None;
+    for f in &head.headers {
+        let name = f.name.get(buf);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            original_length = Some(f.value.get(buf));
+        }
+        if dropped(buf, f, &head.connection_tokens, keep_upgrade) {
+            continue;
+        }
+        put_field(out, name, f.value.get(buf));
+    }
+    match (opts.framing, original_length) {
+        (Framing::None, Some(v)) if head.status >= 200 && head.status != 204 => {
+            put_field(out, b"Content-Length", v);
+        }
+        (f, _) => put_framing(out, f),
+    }
+    put_connection(out, opts.connection);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{Limits, parse_request_head};
+    use crate::http::response::parse_response_head;
+
+    fn ip() -> IpAddr {
+        "10.1.2.3".parse().unwrap()
+    }
+
+    fn up(raw: &[u8], framing: Framing, connection: ConnectionOut) -> String {
+        let h = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_upstream_request(
+            &mut out,
+            &h,
+            raw,
+            &UpstreamRequest {
+                client_ip: ip(),
+                proto: "http",
+                framing,
+                connection,
+                default_host: None,
+                via: None,
+            },
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_basic() {
+        let got = up(
+            b"GET /a?b HTTP/1.1\r\nHost: ex.com\r\nAccept: */*\r\nUser-Agent: t\r\n\r\n",
+            Framing::None,
+            ConnectionOut::Omit,
+        );
+        assert_eq!(
+            got,
+            "GET /a?b HTTP/1.1\r\nHost: ex.com\r\nAccept: */*\r\nUser-Agent: t\r\n\
+             X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_hop_by_hop_removed() {
+        let raw = b"POST /x HTTP/1.1\r\nKeep-Alive: timeout=5\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\n\
+            TE: trailers\r\nX-Secret: 1\r\nx-secret: 2\r\nTrailer: Expires\r\nProxy-Connection: keep-alive\r\n\
+            Upgrade: websocket\r\nTransfer-Encoding: chunked\r\nX-Keep: yes\r\n\r\n";
+        let got = up(raw, Framing::Chunked, ConnectionOut::Close);
+        assert_eq!(
+            got,
+            "POST /x HTTP/1.1\r\nHost: h\r\nX-Keep: yes\r\nX-Forwarded-For: 10.1.2.3\r\n\
+             X-Forwarded-Proto: http\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_content_length_reframed() {
+        let got = up(
+            b"PUT /x HTTP/1.1\r\nContent-Length: 0005\r\nHost: h\r\n\r\n",
+            Framing::Length(5),
+            ConnectionOut::Omit,
+        );
+        assert_eq!(
+            got,
+            "PUT /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.1.2.3\r\n\
+             X-Forwarded-Proto: http\r\nContent-Length: 5\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_upgrade_kept_when_upgrading() {
+        let raw = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let got = up(raw, Framing::None, ConnectionOut::Upgrade);
+        assert_eq!(
+            got,
+            "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\
+             X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\nConnection: upgrade\r\n\r\n"
+        );
+        let got = up(raw, Framing::None, ConnectionOut::Omit);
+        assert!(!got.contains("Upgrade"), "{got}");
+    }
+
+    #[test]
+    fn request_xff_appended_xfp_replaced() {
+        let raw = b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\
+            X-Forwarded-For: 2.2.2.2, 3.3.3.3\r\n\r\n";
+        let got = up(raw, Framing::None, ConnectionOut::Omit);
+        assert_eq!(
+            got,
+            "GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\nHost: h\r\n\
+             X-Forwarded-For: 2.2.2.2, 3.3.3.3, 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+        // Empty XFF value.
+        let got = up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For:\r\n\r\n",
+            Framing::None,
+            ConnectionOut::Omit,
+        );
+        assert!(got.contains("\r\nX-Forwarded-For: 10.1.2.3\r\n"), "{got}");
+        // Connection naming XFF removes the client's copy, ours is still added.
+        let got = up(
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: X-Forwarded-For, Host\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+            Framing::None,
+            ConnectionOut::Omit,
+        );
+        assert_eq!(
+            got,
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_absolute_form_sets_host() {
+        let raw = b"GET http://Target.example:81/p?q HTTP/1.1\r\nHost: other\r\nA: b\r\n\r\n";
+        let got = up(raw, Framing::None, ConnectionOut::Omit);
+        assert_eq!(
+            got,
+            "GET http://Target.example:81/p?q HTTP/1.1\r\nHost: Target.example:81\r\nA: b\r\n\
+             X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+        // HTTP/1.0 absolute-form without Host: Host added.
+        let got = up(
+            b"GET http://t/ HTTP/1.0\r\n\r\n",
+            Framing::None,
+            ConnectionOut::Close,
+        );
+        assert_eq!(
+            got,
+            "GET http://t/ HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.1.2.3\r\n\
+             X-Forwarded-Proto: http\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_http10_without_host_and_bare_lf() {
+        let raw = b"GET / HTTP/1.0\nX: y\n\n";
+        let got = up(raw, Framing::None, ConnectionOut::Close);
+        assert_eq!(
+            got,
+            "GET / HTTP/1.1\r\nX: y\r\nHost: \r\nX-Forwarded-For: 10.1.2.3\r\n\
+             X-Forwarded-Proto: http\r\nConnection: close\r\n\r\n"
+        );
+        let h = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_upstream_request(
+            &mut out,
+            &h,
+            raw,
+            &UpstreamRequest {
+                client_ip: "::1".parse().unwrap(),
+                proto: "http",
+                framing: Framing::None,
+                connection: ConnectionOut::Omit,
+                default_host: Some(b"backend:80"),
+                via: Some("glb"),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nX: y\r\nHost: backend:80\r\nVia: 1.0 glb\r\n\
+             X-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_via_appended() {
+        let raw = b"GET / HTTP/1.1\r\nVia: 1.1 a\r\nHost: h\r\nVia: 1.0 b\r\n\r\n";
+        let h = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_upstream_request(
+            &mut out,
+            &h,
+            raw,
+            &UpstreamRequest {
+                client_ip: ip(),
+                proto: "http",
+                framing: Framing::None,
+                connection: ConnectionOut::Omit,
+                default_host: None,
+                via: Some("glb"),
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: h\r\nVia: 1.1 a, 1.0 b, 1.1 glb\r\n\
+             X-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: http\r\n\r\n"
+        );
+    }
+
+    fn down(raw: &[u8], head_req: bool, client_version: u8, connection: ConnectionOut) -> String {
+        let h = parse_response_head(raw, head_req, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_client_response(
+            &mut out,
+            &h,
+            raw,
+            &ClientResponse {
+                framing: client_framing(&h, client_version),
+                connection,
+            },
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn response_basic_and_hop_by_hop() {
+        let raw = b"HTTP/1.1 200 Fine\r\nServer: s\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\n\
+            X-Internal: secret\r\nContent-Length: 3\r\nTrailer: X\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nTE: x\r\nX-End: 1\r\n\r\nabc";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Omit),
+            "HTTP/1.1 200 Fine\r\nServer: s\r\nX-End: 1\r\nContent-Length: 3\r\n\r\n"
+        );
+        assert_eq!(
+            down(raw, false, 0, ConnectionOut::KeepAlive),
+            "HTTP/1.1 200 Fine\r\nServer: s\r\nX-End: 1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_chunked_to_http10_is_close_framed() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nA: b\r\n\r\n";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Omit),
+            "HTTP/1.1 200 OK\r\nA: b\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let h = parse_response_head(raw, false, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(client_framing(&h, 0), Framing::Close);
+        assert_eq!(
+            down(raw, false, 0, ConnectionOut::Close),
+            "HTTP/1.1 200 OK\r\nA: b\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_head_304_keep_length() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nETag: x\r\n\r\n";
+        assert_eq!(
+            down(raw, true, 1, ConnectionOut::Omit),
+            "HTTP/1.1 200 OK\r\nETag: x\r\nContent-Length: 1234\r\n\r\n"
+        );
+        let raw = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Omit),
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n"
+        );
+        let raw = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Omit),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
+        // HEAD of a chunked resource: no framing field at all.
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            down(raw, true, 1, ConnectionOut::Omit),
+            "HTTP/1.1 200 OK\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn response_interim_and_upgrade() {
+        let raw = b"HTTP/1.1 103 Early Hints\nLink: </s.css>; rel=preload\n\n";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Omit),
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+        );
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\n\r\n";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Upgrade),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\nConnection: upgrade\r\n\r\n"
+        );
+        // HTTP/1.0 upstream: we still answer HTTP/1.1.
+        let raw = b"HTTP/1.0 200 OK\r\n\r\n";
+        assert_eq!(
+            down(raw, false, 1, ConnectionOut::Close),
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+        );
+    }
+}
