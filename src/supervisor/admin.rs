@@ -160,14 +160,9 @@ impl Admin {
                 }
                 None
             }
-            Parsed::Bad => {
-                self.respond(
-                    registry,
-                    token,
-                    400,
-                    "text/plain",
-                    b"bad request\n".to_vec(),
-                );
+            Parsed::Bad(status) => {
+                let msg = format!("{}\n", crate::http::response::reason(status));
+                self.respond(registry, token, status, "text/plain", msg.into_bytes());
                 None
             }
             Parsed::Request { method, path } => {
@@ -210,22 +205,15 @@ impl Admin {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        let reason = match status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            431 => "Request Header Fields Too Large",
-            _ => "Error",
-        };
         let head_only = conn.inbuf.starts_with(b"HEAD ");
-        let mut out = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        if !head_only {
-            out.extend_from_slice(&body);
+        let mut out = crate::http::response::simple(status, ctype, &body, true);
+        if head_only {
+            // Same head, no body.
+            let end = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(out.len(), |i| i + 4);
+            out.truncate(end);
         }
         conn.out = out;
         conn.answered = true;
@@ -271,23 +259,24 @@ impl Admin {
 
 enum Parsed {
     Incomplete,
-    Bad,
+    Bad(u16),
     Request { method: String, path: String },
 }
 
-/// Parses the request head (the admin endpoint ignores any body).
+/// Parses the request head with the shared strict parser (the admin endpoint ignores any
+/// body: it answers and closes).
 fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => match (req.method, req.path) {
-            (Some(method), Some(path)) => Parsed::Request {
-                method: method.to_string(),
-                path: path.to_string(),
-            },
-            _ => Parsed::Bad,
+    let limits = crate::http::request::Limits {
+        max_request_line: 4096,
+        max_header_bytes: MAX_HEAD,
+        max_headers: 64,
+    };
+    match crate::http::request::parse_request_head(buf, &limits) {
+        Ok(Some(head)) => Parsed::Request {
+            method: String::from_utf8_lossy(head.method.get(buf)).into_owned(),
+            path: String::from_utf8_lossy(head.target.get(buf)).into_owned(),
         },
-        Ok(httparse::Status::Partial) => Parsed::Incomplete,
-        Err(_) => Parsed::Bad,
+        Ok(None) => Parsed::Incomplete,
+        Err(e) => Parsed::Bad(e.status()),
     }
 }
