@@ -579,7 +579,7 @@ impl Supervisor {
         self.publish_backends();
         self.ensure_children(now);
         let line = self.status_line();
-        info!("ready", "{}", line.replace(", ", " ").replace(' ', "_"));
+        info!("ready", "status={}", quote(&line));
         notify::ready(&line);
         self.last_status_line = line;
         self.last_status_notify = now;

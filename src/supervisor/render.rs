@@ -73,6 +73,8 @@ impl Supervisor {
                 WorkerStatus {
                     id: s.id.clone().unwrap_or_default(),
                     port: s.port,
+                    pid: s.process.as_ref().map(|c| c.id()),
+                    container: s.container.clone(),
                     address: std::net::SocketAddr::new(self.cfg.worker_address, s.port).to_string(),
                     state: s.state.name().to_string(),
                     health: health.to_string(),

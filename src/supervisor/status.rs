@@ -74,6 +74,10 @@ pub struct WorkerStatus {
     pub id: String,
     /// Its port.
     pub port: u16,
+    /// Process runtime: the worker's pid.
+    pub pid: Option<u32>,
+    /// Docker runtime: the full container id.
+    pub container: Option<String>,
     /// `ip:port` the LB children use.
     pub address: String,
     /// `pending`, `starting`, `probing`, `active`, `draining`, `stopping`, `removing`.

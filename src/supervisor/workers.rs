@@ -106,6 +106,8 @@ pub struct WorkerSlot {
     pub probe: Option<Token>,
     /// SIGKILL already sent.
     pub killed: bool,
+    /// When the current start began.
+    pub launched_at: Instant,
 }
 
 impl WorkerSlot {
@@ -126,6 +128,7 @@ impl WorkerSlot {
             last_error: None,
             probe: None,
             killed: false,
+            launched_at: now,
         }
     }
 }
@@ -247,7 +250,10 @@ impl Supervisor {
                     }
                 }
                 WorkerState::Active => {
-                    if !wanted {
+                    if !wanted && self.children.is_empty() {
+                        // No LB child sends to it (stop): nothing to drain.
+                        self.stop_worker(port, now, "stop");
+                    } else if !wanted {
                         self.begin_drain(port, now);
                     }
                 }
@@ -293,6 +299,7 @@ impl Supervisor {
         };
         slot.generation += 1;
         slot.killed = false;
+        slot.launched_at = now;
         let generation = slot.generation;
         match rt {
             Runtime::Process => {
@@ -307,7 +314,7 @@ impl Supervisor {
                 match process::spawn(&spec) {
                     Ok(child) => {
                         info!(
-                            "worker_started",
+                            "worker_spawned",
                             "port={port} id={} pid={}",
                             process::worker_id(port),
                             child.id()
@@ -386,7 +393,7 @@ impl Supervisor {
             return;
         }
         let short = docker::short_id(&cid);
-        info!("worker_started", "port={port} id={short} container={cid}");
+        info!("worker_container_started", "port={port} id={short} container={cid}");
         slot.id = Some(short);
         slot.container = Some(cid);
         slot.container_since = Some(now);
@@ -734,7 +741,7 @@ impl Supervisor {
                     "worker_healthy",
                     "port={port} id={} after_ms={}",
                     slot.id.as_deref().unwrap_or("-"),
-                    now.duration_since(self.started).as_millis()
+                    now.duration_since(slot.launched_at).as_millis()
                 );
                 slot.state = WorkerState::Active;
                 slot.failures = 0;
