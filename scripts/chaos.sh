@@ -249,14 +249,17 @@ active_workers() {
 # Workers known at all (any state), from /status.
 all_workers() { status_json | jq -r '(.workers // []) | length' 2>/dev/null || echo "?"; }
 
-cmdline() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
+# argv[1] of a process ("run", "worker", ...), empty when it is gone.
+subcommand() { tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | sed -n 2p || true; }
 
-# LB children: forked without exec, so their command line is the supervisor's.
+# LB children: the supervisor's children running the same binary that are not workers (forked
+# without exec they even share its command line; docker CLI calls are another binary).
 lb_children() {
-    local want c
-    want=$(cmdline "$sup")
+    local exe c
+    exe=$(readlink "/proc/$sup/exe" 2>/dev/null || true)
     for c in $(ps -o pid= --ppid "$sup" 2>/dev/null); do
-        [ "$(cmdline "$c")" != "$want" ] || echo "$c"
+        [ "$(readlink "/proc/$c/exe" 2>/dev/null || true)" = "$exe" ] || continue
+        [ "$(subcommand "$c")" = worker ] || echo "$c"
     done
 }
 
@@ -264,7 +267,7 @@ lb_children() {
 worker_pids() {
     local c
     for c in $(ps -o pid= --ppid "$sup" 2>/dev/null); do
-        case " $(cmdline "$c")" in *" worker"*) echo "$c" ;; esac
+        [ "$(subcommand "$c")" != worker ] || echo "$c"
     done
 }
 

@@ -1,0 +1,333 @@
+//! The backend set one loop balances over: state from the supervisor (active/draining/removed),
+//! health (active checks and passive ejection), balancing, idle upstream pools and metrics.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::control::{BackendMetrics, BackendSpec, BackendState, LATENCY_BUCKETS_MS};
+use crate::config::Balance;
+
+/// Where a backend stands with the supervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// Takes new requests when healthy.
+    Active,
+    /// Finishes in-flight requests, takes no new one.
+    Draining,
+    /// Gone from the set; the slot is reused once nothing refers to it.
+    Removed,
+}
+
+/// One backend.
+pub struct Backend {
+    /// Stable id from the supervisor (or the address in standalone mode).
+    pub id: String,
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// Weight for `weighted`.
+    pub weight: u32,
+    /// Supervisor state.
+    pub admin: Admin,
+    /// Health as this loop sees it.
+    pub healthy: bool,
+    /// Consecutive active-check successes while down / failures while up.
+    pub streak: u32,
+    /// Bumped when the slot is reused for another backend (stale health timers ignore it).
+    pub generation: u32,
+    /// Smooth weighted round-robin state.
+    current_weight: i64,
+    /// Requests (HTTP) or connections (TCP) in flight.
+    pub in_flight: u64,
+    /// Slab slots of idle pooled upstream connections, most recently used last.
+    pub pool: Vec<usize>,
+    /// Cumulative metrics.
+    pub responses: [u64; 5],
+    /// Passive failures: connect errors, timeouts, broken responses.
+    pub failures: u64,
+    latency: [u64; LATENCY_BUCKETS_MS.len() + 1],
+    latency_sum_ms: f64,
+    /// Whether an active check is running now (its slab slot).
+    pub check_slot: Option<usize>,
+}
+
+impl Backend {
+    fn new(id: String, addr: SocketAddr, weight: u32, admin: Admin, generation: u32) -> Backend {
+        Backend {
+            id,
+            addr,
+            weight: weight.max(1),
+            admin,
+            healthy: true,
+            streak: 0,
+            generation,
+            current_weight: 0,
+            in_flight: 0,
+            pool: Vec::new(),
+            responses: [0; 5],
+            failures: 0,
+            latency: [0; LATENCY_BUCKETS_MS.len() + 1],
+            latency_sum_ms: 0.0,
+            check_slot: None,
+        }
+    }
+
+    /// Whether it may receive a new request.
+    pub fn eligible(&self) -> bool {
+        self.admin == Admin::Active && self.healthy
+    }
+
+    /// Records a finished response: status class and latency.
+    pub fn record(&mut self, status: u16, started: Instant, now: Instant) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class] += 1;
+        let ms = now.saturating_duration_since(started).as_secs_f64() * 1000.0;
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&b| ms <= b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency[bucket] += 1;
+        self.latency_sum_ms += ms;
+    }
+
+    /// This backend's metrics for the control channel.
+    pub fn metrics(&self) -> BackendMetrics {
+        BackendMetrics {
+            id: self.id.clone(),
+            in_flight: self.in_flight,
+            responses: self.responses,
+            failures: self.failures,
+            healthy: self.healthy,
+            latency: self.latency.to_vec(),
+            latency_sum_ms: self.latency_sum_ms,
+        }
+    }
+}
+
+/// All backends of one loop; indices are stable for the life of a backend.
+pub struct Backends {
+    /// Slots; removed backends stay until nothing refers to them.
+    pub list: Vec<Backend>,
+    cursor: usize,
+}
+
+/// What changed when a new set was applied.
+#[derive(Default)]
+pub struct SetChange {
+    /// Backends that left the active state (their idle pooled connections must close).
+    pub deactivated: Vec<usize>,
+    /// Backends added (their health checks must be scheduled).
+    pub added: Vec<usize>,
+}
+
+impl Backends {
+    /// The initial set.
+    pub fn new(specs: &[BackendSpec]) -> Backends {
+        let mut b = Backends {
+            list: Vec::new(),
+            cursor: 0,
+        };
+        b.apply(specs);
+        b
+    }
+
+    /// Replaces the set: matching ids are updated in place, new ones added, missing ones removed.
+    pub fn apply(&mut self, specs: &[BackendSpec]) -> SetChange {
+        let mut change = SetChange::default();
+        let mut seen = vec![false; self.list.len()];
+        for spec in specs {
+            let admin = match spec.state {
+                BackendState::Active => Admin::Active,
+                BackendState::Draining => Admin::Draining,
+            };
+            if let Some(i) = self
+                .list
+                .iter()
+                .position(|b| b.admin != Admin::Removed && b.id == spec.id)
+            {
+                seen[i] = true;
+                let b = &mut self.list[i];
+                if b.addr != spec.addr {
+                    // Same id, new address: a different server; start over.
+                    b.addr = spec.addr;
+                    b.healthy = true;
+                    b.streak = 0;
+                    change.deactivated.push(i);
+                }
+                b.weight = spec.weight.max(1);
+                if b.admin == Admin::Active && admin != Admin::Active {
+                    change.deactivated.push(i);
+                }
+                b.admin = admin;
+                continue;
+            }
+            let reusable = self.list.iter().position(|b| {
+                b.admin == Admin::Removed
+                    && b.in_flight == 0
+                    && b.pool.is_empty()
+                    && b.check_slot.is_none()
+            });
+            let i = match reusable {
+                Some(i) => {
+                    let generation = self.list[i].generation.wrapping_add(1);
+                    self.list[i] =
+                        Backend::new(spec.id.clone(), spec.addr, spec.weight, admin, generation);
+                    seen[i] = true;
+                    i
+                }
+                None => {
+                    self.list.push(Backend::new(
+                        spec.id.clone(),
+                        spec.addr,
+                        spec.weight,
+                        admin,
+                        0,
+                    ));
+                    self.list.len() - 1
+                }
+            };
+            change.added.push(i);
+        }
+        for (i, seen) in seen.into_iter().enumerate() {
+            if !seen && self.list[i].admin != Admin::Removed {
+                self.list[i].admin = Admin::Removed;
+                change.deactivated.push(i);
+            }
+        }
+        change
+    }
+
+    /// Picks a backend for a new request, skipping `exclude` (already tried).
+    pub fn pick(&mut self, balance: Balance, exclude: &[usize]) -> Option<usize> {
+        let n = self.list.len();
+        if n == 0 {
+            return None;
+        }
+        let ok = |i: usize, b: &Backend| b.eligible() && !exclude.contains(&i);
+        match balance {
+            Balance::RoundRobin => {
+                for k in 0..n {
+                    let i = (self.cursor + k) % n;
+                    if ok(i, &self.list[i]) {
+                        self.cursor = (i + 1) % n;
+                        return Some(i);
+                    }
+                }
+                None
+            }
+            Balance::Weighted => {
+                // Smooth weighted round-robin (as nginx): spreads a heavy backend's turns out.
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for i in 0..n {
+                    if !ok(i, &self.list[i]) {
+                        continue;
+                    }
+                    let b = &mut self.list[i];
+                    b.current_weight += b.weight as i64;
+                    total += b.weight as i64;
+                    let cw = b.current_weight;
+                    if best.is_none_or(|j| cw > self.list[j].current_weight) {
+                        best = Some(i);
+                    }
+                }
+                if let Some(j) = best {
+                    self.list[j].current_weight -= total;
+                }
+                best
+            }
+            Balance::LeastConnections => {
+                // Fewest in flight; ties go round-robin from the cursor.
+                let mut best: Option<usize> = None;
+                for k in 0..n {
+                    let i = (self.cursor + k) % n;
+                    if ok(i, &self.list[i])
+                        && best.is_none_or(|j| self.list[i].in_flight < self.list[j].in_flight)
+                    {
+                        best = Some(i);
+                    }
+                }
+                if let Some(j) = best {
+                    self.cursor = (j + 1) % n;
+                }
+                best
+            }
+        }
+    }
+
+    /// Metrics of every backend still in the set.
+    pub fn metrics(&self) -> Vec<BackendMetrics> {
+        self.list
+            .iter()
+            .filter(|b| b.admin != Admin::Removed)
+            .map(Backend::metrics)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, port: u16, weight: u32) -> BackendSpec {
+        BackendSpec {
+            id: id.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight,
+            state: BackendState::Active,
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_and_excluded() {
+        let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1), spec("c", 3, 1)]);
+        let picks: Vec<_> = (0..6)
+            .map(|_| b.pick(Balance::RoundRobin, &[]).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        b.list[1].healthy = false;
+        let picks: Vec<_> = (0..4)
+            .map(|_| b.pick(Balance::RoundRobin, &[]).unwrap())
+            .collect();
+        assert_eq!(picks, [0, 2, 0, 2]);
+        assert_eq!(b.pick(Balance::RoundRobin, &[0, 2]), None);
+    }
+
+    #[test]
+    fn weighted_is_proportional_and_smooth() {
+        let mut b = Backends::new(&[spec("a", 1, 3), spec("b", 2, 1)]);
+        let picks: Vec<_> = (0..8)
+            .map(|_| b.pick(Balance::Weighted, &[]).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
+        // Smooth: the light backend is not starved into one burst at the end.
+        assert_eq!(&picks[..4], &[0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn least_connections_prefers_idle() {
+        let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1), spec("c", 3, 1)]);
+        b.list[0].in_flight = 5;
+        b.list[1].in_flight = 1;
+        b.list[2].in_flight = 3;
+        assert_eq!(b.pick(Balance::LeastConnections, &[]), Some(1));
+        assert_eq!(b.pick(Balance::LeastConnections, &[1]), Some(2));
+    }
+
+    #[test]
+    fn apply_updates_removes_and_reuses() {
+        let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1)]);
+        let mut s = spec("a", 1, 1);
+        s.state = BackendState::Draining;
+        let ch = b.apply(&[s]);
+        assert_eq!(b.list[0].admin, Admin::Draining);
+        assert_eq!(b.list[1].admin, Admin::Removed);
+        assert_eq!(ch.deactivated, vec![0, 1]);
+        let ch = b.apply(&[spec("c", 3, 1)]);
+        // "b"'s slot is reused; "a" is removed.
+        assert_eq!(ch.added, vec![1]);
+        assert_eq!(b.list[1].id, "c");
+        assert_eq!(b.list[1].generation, 1);
+        assert_eq!(b.list[0].admin, Admin::Removed);
+        assert_eq!(b.metrics().len(), 1);
+    }
+}

@@ -1,0 +1,185 @@
+//! Fixed-size I/O buffers and the loop's pool of them. A session holds a buffer only while it
+//! has bytes in flight; an idle keep-alive connection holds none.
+
+use std::io::{self, Read};
+
+/// Size of a pooled buffer: one TCP read or write worth of data, as in HAProxy and sozu.
+pub const BUF_SIZE: usize = 16 * 1024;
+
+/// A byte buffer with a read cursor: `data[start..end]` holds the pending bytes.
+pub struct Buf {
+    mem: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    fn with_mem(mem: Box<[u8]>) -> Buf {
+        Buf {
+            mem,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Pending bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.mem[self.start..self.end]
+    }
+
+    /// Number of pending bytes.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Total capacity.
+    pub fn capacity(&self) -> usize {
+        self.mem.len()
+    }
+
+    /// Room left for appending (after compacting).
+    pub fn room(&self) -> usize {
+        self.mem.len() - self.len()
+    }
+
+    /// Marks `n` pending bytes as consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n.min(self.len());
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Drops every pending byte.
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.mem.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
+    /// Appends as much of `bytes` as fits; returns how many were taken.
+    pub fn push(&mut self, bytes: &[u8]) -> usize {
+        if self.mem.len() - self.end < bytes.len() {
+            self.compact();
+        }
+        let n = bytes.len().min(self.mem.len() - self.end);
+        self.mem[self.end..self.end + n].copy_from_slice(&bytes[..n]);
+        self.end += n;
+        n
+    }
+
+    /// Grows the capacity to at least `cap` (for request heads larger than one buffer).
+    pub fn grow(&mut self, cap: usize) {
+        if cap <= self.mem.len() {
+            return;
+        }
+        let mut mem = vec![0u8; cap].into_boxed_slice();
+        mem[..self.len()].copy_from_slice(self.data());
+        self.end = self.len();
+        self.start = 0;
+        self.mem = mem;
+    }
+
+    /// One `read` into the free space. `Ok(0)` = end of stream (or no room: check `room()` first).
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        if self.end == self.mem.len() {
+            self.compact();
+        }
+        let n = r.read(&mut self.mem[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// Free buffers kept for reuse, bounded so a burst does not pin memory forever.
+pub struct BufPool {
+    free: Vec<Box<[u8]>>,
+    max_free: usize,
+}
+
+impl BufPool {
+    /// A pool keeping at most `max_free` spare buffers.
+    pub fn new(max_free: usize) -> BufPool {
+        BufPool {
+            free: Vec::new(),
+            max_free,
+        }
+    }
+
+    /// An empty buffer of [`BUF_SIZE`].
+    pub fn get(&mut self) -> Buf {
+        let mem = self
+            .free
+            .pop()
+            .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice());
+        Buf::with_mem(mem)
+    }
+
+    /// Returns a buffer; oversized ones (grown heads) are freed instead of kept.
+    pub fn put(&mut self, buf: Buf) {
+        if buf.mem.len() == BUF_SIZE && self.free.len() < self.max_free {
+            self.free.push(buf.mem);
+        }
+    }
+
+    /// Returns the buffer in `slot`, if any.
+    pub fn put_opt(&mut self, slot: &mut Option<Buf>) {
+        if let Some(b) = slot.take() {
+            self.put(b);
+        }
+    }
+
+    /// Returns the buffer in `slot` if it holds no pending byte.
+    pub fn put_if_empty(&mut self, slot: &mut Option<Buf>) {
+        if slot.as_ref().is_some_and(|b| b.is_empty()) {
+            self.put_opt(slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_consume_compact() {
+        let mut pool = BufPool::new(4);
+        let mut b = pool.get();
+        assert_eq!(b.push(&[1u8; 100]), 100);
+        b.consume(60);
+        assert_eq!(b.data(), &[1u8; 40][..]);
+        let big = vec![2u8; BUF_SIZE];
+        // Compaction makes room for everything but the 40 pending bytes.
+        assert_eq!(b.push(&big), BUF_SIZE - 40);
+        assert_eq!(b.len(), BUF_SIZE);
+        assert_eq!(b.room(), 0);
+        b.consume(BUF_SIZE);
+        assert!(b.is_empty());
+        pool.put(b);
+        assert_eq!(pool.free.len(), 1);
+    }
+
+    #[test]
+    fn grown_buffers_are_not_pooled() {
+        let mut pool = BufPool::new(4);
+        let mut b = pool.get();
+        b.push(b"abc");
+        b.grow(BUF_SIZE * 2);
+        assert_eq!(b.data(), b"abc");
+        pool.put(b);
+        assert!(pool.free.is_empty());
+    }
+}

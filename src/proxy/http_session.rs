@@ -1,0 +1,998 @@
+//! One HTTP client connection as an explicit state machine:
+//!
+//! ```text
+//!   Head ──request head──> Exchange ──final response done──> Head (keep-alive / pipelined)
+//!    │  bad head: 4xx/5xx     │  101 to an upgrade            │
+//!    v                        v                               v
+//!  Closing <─── error ──── Tunnel ───── both sides done ───> (closed)
+//! ```
+//!
+//! `Head` reads and parses a request head (idle keep-alive when nothing is buffered: then the
+//! session holds no buffer). `Exchange` owns one upstream connection and streams the request
+//! body up and the response down, each side stopping when the other cannot take more.
+//! `Tunnel` relays raw bytes after a 101. `Closing` flushes a last response, shuts down the
+//! write side and discards input until the client closes (lingering close, so a client still
+//! sending does not get a reset that destroys the response).
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use mio::event::Event;
+
+use super::buffer::{BUF_SIZE, Buf};
+use super::core::{Core, UpConn};
+use super::sock::{Half, ReadResult, Sock};
+use super::timer::{Deadline, TimerKey};
+use super::wire::{self, Chunked, ClientFraming, Framing, Request};
+
+/// How long a closing connection may take to read our last response and close.
+const LINGER_MS: u64 = 2000;
+
+/// What the loop should do with a session after it ran.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep it.
+    Keep,
+    /// Close it and free everything it holds.
+    Close,
+}
+
+/// The result of one step of a state.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// Something moved: step again.
+    Moved,
+    /// Waiting for readiness or a timer.
+    Idle,
+    /// The session ends.
+    Close,
+}
+
+/// The client side of a session: what lives as long as the connection.
+struct Client {
+    slot: usize,
+    sock: Sock,
+    peer: IpAddr,
+    /// Bytes read from the client, not yet forwarded or parsed.
+    cin: Option<Buf>,
+    /// Bytes owed to the client (response heads, de-chunked data, canned responses).
+    cout: Option<Buf>,
+    /// Requests started on this connection.
+    served: u32,
+    deadline: Deadline,
+    generation: u32,
+}
+
+/// What is left of a message body.
+enum BodyLeft {
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the upstream closes (responses only).
+    Close,
+}
+
+impl BodyLeft {
+    fn from_framing(f: Framing) -> BodyLeft {
+        match f {
+            Framing::None | Framing::Length(0) => BodyLeft::Done,
+            Framing::Length(n) => BodyLeft::Length(n),
+            Framing::Chunked => BodyLeft::Chunked(Chunked::default()),
+            Framing::Close => BodyLeft::Close,
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, BodyLeft::Done)
+    }
+}
+
+/// Where the response stands.
+enum Resp {
+    /// Waiting for the (final) response head; 1xx heads are relayed meanwhile.
+    Head,
+    /// Relaying the body; `dechunk` for HTTP/1.0 clients of a chunked response.
+    Body { left: BodyLeft, dechunk: bool },
+}
+
+/// One request/response exchange with an upstream connection.
+struct Exchange {
+    up: UpConn,
+    x: Ex,
+}
+
+/// The exchange's bookkeeping (everything but the upstream connection, which a retry replaces).
+struct Ex {
+    req: Request,
+    /// The head sent upstream, kept until the response head arrives (to retry).
+    head: Option<Buf>,
+    head_sent: usize,
+    /// Request body still to forward, and bytes at the front of `cin` known to be body.
+    body: BodyLeft,
+    body_ready: usize,
+    body_seen: u64,
+    body_started: bool,
+    /// Backends tried for this request.
+    tried: Vec<usize>,
+    /// Bytes read from upstream.
+    uin: Option<Buf>,
+    resp: Resp,
+    status: u16,
+    resp_keep_alive: bool,
+    /// An interim (1xx) response already went to the client: no retry any more.
+    interim_sent: bool,
+    close_client: bool,
+    up_eof: bool,
+    /// Writing to the upstream failed; a response may still be readable.
+    up_write_failed: bool,
+    started: Instant,
+}
+
+/// What parsing response heads led to.
+enum HeadOutcome {
+    /// No complete final head yet.
+    Pending,
+    /// The final head is queued for the client; the body follows.
+    Final,
+    /// A 101 to an upgrade request: the exchange becomes a tunnel.
+    Upgrade,
+}
+
+/// A tunnel after a 101: client bytes go up through `c2u`, upstream bytes down through `u2c`.
+struct Tunnel {
+    up: UpConn,
+    c2u: Half,
+    u2c: Half,
+}
+
+enum State {
+    /// Reading a request head; `clock` = the header deadline runs (a head has started, or
+    /// this is a new connection).
+    Head {
+        clock: bool,
+    },
+    Exchange(Exchange),
+    Tunnel(Tunnel),
+    /// Flushing a last response then closing; `shut` once the write side is shut down.
+    Closing {
+        shut: bool,
+    },
+    /// Transient, while a step runs.
+    Void,
+}
+
+/// An HTTP client connection.
+pub struct HttpSession {
+    c: Client,
+    state: State,
+}
+
+fn key(c: &Client) -> TimerKey {
+    TimerKey::Slot(c.slot, c.generation)
+}
+
+impl Client {
+    fn set_deadline(&mut self, core: &mut Core, ms: u64) {
+        let at = core.after_ms(ms);
+        let k = key(self);
+        self.deadline.set(&mut core.timers, at, k);
+    }
+
+    /// Writes pending `cout`; Err when the client is gone.
+    fn flush_out(&mut self, core: &mut Core) -> Result<bool, ()> {
+        let Some(out) = self.cout.as_mut() else {
+            return Ok(false);
+        };
+        let moved = self.sock.flush(out).map_err(|_| ())?;
+        core.bufs.put_if_empty(&mut self.cout);
+        Ok(moved)
+    }
+
+    fn out_empty(&self) -> bool {
+        self.cout.as_ref().is_none_or(Buf::is_empty)
+    }
+
+    fn queue(&mut self, core: &mut Core, bytes: &[u8]) {
+        let out = self.cout.get_or_insert_with(|| core.bufs.get());
+        wire::push_all(out, bytes);
+    }
+}
+
+impl HttpSession {
+    /// A session for an accepted client socket in slab slot `slot`.
+    pub fn new(core: &mut Core, slot: usize, sock: mio::net::TcpStream, peer: IpAddr) -> Self {
+        let mut c = Client {
+            slot,
+            sock: Sock::new(sock),
+            peer,
+            cin: None,
+            cout: None,
+            served: 0,
+            deadline: Deadline::none(),
+            generation: core.slab.gen_of(slot),
+        };
+        c.set_deadline(core, core.settings.header_timeout_ms);
+        HttpSession {
+            c,
+            state: State::Head { clock: true },
+        }
+    }
+
+    /// Readiness on the client socket.
+    pub fn client_event(&mut self, core: &mut Core, ev: &Event) -> Flow {
+        self.c.sock.note(ev);
+        self.run(core)
+    }
+
+    /// Readiness on this session's upstream socket.
+    pub fn upstream_event(&mut self, core: &mut Core, ev: &Event) -> Flow {
+        match &mut self.state {
+            State::Exchange(e) => e.up.sock.note(ev),
+            State::Tunnel(t) => t.up.sock.note(ev),
+            _ => {}
+        }
+        self.run(core)
+    }
+
+    /// Whether the session is between requests with nothing buffered (closed first on drain).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Head { clock: false })
+            && self.c.cin.as_ref().is_none_or(Buf::is_empty)
+            && self.c.out_empty()
+    }
+
+    /// A timer armed by this session fired.
+    pub fn timer(&mut self, core: &mut Core, fired_at: Instant) -> Flow {
+        let k = key(&self.c);
+        if !self
+            .c
+            .deadline
+            .fire(&mut core.timers, fired_at, core.now, k)
+        {
+            return Flow::Keep;
+        }
+        let state = std::mem::replace(&mut self.state, State::Void);
+        let (next, p) = match state {
+            State::Head { clock: true } => self.fail(core, 408),
+            State::Head { clock: false } => (State::Head { clock: false }, Progress::Close),
+            State::Exchange(ex) => {
+                if !ex.up.connected {
+                    core.eject(ex.up.backend, "connect timeout");
+                    ex.retry(&mut self.c, core, true)
+                } else if matches!(ex.x.resp, Resp::Head) {
+                    core.backends.list[ex.up.backend].failures += 1;
+                    crate::warn!(
+                        "upstream_timeout",
+                        "backend={} timeout_ms={}",
+                        crate::sys::log::quote(&core.backends.list[ex.up.backend].id),
+                        core.settings.response_timeout_ms
+                    );
+                    ex.abort(&mut self.c, core, 504)
+                } else {
+                    (State::Exchange(ex), Progress::Close)
+                }
+            }
+            other => (other, Progress::Close),
+        };
+        self.state = next;
+        if p == Progress::Close {
+            return Flow::Close;
+        }
+        self.run(core)
+    }
+
+    /// Runs the state machine until nothing can move.
+    fn run(&mut self, core: &mut Core) -> Flow {
+        loop {
+            let state = std::mem::replace(&mut self.state, State::Void);
+            let (next, p) = match state {
+                State::Head { clock } => self.step_head(core, clock),
+                State::Exchange(ex) => ex.step(&mut self.c, core),
+                State::Tunnel(t) => t.step(&mut self.c, core),
+                State::Closing { shut } => step_closing(&mut self.c, core, shut),
+                State::Void => (State::Void, Progress::Close),
+            };
+            self.state = next;
+            match p {
+                Progress::Moved => continue,
+                Progress::Idle => return Flow::Keep,
+                Progress::Close => return Flow::Close,
+            }
+        }
+    }
+
+    /// Answers `status` and closes.
+    fn fail(&mut self, core: &mut Core, status: u16) -> (State, Progress) {
+        fail(&mut self.c, core, status)
+    }
+
+    fn step_head(&mut self, core: &mut Core, mut clock: bool) -> (State, Progress) {
+        let c = &mut self.c;
+        // A previous response still owed to the client goes first (pipelining in order).
+        let moved = match c.flush_out(core) {
+            Ok(m) => m,
+            Err(()) => return (State::Head { clock }, Progress::Close),
+        };
+        if !c.out_empty() {
+            let p = if moved {
+                Progress::Moved
+            } else {
+                Progress::Idle
+            };
+            return (State::Head { clock }, p);
+        }
+        if let Some(cin) = c.cin.as_ref().filter(|b| !b.is_empty()) {
+            match wire::parse_request(cin.data(), &core.limits) {
+                Err(status) => return fail(c, core, status),
+                Ok(Some(req)) => return start_exchange(c, core, req),
+                Ok(None) => {}
+            }
+        } else if core.draining {
+            return (State::Head { clock }, Progress::Close);
+        }
+        if !c.sock.readable {
+            return (State::Head { clock }, Progress::Idle);
+        }
+        let cin = c.cin.get_or_insert_with(|| core.bufs.get());
+        if cin.room() == 0 {
+            // A head larger than one buffer: grow up to the head limit (the parser answers
+            // 431 beyond it).
+            let cap = core
+                .limits
+                .max_header_bytes
+                .max(core.limits.max_request_line)
+                + 1;
+            if cin.capacity() >= cap {
+                return fail(c, core, 431);
+            }
+            cin.grow(cap.max(2 * BUF_SIZE));
+        }
+        match c.sock.read_into(cin) {
+            Ok(ReadResult::Data) => {
+                if !clock {
+                    clock = true;
+                    c.set_deadline(core, core.settings.header_timeout_ms);
+                }
+                (State::Head { clock }, Progress::Moved)
+            }
+            Ok(ReadResult::Blocked) => {
+                core.bufs.put_if_empty(&mut c.cin);
+                (State::Head { clock }, Progress::Idle)
+            }
+            // The client closed between requests, or mid-head: nothing to answer.
+            Ok(ReadResult::Eof) | Err(_) => (State::Head { clock }, Progress::Close),
+        }
+    }
+
+    /// Frees everything the session holds.
+    pub fn close(mut self, core: &mut Core) {
+        match std::mem::replace(&mut self.state, State::Void) {
+            State::Exchange(ex) => ex.release(core, false),
+            State::Tunnel(t) => {
+                let Tunnel {
+                    up,
+                    mut c2u,
+                    mut u2c,
+                } = t;
+                core.bufs.put_opt(&mut c2u.buf);
+                core.bufs.put_opt(&mut u2c.buf);
+                core.close_upstream(up);
+            }
+            _ => {}
+        }
+        core.bufs.put_opt(&mut self.c.cin);
+        core.bufs.put_opt(&mut self.c.cout);
+        core.connections = core.connections.saturating_sub(1);
+    }
+}
+
+/// Queues a canned `status` response and moves to Closing.
+fn fail(c: &mut Client, core: &mut Core, status: u16) -> (State, Progress) {
+    if let Some(cin) = c.cin.as_mut() {
+        cin.clear();
+    }
+    c.queue(core, &wire::simple(status, true));
+    c.set_deadline(core, LINGER_MS);
+    (State::Closing { shut: false }, Progress::Moved)
+}
+
+fn step_closing(c: &mut Client, core: &mut Core, mut shut: bool) -> (State, Progress) {
+    let moved = match c.flush_out(core) {
+        Ok(m) => m,
+        Err(()) => return (State::Closing { shut }, Progress::Close),
+    };
+    if !c.out_empty() {
+        let p = if moved {
+            Progress::Moved
+        } else {
+            Progress::Idle
+        };
+        return (State::Closing { shut }, p);
+    }
+    if !shut {
+        if c.sock.s.shutdown(std::net::Shutdown::Write).is_err() {
+            return (State::Closing { shut }, Progress::Close);
+        }
+        shut = true;
+        core.bufs.put_opt(&mut c.cin);
+    }
+    // Lingering close: discard what the client still sends until it closes or time runs out.
+    let mut sink = [0u8; 4096];
+    while c.sock.readable {
+        match c.sock.s.read(&mut sink) {
+            Ok(0) => return (State::Closing { shut }, Progress::Close),
+            Ok(_) => {}
+            Err(e) if super::sock::would_block(&e) => c.sock.readable = false,
+            Err(e) if super::sock::interrupted(&e) => {}
+            Err(_) => return (State::Closing { shut }, Progress::Close),
+        }
+    }
+    (State::Closing { shut }, Progress::Idle)
+}
+
+/// Picks a backend not tried yet and connects to it (pooled connection unless `fresh`);
+/// backends refusing at once are ejected and the next one tried, within `retries`.
+fn connect_any(
+    core: &mut Core,
+    owner: usize,
+    tried: &mut Vec<usize>,
+    fresh: bool,
+) -> Option<UpConn> {
+    loop {
+        if tried.len() > core.settings.retries as usize {
+            return None;
+        }
+        let b = core.backends.pick(core.settings.balance, tried)?;
+        tried.push(b);
+        match core.upstream(b, owner, fresh) {
+            Ok(up) => {
+                core.backends.list[b].in_flight += 1;
+                return Some(up);
+            }
+            Err(e) => core.eject(b, &e.to_string()),
+        }
+    }
+}
+
+fn start_exchange(c: &mut Client, core: &mut Core, req: Request) -> (State, Progress) {
+    c.served += 1;
+    let mut tried = Vec::new();
+    let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
+        return fail(c, core, 503);
+    };
+    let Some(cin) = c.cin.as_mut() else {
+        return fail(c, core, 400);
+    };
+    core.scratch.clear();
+    wire::write_request(cin.data(), &req, c.peer, &mut core.scratch);
+    cin.consume(req.head_len);
+    let mut head = core.bufs.get();
+    wire::push_all(&mut head, &core.scratch);
+    let connected = up.connected;
+    let ex = Exchange {
+        up,
+        x: Ex {
+            body: BodyLeft::from_framing(req.framing),
+            req,
+            head: Some(head),
+            head_sent: 0,
+            body_ready: 0,
+            body_seen: 0,
+            body_started: false,
+            tried,
+            uin: None,
+            resp: Resp::Head,
+            status: 0,
+            resp_keep_alive: false,
+            interim_sent: false,
+            close_client: false,
+            up_eof: false,
+            up_write_failed: false,
+            started: core.now,
+        },
+    };
+    let ms = if connected {
+        core.settings.response_timeout_ms
+    } else {
+        core.settings.connect_timeout_ms
+    };
+    c.set_deadline(core, ms);
+    (State::Exchange(ex), Progress::Moved)
+}
+
+impl Exchange {
+    /// Returns the upstream connection (pooled if `reusable`) and the buffers.
+    fn release(self, core: &mut Core, reusable: bool) {
+        let Exchange { up, mut x } = self;
+        let b = &mut core.backends.list[up.backend];
+        b.in_flight = b.in_flight.saturating_sub(1);
+        core.bufs.put_opt(&mut x.head);
+        core.bufs.put_opt(&mut x.uin);
+        core.release_upstream(up, reusable);
+    }
+
+    /// Gives up on this exchange: answers `status` (if no response started) and closes.
+    fn abort(self, c: &mut Client, core: &mut Core, status: u16) -> (State, Progress) {
+        let started = !matches!(self.x.resp, Resp::Head);
+        self.release(core, false);
+        if started {
+            return (State::Closing { shut: false }, Progress::Close);
+        }
+        fail(c, core, status)
+    }
+
+    /// The upstream failed before answering: try another connection if the request may be
+    /// sent again, else answer 503 (connect failures) or 502.
+    fn retry(self, c: &mut Client, core: &mut Core, connect_failed: bool) -> (State, Progress) {
+        let replayable = !self.x.body_started
+            && !self.x.interim_sent
+            && (self.x.head_sent == 0
+                || self.x.req.idempotent && self.x.req.framing == Framing::None);
+        let reused = self.up.reused;
+        let Exchange { up, mut x } = self;
+        let backend = up.backend;
+        {
+            let b = &mut core.backends.list[backend];
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+        core.close_upstream(up);
+        if !replayable {
+            core.bufs.put_opt(&mut x.head);
+            core.bufs.put_opt(&mut x.uin);
+            return fail(c, core, 502);
+        }
+        if reused && !connect_failed {
+            // A pooled connection the backend had closed: not the backend's fault; the same
+            // backend may be tried again on a fresh connection.
+            x.tried.retain(|&b| b != backend);
+        }
+        let Some(up) = connect_any(core, c.slot, &mut x.tried, true) else {
+            core.bufs.put_opt(&mut x.head);
+            core.bufs.put_opt(&mut x.uin);
+            return fail(c, core, if connect_failed { 503 } else { 502 });
+        };
+        x.head_sent = 0;
+        x.up_eof = false;
+        x.up_write_failed = false;
+        if let Some(u) = x.uin.as_mut() {
+            u.clear();
+        }
+        c.set_deadline(core, core.settings.connect_timeout_ms);
+        (State::Exchange(Exchange { up, x }), Progress::Moved)
+    }
+
+    fn step(mut self, c: &mut Client, core: &mut Core) -> (State, Progress) {
+        let mut moved = false;
+        if !self.up.connected {
+            if !self.up.sock.writable && !self.up.sock.readable {
+                return (State::Exchange(self), Progress::Idle);
+            }
+            match self.up.sock.connect_done() {
+                Ok(true) => {
+                    self.up.connected = true;
+                    moved = true;
+                    c.set_deadline(core, core.settings.response_timeout_ms);
+                }
+                Ok(false) => {
+                    self.up.sock.writable = false;
+                    self.up.sock.readable = false;
+                    return (State::Exchange(self), Progress::Idle);
+                }
+                Err(e) => {
+                    core.eject(self.up.backend, &e.to_string());
+                    return self.retry(c, core, true);
+                }
+            }
+        }
+        match self.send_request(c, core) {
+            Ok(m) => moved |= m,
+            Err(status) => return self.abort(c, core, status),
+        }
+        match self.read_response(core) {
+            Ok(m) => moved |= m,
+            Err(()) => self.x.up_eof = true,
+        }
+        if matches!(self.x.resp, Resp::Head) {
+            match self.parse_heads(c, core) {
+                Ok(HeadOutcome::Upgrade) => {
+                    let t = self.into_tunnel(c, core);
+                    return (State::Tunnel(t), Progress::Moved);
+                }
+                Ok(_) => {}
+                Err(()) => {
+                    core.backends.list[self.up.backend].failures += 1;
+                    return self.abort(c, core, 502);
+                }
+            }
+        }
+        match c.flush_out(core) {
+            Ok(m) => moved |= m,
+            Err(()) => return (State::Exchange(self), Progress::Close),
+        }
+        if let Resp::Body { .. } = self.x.resp {
+            match self.relay_body(c, core) {
+                Ok(m) => moved |= m,
+                Err(()) => return (State::Exchange(self), Progress::Close),
+            }
+            if matches!(&self.x.resp, Resp::Body { left, .. } if left.done()) && c.out_empty() {
+                return self.finish(c, core);
+            }
+        }
+        if self.x.up_eof {
+            match &self.x.resp {
+                Resp::Head => {
+                    if self.x.uin.as_ref().is_some_and(|u| !u.is_empty()) {
+                        // Closed in the middle of a head.
+                        core.backends.list[self.up.backend].failures += 1;
+                        return self.abort(c, core, 502);
+                    }
+                    return self.retry(c, core, false);
+                }
+                Resp::Body {
+                    left: BodyLeft::Close,
+                    ..
+                } => {
+                    if self.x.uin.as_ref().is_none_or(Buf::is_empty) {
+                        self.x.resp = Resp::Body {
+                            left: BodyLeft::Done,
+                            dechunk: false,
+                        };
+                        return (State::Exchange(self), Progress::Moved);
+                    }
+                }
+                Resp::Body { .. } => {
+                    // Died mid-body: the client must see a truncated message, never a clean end.
+                    if self.x.uin.as_ref().is_none_or(Buf::is_empty) {
+                        core.backends.list[self.up.backend].failures += 1;
+                        return (State::Exchange(self), Progress::Close);
+                    }
+                }
+            }
+        }
+        if moved {
+            c.set_deadline(core, core.settings.response_timeout_ms);
+            (State::Exchange(self), Progress::Moved)
+        } else {
+            (State::Exchange(self), Progress::Idle)
+        }
+    }
+
+    /// Head then body, client -> upstream. Err(status) for a request body the proxy refuses.
+    fn send_request(&mut self, c: &mut Client, core: &mut Core) -> Result<bool, u16> {
+        let x = &mut self.x;
+        let up = &mut self.up.sock;
+        if x.up_write_failed {
+            return Ok(false);
+        }
+        let mut moved = false;
+        if let Some(head) = x.head.as_ref() {
+            while x.head_sent < head.len() && up.writable {
+                match up.write_some(&head.data()[x.head_sent..]) {
+                    Ok(n) => {
+                        x.head_sent += n;
+                        moved |= n > 0;
+                    }
+                    Err(_) => {
+                        x.up_write_failed = true;
+                        return Ok(moved);
+                    }
+                }
+            }
+            if x.head_sent < head.len() {
+                return Ok(moved);
+            }
+        }
+        loop {
+            if x.body.done() {
+                return Ok(moved);
+            }
+            let mut step = false;
+            let cin = c.cin.get_or_insert_with(|| core.bufs.get());
+            match &mut x.body {
+                BodyLeft::Length(rem) => {
+                    x.body_ready = (*rem).min(cin.len() as u64) as usize;
+                }
+                BodyLeft::Chunked(ch) => {
+                    if cin.len() > x.body_ready {
+                        let n = ch
+                            .feed(&cin.data()[x.body_ready..], |_| {})
+                            .map_err(|_| 400u16)?;
+                        x.body_ready += n;
+                        x.body_seen += n as u64;
+                        if core.limits.max_body_bytes > 0
+                            && x.body_seen > core.limits.max_body_bytes
+                        {
+                            return Err(413);
+                        }
+                    }
+                }
+                BodyLeft::Done | BodyLeft::Close => {}
+            }
+            if x.body_ready > 0 && up.writable {
+                match up.write_some(&cin.data()[..x.body_ready]) {
+                    Ok(n) if n > 0 => {
+                        cin.consume(n);
+                        x.body_ready -= n;
+                        x.body_started = true;
+                        if let BodyLeft::Length(rem) = &mut x.body {
+                            *rem -= n as u64;
+                        }
+                        step = true;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        x.up_write_failed = true;
+                        return Ok(moved);
+                    }
+                }
+            }
+            let finished = match &x.body {
+                BodyLeft::Length(0) => true,
+                BodyLeft::Chunked(ch) => ch.done() && x.body_ready == 0,
+                _ => false,
+            };
+            if finished {
+                x.body = BodyLeft::Done;
+                core.bufs.put_if_empty(&mut c.cin);
+                return Ok(true);
+            }
+            // More body to read from the client, if there is room (else backpressure).
+            let cin = c.cin.get_or_insert_with(|| core.bufs.get());
+            if c.sock.readable && cin.len() == x.body_ready && cin.room() > 0 {
+                match c.sock.read_into(cin) {
+                    Ok(ReadResult::Data) => step = true,
+                    Ok(ReadResult::Blocked) => {}
+                    // The client vanished mid-request: nothing can be answered.
+                    Ok(ReadResult::Eof) | Err(_) => return Err(0),
+                }
+            }
+            if !step {
+                core.bufs.put_if_empty(&mut c.cin);
+                return Ok(moved);
+            }
+            moved = true;
+        }
+    }
+
+    /// Upstream -> `uin`, while there is room. Err on a read error (treated as EOF).
+    fn read_response(&mut self, core: &mut Core) -> Result<bool, ()> {
+        let mut moved = false;
+        while self.up.sock.readable && !self.x.up_eof {
+            let uin = self.x.uin.get_or_insert_with(|| core.bufs.get());
+            if uin.room() == 0 {
+                break;
+            }
+            match self.up.sock.read_into(uin) {
+                Ok(ReadResult::Data) => moved = true,
+                Ok(ReadResult::Eof) => {
+                    self.x.up_eof = true;
+                    moved = true;
+                }
+                Ok(ReadResult::Blocked) => break,
+                Err(_) => return Err(()),
+            }
+        }
+        core.bufs.put_if_empty(&mut self.x.uin);
+        Ok(moved)
+    }
+
+    /// Parses response heads in `uin`: relays 1xx, switches to a tunnel on 101, prepares the
+    /// final head for the client. Err = broken response (502).
+    fn parse_heads(&mut self, c: &mut Client, core: &mut Core) -> Result<HeadOutcome, ()> {
+        let x = &mut self.x;
+        loop {
+            let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) else {
+                return Ok(HeadOutcome::Pending);
+            };
+            let Some(resp) = wire::parse_response(uin.data(), x.req.is_head)? else {
+                return Ok(HeadOutcome::Pending);
+            };
+            if resp.status == 101 {
+                if !x.req.upgrade {
+                    return Err(());
+                }
+                let out = c.cout.get_or_insert_with(|| core.bufs.get());
+                wire::write_response(uin.data(), &resp, ClientFraming::Same, "upgrade", out);
+                uin.consume(resp.head_len);
+                wire::push_all(out, uin.data());
+                uin.clear();
+                core.bufs.put_opt(&mut x.uin);
+                core.bufs.put_opt(&mut x.head);
+                x.status = 101;
+                return Ok(HeadOutcome::Upgrade);
+            }
+            if resp.status < 200 {
+                // Interim: relayed to HTTP/1.1 clients only (RFC 9110 15.2).
+                if x.req.minor == 1 {
+                    let out = c.cout.get_or_insert_with(|| core.bufs.get());
+                    wire::write_response(uin.data(), &resp, ClientFraming::Same, "", out);
+                    x.interim_sent = true;
+                }
+                uin.consume(resp.head_len);
+                continue;
+            }
+            let dechunk = resp.framing == Framing::Chunked && x.req.minor == 0;
+            x.close_client = !x.req.keep_alive
+                || core.draining
+                || resp.framing == Framing::Close
+                || dechunk
+                || !x.body.done();
+            let connection = if x.close_client {
+                "close"
+            } else if x.req.minor == 0 {
+                "keep-alive"
+            } else {
+                ""
+            };
+            let framing = if dechunk {
+                ClientFraming::Dechunk
+            } else {
+                ClientFraming::Same
+            };
+            let out = c.cout.get_or_insert_with(|| core.bufs.get());
+            wire::write_response(uin.data(), &resp, framing, connection, out);
+            uin.consume(resp.head_len);
+            x.status = resp.status;
+            x.resp_keep_alive = resp.keep_alive;
+            x.resp = Resp::Body {
+                left: BodyLeft::from_framing(resp.framing),
+                dechunk,
+            };
+            core.bufs.put_opt(&mut x.head);
+            return Ok(HeadOutcome::Final);
+        }
+    }
+
+    fn into_tunnel(self, c: &mut Client, core: &mut Core) -> Tunnel {
+        let up = self.up;
+        let b = &mut core.backends.list[up.backend];
+        b.in_flight = b.in_flight.saturating_sub(1);
+        b.record(101, self.x.started, core.now);
+        c.set_deadline(core, core.settings.tunnel_timeout_ms);
+        Tunnel {
+            up,
+            c2u: Half::new(c.cin.take()),
+            u2c: Half::new(c.cout.take()),
+        }
+    }
+
+    /// Response body, `uin` -> client. Err when the client is gone or the framing is broken.
+    fn relay_body(&mut self, c: &mut Client, core: &mut Core) -> Result<bool, ()> {
+        let Resp::Body { left, dechunk } = &mut self.x.resp else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        while let Some(uin) = self.x.uin.as_mut().filter(|u| !u.is_empty()) {
+            if !c.out_empty() {
+                moved |= c.flush_out(core)?;
+                if !c.out_empty() {
+                    break;
+                }
+            }
+            let n = match left {
+                BodyLeft::Done => {
+                    // Bytes after the end of the response: the connection is not reusable.
+                    self.x.resp_keep_alive = false;
+                    uin.clear();
+                    break;
+                }
+                BodyLeft::Length(rem) => (*rem).min(uin.len() as u64) as usize,
+                BodyLeft::Close => uin.len(),
+                BodyLeft::Chunked(ch) if *dechunk => {
+                    let out = c.cout.get_or_insert_with(|| core.bufs.get());
+                    let room = out.room().min(uin.len());
+                    let fed = ch
+                        .feed(&uin.data()[..room], |d| {
+                            out.push(d);
+                        })
+                        .map_err(|_| ())?;
+                    uin.consume(fed);
+                    if ch.done() {
+                        *left = BodyLeft::Done;
+                    }
+                    moved |= fed > 0;
+                    if fed == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                BodyLeft::Chunked(ch) => {
+                    let mut probe = ch.clone();
+                    let n = probe.feed(uin.data(), |_| {}).map_err(|_| ())?;
+                    // Only what the client takes advances the scanner.
+                    let w = if c.sock.writable {
+                        c.sock.write_some(&uin.data()[..n]).map_err(|_| ())?
+                    } else {
+                        0
+                    };
+                    if w == n {
+                        *ch = probe;
+                    } else if w > 0 {
+                        ch.feed(&uin.data()[..w], |_| {}).map_err(|_| ())?;
+                    }
+                    uin.consume(w);
+                    if ch.done() {
+                        *left = BodyLeft::Done;
+                    }
+                    moved |= w > 0;
+                    if w == 0 {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if n == 0 || !c.sock.writable {
+                break;
+            }
+            let w = c.sock.write_some(&uin.data()[..n]).map_err(|_| ())?;
+            uin.consume(w);
+            if let BodyLeft::Length(rem) = left {
+                *rem -= w as u64;
+                if *rem == 0 {
+                    *left = BodyLeft::Done;
+                }
+            }
+            moved |= w > 0;
+            if w == 0 {
+                break;
+            }
+        }
+        if let BodyLeft::Length(0) = left {
+            *left = BodyLeft::Done;
+        }
+        moved |= c.flush_out(core)?;
+        core.bufs.put_if_empty(&mut self.x.uin);
+        Ok(moved)
+    }
+
+    /// The response is complete: pool or close the upstream, then next request or close.
+    fn finish(self, c: &mut Client, core: &mut Core) -> (State, Progress) {
+        let x = &self.x;
+        let req_done = x.body.done();
+        let reusable = x.resp_keep_alive
+            && req_done
+            && !x.up_eof
+            && !x.up_write_failed
+            && x.uin.as_ref().is_none_or(Buf::is_empty);
+        let close_client = x.close_client || !req_done || core.draining;
+        core.backends.list[self.up.backend].record(x.status, x.started, core.now);
+        self.release(core, reusable);
+        if close_client {
+            c.set_deadline(core, LINGER_MS);
+            return (State::Closing { shut: false }, Progress::Moved);
+        }
+        let pipelined = c.cin.as_ref().is_some_and(|b| !b.is_empty());
+        let ms = if pipelined {
+            core.settings.header_timeout_ms
+        } else {
+            core.settings.idle_timeout_ms
+        };
+        c.set_deadline(core, ms);
+        (State::Head { clock: pipelined }, Progress::Moved)
+    }
+}
+
+impl Tunnel {
+    fn step(mut self, c: &mut Client, core: &mut Core) -> (State, Progress) {
+        let a = self
+            .c2u
+            .relay(&mut c.sock, &mut self.up.sock, &mut core.bufs);
+        let b = self
+            .u2c
+            .relay(&mut self.up.sock, &mut c.sock, &mut core.bufs);
+        let moved = match (a, b) {
+            (Ok(a), Ok(b)) => a || b,
+            _ => return (State::Tunnel(self), Progress::Close),
+        };
+        if self.c2u.finished() && self.u2c.finished() {
+            return (State::Tunnel(self), Progress::Close);
+        }
+        if moved {
+            c.set_deadline(core, core.settings.tunnel_timeout_ms);
+            (State::Tunnel(self), Progress::Moved)
+        } else {
+            (State::Tunnel(self), Progress::Idle)
+        }
+    }
+}
