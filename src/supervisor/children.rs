@@ -192,6 +192,8 @@ pub struct ChildStart<'a> {
     pub backends: Vec<BackendSpec>,
     /// Its settings.
     pub settings: ProxySettings,
+    /// Drain timeout on SIGTERM or control EOF.
+    pub drain_timeout_ms: u64,
 }
 
 /// Number of threads this process has (fork is only safe with one).
@@ -266,12 +268,13 @@ fn child_main(
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
-    let code = super::standin::run_loop(super::standin::LoopInputs {
+    let code = crate::proxy::run_loop(crate::proxy::LoopInputs {
         name: start.name,
         listener,
         backends: start.backends,
         settings: start.settings,
         control: Some(control),
+        drain_timeout_ms: start.drain_timeout_ms,
     });
     // SAFETY: see above; the supervisor's copies of its objects must not be dropped here.
     unsafe { nix::libc::_exit(code) }

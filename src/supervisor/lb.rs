@@ -71,6 +71,7 @@ impl Supervisor {
         let name = format!("lb.{i}");
         let backends = self.backend_set();
         let settings = self.cfg.proxy.clone();
+        let drain_timeout_ms = self.cfg.drain_timeout_ms;
         let Some(listener) = self.listeners.get(li) else {
             return;
         };
@@ -82,6 +83,7 @@ impl Supervisor {
                 listener: &listener.socket,
                 backends: backends.clone(),
                 settings,
+                drain_timeout_ms,
             },
             &mut self.signals,
         );

@@ -793,6 +793,9 @@ impl Supervisor {
         let timeout = self.cfg.drain_timeout_ms;
         let deadline = now + Duration::from_millis(timeout) + Duration::from_secs(2);
         self.drain_all_children(timeout, deadline);
+        // Our copies of the LB listeners go now: each port closes as soon as its children
+        // have drained, instead of queueing connections nobody will accept.
+        self.listeners.clear();
         self.phase = Phase::Stopping(StopStep::DrainChildren { deadline });
     }
 
