@@ -54,7 +54,16 @@ impl JobOutput {
         match (self.code, msg.is_empty()) {
             (Some(c), true) => format!("exit status {c}"),
             (None, true) => "killed by a signal".into(),
-            (_, false) => msg.lines().last().unwrap_or(msg).to_string(),
+            (_, false) => {
+                // Docker's own message comes first; its "See --help" hints add nothing.
+                let text: Vec<&str> = msg
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with("Run '") && !l.starts_with("See '"))
+                    .collect();
+                let text = if text.is_empty() { msg.to_string() } else { text.join("; ") };
+                text.chars().take(500).collect()
+            }
         }
     }
 }

@@ -113,6 +113,31 @@ pub fn wait_until(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool)
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
 
+/// `n` consecutive free ports below the kernel's ephemeral range (32768+), so no outgoing
+/// connection of the load (or of anything else on the machine) can take one of them between
+/// the check and the bind (docker-proxy's bind does not share a port with a connected socket).
+pub fn quiet_ports(n: u16) -> u16 {
+    use std::sync::atomic::AtomicU64;
+    static SALT: AtomicU64 = AtomicU64::new(0);
+    let mut x = u64::from(std::process::id()) * 7919
+        + SALT.fetch_add(1, Ordering::Relaxed) * 104_729
+        + std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for _ in 0..500 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let base = 20_000 + ((x >> 33) % 12_000) as u16;
+        let held: Vec<_> = (0..n)
+            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    common::free_port_range(n)
+}
+
 /// Parameters of a stack.
 #[derive(Clone, Debug)]
 pub struct StackSpec {
@@ -124,6 +149,7 @@ pub struct StackSpec {
     pub worker_ports: u16,
     pub avg_delay: u64,
     pub drain_timeout_ms: u64,
+    pub start_timeout_ms: u64,
     /// Extra YAML lines.
     pub extra: String,
 }
@@ -138,6 +164,7 @@ impl StackSpec {
             worker_ports: 6,
             avg_delay: 5,
             drain_timeout_ms: 5000,
+            start_timeout_ms: 60000,
             extra: String::new(),
         }
     }
@@ -162,12 +189,12 @@ impl Stack {
     pub fn new(name: &str, spec: StackSpec) -> Stack {
         let dir = TempDir::new(name);
         let instance = format!("glbt-{name}-{}", std::process::id());
-        let lb_port = common::free_port_range(spec.pool.max(1) as u16 + 1);
-        let worker_port = common::free_port_range(spec.worker_ports);
-        let admin_port = common::free_port();
+        let lb_port = quiet_ports(spec.pool.max(1) as u16 + 1);
+        let worker_port = quiet_ports(spec.worker_ports);
+        let admin_port = quiet_ports(1);
         let config = dir.join("config.yaml");
         let log = dir.join("run.log");
-        let mut s = Stack {
+        let s = Stack {
             proc: None,
             dir,
             spec,
@@ -189,7 +216,7 @@ impl Stack {
             "worker: {workers}\npool: {pool}\nstats-dir: {db}\navg-delay: {delay}\nfailure: 0\n\
              load-balancer-port: {lb}\nworker-port: {wp}\ninstance: {inst}\n\
              listen-address: 127.0.0.1\nworker-address: 127.0.0.1\nruntime: {rt}\n\
-             admin-port: {admin}\ndrain-timeout-ms: {drain}\nworker-start-timeout-ms: 60000\n\
+             admin-port: {admin}\ndrain-timeout-ms: {drain}\nworker-start-timeout-ms: {start}\n\
              health-interval-ms: 1000\n{extra}\n{more}\n",
             pool = self.spec.pool,
             db = self.dir.join("stats.db").display(),
@@ -200,6 +227,7 @@ impl Stack {
             rt = self.spec.runtime,
             admin = self.admin_port,
             drain = self.spec.drain_timeout_ms,
+            start = self.spec.start_timeout_ms,
             extra = self.spec.extra,
         )
     }
@@ -264,7 +292,7 @@ impl Stack {
 
     /// GET /status, parsed; None when the admin endpoint does not answer.
     pub fn try_status(&self) -> Option<serde_json::Value> {
-        let r = common::get(self.admin(), "/status").ok()?;
+        let r = try_get(self.admin(), "/status").ok()?;
         if r.status != 200 {
             return None;
         }
@@ -481,9 +509,19 @@ impl Load {
     }
 }
 
+/// `GET path` on a fresh connection; Err (never a panic) when nothing listens.
+pub fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<common::Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut pending = Vec::new();
+    common::read_response(&mut s, &mut pending, false)
+}
+
 /// `/worker/stats` through `addr`: (TotalRequests total, SuccessfulRequests total).
 pub fn stats_totals(addr: SocketAddr) -> Option<(u64, u64)> {
-    let r = common::get(addr, "/worker/stats").ok()?;
+    let r = try_get(addr, "/worker/stats").ok()?;
     if r.status != 200 {
         return None;
     }

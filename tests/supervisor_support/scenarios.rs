@@ -56,13 +56,19 @@ pub fn seed(name: &str, runtime: &'static str) {
     for (id, n) in &per_worker {
         assert_eq!(*n, 20, "round robin: 60 requests over 3 workers, {id} got {n}: {per_worker:?}");
     }
-    // The workers group-commit their stats within milliseconds.
+    // The workers group-commit their stats within milliseconds. Asked of a worker directly,
+    // so the LB's own counts below stay at the 60 hellos.
+    let st = s.status();
+    let worker: std::net::SocketAddr = st["workers"][0]["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("worker address");
     wait_until("/worker/stats totals = 60", Duration::from_secs(15), || {
-        stats_totals(s.lb(0)) == Some((60, 60))
+        stats_totals(worker) == Some((60, 60))
     });
     // The children report metrics about once a second.
     wait_until("/metrics counts 20 2xx per worker", Duration::from_secs(15), || {
-        let Ok(m) = common::get(s.admin(), "/metrics") else {
+        let Ok(m) = try_get(s.admin(), "/metrics") else {
             return false;
         };
         let text = m.text();
@@ -332,8 +338,8 @@ pub fn invalid_config_exits_2() {
 pub fn worker_never_healthy(name: &str) {
     let mut spec = StackSpec::seed("process");
     spec.workers = 2;
+    spec.start_timeout_ms = 3000;
     let mut s = Stack::new(name, spec);
-    s.write_config(2, "worker-start-timeout-ms: 3000");
     // Hold the second worker's port so that worker can never listen.
     let blocker = std::net::TcpListener::bind(("127.0.0.1", s.worker_port + 1)).expect("bind");
     s.start();
