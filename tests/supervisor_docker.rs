@@ -3,10 +3,10 @@
 //! answers. The tests run one at a time: each starts several containers.
 
 mod common;
-#[path = "supervisor_support/mod.rs"]
-mod support;
 #[path = "supervisor_support/scenarios.rs"]
 mod scenarios;
+#[path = "supervisor_support/mod.rs"]
+mod support;
 
 use std::sync::Mutex;
 
@@ -27,17 +27,23 @@ fn docker_seed_config_serves_rotates_and_counts() {
 
 #[test]
 fn docker_killed_worker_is_replaced() {
-    run("docker_worker_killed", || scenarios::worker_killed("d-wkill", "docker"));
+    run("docker_worker_killed", || {
+        scenarios::worker_killed("d-wkill", "docker")
+    });
 }
 
 #[test]
 fn docker_reload_changes_worker_count_under_load_without_errors() {
-    run("docker_reload", || scenarios::reload_under_load("d-reload", "docker"));
+    run("docker_reload", || {
+        scenarios::reload_under_load("d-reload", "docker")
+    });
 }
 
 #[test]
 fn docker_killed_supervisor_leaves_containers_the_next_start_removes() {
-    run("docker_supervisor_killed", || scenarios::supervisor_killed("d-svkill", "docker"));
+    run("docker_supervisor_killed", || {
+        scenarios::supervisor_killed("d-svkill", "docker")
+    });
 }
 
 #[test]

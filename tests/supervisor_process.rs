@@ -2,10 +2,10 @@
 //! children forked, on loopback ports. See tests/supervisor_support/scenarios.rs.
 
 mod common;
-#[path = "supervisor_support/mod.rs"]
-mod support;
 #[path = "supervisor_support/scenarios.rs"]
 mod scenarios;
+#[path = "supervisor_support/mod.rs"]
+mod support;
 
 #[test]
 fn seed_config_serves_rotates_and_counts() {

@@ -36,6 +36,8 @@ pub struct RunSpec {
     pub avg_delay: u64,
     /// Failure rate in percent.
     pub failure: f64,
+    /// Time the worker gives in-flight requests on SIGTERM.
+    pub drain_timeout_ms: u64,
 }
 
 fn docker() -> Command {
@@ -121,7 +123,8 @@ impl Docker {
             .arg("--db")
             .arg(&spec.db)
             .args(["--avg-delay", &spec.avg_delay.to_string()])
-            .args(["--failure", &spec.failure.to_string()]);
+            .args(["--failure", &spec.failure.to_string()])
+            .args(["--drain-timeout-ms", &spec.drain_timeout_ms.to_string()]);
         cmd
     }
 
@@ -286,6 +289,7 @@ mod tests {
             db: PathBuf::from("/var/lib/glb/stats.db"),
             avg_delay: 5,
             failure: 0.0,
+            drain_timeout_ms: 1000,
         });
         let args: Vec<String> = cmd
             .get_args()

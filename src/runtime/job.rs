@@ -61,7 +61,11 @@ impl JobOutput {
                     .map(str::trim)
                     .filter(|l| !l.is_empty() && !l.starts_with("Run '") && !l.starts_with("See '"))
                     .collect();
-                let text = if text.is_empty() { msg.to_string() } else { text.join("; ") };
+                let text = if text.is_empty() {
+                    msg.to_string()
+                } else {
+                    text.join("; ")
+                };
                 text.chars().take(500).collect()
             }
         }

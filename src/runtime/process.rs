@@ -20,6 +20,8 @@ pub struct ProcessSpec<'a> {
     pub avg_delay: u64,
     /// Failure rate in percent.
     pub failure: f64,
+    /// Time the worker gives in-flight requests on SIGTERM.
+    pub drain_timeout_ms: u64,
 }
 
 /// The worker id of a local worker: `local-<port>`.
@@ -39,6 +41,7 @@ pub fn spawn(spec: &ProcessSpec<'_>) -> std::io::Result<Child> {
         .arg(spec.db)
         .args(["--avg-delay", &spec.avg_delay.to_string()])
         .args(["--failure", &spec.failure.to_string()])
+        .args(["--drain-timeout-ms", &spec.drain_timeout_ms.to_string()])
         .stdin(Stdio::null());
     crate::sys::notify::forget_for_children(&mut cmd);
     let parent = nix::unistd::getpid();

@@ -13,7 +13,6 @@ mod metrics;
 mod probe;
 mod reload;
 mod render;
-mod standin;
 mod status;
 mod workers;
 
@@ -56,6 +55,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
+    // Early, before any fork: systemd shows it during a slow start, and it pins us as the
+    // process that talks to NOTIFY_SOCKET.
+    notify::status("starting");
     let path = crate::config::default_path(config);
     let cfg = match crate::config::load(&path) {
         Ok(c) => c,
@@ -216,25 +218,35 @@ fn lb_addrs(cfg: &Config) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
-/// The stats database as an absolute path (containers mount its directory at the same path).
-fn absolute_db(path: &Path) -> PathBuf {
-    if path.is_absolute() {
+/// The stats database as an absolute path with a canonical directory (containers mount that
+/// directory at the same path); the directory is created when missing.
+fn absolute_db(path: &Path) -> Result<PathBuf, String> {
+    let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
         std::env::current_dir()
-            .map(|d| d.join(path))
-            .unwrap_or_else(|_| path.to_path_buf())
-    }
+            .map_err(|e| format!("working directory: {e}"))?
+            .join(path)
+    };
+    let name = abs
+        .file_name()
+        .ok_or_else(|| format!("stats-dir {}: not a file path", abs.display()))?
+        .to_owned();
+    let dir = abs.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| format!("stats-dir {}: {e}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| format!("stats-dir {}: {e}", dir.display()))?;
+    Ok(dir.join(name))
 }
 
 impl Supervisor {
     /// Start steps that cannot wait for the loop: database, listeners, signals.
     fn new(config_path: PathBuf, cfg: Config) -> Result<Supervisor, String> {
-        let db = absolute_db(&cfg.stats_dir);
-        if let Some(dir) = db.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        standin::prepare_store(&db).map_err(|e| format!("{}: {e}", db.display()))?;
+        let db = absolute_db(&cfg.stats_dir)?;
+        // Creates or migrates the database, then closes it: no connection (and no SQLite
+        // thread) lives across a fork.
+        crate::worker::store::prepare(&db)?;
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
 
         let mut listeners = Vec::new();
@@ -448,11 +460,11 @@ impl Supervisor {
     fn run_loop(&mut self) -> i32 {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    error!("poll_failed", "error={}", quote(&e.to_string()));
-                    return 1;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                error!("poll_failed", "error={}", quote(&e.to_string()));
+                return 1;
             }
             for ev in events.iter() {
                 let t = ev.token();

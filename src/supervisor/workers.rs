@@ -267,12 +267,13 @@ impl Supervisor {
                     }
                 }
                 WorkerState::Stopping { deadline } => {
-                    if now >= deadline && !slot.killed {
-                        if let Some(child) = slot.process.as_mut() {
-                            warn!("worker_kill", "port={port} reason=\"stop timeout\"");
-                            let _ = child.kill();
-                            slot.killed = true;
-                        }
+                    if now >= deadline
+                        && !slot.killed
+                        && let Some(child) = slot.process.as_mut()
+                    {
+                        warn!("worker_kill", "port={port} reason=\"stop timeout\"");
+                        let _ = child.kill();
+                        slot.killed = true;
                     }
                 }
                 WorkerState::Gone => {
@@ -310,6 +311,7 @@ impl Supervisor {
                     db: &self.db,
                     avg_delay: self.cfg.avg_delay,
                     failure: self.cfg.failure,
+                    drain_timeout_ms: self.cfg.drain_timeout_ms,
                 };
                 match process::spawn(&spec) {
                     Ok(child) => {
@@ -366,6 +368,7 @@ impl Supervisor {
             db: self.db.clone(),
             avg_delay: self.cfg.avg_delay,
             failure: self.cfg.failure,
+            drain_timeout_ms: self.cfg.drain_timeout_ms,
         };
         if !self.spawn_job(
             d.run(&spec),
@@ -393,7 +396,10 @@ impl Supervisor {
             return;
         }
         let short = docker::short_id(&cid);
-        info!("worker_container_started", "port={port} id={short} container={cid}");
+        info!(
+            "worker_container_started",
+            "port={port} id={short} container={cid}"
+        );
         slot.id = Some(short);
         slot.container = Some(cid);
         slot.container_since = Some(now);
@@ -539,10 +545,8 @@ impl Supervisor {
                 // Out of the backend set at once: the children stop sending to it.
                 self.publish_backends();
             }
-            WorkerState::Stopping { .. } => {
-                if slot.process.is_none() && slot.container.is_none() {
-                    slot.state = WorkerState::Gone;
-                }
+            WorkerState::Stopping { .. } if slot.process.is_none() && slot.container.is_none() => {
+                slot.state = WorkerState::Gone;
             }
             _ => {}
         }

@@ -126,7 +126,9 @@ pub fn quiet_ports(n: u16) -> u16 {
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
     for _ in 0..500 {
-        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         let base = 20_000 + ((x >> 33) % 12_000) as u16;
         let held: Vec<_> = (0..n)
             .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
@@ -267,12 +269,20 @@ impl Stack {
     pub fn wait_ready(&mut self) {
         let want = self.spec.workers as u64;
         let pool = self.spec.pool as u64;
-        let timeout = if self.spec.runtime == "docker" { 180 } else { 60 };
-        self.wait_status("running with every worker active", Duration::from_secs(timeout), |s| {
-            s["state"] == "running"
-                && s["workers_actual"].as_u64() == Some(want)
-                && s["children"].as_array().map(|c| c.len() as u64) == Some(pool)
-        });
+        let timeout = if self.spec.runtime == "docker" {
+            180
+        } else {
+            60
+        };
+        self.wait_status(
+            "running with every worker active",
+            Duration::from_secs(timeout),
+            |s| {
+                s["state"] == "running"
+                    && s["workers_actual"].as_u64() == Some(want)
+                    && s["children"].as_array().map(|c| c.len() as u64) == Some(pool)
+            },
+        );
     }
 
     /// The supervisor's pid.
@@ -318,7 +328,10 @@ impl Stack {
             if let Some(p) = self.proc.as_mut()
                 && !p.alive()
             {
-                panic!("supervisor exited while waiting for {what}\n{}", self.log_tail());
+                panic!(
+                    "supervisor exited while waiting for {what}\n{}",
+                    self.log_tail()
+                );
             }
             if let Some(s) = self.try_status() {
                 if pred(&s) {
@@ -340,7 +353,10 @@ impl Stack {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(80);
-        format!("--- supervisor log (last 80 lines) ---\n{}", lines[from..].join("\n"))
+        format!(
+            "--- supervisor log (last 80 lines) ---\n{}",
+            lines[from..].join("\n")
+        )
     }
 
     /// Every log line.
@@ -403,7 +419,11 @@ pub fn hello(addr: SocketAddr) -> Result<String, Outcome> {
     let resp = common::read_response(&mut s, &mut pending, false)
         .map_err(|e| Outcome::Failed(format!("read: {e}")))?;
     if resp.status != 200 {
-        return Err(Outcome::Failed(format!("status {}: {}", resp.status, resp.text())));
+        return Err(Outcome::Failed(format!(
+            "status {}: {}",
+            resp.status,
+            resp.text()
+        )));
     }
     let v: serde_json::Value = serde_json::from_slice(&resp.body)
         .map_err(|e| Outcome::Failed(format!("body {e}: {}", resp.text())))?;

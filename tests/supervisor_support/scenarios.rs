@@ -1,12 +1,14 @@
 //! The supervisor scenarios, each run with the process runtime (tests/supervisor_process.rs)
 //! and the docker runtime (tests/supervisor_docker.rs).
 
+#![allow(dead_code)]
+
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use super::support::*;
 use super::common;
+use super::support::*;
 
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
@@ -42,7 +44,11 @@ pub fn seed(name: &str, runtime: &'static str) {
     assert_eq!(ids.len(), 3, "three active workers: {ids:?}");
     if runtime == "docker" {
         for id in &ids {
-            assert_eq!(id.len(), 12, "docker worker id is the short container id: {id}");
+            assert_eq!(
+                id.len(),
+                12,
+                "docker worker id is the short container id: {id}"
+            );
         }
     }
     let mut per_worker = std::collections::BTreeMap::<String, u64>::new();
@@ -52,9 +58,15 @@ pub fn seed(name: &str, runtime: &'static str) {
         *per_worker.entry(id).or_default() += 1;
     }
     let seen: BTreeSet<String> = per_worker.keys().cloned().collect();
-    assert_eq!(seen, ids, "hello answers come from exactly the active workers");
+    assert_eq!(
+        seen, ids,
+        "hello answers come from exactly the active workers"
+    );
     for (id, n) in &per_worker {
-        assert_eq!(*n, 20, "round robin: 60 requests over 3 workers, {id} got {n}: {per_worker:?}");
+        assert_eq!(
+            *n, 20,
+            "round robin: 60 requests over 3 workers, {id} got {n}: {per_worker:?}"
+        );
     }
     // The workers group-commit their stats within milliseconds. Asked of a worker directly,
     // so the LB's own counts below stay at the 60 hellos.
@@ -67,16 +79,22 @@ pub fn seed(name: &str, runtime: &'static str) {
         stats_totals(worker) == Some((60, 60))
     });
     // The children report metrics about once a second.
-    wait_until("/metrics counts 20 2xx per worker", Duration::from_secs(15), || {
-        let Ok(m) = try_get(s.admin(), "/metrics") else {
-            return false;
-        };
-        let text = m.text();
-        ids.iter().all(|id| {
-            text.contains(&format!("glb_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"))
-        }) && text.contains("glb_workers_desired 3\n")
-            && text.contains("glb_workers_actual 3\n")
-    });
+    wait_until(
+        "/metrics counts 20 2xx per worker",
+        Duration::from_secs(15),
+        || {
+            let Ok(m) = try_get(s.admin(), "/metrics") else {
+                return false;
+            };
+            let text = m.text();
+            ids.iter().all(|id| {
+                text.contains(&format!(
+                    "glb_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
+                ))
+            }) && text.contains("glb_workers_desired 3\n")
+                && text.contains("glb_workers_actual 3\n")
+        },
+    );
     let st = s.status();
     assert_eq!(st["requests_total"].as_u64(), Some(60), "{st}");
     assert_eq!(st["runtime"], runtime);
@@ -88,7 +106,10 @@ pub fn seed(name: &str, runtime: &'static str) {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("workers 3/3 healthy"), "{table}");
     for id in &ids {
-        assert!(table.contains(id.as_str()), "status table lists {id}: {table}");
+        assert!(
+            table.contains(id.as_str()),
+            "status table lists {id}: {table}"
+        );
     }
 }
 
@@ -145,7 +166,10 @@ pub fn worker_killed(name: &str, runtime: &'static str) {
     if runtime == "docker" {
         let cid = worker_field(&st, port, "container");
         let cid = cid.as_str().expect("container id");
-        let out = Command::new("docker").args(["kill", cid]).output().expect("docker kill");
+        let out = Command::new("docker")
+            .args(["kill", cid])
+            .output()
+            .expect("docker kill");
         assert!(out.status.success(), "docker kill: {out:?}");
     } else {
         let pid = worker_field(&st, port, "pid").as_i64().expect("worker pid");
@@ -203,11 +227,26 @@ pub fn reload_under_load(name: &str, runtime: &'static str) {
     });
     std::thread::sleep(Duration::from_millis(1000));
     let c = load.finish();
-    eprintln!("reload under load ({runtime}): ok={} refused={} failed={} per worker={:?}", c.ok, c.refused, c.failed, c.by_worker);
-    assert_eq!(c.refused, 0, "no refused connection across reloads: {:?}", c.errors);
-    assert_eq!(c.failed, 0, "no failed request across reloads: {:?}", c.errors);
+    eprintln!(
+        "reload under load ({runtime}): ok={} refused={} failed={} per worker={:?}",
+        c.ok, c.refused, c.failed, c.by_worker
+    );
+    assert_eq!(
+        c.refused, 0,
+        "no refused connection across reloads: {:?}",
+        c.errors
+    );
+    assert_eq!(
+        c.failed, 0,
+        "no failed request across reloads: {:?}",
+        c.errors
+    );
     assert!(c.ok > 50, "the load ran: {c:?}");
-    assert!(c.by_worker.len() >= 5, "the scaled-up workers served: {:?}", c.by_worker);
+    assert!(
+        c.by_worker.len() >= 5,
+        "the scaled-up workers served: {:?}",
+        c.by_worker
+    );
     let log = s.log_text();
     assert!(log.contains("event=worker_draining"));
     assert!(log.contains("event=worker_drained") || log.contains("event=worker_drain_timeout"));
@@ -233,12 +272,16 @@ pub fn supervisor_killed(name: &str, runtime: &'static str) {
     p.signal(SIGKILL);
     let _ = p.wait_exit(Duration::from_secs(10));
     drop(p);
-    wait_until("LB children exit with the supervisor", Duration::from_secs(15), || {
-        children.iter().all(|&pid| !alive(pid))
-    });
-    wait_until("worker processes exit with the supervisor", Duration::from_secs(30), || {
-        workers.iter().all(|&pid| !alive(pid))
-    });
+    wait_until(
+        "LB children exit with the supervisor",
+        Duration::from_secs(15),
+        || children.iter().all(|&pid| !alive(pid)),
+    );
+    wait_until(
+        "worker processes exit with the supervisor",
+        Duration::from_secs(30),
+        || workers.iter().all(|&pid| !alive(pid)),
+    );
     if runtime == "docker" {
         assert_eq!(
             containers(&s.instance).len(),
@@ -254,7 +297,10 @@ pub fn supervisor_killed(name: &str, runtime: &'static str) {
         for c in &now {
             assert!(!old_containers.contains(c), "leftover {c} was removed");
         }
-        assert!(s.log_text().contains("event=removing_leftover_containers count=3"));
+        assert!(
+            s.log_text()
+                .contains("event=removing_leftover_containers count=3")
+        );
     }
     hello(s.lb(0)).expect("the new run serves");
 }
@@ -277,7 +323,11 @@ pub fn sigterm(name: &str, runtime: &'static str) {
         assert!(!alive(*pid), "pid {pid} still running after the stop");
     }
     if runtime == "docker" {
-        assert_eq!(containers(&s.instance), Vec::<String>::new(), "no container left");
+        assert_eq!(
+            containers(&s.instance),
+            Vec::<String>::new(),
+            "no container left"
+        );
     }
     assert!(c.ok > 0);
     let (total, ok) = stats_from_db(&s.dir.join("stats.db"));
@@ -287,7 +337,11 @@ pub fn sigterm(name: &str, runtime: &'static str) {
         "every answered hello (and nothing else) is in the flushed stats"
     );
     let log = s.log_text();
-    assert!(log.contains("event=stopped exit_code=0"), "{}", s.log_tail());
+    assert!(
+        log.contains("event=stopped exit_code=0"),
+        "{}",
+        s.log_tail()
+    );
 }
 
 /// A broken config on reload: logged, old config kept, still serving; a fixed one applies.
@@ -299,7 +353,10 @@ pub fn broken_reload(name: &str, runtime: &'static str) {
         st["last_reload_error"].is_string()
     });
     let err = st["last_reload_error"].as_str().unwrap_or("");
-    assert!(err.contains("config.yaml"), "the error names the file: {err}");
+    assert!(
+        err.contains("config.yaml"),
+        "the error names the file: {err}"
+    );
     assert_eq!(st["state"], "running");
     assert_eq!(st["workers_actual"].as_u64(), Some(3));
     assert_eq!(st["reloads"].as_u64(), Some(0));
@@ -343,7 +400,11 @@ pub fn worker_never_healthy(name: &str) {
     // Hold the second worker's port so that worker can never listen.
     let blocker = std::net::TcpListener::bind(("127.0.0.1", s.worker_port + 1)).expect("bind");
     s.start();
-    let code = s.proc.as_mut().expect("proc").wait_exit(Duration::from_secs(60));
+    let code = s
+        .proc
+        .as_mut()
+        .expect("proc")
+        .wait_exit(Duration::from_secs(60));
     drop(blocker);
     assert_eq!(code, Some(1), "{}", s.log_tail());
     let log = s.log_text();
