@@ -3,7 +3,7 @@
 //! Map: `server` (the loop, tokens, control channel, drain), `core` (slab and shared state),
 //! `http_session` (client connection state machine), `tcp_session` (L4 mode), `backends`
 //! (set, balancing, metrics), `health` (active checks), `sock` (readiness and relay),
-//! `buffer` (pooled buffers), `timer` (deadlines), `wire` (HTTP heads).
+//! `buffer` (pooled buffers), `timer` (deadlines). HTTP parsing and head rewriting come from `crate::http`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -21,7 +21,6 @@ mod server;
 mod sock;
 mod tcp_session;
 mod timer;
-mod wire;
 
 /// `goloadbalancer proxy` arguments: listener, backends, and config keys given as flags.
 #[derive(Clone, Debug)]
