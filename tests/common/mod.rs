@@ -317,3 +317,6 @@ pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let _ = s.read_to_end(&mut out);
     out
 }
+
+/// The instrumented, scripted test backend (records exactly what it received).
+pub mod backend;
