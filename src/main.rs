@@ -15,6 +15,9 @@ commands:
       --id ID         (GLB_WORKER_ID, default: container hostname or host-<port>)
       --db PATH       (GLB_DB, default worker-stats.db)
       --avg-delay MS  (GLB_AVG_DELAY, default 500)    --failure PCT (GLB_FAILURE, default 12)
+      --head-timeout-ms MS (GLB_HEAD_TIMEOUT_MS, 10000)  --idle-timeout-ms MS (GLB_IDLE_TIMEOUT_MS, 60000)
+      --stats-flush-ms MS (GLB_STATS_FLUSH_MS, 5)        --drain-timeout-ms MS (GLB_DRAIN_TIMEOUT_MS, 30000)
+      --drain-grace-ms MS (GLB_DRAIN_GRACE_MS, 0)        --max-connections N (GLB_MAX_CONNECTIONS, 20000)
   proxy --listen ADDR --backend ADDR [--backend ADDR ...] [--config PATH] [--KEY VALUE ...]
                                    one LB loop in the foreground; any config key is a flag
   check-config [PATH]              validate a config file and print the effective settings
@@ -134,6 +137,19 @@ fn worker_options(mut args: Args) -> Result<worker::Options, String> {
             "--failure: must be between 0 and 100, got {failure_pct}"
         ));
     }
+    let mut opts_num = |flag: &str, env: &str, default: u64| {
+        parse_num(
+            &format!("--{flag}"),
+            flag_or_env(&mut args, flag, env),
+            default,
+        )
+    };
+    let head_timeout_ms = opts_num("head-timeout-ms", "GLB_HEAD_TIMEOUT_MS", 10_000)?;
+    let idle_timeout_ms = opts_num("idle-timeout-ms", "GLB_IDLE_TIMEOUT_MS", 60_000)?;
+    let stats_flush_ms = opts_num("stats-flush-ms", "GLB_STATS_FLUSH_MS", 5)?;
+    let drain_timeout_ms = opts_num("drain-timeout-ms", "GLB_DRAIN_TIMEOUT_MS", 30_000)?;
+    let drain_grace_ms = opts_num("drain-grace-ms", "GLB_DRAIN_GRACE_MS", 0)?;
+    let max_connections = opts_num("max-connections", "GLB_MAX_CONNECTIONS", 20_000)? as usize;
     let listen_ip = listen
         .parse()
         .map_err(|_| format!("--listen: not an IP address: {listen:?}"))?;
@@ -144,6 +160,12 @@ fn worker_options(mut args: Args) -> Result<worker::Options, String> {
         db: PathBuf::from(db),
         avg_delay_ms,
         failure_pct,
+        head_timeout_ms,
+        idle_timeout_ms,
+        stats_flush_ms,
+        drain_timeout_ms,
+        drain_grace_ms,
+        max_connections,
     })
 }
 

@@ -1,16 +1,31 @@
 //! sd_notify over a plain unix datagram socket (NOTIFY_SOCKET), no libsystemd.
-//! Every call is a no-op when NOTIFY_SOCKET is unset (not started by systemd).
+//! Every call is a no-op when NOTIFY_SOCKET is unset (not started by systemd), and in any
+//! process other than the one that first used it: a forked LB child shares the supervisor's
+//! memory and environment but must never speak for the service (NotifyAccess=main).
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+/// Pid of the process allowed to notify: the first one that called [`notify`] (0 = not yet).
+static OWNER_PID: AtomicU32 = AtomicU32::new(0);
+
 /// Sends one notification (`READY=1`, `STATUS=...`, several lines allowed) to NOTIFY_SOCKET.
-/// Returns Ok(false) when there is no socket to notify.
+/// Returns Ok(false) when there is no socket to notify, or when called from a process forked
+/// after the first notification (an LB child).
 pub fn notify(state: &str) -> io::Result<bool> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(false);
     };
+    let me = std::process::id();
+    let owner = match OWNER_PID.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => me,
+        Err(first) => first,
+    };
+    if owner != me {
+        return Ok(false);
+    }
     let sock = UnixDatagram::unbound()?;
     let bytes = path.as_encoded_bytes();
     if let Some(name) = bytes.strip_prefix(b"@") {
@@ -51,17 +66,29 @@ pub fn watchdog() {
 
 /// How often to send WATCHDOG=1: half of WATCHDOG_USEC, when set for this pid.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok()? != std::process::id()
+    watchdog_interval_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+/// [`watchdog_interval`] on given values: systemd sets WATCHDOG_PID to the main pid, so a
+/// process that inherited the variables (a child) gets None.
+fn watchdog_interval_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok()?;
+    if let Some(pid) = pid
+        && pid.trim().parse::<u32>().ok()? != me
     {
         return None;
     }
     (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
-/// Removes NOTIFY_SOCKET and WATCHDOG_* from this process's environment so children (LB
-/// children, workers) never talk to systemd as if they were the main process.
+/// Removes NOTIFY_SOCKET and WATCHDOG_* from the environment `cmd` will run with, so spawned
+/// programs (worker processes, the docker CLI) never talk to systemd as if they were the main
+/// process. Forked LB children need nothing: notify() is a no-op in them once the supervisor
+/// has sent its first notification (do that before forking, e.g. `status("starting")`).
 pub fn forget_for_children(cmd: &mut std::process::Command) {
     cmd.env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
@@ -105,5 +132,34 @@ mod tests {
         assert_eq!(&buf[..n], b"READY=1");
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn watchdog_interval_is_half_of_watchdog_usec_for_the_main_pid_only() {
+        let half = Some(Duration::from_millis(15_000));
+        assert_eq!(
+            watchdog_interval_from(Some("30000000"), Some("42"), 42),
+            half
+        );
+        assert_eq!(watchdog_interval_from(Some("30000000"), None, 42), half);
+        assert_eq!(
+            watchdog_interval_from(Some("30000000"), Some("41"), 42),
+            None
+        );
+        assert_eq!(
+            watchdog_interval_from(Some("30000000"), Some("x"), 42),
+            None
+        );
+        assert_eq!(watchdog_interval_from(Some("0"), Some("42"), 42), None);
+        assert_eq!(watchdog_interval_from(Some("-5"), None, 42), None);
+        assert_eq!(watchdog_interval_from(None, Some("42"), 42), None);
+    }
+
+    #[test]
+    fn monotonic_usec_moves_forward() {
+        let a = monotonic_usec();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = monotonic_usec();
+        assert!(a > 0 && b > a, "{a} then {b}");
     }
 }

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Installs goloadbalancer as a systemd service: the binary, the unit, the default config, the
+# service user. Idempotent: running it again upgrades the binary and the unit and never touches
+# an edited /etc/goloadbalancer/config.yaml. `--uninstall` reverses it.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: scripts/install.sh [options]
+
+Installs (as root):
+  PREFIX/bin/goloadbalancer                          the binary (PREFIX: /usr/local)
+  /etc/systemd/system/goloadbalancer.service         the unit
+  /etc/systemd/system/goloadbalancer.service.d/10-docker.conf
+                                                     SupplementaryGroups=docker, only where
+                                                     the docker group exists
+  /etc/goloadbalancer/config.yaml                    the default config, only if absent
+  /etc/goloadbalancer/config.yaml.default            the shipped default, always refreshed
+  PREFIX/lib/sysusers.d/goloadbalancer.conf          the system user `goloadbalancer`
+  PREFIX/share/doc/goloadbalancer/README.md
+then creates the user and runs `systemctl daemon-reload` (when systemd runs). The stats
+database lives in /var/lib/goloadbalancer (StateDirectory=, created by systemd).
+
+options:
+  --binary PATH   install this binary instead of building one (cargo build --release)
+  --prefix DIR    where the binary goes (default /usr/local; the unit's ExecStart follows)
+  --root DIR      staged install under DIR: nothing outside DIR is touched, no user is
+                  created, systemctl is not called (for packaging and tests)
+  --uninstall     stop and disable the service, remove what the install put in place; keeps
+                  an edited config.yaml, the stats database and the user
+  --purge         with --uninstall: also remove /etc/goloadbalancer and /var/lib/goloadbalancer
+  -h, --help      this text
+
+After installing:
+  systemctl enable --now goloadbalancer     start now and at boot
+  systemctl reload goloadbalancer           re-read config.yaml, no request fails
+  journalctl -u goloadbalancer -p warning   warnings and errors only
+EOF
+}
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+binary=""
+prefix="/usr/local"
+root=""
+uninstall=0
+purge=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
+        --prefix) prefix="${2:?--prefix needs a directory}"; shift 2 ;;
+        --root) root="${2:?--root needs a directory}"; shift 2 ;;
+        --uninstall) uninstall=1; shift ;;
+        --purge) purge=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$prefix" in /*) ;; *) echo "install.sh: --prefix must be absolute: $prefix" >&2; exit 2 ;; esac
+if [ -n "$root" ]; then
+    mkdir -p "$root"
+    root="$(cd "$root" && pwd)"
+    [ "$root" = / ] && root=""
+fi
+if [ $purge = 1 ] && [ $uninstall = 0 ]; then
+    echo "install.sh: --purge only goes with --uninstall" >&2
+    exit 2
+fi
+
+staged=0
+[ -n "$root" ] && staged=1
+if [ $staged = 0 ] && [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (or use --root DIR for a staged install)" >&2
+    exit 1
+fi
+
+bin_path="$prefix/bin/goloadbalancer"
+unit_dir="/etc/systemd/system"
+unit="$unit_dir/goloadbalancer.service"
+dropin_dir="$unit_dir/goloadbalancer.service.d"
+docker_dropin="$dropin_dir/10-docker.conf"
+conf_dir="/etc/goloadbalancer"
+conf="$conf_dir/config.yaml"
+conf_default="$conf_dir/config.yaml.default"
+state_dir="/var/lib/goloadbalancer"
+doc_dir="$prefix/share/doc/goloadbalancer"
+# systemd-sysusers reads /usr/local/lib/sysusers.d and /usr/lib/sysusers.d; any other prefix
+# is not on its path, so the file goes to /etc/sysusers.d instead.
+case "$prefix" in
+    /usr/local|/usr) sysusers="$prefix/lib/sysusers.d/goloadbalancer.conf" ;;
+    *) sysusers="/etc/sysusers.d/goloadbalancer.conf" ;;
+esac
+
+say() { printf 'install.sh: %s\n' "$*"; }
+systemd_running() { [ $staged = 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+# Copies $1 to $root$2 with mode $3 through a temp file and a rename, so a running binary is
+# never half-written; says whether anything changed.
+put() {
+    local src="$1" dst="$root$2" mode="$3"
+    mkdir -p "$(dirname "$dst")"
+    if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
+        chmod "$mode" "$dst"
+        say "unchanged $2"
+        return
+    fi
+    install -m "$mode" "$src" "$dst.tmp.$$"
+    mv -f "$dst.tmp.$$" "$dst"
+    say "installed $2"
+}
+
+remove() {
+    local dst="$root$1"
+    if [ -e "$dst" ] || [ -L "$dst" ]; then
+        rm -f "$dst"
+        say "removed $1"
+    fi
+}
+
+has_docker_group() {
+    if [ $staged = 1 ]; then
+        grep -q '^docker:' "$root/etc/group" 2>/dev/null
+    else
+        getent group docker >/dev/null 2>&1
+    fi
+}
+
+do_uninstall() {
+    if systemd_running; then
+        systemctl disable --now goloadbalancer.service 2>/dev/null || true
+    fi
+    remove "$unit"
+    remove "$docker_dropin"
+    rmdir "$root$dropin_dir" 2>/dev/null || true
+    remove "$bin_path"
+    remove "$sysusers"
+    rmdir "$root$(dirname "$sysusers")" 2>/dev/null || true
+    remove "$doc_dir/README.md"
+    rmdir "$root$doc_dir" 2>/dev/null || true
+    if [ $purge = 1 ]; then
+        rm -rf "${root:?}$conf_dir" "${root:?}$state_dir" "$root/var/lib/private/goloadbalancer"
+        say "purged $conf_dir and $state_dir"
+    else
+        # An unedited config goes with the rest; an edited one is the operator's.
+        if [ -f "$root$conf" ] && [ -f "$root$conf_default" ] && cmp -s "$root$conf" "$root$conf_default"; then
+            remove "$conf"
+        elif [ -f "$root$conf" ]; then
+            say "kept $conf (edited; --purge removes it)"
+        fi
+        remove "$conf_default"
+        rmdir "$root$conf_dir" 2>/dev/null || true
+        [ -d "$root$state_dir" ] && say "kept $state_dir (the stats database; --purge removes it)"
+    fi
+    if systemd_running; then
+        systemctl daemon-reload
+        systemctl reset-failed goloadbalancer.service 2>/dev/null || true
+    fi
+    say "uninstalled (the user goloadbalancer is kept: files may still belong to it)"
+}
+
+find_binary() {
+    if [ -n "$binary" ]; then
+        if [ ! -f "$binary" ] || [ ! -x "$binary" ]; then echo "install.sh: --binary $binary: not an executable file" >&2; exit 1; fi
+        return
+    fi
+    command -v cargo >/dev/null || { echo "install.sh: cargo not found: install Rust (rustup) or pass --binary PATH" >&2; exit 1; }
+    say "building the release binary (cargo build --release)"
+    (cd "$repo" && cargo build --release --locked)
+    binary="$repo/target/x86_64-unknown-linux-gnu/release/goloadbalancer"
+    [ -x "$binary" ] || { echo "install.sh: cargo built no $binary" >&2; exit 1; }
+}
+
+do_install() {
+    for f in systemd/goloadbalancer.service config.yaml README.md; do
+        [ -f "$repo/$f" ] || { echo "install.sh: $repo/$f is missing (run from a checkout)" >&2; exit 1; }
+    done
+    find_binary
+    # A binary that cannot run here (wrong architecture, truncated) fails now, not at start.
+    "$binary" help >/dev/null || { echo "install.sh: $binary does not run" >&2; exit 1; }
+
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+
+    put "$binary" "$bin_path" 0755
+    sed -e "s#/usr/local/bin/goloadbalancer#$bin_path#g" \
+        -e "s#/usr/local/share/doc/goloadbalancer#$doc_dir#g" \
+        "$repo/systemd/goloadbalancer.service" >"$tmp/unit"
+    put "$tmp/unit" "$unit" 0644
+    # A missing group makes the unit fail (216/GROUP): the drop-in exists only with the group.
+    if has_docker_group; then
+        printf '# Written by install.sh because the docker group exists: lets the supervisor use the\n# docker CLI (runtime docker or auto). Removed by install.sh when the group is gone.\n[Service]\nSupplementaryGroups=docker\n' >"$tmp/docker"
+        put "$tmp/docker" "$docker_dropin" 0644
+    else
+        remove "$docker_dropin"
+        rmdir "$root$dropin_dir" 2>/dev/null || true
+        say "no docker group: workers will run as local processes (runtime auto)"
+    fi
+    printf '# The user goloadbalancer runs as (installed by scripts/install.sh).\nu goloadbalancer - "goloadbalancer load balancer" %s\n' "$state_dir" >"$tmp/sysusers"
+    put "$tmp/sysusers" "$sysusers" 0644
+    put "$repo/README.md" "$doc_dir/README.md" 0644
+
+    put "$repo/config.yaml" "$conf_default" 0644
+    if [ -e "$root$conf" ]; then
+        if cmp -s "$root$conf" "$repo/config.yaml"; then
+            say "unchanged $conf"
+        else
+            say "kept your edited $conf (the shipped default is $conf_default)"
+        fi
+    else
+        put "$repo/config.yaml" "$conf" 0644
+    fi
+    if ! "$binary" check-config "$root$conf" >"$tmp/check" 2>&1; then
+        say "WARNING: $conf does not pass check-config with the new binary:"
+        sed 's/^/    /' "$tmp/check" >&2
+    fi
+
+    if [ $staged = 1 ]; then
+        say "staged under $root: no user created, systemctl not called"
+        return
+    fi
+    if ! getent passwd goloadbalancer >/dev/null; then
+        if command -v systemd-sysusers >/dev/null; then
+            systemd-sysusers "$sysusers"
+        else
+            useradd --system --user-group --home-dir "$state_dir" --no-create-home \
+                --shell /usr/sbin/nologin goloadbalancer
+        fi
+        say "created the system user goloadbalancer"
+    fi
+    if systemd_running; then
+        systemctl daemon-reload
+        say "systemctl daemon-reload done"
+        if systemctl is-active --quiet goloadbalancer.service; then
+            say "goloadbalancer is running the old binary: systemctl restart goloadbalancer"
+        else
+            say "start it with: systemctl enable --now goloadbalancer"
+        fi
+    else
+        say "systemd is not running here: the unit is in place for the next boot"
+    fi
+}
+
+if [ $uninstall = 1 ]; then
+    do_uninstall
+else
+    do_install
+fi

@@ -1,0 +1,399 @@
+#!/usr/bin/env bash
+# End-to-end test under a real systemd as PID 1, on a machine where no systemd runs: a minimal
+# Debian root (debootstrap) imported as a docker image, booted with systemd as the container's
+# init; goloadbalancer is installed into it with scripts/install.sh and driven with systemctl,
+# curl and journalctl. Exits non-zero on the first broken expectation; always removes its
+# container.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: scripts/systemd-e2e.sh [options]
+
+  --binary PATH   the goloadbalancer binary to install (default: cargo build --release)
+  --boot-only     only build the root, boot systemd and check systemctl works
+  --rebuild-root  rebuild the Debian root even when its image is cached
+  --keep          leave the container running at the end (for debugging; remove it with
+                  `docker rm -f <name>`)
+  -h, --help      this text
+
+Needs: root, a docker engine, debootstrap (apt-get install debootstrap; installed
+automatically when missing and apt-get is there), and Debian's mirror for the first run
+(GLB_DEBIAN_MIRROR, default http://deb.debian.org/debian). The root is cached as the docker
+image glb-systemd:<hash of its recipe>, so later runs skip debootstrap.
+GLB_E2E_DOCKER_ARGS overrides the privilege search with fixed `docker run` arguments.
+EOF
+}
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+binary=""
+boot_only=0
+rebuild=0
+keep=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
+        --boot-only) boot_only=1; shift ;;
+        --rebuild-root) rebuild=1; shift ;;
+        --keep) keep=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "systemd-e2e: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+suite="bookworm"
+mirror="${GLB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# systemd + systemd-sysv: PID 1 and /sbin/init; procps: /bin/kill (ExecReload) and pgrep;
+# curl: traffic from inside the container.
+packages="systemd,systemd-sysv,procps,curl"
+
+t_start=$(date +%s)
+phase_start=$t_start
+log() { printf '\n=== systemd-e2e: %s (%s)\n' "$*" "$(date +%T)"; }
+fail() {
+    printf '\nsystemd-e2e: FAIL: %s\n' "$*" >&2
+    dump_diagnostics >&2 || true
+    exit 1
+}
+phase_done() {
+    local now
+    now=$(date +%s)
+    printf 'systemd-e2e: %s took %ss\n' "$1" $((now - phase_start))
+    phase_start=$now
+}
+
+container=""
+root_dir=""
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+    local rc=$?
+    if [ -n "$container" ]; then
+        if [ $keep = 1 ]; then
+            echo "systemd-e2e: container $container kept (docker rm -f $container)"
+        else
+            docker rm -f "$container" >/dev/null 2>&1 || true
+        fi
+    fi
+    [ -n "$root_dir" ] && rm -rf "$root_dir"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# in CMD...: runs a command inside the container (bounded).
+cx() { timeout 180 docker exec "$container" "$@"; }
+cx_sh() { timeout 180 docker exec "$container" bash -c "$1"; }
+
+dump_diagnostics() {
+    [ -n "$container" ] || return 0
+    docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null | grep -q true || {
+        echo "--- container log"; docker logs "$container" 2>&1 | tail -40; return 0; }
+    echo "--- systemctl status goloadbalancer"
+    cx systemctl status --no-pager -l goloadbalancer 2>&1 | tail -30 || true
+    echo "--- journalctl -u goloadbalancer (last 60)"
+    cx journalctl -u goloadbalancer --no-pager -n 60 2>&1 || true
+    echo "--- processes"
+    cx ps -eo pid,ppid,user,stat,args 2>&1 | grep -v '\[' || true
+}
+
+# --- preflight ---------------------------------------------------------------------------
+command -v docker >/dev/null || fail "docker CLI not found"
+timeout 30 docker info >/dev/null 2>&1 || fail "no docker engine answers (docker info)"
+[ "$(id -u)" = 0 ] || fail "run as root (debootstrap and the root's ownership need it)"
+
+# --- the Debian root, cached as an image ------------------------------------------------------
+# Everything that shapes the root feeds the image tag, so editing this function (or the
+# package list) builds a new root and a second run with an unchanged recipe reuses the image.
+prepare_root() {
+    local dir="$1"
+    timeout 900 debootstrap --variant=minbase --include="$packages" "$suite" "$dir" "$mirror" \
+        >"$dir.log" 2>&1 || { tail -20 "$dir.log" >&2; fail "debootstrap failed (log above)"; }
+    rm -f "$dir.log"
+    rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+    # An empty machine-id: systemd makes a fresh one at each boot, as in a container image.
+    : >"$dir/etc/machine-id"
+    # No consoles in a container: the getty units would only wait on ttys that do not exist.
+    chroot "$dir" systemctl mask console-getty.service getty@tty1.service >/dev/null 2>&1 || true
+}
+recipe="$(declare -f prepare_root) $suite $packages"
+image="glb-systemd:$(printf '%s' "$recipe" | sha256sum | cut -c1-12)"
+
+log "root image $image"
+if [ $rebuild = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
+    echo "systemd-e2e: cached, no debootstrap"
+else
+    if ! command -v debootstrap >/dev/null; then
+        command -v apt-get >/dev/null || fail "debootstrap not found (apt-get install debootstrap)"
+        echo "systemd-e2e: installing debootstrap"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
+            fail "could not install debootstrap"
+    fi
+    root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
+    echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
+    prepare_root "$root_dir"
+    tar -C "$root_dir" -c . | docker import -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' - "$image" >/dev/null ||
+        fail "docker import failed"
+    rm -rf "$root_dir"
+    root_dir=""
+    # Older roots of this script are dead weight.
+    for old in $(docker images glb-systemd --format '{{.Repository}}:{{.Tag}}'); do
+        [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
+fi
+phase_done "root image"
+
+# --- boot systemd with the least privilege that works -------------------------------------------
+# Tried in order; the first whose systemd reaches running/degraded is used. On this kind of
+# machine (cgroup v1 hierarchy, docker cgroupfs driver) the first is refused ("Failed to create
+# /init.scope control group: Read-only file system") and the second works: with CAP_SYS_ADMIN
+# in its own cgroup namespace systemd mounts a writable cgroup2 for itself.
+candidates=(
+    "--cgroupns=private"
+    "--cgroupns=private --cap-add SYS_ADMIN"
+    "--cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw --cap-add SYS_ADMIN"
+    "--privileged --cgroupns=private"
+)
+[ -n "${GLB_E2E_DOCKER_ARGS:-}" ] && candidates=("$GLB_E2E_DOCKER_ARGS")
+
+# Waits (bounded) for systemd in the container to finish booting; 0 when it did.
+wait_booted() {
+    local state=""
+    for _ in $(seq 1 120); do
+        docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null | grep -q true || return 1
+        state="$(timeout 10 docker exec "$container" systemctl is-system-running 2>/dev/null || true)"
+        case "$state" in
+            running) return 0 ;;
+            degraded)
+                echo "systemd-e2e: system degraded, failed units:"
+                timeout 10 docker exec "$container" systemctl --failed --no-legend --no-pager || true
+                return 0 ;;
+        esac
+        sleep 0.5
+    done
+    return 1
+}
+
+log "boot systemd"
+used=""
+refused=()
+for args in "${candidates[@]}"; do
+    container="glb-e2e-$$-$RANDOM"
+    # shellcheck disable=SC2086 # $args is a list of docker options
+    # -t: a console, so what systemd prints at boot reaches `docker logs`.
+    if ! docker run -d -t --name "$container" --network none --tmpfs /run --tmpfs /run/lock \
+        --tmpfs /tmp $args "$image" >/dev/null 2>"/tmp/$container.err"; then
+        refused+=("$args: docker run refused: $(head -c 300 "/tmp/$container.err")")
+        rm -f "/tmp/$container.err"
+        docker rm -f "$container" >/dev/null 2>&1 || true
+        container=""
+        continue
+    fi
+    rm -f "/tmp/$container.err"
+    if wait_booted; then
+        used="$args"
+        break
+    fi
+    why="$(docker logs "$container" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' | grep -iE 'fail|error|denied|read-only' | grep -vE 'compat|symlink' | head -3 | tr '\n' ' ' || true)"
+    refused+=("$args: systemd did not boot: ${why:-no reason printed}")
+    docker rm -f "$container" >/dev/null 2>&1 || true
+    container=""
+done
+for r in "${refused[@]}"; do echo "systemd-e2e: refused: $r"; done
+[ -n "$used" ] || fail "no privilege level let systemd boot"
+echo "systemd-e2e: systemd $(cx systemctl --version | head -1 | cut -d' ' -f2) is PID 1 in $container with: $used"
+[ "$(cx cat /proc/1/comm)" = systemd ] || fail "PID 1 in the container is not systemd"
+phase_done "boot"
+
+if [ $boot_only = 1 ]; then
+    # systemctl drives a unit and its cgroup: start, stop, nothing left behind.
+    cx systemd-run --unit=glb-probe --property=KillMode=mixed sleep 600 >/dev/null 2>&1 ||
+        fail "systemd-run refused"
+    sleep 0.5
+    [ "$(cx systemctl is-active glb-probe)" = active ] || fail "transient unit not active"
+    cx systemctl stop glb-probe
+    cx pgrep -x sleep >/dev/null && fail "sleep still runs after systemctl stop"
+    echo "systemd-e2e: PASS (boot only: systemd boots, systemctl starts and stops a unit) in $(($(date +%s) - t_start))s"
+    exit 0
+fi
+
+# --- the goloadbalancer part ------------------------------------------------------------------
+log "binary"
+if [ -z "$binary" ]; then
+    (cd "$repo" && cargo build --release --locked) || fail "cargo build --release failed"
+    binary="$repo/target/x86_64-unknown-linux-gnu/release/goloadbalancer"
+fi
+[ -x "$binary" ] || fail "no binary at $binary"
+echo "systemd-e2e: $binary ($(du -h "$binary" | cut -f1))"
+phase_done "binary"
+
+log "install with scripts/install.sh"
+cx mkdir -p /opt/glb-src /tmp/glb
+docker cp "$binary" "$container:/tmp/glb/goloadbalancer" >/dev/null
+tar -C "$repo" -c scripts/install.sh systemd config.yaml README.md |
+    docker exec -i "$container" tar -C /opt/glb-src -x
+cx /opt/glb-src/scripts/install.sh --binary /tmp/glb/goloadbalancer || fail "install.sh failed"
+cx getent passwd goloadbalancer >/dev/null || fail "install.sh created no user goloadbalancer"
+cx systemctl cat goloadbalancer.service >/dev/null || fail "systemd does not know the unit"
+# The test's configuration: workers as local processes (no docker engine in here), a short
+# delay, no random failures, so any failed request is the reload's fault.
+docker exec -i "$container" tee /etc/goloadbalancer/config.yaml >/dev/null <<'YAML'
+# systemd-e2e
+worker: 2
+pool: 2
+stats-dir: worker-stats.db
+avg-delay: 20
+failure: 0
+load-balancer-port: 5050
+worker-port: 6000
+runtime: process
+listen-address: 127.0.0.1
+drain-timeout-ms: 5000
+health-interval-ms: 1000
+YAML
+cx cp /etc/goloadbalancer/config.yaml /tmp/glb/config.edited
+# Idempotent, and an edited config survives a second install.
+cx /opt/glb-src/scripts/install.sh --binary /tmp/glb/goloadbalancer >/dev/null ||
+    fail "second install.sh failed"
+cx cmp -s /etc/goloadbalancer/config.yaml /tmp/glb/config.edited ||
+    fail "a second install overwrote the edited config"
+# A short watchdog so this run proves the pings arrive (WATCHDOG_USEC=4s: a ping every 2s).
+cx mkdir -p /etc/systemd/system/goloadbalancer.service.d
+printf '[Service]\nWatchdogSec=4s\n' |
+    docker exec -i "$container" tee /etc/systemd/system/goloadbalancer.service.d/50-e2e.conf >/dev/null
+cx systemctl daemon-reload
+phase_done "install"
+
+show() { cx systemctl show goloadbalancer -p "$1" --value; }
+
+log "systemctl start"
+timeout 150 docker exec "$container" systemctl start goloadbalancer || fail "systemctl start failed"
+[ "$(cx systemctl is-active goloadbalancer)" = active ] || fail "not active after start"
+main_pid="$(show MainPID)"
+echo "systemd-e2e: active, MainPID $main_pid, status: $(show StatusText)"
+[ "$(cx ps -o user= -p "$main_pid" | tr -d ' ')" = goloadbalancer ] ||
+    fail "the supervisor does not run as goloadbalancer"
+[ "$(show WatchdogUSec)" = 4s ] || fail "WatchdogUSec is $(show WatchdogUSec), not 4s"
+for port in 5050 5051; do
+    body="$(cx curl -fsS --max-time 10 "http://127.0.0.1:$port/api/v1/hello")" ||
+        fail "GET :$port/api/v1/hello failed"
+    case "$body" in *"hello from"*) ;; *) fail "unexpected body on :$port: $body" ;; esac
+done
+echo "systemd-e2e: both LB ports answer"
+phase_done "start"
+
+log "systemctl reload under load"
+# Four curl loops (two per LB port) run until told to stop; each counts 200s and the rest.
+docker exec -i "$container" tee /tmp/glb/load.sh >/dev/null <<'LOAD'
+#!/bin/bash
+port=$1; ok=0; bad=0
+while [ ! -e /tmp/glb/stop ]; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 15 "http://127.0.0.1:$port/api/v1/hello")
+    if [ "$code" = 200 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "$port $code" >>/tmp/glb/bad; fi
+done
+echo "$ok $bad" >"/tmp/glb/result.$port.$$"
+LOAD
+cx chmod +x /tmp/glb/load.sh
+cx rm -f /tmp/glb/stop /tmp/glb/bad
+for port in 5050 5050 5051 5051; do
+    docker exec -d "$container" /tmp/glb/load.sh "$port"
+done
+sleep 2
+# A real change: one more worker.
+cx sed -i 's/^worker: 2$/worker: 3/' /etc/goloadbalancer/config.yaml
+timeout 60 docker exec "$container" systemctl reload goloadbalancer || fail "systemctl reload failed"
+# The reload is done when the supervisor has said READY=1 again (systemd: active) and the
+# new worker shows in the STATUS= line.
+state=""
+status=""
+for _ in $(seq 1 120); do
+    state="$(show ActiveState)"
+    status="$(show StatusText)"
+    if [ "$state" = active ]; then
+        case "$status" in *"workers 3/3"*) break ;; esac
+    fi
+    sleep 0.5
+done
+echo "systemd-e2e: after reload: $state, status: $status"
+[ "$state" = active ] || fail "not active after reload ($state)"
+case "$status" in *"workers 3/3"*) ;; *) fail "STATUS never showed workers 3/3: $status" ;; esac
+[ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed across a reload"
+# Keep the load going past the watchdog timeout: a missing WATCHDOG=1 would get it killed.
+sleep 5
+cx touch /tmp/glb/stop
+for _ in $(seq 1 60); do
+    [ "$(cx_sh 'ls /tmp/glb/result.* 2>/dev/null | wc -l')" = 4 ] && break
+    sleep 0.5
+done
+[ "$(cx_sh 'ls /tmp/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
+read -r ok bad <<<"$(cx_sh 'cat /tmp/glb/result.*' | awk '{o += $1; b += $2} END {print o, b}')"
+echo "systemd-e2e: load across the reload: $ok ok, $bad failed"
+if [ "$bad" != 0 ]; then
+    cx_sh 'sort /tmp/glb/bad | uniq -c' || true
+    fail "$bad requests failed across systemctl reload"
+fi
+[ "$ok" -ge 40 ] || fail "only $ok requests ran: the load did not span the reload"
+[ "$(show NRestarts)" = 0 ] || fail "restarted $(show NRestarts) times (watchdog?)"
+phase_done "reload"
+
+log "journal"
+journal="$(cx journalctl -u goloadbalancer -p info --no-pager -o cat)"
+for want in 'event=ready' 'event=reload_started' 'event=reloaded'; do
+    grep -q -- "$want" <<<"$journal" || fail "journalctl -u goloadbalancer -p info has no $want"
+done
+grep -qE '^role=lb\.[0-9]+ ' <<<"$journal" || fail "no line from an LB child in the journal"
+grep -qE '^role=worker\.' <<<"$journal" || fail "no line from a worker in the journal"
+# The <N> prefixes were read as priorities (and stripped), and -p warning leaves info out.
+if grep -qE '^<[0-7]>' <<<"$journal"; then
+    fail "journal lines still carry <N>: the prefix was not parsed"
+fi
+if cx journalctl -u goloadbalancer -p warning --no-pager -o cat | grep -q 'level=info'; then
+    fail "journalctl -p warning shows info lines: priorities are not applied"
+fi
+echo "systemd-e2e: the journal has the start and reload events, priorities applied"
+echo "--- journalctl -u goloadbalancer -p warning"
+cx journalctl -u goloadbalancer -p warning --no-pager -o short-monotonic | tail -20 || true
+phase_done "journal"
+
+log "watchdog: a stuck supervisor is killed and restarted"
+cx kill -STOP "$main_pid"
+for _ in $(seq 1 120); do
+    if [ "$(show NRestarts)" = 1 ] && [ "$(cx systemctl is-active goloadbalancer || true)" = active ]; then
+        break
+    fi
+    sleep 0.5
+done
+[ "$(show NRestarts)" = 1 ] || fail "no restart after the watchdog timeout (NRestarts=$(show NRestarts))"
+[ "$(cx systemctl is-active goloadbalancer)" = active ] || fail "not active after the watchdog restart"
+new_pid="$(show MainPID)"
+[ "$new_pid" != "$main_pid" ] || fail "same MainPID after a watchdog restart"
+cx journalctl -u goloadbalancer --no-pager -o cat | grep -q 'Watchdog timeout' ||
+    fail "no 'Watchdog timeout' in the journal"
+for port in 5050 5051; do
+    cx curl -fsS --max-time 10 -o /dev/null "http://127.0.0.1:$port/api/v1/hello" ||
+        fail "port $port does not answer after the restart"
+done
+echo "systemd-e2e: the watchdog killed the stopped supervisor, systemd restarted it (MainPID $new_pid)"
+phase_done "watchdog"
+
+log "systemctl stop"
+timeout 150 docker exec "$container" systemctl stop goloadbalancer || fail "systemctl stop failed"
+state="$(cx systemctl is-active goloadbalancer || true)"
+[ "$state" = inactive ] || fail "state after stop: $state"
+[ "$(show Result)" = success ] || fail "Result=$(show Result) after stop (not a clean exit)"
+[ "$(show ExecMainStatus)" = 0 ] || fail "the supervisor exited $(show ExecMainStatus)"
+if cx pgrep -a goloadbalancer; then fail "goloadbalancer processes left after systemctl stop"; fi
+cx journalctl -u goloadbalancer --no-pager -o cat | grep -q 'Stopped goloadbalancer' ||
+    fail "no 'Stopped' in the journal"
+echo "systemd-e2e: stopped cleanly, nothing left running"
+phase_done "stop"
+
+log "uninstall"
+cx /opt/glb-src/scripts/install.sh --uninstall || fail "install.sh --uninstall failed"
+if cx systemctl cat goloadbalancer.service >/dev/null 2>&1; then fail "unit still known after uninstall"; fi
+cx test ! -e /usr/local/bin/goloadbalancer || fail "binary left after uninstall"
+cx test -f /etc/goloadbalancer/config.yaml || fail "uninstall removed the edited config"
+phase_done "uninstall"
+
+echo
+echo "systemd-e2e: PASS in $(($(date +%s) - t_start))s (privileges: $used)"

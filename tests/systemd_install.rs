@@ -1,0 +1,246 @@
+//! scripts/install.sh, staged under a temp root (`--root`): what it installs, that a second run
+//! changes nothing, that an edited config survives, the docker-group drop-in, and that
+//! `--uninstall` takes everything back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::TempDir;
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn install(args: &[&str]) -> Output {
+    let out = Command::new("bash")
+        .arg(repo_file("scripts/install.sh"))
+        .args(args)
+        .output()
+        .expect("run install.sh");
+    println!(
+        "install.sh {args:?} -> {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn install_ok(args: &[&str]) -> String {
+    let out = install(args);
+    assert!(out.status.success(), "install.sh {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every regular file under `root` (relative path -> (mode, content)).
+fn tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            if meta.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let rel = p
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .display()
+                    .to_string();
+                let content = std::fs::read(&p).expect("read");
+                out.insert(rel, (meta.permissions().mode() & 0o7777, content));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+const BIN: &str = "usr/local/bin/goloadbalancer";
+const UNIT: &str = "etc/systemd/system/goloadbalancer.service";
+const DROPIN: &str = "etc/systemd/system/goloadbalancer.service.d/10-docker.conf";
+const CONF: &str = "etc/goloadbalancer/config.yaml";
+const CONF_DEFAULT: &str = "etc/goloadbalancer/config.yaml.default";
+const SYSUSERS: &str = "usr/local/lib/sysusers.d/goloadbalancer.conf";
+const DOC: &str = "usr/local/share/doc/goloadbalancer/README.md";
+
+#[test]
+fn staged_install_is_complete_idempotent_and_reversible() {
+    let dir = TempDir::new("systemd-install");
+    let root = dir.join("root");
+    let root_s = root.to_str().expect("utf-8 path");
+    let args = ["--binary", common::bin(), "--root", root_s];
+
+    let first = install_ok(&args);
+    assert!(
+        !first.contains("WARNING"),
+        "the shipped config must pass check-config"
+    );
+    let t1 = tree(&root);
+    let names: Vec<&str> = t1.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [CONF, CONF_DEFAULT, UNIT, BIN, SYSUSERS, DOC],
+        "exactly these files (no docker group in the staged root, so no drop-in)"
+    );
+    assert_eq!(t1[BIN].0, 0o755);
+    assert_eq!(
+        t1[BIN].1,
+        std::fs::read(common::bin()).expect("read binary")
+    );
+    assert_eq!(t1[UNIT].0, 0o644);
+    assert_eq!(
+        t1[UNIT].1,
+        std::fs::read(repo_file("systemd/goloadbalancer.service")).expect("unit")
+    );
+    let shipped = std::fs::read(repo_file("config.yaml")).expect("config.yaml");
+    assert_eq!(t1[CONF].1, shipped);
+    assert_eq!(t1[CONF_DEFAULT].1, shipped);
+    let sysusers = String::from_utf8_lossy(&t1[SYSUSERS].1).into_owned();
+    assert!(
+        sysusers.lines().any(
+            |l| l.starts_with("u goloadbalancer - ") && l.ends_with(" /var/lib/goloadbalancer")
+        ),
+        "{sysusers}"
+    );
+
+    // Again: nothing changes, and it says so.
+    let second = install_ok(&args);
+    assert_eq!(tree(&root), t1);
+    assert!(
+        !second.contains("installed "),
+        "second run installed something:\n{second}"
+    );
+
+    // An edited config is never overwritten; the shipped default is beside it.
+    let conf = root.join(CONF);
+    let edited = b"# mine\nworker: 1\npool: 1\n";
+    std::fs::write(&conf, edited).expect("edit config");
+    let third = install_ok(&args);
+    assert!(third.contains("kept your edited /etc/goloadbalancer/config.yaml"));
+    assert_eq!(std::fs::read(&conf).expect("config"), edited);
+    assert_eq!(
+        std::fs::read(root.join(CONF_DEFAULT)).expect("default"),
+        shipped
+    );
+
+    // Uninstall keeps only the edited config; --purge removes it; both are idempotent.
+    install_ok(&["--uninstall", "--root", root_s]);
+    let left: Vec<String> = tree(&root).into_keys().collect();
+    assert_eq!(left, [CONF]);
+    install_ok(&["--uninstall", "--root", root_s]);
+    install_ok(&["--uninstall", "--purge", "--root", root_s]);
+    assert!(
+        tree(&root).is_empty(),
+        "left behind: {:?}",
+        tree(&root).keys()
+    );
+}
+
+#[test]
+fn unedited_config_goes_with_uninstall() {
+    let dir = TempDir::new("systemd-install-plain");
+    let root = dir.join("root");
+    let root_s = root.to_str().expect("utf-8 path");
+    install_ok(&["--binary", common::bin(), "--root", root_s]);
+    // The state directory (the stats database) is kept without --purge.
+    let state = root.join("var/lib/goloadbalancer");
+    std::fs::create_dir_all(&state).expect("state dir");
+    std::fs::write(state.join("worker-stats.db"), b"x").expect("db");
+    let out = install_ok(&["--uninstall", "--root", root_s]);
+    assert!(out.contains("kept /var/lib/goloadbalancer"), "{out}");
+    let left: Vec<String> = tree(&root).into_keys().collect();
+    assert_eq!(left, ["var/lib/goloadbalancer/worker-stats.db"]);
+}
+
+#[test]
+fn docker_group_gets_a_dropin_and_losing_it_removes_the_dropin() {
+    let dir = TempDir::new("systemd-install-docker");
+    let root = dir.join("root");
+    let root_s = root.to_str().expect("utf-8 path");
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::write(root.join("etc/group"), "root:x:0:\ndocker:x:998:\n").expect("group");
+    install_ok(&["--binary", common::bin(), "--root", root_s]);
+    let dropin = std::fs::read_to_string(root.join(DROPIN)).expect("drop-in");
+    let directives: Vec<&str> = dropin
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    assert_eq!(directives, ["[Service]", "SupplementaryGroups=docker"]);
+
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    install_ok(&["--binary", common::bin(), "--root", root_s]);
+    assert!(
+        !root.join(DROPIN).exists(),
+        "a drop-in naming a missing group breaks the unit"
+    );
+    assert!(
+        !root
+            .join("etc/systemd/system/goloadbalancer.service.d")
+            .exists()
+    );
+}
+
+#[test]
+fn prefix_moves_the_binary_and_the_unit_follows() {
+    let dir = TempDir::new("systemd-install-prefix");
+    let root = dir.join("root");
+    let root_s = root.to_str().expect("utf-8 path");
+    install_ok(&[
+        "--binary",
+        common::bin(),
+        "--root",
+        root_s,
+        "--prefix",
+        "/opt/glb",
+    ]);
+    assert!(root.join("opt/glb/bin/goloadbalancer").is_file());
+    assert!(!root.join(BIN).exists());
+    let unit = std::fs::read_to_string(root.join(UNIT)).expect("unit");
+    assert!(unit.contains(
+        "ExecStart=/opt/glb/bin/goloadbalancer run --config /etc/goloadbalancer/config.yaml\n"
+    ));
+    assert!(!unit.contains("/usr/local"), "{unit}");
+    // /opt/glb/lib is not on systemd-sysusers' path: the user file goes to /etc.
+    assert!(root.join("etc/sysusers.d/goloadbalancer.conf").is_file());
+    install_ok(&["--uninstall", "--root", root_s, "--prefix", "/opt/glb"]);
+    assert!(
+        tree(&root).is_empty(),
+        "left behind: {:?}",
+        tree(&root).keys()
+    );
+}
+
+#[test]
+fn bad_usage_is_refused_with_a_reason() {
+    let help = install(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).starts_with("usage: scripts/install.sh"));
+
+    let unknown = install(&["--frobnicate"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown option --frobnicate"));
+
+    let dir = TempDir::new("systemd-install-bad");
+    let root = dir.join("root");
+    let missing = dir.join("no-such-binary");
+    let out = install(&[
+        "--binary",
+        missing.to_str().expect("utf-8"),
+        "--root",
+        root.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an executable file"));
+    assert!(tree(&root).is_empty(), "nothing installed on a refused run");
+
+    let purge_alone = install(&["--purge", "--root", root.to_str().expect("utf-8")]);
+    assert_eq!(purge_alone.status.code(), Some(2));
+}

@@ -1,0 +1,834 @@
+//! Black-box tests of `goloadbalancer worker`: the real binary on loopback ports, raw bytes,
+//! exact statuses, bodies and counts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Proc, TempDir, connect, free_port, get, raw_request, read_response, wait_for_port};
+
+const HELLO: &[u8] = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// Starts a worker on a free loopback port; returns it and its address.
+fn start_worker(db: &Path, id: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let port_s = port.to_string();
+    let db_s = db.display().to_string();
+    let mut args = vec![
+        "worker",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        &port_s,
+        "--id",
+        id,
+        "--db",
+        &db_s,
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start(&format!("worker {id}"), &args);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for_port(addr, Duration::from_secs(30));
+    (p, addr)
+}
+
+/// The /worker/stats body, parsed.
+fn stats(addr: SocketAddr) -> serde_json::Value {
+    let r = get(addr, "/worker/stats").expect("GET /worker/stats");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&r.body).expect("stats is JSON")
+}
+
+/// The value of `id`'s entry in one of the stats lists.
+fn entry(stats: &serde_json::Value, list: &str, id: &str) -> Option<serde_json::Value> {
+    stats[list]
+        .as_array()?
+        .iter()
+        .find_map(|e| e.get(id).cloned())
+}
+
+/// One exchange as the client saw it.
+#[derive(Debug, Clone)]
+struct Obs {
+    status: u16,
+    body: String,
+    /// From the request's first byte written to the response's last byte read.
+    elapsed: Duration,
+}
+
+/// Parses one complete response (Content-Length framed) from the start of `buf`:
+/// (bytes used, status, body).
+fn parse_one(buf: &[u8]) -> Option<(usize, u16, String)> {
+    let end = common::find(buf, b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..end]).expect("utf-8 head");
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    let cl: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    if buf.len() < end + cl {
+        return None;
+    }
+    let body = String::from_utf8_lossy(&buf[end..end + cl]).into_owned();
+    Some((end + cl, status, body))
+}
+
+/// Opens `conns` connections at once and sends `per_conn` requests on each, one after the
+/// other (the next once the previous answer is in), from one mio thread so client-side timing
+/// is not at the mercy of hundreds of threads. Panics after `limit`.
+fn hammer(
+    addr: SocketAddr,
+    conns: usize,
+    per_conn: usize,
+    req: &[u8],
+    limit: Duration,
+) -> Vec<Obs> {
+    use mio::net::TcpStream as MioStream;
+    use mio::{Events, Interest, Poll, Token};
+    struct C {
+        s: MioStream,
+        connected: bool,
+        written: usize,
+        started: Option<Instant>,
+        buf: Vec<u8>,
+        done: usize,
+    }
+    let mut poll = Poll::new().unwrap();
+    let mut cs: Vec<C> = (0..conns)
+        .map(|i| {
+            let mut s = MioStream::connect(addr).expect("connect");
+            poll.registry()
+                .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .unwrap();
+            C {
+                s,
+                connected: false,
+                written: 0,
+                started: None,
+                buf: Vec::new(),
+                done: 0,
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(conns * per_conn);
+    let mut events = Events::with_capacity(1024);
+    let end = Instant::now() + limit;
+    let mut finished = 0;
+    let mut tmp = vec![0u8; 65536];
+    while finished < conns {
+        let now = Instant::now();
+        assert!(
+            now < end,
+            "hammer: only {} of {} responses within {limit:?}",
+            out.len(),
+            conns * per_conn
+        );
+        poll.poll(&mut events, Some(Duration::from_millis(100)))
+            .unwrap();
+        for ev in events.iter() {
+            let c = &mut cs[ev.token().0];
+            if c.done == per_conn {
+                continue;
+            }
+            if !c.connected {
+                if let Ok(Some(e)) | Err(e) = c.s.take_error() {
+                    panic!("connect {addr}: {e}");
+                }
+                if c.s.peer_addr().is_err() {
+                    continue;
+                }
+                c.connected = true;
+            }
+            // Write the current request (whole or rest).
+            while c.written < req.len() {
+                match c.s.write(&req[c.written..]) {
+                    Ok(n) => {
+                        if c.written == 0 {
+                            c.started = Some(Instant::now());
+                        }
+                        c.written += n;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            loop {
+                match c.s.read(&mut tmp) {
+                    Ok(0) => {
+                        assert_eq!(c.done, per_conn, "server closed early: {:?}", c.buf);
+                        break;
+                    }
+                    Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            while let Some((used, status, body)) = parse_one(&c.buf) {
+                let t = Instant::now();
+                c.buf.drain(..used);
+                let started = c
+                    .started
+                    .expect("a response before the request was written");
+                out.push(Obs {
+                    status,
+                    body,
+                    elapsed: t - started,
+                });
+                c.done += 1;
+                if c.done == per_conn {
+                    finished += 1;
+                    break;
+                }
+                // Next request on this connection.
+                c.written = 0;
+                c.started = None;
+                while c.written < req.len() {
+                    match c.s.write(&req[c.written..]) {
+                        Ok(n) => {
+                            if c.written == 0 {
+                                c.started = Some(Instant::now());
+                            }
+                            c.written += n;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("write: {e}"),
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn mean_ms(obs: &[Obs]) -> f64 {
+    obs.iter()
+        .map(|o| o.elapsed.as_secs_f64() * 1000.0)
+        .sum::<f64>()
+        / obs.len() as f64
+}
+
+#[test]
+fn endpoints_answer_exact_json() {
+    let dir = TempDir::new("worker-endpoints");
+    let (_w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-ep",
+        &["--avg-delay", "0", "--failure", "0"],
+    );
+
+    let r = get(addr, "/api/v1/hello").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.text(), r#"{"message":"hello from container: t-ep"}"#);
+
+    let r = get(addr, "/api/v1/hello?x=1").unwrap();
+    assert_eq!(r.status, 200);
+
+    let r = get(addr, "/healthz").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), r#"{"status":"serving","id":"t-ep"}"#);
+
+    let r = raw_request(
+        addr,
+        b"HEAD /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("32"));
+
+    let r = get(addr, "/nope").unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.text(), r#"{"error":"not found","status":404}"#);
+
+    let r = raw_request(
+        addr,
+        b"POST /api/v1/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.text(), r#"{"error":"method not allowed","status":405}"#);
+
+    let r = raw_request(
+        addr,
+        b"DELETE /worker/stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+
+    // HTTP/1.0 with keep-alive gets it said back, and the connection stays open.
+    let mut s = connect(addr);
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut s, &mut pending, false).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+    }
+
+    // Only the two hello GETs count.
+    let st = stats(addr);
+    assert_eq!(entry(&st, "TotalRequests", "total"), Some(2.into()));
+    assert_eq!(entry(&st, "TotalRequests", "t-ep"), Some(2.into()));
+    assert_eq!(entry(&st, "SuccessfulRequests", "t-ep"), Some(2.into()));
+    assert_eq!(entry(&st, "FailedRequests", "t-ep"), Some(0.into()));
+    let keys: Vec<&String> = st.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 4, "{st}");
+}
+
+#[test]
+fn hello_delay_mean_is_avg_delay() {
+    let dir = TempDir::new("worker-delay");
+    let (_w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-delay",
+        &["--avg-delay", "200", "--failure", "0"],
+    );
+    // 500 concurrent connections, 3 requests each: 1500 samples. The delay is uniform on
+    // [0, 400] ms: standard error of the mean 115.5 / sqrt(1500) = 3 ms (1.5%), so the 10%
+    // bound leaves room for client and loop overhead on a loaded machine (a few ms).
+    let obs = hammer(addr, 500, 3, HELLO, Duration::from_secs(120));
+    assert_eq!(obs.len(), 1500);
+    assert!(obs.iter().all(|o| o.status == 200), "non-200 answers");
+    let mean = mean_ms(&obs);
+    // Uniform, not constant: about half of the requests take less than the mean.
+    let below = obs
+        .iter()
+        .filter(|o| o.elapsed < Duration::from_millis(200))
+        .count();
+    let frac = below as f64 / obs.len() as f64;
+    let st = stats(addr);
+    let server = entry(&st, "AverageResponseTime", "t-delay").unwrap();
+    eprintln!("mean delay {mean:.2} ms (server {server}), {frac:.3} below 200 ms");
+    assert!(
+        (180.0..=220.0).contains(&mean),
+        "mean delay {mean:.2} ms, expected 200 ms +- 10%"
+    );
+    assert!(
+        (0.35..=0.6).contains(&frac),
+        "fraction below 200 ms: {frac:.3}"
+    );
+}
+
+#[test]
+fn failure_rate_within_binomial_bounds() {
+    let dir = TempDir::new("worker-failure");
+    let (_w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-fail",
+        &["--avg-delay", "0", "--failure", "30"],
+    );
+    let obs = hammer(addr, 50, 20, HELLO, Duration::from_secs(60));
+    assert_eq!(obs.len(), 1000);
+    let failures = obs.iter().filter(|o| o.status == 500).count();
+    let successes = obs.iter().filter(|o| o.status == 200).count();
+    assert_eq!(failures + successes, 1000, "only 200 and 500 expected");
+    // Binomial(1000, 0.3): mean 300, sigma 14.5; 5 sigma.
+    assert!(
+        (228..=372).contains(&failures),
+        "failures {failures} of 1000 at 30%"
+    );
+    for o in &obs {
+        if o.status == 500 {
+            assert_eq!(
+                o.body,
+                r#"{"error":"simulated failure in container: t-fail","status":500}"#
+            );
+        } else {
+            assert_eq!(o.body, r#"{"message":"hello from container: t-fail"}"#);
+        }
+    }
+    let st = stats(addr);
+    assert_eq!(
+        entry(&st, "FailedRequests", "t-fail"),
+        Some(failures.into())
+    );
+    assert_eq!(
+        entry(&st, "SuccessfulRequests", "t-fail"),
+        Some(successes.into())
+    );
+}
+
+/// What a pipelined answer must be, in order.
+fn expect_in_order(s: &mut TcpStream, expected: &[(u16, &str)]) {
+    let mut pending = Vec::new();
+    for (i, (status, body)) in expected.iter().enumerate() {
+        let r =
+            read_response(s, &mut pending, false).unwrap_or_else(|e| panic!("response {i}: {e}"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (*status, *body),
+            "response {i}"
+        );
+    }
+}
+
+#[test]
+fn pipelined_responses_keep_request_order() {
+    let dir = TempDir::new("worker-pipeline");
+    let (_w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-pipe",
+        &["--avg-delay", "100", "--failure", "0"],
+    );
+    let hello = (200, r#"{"message":"hello from container: t-pipe"}"#);
+    let health = (200, r#"{"status":"serving","id":"t-pipe"}"#);
+    let missing = (404, r#"{"error":"not found","status":404}"#);
+    // Instant answers (healthz, 404) behind delayed ones must wait for them.
+    let mut s = connect(addr);
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        match i % 3 {
+            0 => {
+                batch.extend_from_slice(HELLO);
+                expected.push(hello);
+            }
+            1 => {
+                batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+                expected.push(health);
+            }
+            _ => {
+                batch.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+                expected.push(missing);
+            }
+        }
+    }
+    s.write_all(&batch).unwrap();
+    expect_in_order(&mut s, &expected);
+
+    // More than the pipeline depth in one write, each request split across writes too.
+    let mut s = connect(addr);
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for _ in 0..100 {
+        batch.extend_from_slice(HELLO);
+        expected.push(hello);
+    }
+    batch.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    expected.push(health);
+    for piece in batch.chunks(7000) {
+        s.write_all(piece).unwrap();
+    }
+    expect_in_order(&mut s, &expected);
+    assert!(
+        common::read_to_close(&mut s).is_empty(),
+        "closed after the last answer"
+    );
+}
+
+/// Sends `raw` (then half-closes unless `stall`), expects `status` with `Connection: close`
+/// and then the close.
+fn expect_refusal(addr: SocketAddr, raw: &[u8], status: u16) {
+    let stall = status == 408;
+    let mut s = connect(addr);
+    s.write_all(raw).unwrap();
+    if !stall {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    let mut pending = Vec::new();
+    let r = read_response(&mut s, &mut pending, false).unwrap_or_else(|e| {
+        panic!(
+            "no answer to {:?}: {e}",
+            String::from_utf8_lossy(&raw[..raw.len().min(60)])
+        )
+    });
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON error body");
+    assert_eq!(v["status"], status);
+    assert!(pending.is_empty());
+    assert!(common::read_to_close(&mut s).is_empty());
+}
+
+#[test]
+fn bad_requests_get_exact_statuses() {
+    let dir = TempDir::new("worker-bad");
+    let (mut w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-bad",
+        &[
+            "--avg-delay",
+            "0",
+            "--failure",
+            "0",
+            "--head-timeout-ms",
+            "300",
+            "--idle-timeout-ms",
+            "300",
+        ],
+    );
+    expect_refusal(addr, b"GARBAGE\r\n\r\n", 400);
+    expect_refusal(addr, b"GET /api/v1/hello HTTP/1.1\r\n\r\n", 400); // no Host
+    expect_refusal(
+        addr,
+        b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+        400,
+    );
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(9000));
+    expect_refusal(addr, long_line.as_bytes(), 414);
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(17_000)
+    );
+    expect_refusal(addr, big_head.as_bytes(), 431);
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    expect_refusal(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+        431,
+    );
+    expect_refusal(addr, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505);
+    // A body above the hello limit: refused without reading it.
+    let mut big =
+        b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'z', 100_000));
+    expect_refusal(addr, &big, 413);
+    // A small body is read and discarded; the next pipelined request parses cleanly.
+    let mut s = connect(addr);
+    s.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n0123456789GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    expect_in_order(
+        &mut s,
+        &[
+            (200, r#"{"message":"hello from container: t-bad"}"#),
+            (200, r#"{"status":"serving","id":"t-bad"}"#),
+        ],
+    );
+    // A client that stalls mid-head gets 408, then the close.
+    expect_refusal(addr, b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n", 408);
+    // ... and mid-body as well.
+    expect_refusal(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc",
+        408,
+    );
+    // An idle keep-alive connection is closed without a word.
+    let mut s = connect(addr);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut pending = Vec::new();
+    assert_eq!(
+        read_response(&mut s, &mut pending, false).unwrap().status,
+        200
+    );
+    assert!(common::read_to_close(&mut s).is_empty());
+    let mut s = connect(addr);
+    assert!(common::read_to_close(&mut s).is_empty());
+    // Still serving, never crashed.
+    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    assert!(w.alive());
+    let st = stats(addr);
+    assert_eq!(entry(&st, "TotalRequests", "t-bad"), Some(1.into()));
+}
+
+#[test]
+fn stats_are_exact_across_two_workers_sharing_one_db() {
+    let dir = TempDir::new("worker-stats");
+    let db = dir.join("shared.db");
+    let args = ["--avg-delay", "30", "--failure", "25"];
+    let (_a, addr_a) = start_worker(&db, "wa", &args);
+    let (_b, addr_b) = start_worker(&db, "wb", &args);
+    // Traffic that must not count.
+    assert_eq!(get(addr_a, "/healthz").unwrap().status, 200);
+    assert_eq!(get(addr_b, "/nope").unwrap().status, 404);
+    let ta = std::thread::spawn(move || hammer(addr_a, 20, 10, HELLO, Duration::from_secs(60)));
+    let tb = std::thread::spawn(move || hammer(addr_b, 30, 10, HELLO, Duration::from_secs(60)));
+    let obs_a = ta.join().unwrap();
+    let obs_b = tb.join().unwrap();
+    let done = Instant::now();
+    // Each worker reflects both, soon (1 s is the promise; the bound here is generous).
+    let mut st = stats(addr_b);
+    while entry(&st, "TotalRequests", "total") != Some(500.into()) {
+        assert!(
+            done.elapsed() < Duration::from_secs(10),
+            "stats never reached 500: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        st = stats(addr_b);
+    }
+    eprintln!("stats complete {:?} after the last answer", done.elapsed());
+    assert_eq!(stats(addr_a), st, "both workers answer the same");
+
+    let mut means = HashMap::new();
+    for (id, obs) in [("wa", &obs_a), ("wb", &obs_b)] {
+        let ok = obs.iter().filter(|o| o.status == 200).count();
+        let failed = obs.iter().filter(|o| o.status == 500).count();
+        assert_eq!(ok + failed, obs.len());
+        assert_eq!(
+            entry(&st, "SuccessfulRequests", id),
+            Some(ok.into()),
+            "{id}"
+        );
+        assert_eq!(
+            entry(&st, "FailedRequests", id),
+            Some(failed.into()),
+            "{id}"
+        );
+        assert_eq!(
+            entry(&st, "TotalRequests", id),
+            Some(obs.len().into()),
+            "{id}"
+        );
+        let server = entry(&st, "AverageResponseTime", id)
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        let client = mean_ms(obs);
+        // The server's interval (head parsed .. answer queued) lies inside the client's
+        // (first byte written .. last byte read).
+        assert!(
+            server <= client + 0.01,
+            "{id}: server mean {server} > client mean {client}"
+        );
+        assert!(
+            client - server < 15.0,
+            "{id}: server mean {server} vs client mean {client}"
+        );
+        means.insert(id, server);
+    }
+    let ok_total = obs_a
+        .iter()
+        .chain(&obs_b)
+        .filter(|o| o.status == 200)
+        .count();
+    assert_eq!(
+        entry(&st, "SuccessfulRequests", "total"),
+        Some(ok_total.into())
+    );
+    assert_eq!(
+        entry(&st, "FailedRequests", "total"),
+        Some((500 - ok_total).into())
+    );
+    // The total's mean is over every request: (mean_a * 200 + mean_b * 300) / 500, within
+    // the microsecond rounding of each mean.
+    let total = entry(&st, "AverageResponseTime", "total")
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    let weighted = (means["wa"] * 200.0 + means["wb"] * 300.0) / 500.0;
+    assert!(
+        (total - weighted).abs() < 0.002,
+        "total mean {total} vs weighted {weighted}"
+    );
+    // Entries: the total first, then one per worker in id order.
+    let ids: Vec<String> = st["TotalRequests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_object().unwrap().keys().next().unwrap().clone())
+        .collect();
+    assert_eq!(ids, ["total", "wa", "wb"]);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_and_counts_them() {
+    let dir = TempDir::new("worker-sigterm");
+    let db = dir.join("s.db");
+    let (mut w, addr) = start_worker(&db, "t-term", &["--avg-delay", "500", "--failure", "20"]);
+    // 100 requests in flight (delays up to 1 s), plus an idle keep-alive connection.
+    let mut clients: Vec<TcpStream> = (0..100).map(|_| connect(addr)).collect();
+    for c in &mut clients {
+        c.write_all(HELLO).unwrap();
+    }
+    let mut idle = connect(addr);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut pending = Vec::new();
+    assert_eq!(
+        read_response(&mut idle, &mut pending, false)
+            .unwrap()
+            .status,
+        200
+    );
+    w.signal(15);
+    let (mut ok, mut failed) = (0, 0);
+    for c in &mut clients {
+        let mut pending = Vec::new();
+        let r = read_response(c, &mut pending, false).expect("in-flight request answered");
+        match r.status {
+            200 => ok += 1,
+            500 => failed += 1,
+            s => panic!("status {s}"),
+        }
+        // Answered (with `Connection: close` unless it left before the signal), then closed.
+        assert!(common::read_to_close(c).is_empty());
+    }
+    assert!(
+        common::read_to_close(&mut idle).is_empty(),
+        "idle connection closed"
+    );
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0), "clean exit");
+    // Everything was flushed: another worker on the same database sees all 100.
+    let (_w2, addr2) = start_worker(&db, "t-after", &["--avg-delay", "0"]);
+    let st = stats(addr2);
+    assert_eq!(entry(&st, "TotalRequests", "t-term"), Some(100.into()));
+    assert_eq!(entry(&st, "SuccessfulRequests", "t-term"), Some(ok.into()));
+    assert_eq!(entry(&st, "FailedRequests", "t-term"), Some(failed.into()));
+    assert_eq!(entry(&st, "TotalRequests", "t-after"), Some(0.into()));
+}
+
+#[test]
+fn grace_period_answers_healthz_503_then_drains() {
+    let dir = TempDir::new("worker-grace");
+    let (mut w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-grace",
+        &[
+            "--avg-delay",
+            "0",
+            "--failure",
+            "0",
+            "--drain-grace-ms",
+            "3000",
+        ],
+    );
+    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    w.signal(15);
+    let end = Instant::now() + Duration::from_secs(2);
+    let r = loop {
+        let r = get(addr, "/healthz").unwrap();
+        if r.status == 503 || Instant::now() > end {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(r.text(), r#"{"status":"draining","id":"t-grace"}"#);
+    // Still serving work during the grace period.
+    assert_eq!(get(addr, "/api/v1/hello").unwrap().status, 200);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
+/// Runs a worker expected to fail at start; returns its stderr.
+fn start_fails(db: &Path) -> String {
+    let port = free_port().to_string();
+    let mut p = Proc::start_cmd(
+        "worker (bad db)",
+        Command::new(common::bin())
+            .args([
+                "worker",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--id",
+                "t-db",
+            ])
+            .arg("--db")
+            .arg(db)
+            .stderr(Stdio::piped()),
+    );
+    let code = p.wait_exit(Duration::from_secs(30));
+    let mut err = String::new();
+    if let Some(mut e) = p.child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(code, Some(1), "exit code; stderr: {err}");
+    assert!(
+        err.contains(&db.display().to_string()),
+        "names the path: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn corrupt_or_unwritable_database_fails_at_start() {
+    let dir = TempDir::new("worker-baddb");
+    let garbage = dir.join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 10_000]).unwrap();
+    let err = start_fails(&garbage);
+    assert!(err.contains("not an SQLite database"), "{err}");
+
+    // A parent that is a regular file: cannot be created.
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    let err = start_fails(&dir.join("file").join("s.db"));
+    assert!(err.contains("cannot open"), "{err}");
+
+    let err = start_fails(dir.path());
+    assert!(err.contains("is a directory"), "{err}");
+}
+
+#[test]
+fn holds_2000_concurrent_delayed_requests() {
+    let dir = TempDir::new("worker-2000");
+    let (_w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-2k",
+        &["--avg-delay", "1000", "--failure", "0"],
+    );
+    let t = Instant::now();
+    let obs = hammer(addr, 2000, 1, HELLO, Duration::from_secs(120));
+    assert_eq!(obs.len(), 2000);
+    assert!(obs.iter().all(|o| o.status == 200));
+    // Held concurrently: one after the other would take ~2000 s.
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    let st = stats(addr);
+    assert_eq!(entry(&st, "TotalRequests", "t-2k"), Some(2000.into()));
+}
+
+/// Resident set of `pid` in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_is_not_read_either() {
+    let dir = TempDir::new("worker-backpressure");
+    let (w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-bp",
+        &["--avg-delay", "0", "--failure", "0"],
+    );
+    // 64 MiB of pipelined requests, never reading an answer: the worker must stop reading
+    // (its output is bounded), so the write stalls once the socket buffers are full.
+    let mut s = connect(addr);
+    s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let req = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let chunk: Vec<u8> = req.iter().copied().cycle().take(req.len() * 2000).collect();
+    let mut written = 0usize;
+    let stalled = loop {
+        if written > 64 << 20 {
+            break false;
+        }
+        match s.write(&chunk) {
+            Ok(n) => written += n,
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        stalled,
+        "wrote {written} bytes without the worker pushing back"
+    );
+    // Other clients are unaffected, and memory stays bounded.
+    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    let rss = rss_kib(w.pid());
+    assert!(
+        rss < 100 * 1024,
+        "worker RSS {rss} KiB after a non-reading client"
+    );
+    eprintln!("stalled after {written} bytes written; worker RSS {rss} KiB");
+}
