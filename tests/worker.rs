@@ -953,3 +953,63 @@ fn a_locked_database_is_retried_not_dropped() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn at_max_connections_the_next_client_waits_for_a_free_slot() {
+    let dir = TempDir::new("worker-maxconn");
+    let (_w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-max",
+        &[
+            "--avg-delay",
+            "0",
+            "--failure",
+            "0",
+            "--max-connections",
+            "3",
+        ],
+    );
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(addr);
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut pending = Vec::new();
+        assert_eq!(
+            read_response(&mut s, &mut pending, false).unwrap().status,
+            200
+        );
+        held.push(s);
+    }
+    // The fourth connection completes in the kernel's backlog but is not served yet.
+    let mut fourth = connect(addr);
+    fourth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let err = fourth
+        .read(&mut buf)
+        .expect_err("served beyond --max-connections");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    // One closes: the waiting client is taken and answered.
+    drop(held.pop());
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut pending = Vec::new();
+    assert_eq!(
+        read_response(&mut fourth, &mut pending, false)
+            .unwrap()
+            .status,
+        200
+    );
+}
