@@ -118,6 +118,7 @@ pub fn hammer(
         buf: Vec<u8>,
         done: usize,
     }
+    raise_fd_limit();
     let mut poll = Poll::new().unwrap();
     let mut cs: Vec<C> = (0..conns)
         .map(|i| {
@@ -231,4 +232,15 @@ pub fn mean_ms(obs: &[Obs]) -> f64 {
         .map(|o| o.elapsed.as_secs_f64() * 1000.0)
         .sum::<f64>()
         / obs.len() as f64
+}
+
+/// Raises this test process's soft open-files limit to the hard one (the 2,000-connection
+/// tests need more than a default 1024); the worker raises its own.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
