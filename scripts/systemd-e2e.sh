@@ -129,6 +129,7 @@ else
             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
             fail "could not install debootstrap"
     fi
+    replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
     echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
     prepare_root "$root_dir"
@@ -136,7 +137,8 @@ else
         fail "docker import failed"
     rm -rf "$root_dir"
     root_dir=""
-    # Older roots of this script are dead weight.
+    # Older roots of this script are dead weight (--rebuild-root leaves the old one untagged).
+    if [ -n "$replaced" ]; then docker rmi "$replaced" >/dev/null 2>&1 || true; fi
     for old in $(docker images glb-systemd --format '{{.Repository}}:{{.Tag}}'); do
         [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
     done
