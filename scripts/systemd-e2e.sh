@@ -138,7 +138,9 @@ else
     rm -rf "$root_dir"
     root_dir=""
     # Older roots of this script are dead weight (--rebuild-root leaves the old one untagged).
-    if [ -n "$replaced" ]; then docker rmi "$replaced" >/dev/null 2>&1 || true; fi
+    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+        docker rmi "$replaced" >/dev/null 2>&1 || true
+    fi
     for old in $(docker images glb-systemd --format '{{.Repository}}:{{.Tag}}'); do
         [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
     done
