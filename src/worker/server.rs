@@ -317,7 +317,8 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
         opts.failure_pct,
         opts.avg_delay_ms.saturating_mul(2)
     );
-    crate::sys::notify::ready(&format!("worker {id} serving on {local}"));
+    // No sd_notify here: a worker is a child of the supervisor's unit, and with
+    // NotifyAccess=all its READY=1 would speak for the whole service.
 
     let mut events = Events::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
@@ -360,7 +361,6 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
                             sigs[0],
                             opts.drain_grace_ms
                         );
-                        crate::sys::notify::stopping();
                         w.unhealthy = true;
                         grace_until = Some(Instant::now() + ms(opts.drain_grace_ms));
                         continue;
@@ -391,7 +391,6 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
                 w.live,
                 opts.drain_timeout_ms
             );
-            crate::sys::notify::stopping();
             drain_deadline = Some(Instant::now() + drain_timeout);
             w.start_drain();
         }
