@@ -93,6 +93,14 @@ impl Buf {
         self.mem = mem;
     }
 
+    /// Appends all of `bytes`, growing past one buffer when needed (large heads).
+    pub fn push_all(&mut self, bytes: &[u8]) {
+        if self.room() < bytes.len() {
+            self.grow(self.len() + bytes.len());
+        }
+        self.push(bytes);
+    }
+
     /// One `read` into the free space. `Ok(0)` = end of stream (or no room: check `room()` first).
     pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
         if self.end == self.mem.len() {

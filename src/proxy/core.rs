@@ -15,8 +15,8 @@ use super::http_session::HttpSession;
 use super::sock::Sock;
 use super::tcp_session::TcpSession;
 use super::timer::Timers;
-use super::wire::Limits;
 use crate::config::ProxySettings;
+use crate::http::Limits;
 
 /// Tokens below this are reserved for the loop itself.
 pub const FIRST_SLOT_TOKEN: usize = 8;
@@ -136,8 +136,10 @@ pub struct Core {
     pub timers: Timers,
     /// Current settings.
     pub settings: ProxySettings,
-    /// Request-head limits derived from the settings.
+    /// Head limits derived from the settings.
     pub limits: Limits,
+    /// Largest request body, 0 = unlimited (413).
+    pub max_body: u64,
     /// Time of the current loop iteration.
     pub now: Instant,
     /// Client connections open.
@@ -146,16 +148,6 @@ pub struct Core {
     pub draining: bool,
     /// Scratch space for building heads.
     pub scratch: Vec<u8>,
-}
-
-/// Request-head limits from the settings.
-pub fn limits_of(s: &ProxySettings) -> Limits {
-    Limits {
-        max_request_line: s.max_request_line,
-        max_header_bytes: s.max_header_bytes,
-        max_headers: s.max_headers,
-        max_body_bytes: s.max_body_bytes,
-    }
 }
 
 impl Core {
@@ -167,13 +159,21 @@ impl Core {
             backends,
             bufs: BufPool::new(1024),
             timers: Timers::default(),
-            limits: limits_of(&settings),
+            limits: Limits::from_settings(&settings),
+            max_body: settings.max_body_bytes,
             settings,
             now: Instant::now(),
             connections: 0,
             draining: false,
             scratch: Vec::with_capacity(4096),
         }
+    }
+
+    /// Replaces the settings (limits follow).
+    pub fn set_settings(&mut self, settings: ProxySettings) {
+        self.limits = Limits::from_settings(&settings);
+        self.max_body = settings.max_body_bytes;
+        self.settings = settings;
     }
 
     /// `now + ms`.

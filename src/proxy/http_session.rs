@@ -24,7 +24,8 @@ use super::buffer::{BUF_SIZE, Buf};
 use super::core::{Core, UpConn};
 use super::sock::{Half, ReadResult, Sock};
 use super::timer::{Deadline, TimerKey};
-use super::wire::{self, Chunked, ClientFraming, Framing, Request};
+use crate::http::rewrite::{self, ClientResponse, ConnectionOut, UpstreamRequest};
+use crate::http::{self, ChunkLimits, ChunkedDecoder, Framing, RequestHead};
 
 /// How long a closing connection may take to read our last response and close.
 const LINGER_MS: u64 = 2000;
@@ -64,21 +65,36 @@ struct Client {
     generation: u32,
 }
 
+/// What the exchange needs to remember of the request head (the head itself is gone once
+/// rewritten for upstream).
+struct ReqInfo {
+    /// HTTP/1.x minor version of the client.
+    minor: u8,
+    is_head: bool,
+    idempotent: bool,
+    framing: Framing,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
 /// What is left of a message body.
 enum BodyLeft {
     Done,
     Length(u64),
-    Chunked(Chunked),
+    Chunked(Box<ChunkedDecoder>),
     /// Until the upstream closes (responses only).
     Close,
 }
 
 impl BodyLeft {
-    fn from_framing(f: Framing) -> BodyLeft {
+    fn from_framing(f: Framing, max_body: u64) -> BodyLeft {
         match f {
             Framing::None | Framing::Length(0) => BodyLeft::Done,
             Framing::Length(n) => BodyLeft::Length(n),
-            Framing::Chunked => BodyLeft::Chunked(Chunked::default()),
+            Framing::Chunked => BodyLeft::Chunked(Box::new(ChunkedDecoder::new(ChunkLimits {
+                max_body,
+                ..ChunkLimits::default()
+            }))),
             Framing::Close => BodyLeft::Close,
         }
     }
@@ -104,7 +120,7 @@ struct Exchange {
 
 /// The exchange's bookkeeping (everything but the upstream connection, which a retry replaces).
 struct Ex {
-    req: Request,
+    req: ReqInfo,
     /// The head sent upstream, kept until the response head arrives (to retry).
     head: Option<Buf>,
     head_sent: usize,
@@ -115,8 +131,9 @@ struct Ex {
     body_started: bool,
     /// Backends tried for this request.
     tried: Vec<usize>,
-    /// Bytes read from upstream.
+    /// Bytes read from upstream, and bytes at its front known to be response body.
     uin: Option<Buf>,
+    resp_ready: usize,
     resp: Resp,
     status: u16,
     resp_keep_alive: bool,
@@ -195,7 +212,7 @@ impl Client {
 
     fn queue(&mut self, core: &mut Core, bytes: &[u8]) {
         let out = self.cout.get_or_insert_with(|| core.bufs.get());
-        wire::push_all(out, bytes);
+        out.push_all(bytes);
     }
 }
 
@@ -323,8 +340,16 @@ impl HttpSession {
             return (State::Head { clock }, p);
         }
         if let Some(cin) = c.cin.as_ref().filter(|b| !b.is_empty()) {
-            match wire::parse_request(cin.data(), &core.limits) {
-                Err(status) => return fail(c, core, status),
+            match http::parse_request_head(cin.data(), &core.limits) {
+                Err(e) => {
+                    crate::debug!(
+                        "request_rejected",
+                        "status={} reason={}",
+                        e.status(),
+                        crate::sys::log::quote(e.message())
+                    );
+                    return fail(c, core, e.status());
+                }
                 Ok(Some(req)) => return start_exchange(c, core, req),
                 Ok(None) => {}
             }
@@ -392,7 +417,11 @@ fn fail(c: &mut Client, core: &mut Core, status: u16) -> (State, Progress) {
     if let Some(cin) = c.cin.as_mut() {
         cin.clear();
     }
-    c.queue(core, &wire::simple(status, true));
+    let body = format!("{} {}\n", status, http::response::reason(status));
+    c.queue(
+        core,
+        &http::response::simple(status, "text/plain", body.as_bytes(), true),
+    );
     c.set_deadline(core, LINGER_MS);
     (State::Closing { shut: false }, Progress::Moved)
 }
@@ -455,8 +484,22 @@ fn connect_any(
     }
 }
 
-fn start_exchange(c: &mut Client, core: &mut Core, req: Request) -> (State, Progress) {
+fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, Progress) {
     c.served += 1;
+    if let Framing::Length(n) = req.framing
+        && core.max_body > 0
+        && n > core.max_body
+    {
+        return fail(c, core, 413);
+    }
+    let info = ReqInfo {
+        minor: req.version,
+        is_head: req.is_head(),
+        idempotent: req.is_idempotent(),
+        framing: req.framing,
+        keep_alive: req.keep_alive,
+        upgrade: req.upgrade.is_some(),
+    };
     let mut tried = Vec::new();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
         return fail(c, core, 503);
@@ -465,16 +508,32 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: Request) -> (State, Prog
         return fail(c, core, 400);
     };
     core.scratch.clear();
-    wire::write_request(cin.data(), &req, c.peer, &mut core.scratch);
+    rewrite::write_upstream_request(
+        &mut core.scratch,
+        &req,
+        cin.data(),
+        &UpstreamRequest {
+            client_ip: c.peer,
+            proto: "http",
+            framing: req.framing,
+            connection: if info.upgrade {
+                ConnectionOut::Upgrade
+            } else {
+                ConnectionOut::Omit
+            },
+            default_host: None,
+            via: None,
+        },
+    );
     cin.consume(req.head_len);
     let mut head = core.bufs.get();
-    wire::push_all(&mut head, &core.scratch);
+    head.push_all(&core.scratch);
     let connected = up.connected;
     let ex = Exchange {
         up,
         x: Ex {
-            body: BodyLeft::from_framing(req.framing),
-            req,
+            body: BodyLeft::from_framing(req.framing, core.max_body),
+            req: info,
             head: Some(head),
             head_sent: 0,
             body_ready: 0,
@@ -482,6 +541,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: Request) -> (State, Prog
             body_started: false,
             tried,
             uin: None,
+            resp_ready: 0,
             resp: Resp::Head,
             status: 0,
             resp_keep_alive: false,
@@ -587,6 +647,11 @@ impl Exchange {
         }
         match self.send_request(c, core) {
             Ok(m) => moved |= m,
+            Err(0) => {
+                // The client vanished mid-request: nothing to answer, free everything.
+                self.release(core, false);
+                return (State::Closing { shut: true }, Progress::Close);
+            }
             Err(status) => return self.abort(c, core, status),
         }
         match self.read_response(core) {
@@ -695,16 +760,11 @@ impl Exchange {
                 }
                 BodyLeft::Chunked(ch) => {
                     if cin.len() > x.body_ready {
-                        let n = ch
-                            .feed(&cin.data()[x.body_ready..], |_| {})
-                            .map_err(|_| 400u16)?;
-                        x.body_ready += n;
-                        x.body_seen += n as u64;
-                        if core.limits.max_body_bytes > 0
-                            && x.body_seen > core.limits.max_body_bytes
-                        {
-                            return Err(413);
-                        }
+                        let p = ch
+                            .feed(&cin.data()[x.body_ready..], &mut |_| {})
+                            .map_err(|e| e.status())?;
+                        x.body_ready += p.consumed;
+                        x.body_seen += p.consumed as u64;
                     }
                 }
                 BodyLeft::Done | BodyLeft::Close => {}
@@ -729,7 +789,7 @@ impl Exchange {
             }
             let finished = match &x.body {
                 BodyLeft::Length(0) => true,
-                BodyLeft::Chunked(ch) => ch.done() && x.body_ready == 0,
+                BodyLeft::Chunked(ch) => ch.is_done() && x.body_ready == 0,
                 _ => false,
             };
             if finished {
@@ -785,58 +845,94 @@ impl Exchange {
             let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) else {
                 return Ok(HeadOutcome::Pending);
             };
-            let Some(resp) = wire::parse_response(uin.data(), x.req.is_head)? else {
-                return Ok(HeadOutcome::Pending);
+            let resp = match http::parse_response_head(uin.data(), x.req.is_head, &core.limits) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(HeadOutcome::Pending),
+                Err(e) => {
+                    crate::warn!(
+                        "upstream_bad_response",
+                        "backend={} reason={}",
+                        crate::sys::log::quote(&core.backends.list[self.up.backend].id),
+                        crate::sys::log::quote(e.message())
+                    );
+                    return Err(());
+                }
             };
-            if resp.status == 101 {
+            core.scratch.clear();
+            if resp.is_switching_protocols() {
                 if !x.req.upgrade {
                     return Err(());
                 }
-                let out = c.cout.get_or_insert_with(|| core.bufs.get());
-                wire::write_response(uin.data(), &resp, ClientFraming::Same, "upgrade", out);
+                rewrite::write_client_response(
+                    &mut core.scratch,
+                    &resp,
+                    uin.data(),
+                    &ClientResponse {
+                        framing: Framing::None,
+                        connection: ConnectionOut::Upgrade,
+                    },
+                );
                 uin.consume(resp.head_len);
-                wire::push_all(out, uin.data());
+                let out = c.cout.get_or_insert_with(|| core.bufs.get());
+                out.push_all(&core.scratch);
+                out.push_all(uin.data());
                 uin.clear();
                 core.bufs.put_opt(&mut x.uin);
                 core.bufs.put_opt(&mut x.head);
                 x.status = 101;
                 return Ok(HeadOutcome::Upgrade);
             }
-            if resp.status < 200 {
-                // Interim: relayed to HTTP/1.1 clients only (RFC 9110 15.2).
+            if resp.is_interim() {
+                // Relayed to HTTP/1.1 clients only (RFC 9110 15.2).
                 if x.req.minor == 1 {
-                    let out = c.cout.get_or_insert_with(|| core.bufs.get());
-                    wire::write_response(uin.data(), &resp, ClientFraming::Same, "", out);
+                    rewrite::write_client_response(
+                        &mut core.scratch,
+                        &resp,
+                        uin.data(),
+                        &ClientResponse {
+                            framing: Framing::None,
+                            connection: ConnectionOut::Omit,
+                        },
+                    );
+                    c.cout
+                        .get_or_insert_with(|| core.bufs.get())
+                        .push_all(&core.scratch);
                     x.interim_sent = true;
                 }
                 uin.consume(resp.head_len);
                 continue;
             }
-            let dechunk = resp.framing == Framing::Chunked && x.req.minor == 0;
+            let client_framing = rewrite::client_framing(&resp, x.req.minor);
+            let dechunk = resp.framing == Framing::Chunked && client_framing != Framing::Chunked;
             x.close_client = !x.req.keep_alive
                 || core.draining
-                || resp.framing == Framing::Close
-                || dechunk
+                || client_framing == Framing::Close
                 || !x.body.done();
             let connection = if x.close_client {
-                "close"
+                ConnectionOut::Close
             } else if x.req.minor == 0 {
-                "keep-alive"
+                ConnectionOut::KeepAlive
             } else {
-                ""
+                ConnectionOut::Omit
             };
-            let framing = if dechunk {
-                ClientFraming::Dechunk
-            } else {
-                ClientFraming::Same
-            };
-            let out = c.cout.get_or_insert_with(|| core.bufs.get());
-            wire::write_response(uin.data(), &resp, framing, connection, out);
+            rewrite::write_client_response(
+                &mut core.scratch,
+                &resp,
+                uin.data(),
+                &ClientResponse {
+                    framing: client_framing,
+                    connection,
+                },
+            );
+            c.cout
+                .get_or_insert_with(|| core.bufs.get())
+                .push_all(&core.scratch);
             uin.consume(resp.head_len);
             x.status = resp.status;
             x.resp_keep_alive = resp.keep_alive;
+            x.resp_ready = 0;
             x.resp = Resp::Body {
-                left: BodyLeft::from_framing(resp.framing),
+                left: BodyLeft::from_framing(resp.framing, 0),
                 dechunk,
             };
             core.bufs.put_opt(&mut x.head);
@@ -859,90 +955,94 @@ impl Exchange {
 
     /// Response body, `uin` -> client. Err when the client is gone or the framing is broken.
     fn relay_body(&mut self, c: &mut Client, core: &mut Core) -> Result<bool, ()> {
-        let Resp::Body { left, dechunk } = &mut self.x.resp else {
+        let x = &mut self.x;
+        let Resp::Body { left, dechunk } = &mut x.resp else {
             return Ok(false);
         };
         let mut moved = false;
-        while let Some(uin) = self.x.uin.as_mut().filter(|u| !u.is_empty()) {
+        loop {
+            // The response head (and de-chunked data) go first.
             if !c.out_empty() {
                 moved |= c.flush_out(core)?;
                 if !c.out_empty() {
                     break;
                 }
             }
-            let n = match left {
+            let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) else {
+                break;
+            };
+            match left {
                 BodyLeft::Done => {
                     // Bytes after the end of the response: the connection is not reusable.
-                    self.x.resp_keep_alive = false;
+                    x.resp_keep_alive = false;
                     uin.clear();
                     break;
                 }
-                BodyLeft::Length(rem) => (*rem).min(uin.len() as u64) as usize,
-                BodyLeft::Close => uin.len(),
                 BodyLeft::Chunked(ch) if *dechunk => {
+                    // HTTP/1.0 client: chunk data only, into cout (bounded by its room).
                     let out = c.cout.get_or_insert_with(|| core.bufs.get());
-                    let room = out.room().min(uin.len());
-                    let fed = ch
-                        .feed(&uin.data()[..room], |d| {
+                    let take = out.room().min(uin.len());
+                    let p = ch
+                        .feed(&uin.data()[..take], &mut |d| {
                             out.push(d);
                         })
                         .map_err(|_| ())?;
-                    uin.consume(fed);
-                    if ch.done() {
+                    uin.consume(p.consumed);
+                    if p.done {
                         *left = BodyLeft::Done;
                     }
-                    moved |= fed > 0;
-                    if fed == 0 {
+                    moved |= p.consumed > 0;
+                    if p.consumed == 0 && !p.done {
                         break;
                     }
                     continue;
                 }
+                BodyLeft::Length(rem) => x.resp_ready = (*rem).min(uin.len() as u64) as usize,
+                BodyLeft::Close => x.resp_ready = uin.len(),
                 BodyLeft::Chunked(ch) => {
-                    let mut probe = ch.clone();
-                    let n = probe.feed(uin.data(), |_| {}).map_err(|_| ())?;
-                    // Only what the client takes advances the scanner.
-                    let w = if c.sock.writable {
-                        c.sock.write_some(&uin.data()[..n]).map_err(|_| ())?
-                    } else {
-                        0
-                    };
-                    if w == n {
-                        *ch = probe;
-                    } else if w > 0 {
-                        ch.feed(&uin.data()[..w], |_| {}).map_err(|_| ())?;
+                    if uin.len() > x.resp_ready && !ch.is_done() {
+                        let p = ch
+                            .feed(&uin.data()[x.resp_ready..], &mut |_| {})
+                            .map_err(|_| ())?;
+                        x.resp_ready += p.consumed;
                     }
-                    uin.consume(w);
-                    if ch.done() {
-                        *left = BodyLeft::Done;
-                    }
-                    moved |= w > 0;
-                    if w == 0 {
-                        break;
-                    }
-                    continue;
                 }
-            };
-            if n == 0 || !c.sock.writable {
+            }
+            if x.resp_ready == 0 || !c.sock.writable {
                 break;
             }
-            let w = c.sock.write_some(&uin.data()[..n]).map_err(|_| ())?;
+            let w = c
+                .sock
+                .write_some(&uin.data()[..x.resp_ready])
+                .map_err(|_| ())?;
             uin.consume(w);
-            if let BodyLeft::Length(rem) = left {
-                *rem -= w as u64;
-                if *rem == 0 {
-                    *left = BodyLeft::Done;
+            x.resp_ready -= w;
+            match left {
+                BodyLeft::Length(rem) => {
+                    *rem -= w as u64;
+                    if *rem == 0 {
+                        *left = BodyLeft::Done;
+                    }
                 }
+                BodyLeft::Chunked(ch) if ch.is_done() && x.resp_ready == 0 => {
+                    *left = BodyLeft::Done
+                }
+                _ => {}
             }
             moved |= w > 0;
             if w == 0 {
                 break;
             }
         }
-        if let BodyLeft::Length(0) = left {
+        if let BodyLeft::Chunked(ch) = left
+            && !*dechunk
+            && ch.is_done()
+            && x.resp_ready == 0
+        {
             *left = BodyLeft::Done;
         }
         moved |= c.flush_out(core)?;
-        core.bufs.put_if_empty(&mut self.x.uin);
+        core.bufs.put_if_empty(&mut x.uin);
         Ok(moved)
     }
 

@@ -3,13 +3,13 @@
 //! Map: `server` (the loop, tokens, control channel, drain), `core` (slab and shared state),
 //! `http_session` (client connection state machine), `tcp_session` (L4 mode), `backends`
 //! (set, balancing, metrics), `health` (active checks), `sock` (readiness and relay),
-//! `buffer` (pooled buffers), `timer` (deadlines), `wire` (HTTP heads).
+//! `buffer` (pooled buffers), `timer` (deadlines). HTTP parsing and head rewriting come from `crate::http`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use crate::config::{Balance, Mode, ProxySettings};
+use crate::config::ProxySettings;
 
 mod backends;
 mod buffer;
@@ -21,7 +21,6 @@ mod server;
 mod sock;
 mod tcp_session;
 mod timer;
-mod wire;
 
 /// `goloadbalancer proxy` arguments: listener, backends, and config keys given as flags.
 #[derive(Clone, Debug)]
@@ -67,84 +66,6 @@ pub fn run_loop(inputs: LoopInputs) -> i32 {
     }
 }
 
-/// The documented defaults of the loop settings (the config module's `Default` mirrors them).
-pub fn default_settings() -> ProxySettings {
-    ProxySettings {
-        mode: Mode::Http,
-        balance: Balance::RoundRobin,
-        max_connections: 10000,
-        header_timeout_ms: 10000,
-        idle_timeout_ms: 60000,
-        connect_timeout_ms: 2000,
-        response_timeout_ms: 30000,
-        tunnel_timeout_ms: 3_600_000,
-        max_request_line: 8192,
-        max_header_bytes: 32768,
-        max_headers: 100,
-        max_body_bytes: 0,
-        retries: 2,
-        upstream_pool_size: 32,
-        health_path: "/healthz".into(),
-        health_interval_ms: 5000,
-        health_timeout_ms: 1000,
-        health_rise: 2,
-        health_fall: 3,
-    }
-}
-
-/// Applies one `--key value` flag (a config key in kebab-case) to `s`.
-fn apply_override(s: &mut ProxySettings, key: &str, value: &str) -> Result<(), String> {
-    fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
-        v.parse()
-            .map_err(|_| format!("--{key}: not a valid number: {v:?}"))
-    }
-    match key {
-        "mode" => {
-            s.mode = match value {
-                "http" => Mode::Http,
-                "tcp" => Mode::Tcp,
-                _ => return Err(format!("--mode: expected http or tcp, got {value:?}")),
-            }
-        }
-        "balance" => {
-            s.balance = match value {
-                "round-robin" => Balance::RoundRobin,
-                "weighted" => Balance::Weighted,
-                "least-connections" => Balance::LeastConnections,
-                _ => {
-                    return Err(format!(
-                        "--balance: expected round-robin, weighted or least-connections, got {value:?}"
-                    ));
-                }
-            }
-        }
-        "max-connections" => s.max_connections = num(key, value)?,
-        "header-timeout-ms" => s.header_timeout_ms = num(key, value)?,
-        "idle-timeout-ms" => s.idle_timeout_ms = num(key, value)?,
-        "connect-timeout-ms" => s.connect_timeout_ms = num(key, value)?,
-        "response-timeout-ms" => s.response_timeout_ms = num(key, value)?,
-        "tunnel-timeout-ms" => s.tunnel_timeout_ms = num(key, value)?,
-        "max-request-line" => s.max_request_line = num(key, value)?,
-        "max-header-bytes" => s.max_header_bytes = num(key, value)?,
-        "max-headers" => s.max_headers = num(key, value)?,
-        "max-body-bytes" => s.max_body_bytes = num(key, value)?,
-        "retries" => s.retries = num(key, value)?,
-        "upstream-pool-size" => s.upstream_pool_size = num(key, value)?,
-        "health-path" => {
-            if !value.starts_with('/') {
-                return Err(format!("--health-path: must start with '/', got {value:?}"));
-            }
-            s.health_path = value.to_string()
-        }
-        "health-interval-ms" => s.health_interval_ms = num(key, value)?,
-        "health-timeout-ms" => s.health_timeout_ms = num(key, value)?,
-        "health-rise" => s.health_rise = num(key, value)?,
-        "health-fall" => s.health_fall = num(key, value)?,
-        _ => return Err(format!("unknown option --{key}")),
-    }
-    Ok(())
-}
-
 /// Parses `host:port` or `host:port=weight`.
 fn parse_backend(arg: &str) -> Result<control::BackendSpec, String> {
     let (addr, weight) = match arg.rsplit_once('=') {
@@ -183,7 +104,7 @@ pub fn run_standalone(opts: StandaloneOptions) -> i32 {
 }
 
 fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
-    let mut settings = default_settings();
+    let mut settings = ProxySettings::default();
     let mut drain_timeout_ms = 30000;
     if let Some(path) = &opts.config {
         let cfg = crate::config::load(path).map_err(|e| e.to_string())?;
@@ -197,8 +118,11 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
                 .map_err(|_| format!("--drain-timeout-ms: not a valid number: {v:?}"))?;
             continue;
         }
-        apply_override(&mut settings, k, v)?;
+        settings
+            .apply_override(k, v)
+            .map_err(|e| format!("--{e}"))?;
     }
+    settings.validate().map_err(|e| e.to_string())?;
     if opts.backends.is_empty() {
         return Err("at least one --backend ADDR is required".into());
     }

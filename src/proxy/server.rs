@@ -14,7 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use super::LoopInputs;
 use super::backends::{Admin, Backends};
 use super::control::{Down, Up};
-use super::core::{Core, FIRST_SLOT_TOKEN, Slot, limits_of, token_of};
+use super::core::{Core, FIRST_SLOT_TOKEN, Slot, token_of};
 use super::health;
 use super::http_session::{Flow, HttpSession};
 use super::tcp_session::TcpSession;
@@ -454,8 +454,7 @@ impl Server {
                     });
                     return;
                 }
-                self.core.limits = limits_of(&settings);
-                self.core.settings = settings;
+                self.core.set_settings(settings);
                 self.send_up(&Up::Ack {
                     seq,
                     ok: true,
