@@ -108,6 +108,17 @@ pub fn hammer(
     req: &[u8],
     limit: Duration,
 ) -> Vec<Obs> {
+    hammer_cycle(addr, conns, per_conn, &[req], limit)
+}
+
+/// `hammer` where a connection's request number `r` is `reqs[r % reqs.len()]`.
+pub fn hammer_cycle(
+    addr: SocketAddr,
+    conns: usize,
+    per_conn: usize,
+    reqs: &[&[u8]],
+    limit: Duration,
+) -> Vec<Obs> {
     use mio::net::TcpStream as MioStream;
     use mio::{Events, Interest, Poll, Token};
     struct C {
@@ -166,6 +177,7 @@ pub fn hammer(
                 c.connected = true;
             }
             // Write the current request (whole or rest).
+            let req = reqs[c.done % reqs.len()];
             while c.written < req.len() {
                 match c.s.write(&req[c.written..]) {
                     Ok(n) => {
@@ -209,6 +221,7 @@ pub fn hammer(
                 // Next request on this connection.
                 c.written = 0;
                 c.started = None;
+                let req = reqs[c.done % reqs.len()];
                 while c.written < req.len() {
                     match c.s.write(&req[c.written..]) {
                         Ok(n) => {
@@ -223,6 +236,15 @@ pub fn hammer(
                 }
             }
         }
+    }
+    // Close with a reset, not a FIN: thousands of client-side TIME_WAIT entries would hold
+    // ephemeral ports that parallel tests (and test runs) want to bind for a minute.
+    for c in &cs {
+        let abort = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = nix::sys::socket::setsockopt(&c.s, nix::sys::socket::sockopt::Linger, &abort);
     }
     out
 }
