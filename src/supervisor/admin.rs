@@ -1,0 +1,282 @@
+//! The admin endpoint: a small non-blocking HTTP/1.1 server in the supervisor's loop serving
+//! `GET /status` (JSON) and `GET /metrics` (Prometheus text). One request per connection.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Time a client gets to send its request and read the answer.
+const CONN_DEADLINE: Duration = Duration::from_secs(10);
+/// Most admin connections open at once; beyond it new ones are closed at once.
+const MAX_CONNS: usize = 64;
+
+/// What the loop should answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /status`.
+    Status,
+    /// `GET /metrics`.
+    Metrics,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    written: usize,
+    deadline: Instant,
+    answered: bool,
+}
+
+/// The admin listener and its connections.
+#[derive(Debug)]
+pub struct Admin {
+    listener: TcpListener,
+    conns: HashMap<Token, Conn>,
+}
+
+/// A request a connection is waiting on: the loop renders the body and calls [`Admin::answer`].
+pub struct Pending {
+    /// Connection token.
+    pub token: Token,
+    /// What to render.
+    pub route: Route,
+}
+
+impl Admin {
+    /// Wraps the bound listener and registers it.
+    pub fn new(
+        listener: std::net::TcpListener,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Admin> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        Ok(Admin {
+            listener,
+            conns: HashMap::new(),
+        })
+    }
+
+    /// Whether `token` is one of the admin connections.
+    pub fn owns(&self, token: Token) -> bool {
+        self.conns.contains_key(&token)
+    }
+
+    /// Accepts every waiting connection; `next_token` hands out tokens.
+    pub fn accept(&mut self, registry: &Registry, mut next_token: impl FnMut() -> Token) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    if self.conns.len() >= MAX_CONNS {
+                        drop(stream);
+                        continue;
+                    }
+                    let token = next_token();
+                    if registry
+                        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.conns.insert(
+                        token,
+                        Conn {
+                            stream,
+                            inbuf: Vec::new(),
+                            out: Vec::new(),
+                            written: 0,
+                            deadline: Instant::now() + CONN_DEADLINE,
+                            answered: false,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    crate::warn!(
+                        "admin_accept_failed",
+                        "error={}",
+                        crate::sys::log::quote(&e.to_string())
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles readiness on a connection; returns a request to answer when one is complete.
+    pub fn ready(&mut self, registry: &Registry, token: Token) -> Option<Pending> {
+        let conn = self.conns.get_mut(&token)?;
+        if conn.answered {
+            self.flush(registry, token);
+            return None;
+        }
+        let mut buf = [0u8; 4096];
+        let mut closed = false;
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.inbuf.extend_from_slice(&buf[..n]);
+                    if conn.inbuf.len() > MAX_HEAD {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let parsed = parse(&conn.inbuf);
+        let too_big = conn.inbuf.len() > MAX_HEAD;
+        match parsed {
+            Parsed::Incomplete if too_big => {
+                self.respond(
+                    registry,
+                    token,
+                    431,
+                    "text/plain",
+                    b"request head too large\n".to_vec(),
+                );
+                None
+            }
+            Parsed::Incomplete => {
+                if closed {
+                    self.close(registry, token);
+                }
+                None
+            }
+            Parsed::Bad(status) => {
+                let msg = format!("{}\n", crate::http::response::reason(status));
+                self.respond(registry, token, status, "text/plain", msg.into_bytes());
+                None
+            }
+            Parsed::Request { method, path } => {
+                let route = match path.split('?').next().unwrap_or("") {
+                    "/status" => Route::Status,
+                    "/metrics" => Route::Metrics,
+                    _ => {
+                        self.respond(
+                            registry,
+                            token,
+                            404,
+                            "text/plain",
+                            b"not found: try /status or /metrics\n".to_vec(),
+                        );
+                        return None;
+                    }
+                };
+                if method != "GET" && method != "HEAD" {
+                    self.respond(registry, token, 405, "text/plain", b"only GET\n".to_vec());
+                    return None;
+                }
+                Some(Pending { token, route })
+            }
+        }
+    }
+
+    /// Sends a rendered answer (200) to a pending request.
+    pub fn answer(&mut self, registry: &Registry, token: Token, content_type: &str, body: Vec<u8>) {
+        self.respond(registry, token, 200, content_type, body);
+    }
+
+    fn respond(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        status: u16,
+        ctype: &str,
+        body: Vec<u8>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let head_only = conn.inbuf.starts_with(b"HEAD ");
+        let mut out = crate::http::response::simple(status, ctype, &body, true);
+        if head_only {
+            // Same head, no body.
+            let end = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(out.len(), |i| i + 4);
+            out.truncate(end);
+        }
+        conn.out = out;
+        conn.answered = true;
+        self.flush(registry, token);
+    }
+
+    fn flush(&mut self, registry: &Registry, token: Token) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        while conn.written < conn.out.len() {
+            match conn.stream.write(&conn.out[conn.written..]) {
+                Ok(0) => break,
+                Ok(n) => conn.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.close(registry, token);
+    }
+
+    fn close(&mut self, registry: &Registry, token: Token) {
+        if let Some(mut conn) = self.conns.remove(&token) {
+            let _ = registry.deregister(&mut conn.stream);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    /// Closes connections past their deadline.
+    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+        let late: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now >= c.deadline)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            self.close(registry, t);
+        }
+    }
+}
+
+enum Parsed {
+    Incomplete,
+    Bad(u16),
+    Request { method: String, path: String },
+}
+
+/// Parses the request head with the shared strict parser (the admin endpoint ignores any
+/// body: it answers and closes).
+fn parse(buf: &[u8]) -> Parsed {
+    let limits = crate::http::request::Limits {
+        max_request_line: 4096,
+        max_header_bytes: MAX_HEAD,
+        max_headers: 64,
+    };
+    match crate::http::request::parse_request_head(buf, &limits) {
+        Ok(Some(head)) => Parsed::Request {
+            method: String::from_utf8_lossy(head.method.get(buf)).into_owned(),
+            path: String::from_utf8_lossy(head.target.get(buf)).into_owned(),
+        },
+        Ok(None) => Parsed::Incomplete,
+        Err(e) => Parsed::Bad(e.status()),
+    }
+}

@@ -1,0 +1,297 @@
+//! LB children: forking one onto an inherited listener, and the supervisor's end of its
+//! control channel (JSON lines over a unix socketpair).
+
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use mio::{Interest, Registry, Token};
+use nix::unistd::Pid;
+
+use crate::config::ProxySettings;
+use crate::proxy::control::{BackendSpec, Down, Up};
+use crate::sys::signals::Signals;
+
+/// Longest control line accepted from a child; a longer one is a protocol error.
+const MAX_LINE: usize = 4 << 20;
+/// Most bytes queued towards a child that does not read; beyond it the child is replaced.
+const MAX_QUEUED: usize = 8 << 20;
+
+/// The supervisor's end of one child's control channel.
+#[derive(Debug)]
+pub struct ControlConn {
+    stream: mio::net::UnixStream,
+    /// Poll token of the stream.
+    pub token: Token,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// EOF or an error was seen: the child is gone or going.
+    pub closed: bool,
+}
+
+impl ControlConn {
+    /// Wraps and registers the supervisor's end.
+    pub fn new(stream: UnixStream, registry: &Registry, token: Token) -> io::Result<ControlConn> {
+        stream.set_nonblocking(true)?;
+        let mut stream = mio::net::UnixStream::from_std(stream);
+        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(ControlConn {
+            stream,
+            token,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            closed: false,
+        })
+    }
+
+    /// Queues one message and writes what the socket takes now. Err: the child cannot keep up
+    /// or is gone.
+    pub fn send(&mut self, msg: &Down) -> io::Result<()> {
+        if self.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "control closed"));
+        }
+        let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        line.push(b'\n');
+        if self.wbuf.len() + line.len() > MAX_QUEUED {
+            return Err(io::Error::other("child does not read its control channel"));
+        }
+        self.wbuf.extend_from_slice(&line);
+        self.flush()
+    }
+
+    /// Writes queued bytes until the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            match self.stream.write(&self.wbuf) {
+                Ok(0) => {
+                    self.closed = true;
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, "control closed"));
+                }
+                Ok(n) => {
+                    self.wbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.closed = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads everything available and returns the complete messages; malformed lines are
+    /// returned as Err(text) so the caller can log them.
+    pub fn read(&mut self) -> Vec<Result<Up, String>> {
+        let mut buf = [0u8; 16384];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    self.rbuf.extend_from_slice(&buf[..n]);
+                    if self.rbuf.len() > MAX_LINE && !self.rbuf.contains(&b'\n') {
+                        self.closed = true;
+                        self.rbuf.clear();
+                        return vec![Err("control line too long".into())];
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(i) = self.rbuf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.rbuf.drain(..=i).collect();
+            let line = &line[..line.len() - 1];
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.push(serde_json::from_slice::<Up>(line).map_err(|e| {
+                format!(
+                    "{e}: {}",
+                    String::from_utf8_lossy(&line[..line.len().min(200)])
+                )
+            }));
+        }
+        out
+    }
+
+    /// Deregisters the stream (before dropping it).
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.stream);
+    }
+}
+
+/// What a child is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChildState {
+    /// Accepting and serving.
+    Running,
+    /// Told to drain (stop accepting, finish in-flight); killed at the deadline.
+    Draining { deadline: Instant },
+}
+
+/// The latest metrics report of a child.
+#[derive(Clone, Debug, Default)]
+pub struct ChildMetrics {
+    /// Client connections open.
+    pub connections: u64,
+    /// Per backend, cumulative since the child started.
+    pub backends: Vec<crate::proxy::control::BackendMetrics>,
+}
+
+/// One forked LB child.
+#[derive(Debug)]
+pub struct LbChild {
+    /// Its pid.
+    pub pid: Pid,
+    /// LB index (0..pool).
+    pub index: usize,
+    /// Id of the listener it serves.
+    pub listener_id: u64,
+    /// `lb.<index>`.
+    pub name: String,
+    /// Being replaced (reload): drained once its successor is forked.
+    pub retiring: bool,
+    /// Control channel.
+    pub conn: ControlConn,
+    /// Running or draining.
+    pub state: ChildState,
+    /// When it was forked.
+    pub started: Instant,
+    /// Highest Down seq it acknowledged (starts at the seq current at fork time: it was
+    /// forked with that state).
+    pub acked_seq: u64,
+    /// `acked_seq` when the latest metrics arrived: the metrics reflect every message up to it.
+    pub metrics_basis: u64,
+    /// Latest metrics report, when one arrived.
+    pub metrics: Option<ChildMetrics>,
+    /// When the latest report arrived.
+    pub metrics_at: Option<Instant>,
+    /// Malformed control lines seen (logged once).
+    pub bad_lines: u64,
+}
+
+/// What the child needs, prepared by the parent before fork.
+pub struct ChildStart<'a> {
+    /// `lb.<i>`.
+    pub name: String,
+    /// The listener it inherits.
+    pub listener: &'a TcpListener,
+    /// Backend set at fork time.
+    pub backends: Vec<BackendSpec>,
+    /// Its settings.
+    pub settings: ProxySettings,
+    /// Drain timeout on SIGTERM or control EOF.
+    pub drain_timeout_ms: u64,
+}
+
+/// Number of threads this process has (fork is only safe with one).
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1)
+}
+
+/// Forks an LB child. Returns its pid and the supervisor's end of the control channel.
+/// `signals` is dropped in the child (its handlers would write into our wake socket).
+pub fn fork_child(
+    start: ChildStart<'_>,
+    signals: &mut Option<Signals>,
+) -> io::Result<(Pid, UnixStream)> {
+    let threads = thread_count();
+    if threads != 1 {
+        // A fork with other threads alive could copy a held lock; refuse rather than risk it.
+        return Err(io::Error::other(format!(
+            "refusing to fork with {threads} threads"
+        )));
+    }
+    let (ours, theirs) = UnixStream::pair()?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the process is single-threaded (checked above), so the child gets a consistent
+    // copy of every lock and allocator state.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(theirs);
+            Ok((child, ours))
+        }
+        nix::unistd::ForkResult::Child => child_main(parent, start, theirs, signals),
+    }
+}
+
+/// The child's side of the fork: never returns.
+fn child_main(
+    parent: Pid,
+    start: ChildStart<'_>,
+    control: UnixStream,
+    signals: &mut Option<Signals>,
+) -> ! {
+    // SAFETY: the child is single-threaded; nothing else reads the environment concurrently.
+    unsafe {
+        std::env::remove_var("NOTIFY_SOCKET");
+        std::env::remove_var("WATCHDOG_USEC");
+        std::env::remove_var("WATCHDOG_PID");
+    }
+    // A child without its supervisor holds ports the restarted supervisor needs and cannot
+    // learn about backend changes: it dies with it.
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid() != parent
+    {
+        // SAFETY: _exit is always safe; it skips destructors we must not run here.
+        unsafe { nix::libc::_exit(1) };
+    }
+    crate::sys::log::set_role(&start.name);
+    // Unregister the supervisor's signal handlers before its wake socket's fd is closed.
+    drop(signals.take());
+    let listen_fd = start.listener.as_raw_fd();
+    let control_fd = control.as_raw_fd();
+    close_fds_except(&[0, 1, 2, listen_fd, control_fd]);
+    // SAFETY: the fd stays open (kept above) and this copy of the supervisor's memory never
+    // drops its own TcpListener (the child ends in _exit), so the fd has exactly one owner.
+    let listener = unsafe { TcpListener::from_raw_fd(listen_fd) };
+    crate::info!(
+        "lb_child_started",
+        "pid={} listen={}",
+        std::process::id(),
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let code = crate::proxy::run_loop(crate::proxy::LoopInputs {
+        name: start.name,
+        listener,
+        backends: start.backends,
+        settings: start.settings,
+        control: Some(control),
+        drain_timeout_ms: start.drain_timeout_ms,
+    });
+    // SAFETY: see above; the supervisor's copies of its objects must not be dropped here.
+    unsafe { nix::libc::_exit(code) }
+}
+
+/// Closes every fd of this process but `keep`.
+fn close_fds_except(keep: &[RawFd]) {
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        if !keep.contains(&fd) {
+            // The directory's own fd is already closed: EBADF there is expected.
+            let _ = nix::unistd::close(fd);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! SIGHUP: re-read and validate the config, then apply the difference without closing a
+//! listener: worker count (drain before stop), settings to the children, replacement children
+//! on the same listeners where a setting needs a new loop.
+
+use std::time::Instant;
+
+use super::{LbListener, Supervisor, bind_listener, lb_addrs};
+use crate::config::Config;
+use crate::sys::log::quote;
+use crate::sys::notify;
+use crate::{error, info, warn};
+
+/// Top-level keys whose value differs between two configs (YAML names).
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    b.iter()
+        .filter(|(k, v)| a.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+impl Supervisor {
+    /// Handles SIGHUP. An invalid config changes nothing.
+    pub(super) fn reload(&mut self) {
+        notify::reloading();
+        info!(
+            "reload_started",
+            "config={}",
+            quote(&self.config_path.display().to_string())
+        );
+        match self.try_reload() {
+            Ok(changed) => {
+                self.reloads += 1;
+                self.last_reload_error = None;
+                info!(
+                    "reloaded",
+                    "changed={} workers={} pool={}",
+                    quote(&changed.join(",")),
+                    self.desired_workers,
+                    self.cfg.pool
+                );
+            }
+            Err(e) => {
+                error!(
+                    "reload_rejected",
+                    "error={} action=\"keep running unchanged\"",
+                    quote(&e)
+                );
+                self.last_reload_error = Some(e);
+            }
+        }
+        notify::ready(&self.status_line());
+    }
+
+    fn try_reload(&mut self) -> Result<Vec<String>, String> {
+        let mut new = crate::config::load(&self.config_path).map_err(|e| e.to_string())?;
+        // What the running processes cannot take without a restart stays as it is.
+        let old = &self.cfg;
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($field:ident, $key:literal) => {
+                if new.$field != old.$field {
+                    kept.push($key);
+                    new.$field = old.$field.clone();
+                }
+            };
+        }
+        keep!(instance, "instance");
+        keep!(runtime, "runtime");
+        keep!(stats_dir, "stats-dir");
+        keep!(worker_address, "worker-address");
+        keep!(worker_port, "worker-port");
+        keep!(admin_address, "admin-address");
+        keep!(admin_port, "admin-port");
+        if !kept.is_empty() {
+            warn!(
+                "reload_needs_restart",
+                "keys={} action=\"kept the running values; restart to change them\"",
+                kept.join(",")
+            );
+        }
+        if new.avg_delay != old.avg_delay || new.failure != old.failure {
+            info!(
+                "reload_worker_settings",
+                "avg_delay={} failure={} applies_to=\"workers started from now on\"",
+                new.avg_delay,
+                new.failure
+            );
+        }
+
+        // Listeners: keep every socket whose address stays, bind the new ones first; a bind
+        // error rejects the whole reload before anything changed.
+        let addrs = lb_addrs(&new)?;
+        let order: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
+        let first_new_id = self.next_listener_id;
+        let mut old_listeners = std::mem::take(&mut self.listeners);
+        let mut next: Vec<LbListener> = Vec::new();
+        for addr in addrs {
+            if let Some(k) = old_listeners.iter().position(|l| l.addr == addr) {
+                next.push(old_listeners.remove(k));
+                continue;
+            }
+            match bind_listener(addr) {
+                Ok(socket) => {
+                    let id = self.next_listener_id;
+                    self.next_listener_id += 1;
+                    next.push(LbListener { id, addr, socket });
+                }
+                Err(e) => {
+                    // Put everything back as it was (the new sockets close here).
+                    old_listeners.extend(next.into_iter().filter(|l| l.id < first_new_id));
+                    old_listeners.sort_by_key(|l| {
+                        order
+                            .iter()
+                            .position(|&id| id == l.id)
+                            .unwrap_or(usize::MAX)
+                    });
+                    self.listeners = old_listeners;
+                    return Err(e);
+                }
+            }
+        }
+        if !old_listeners.is_empty() {
+            info!(
+                "listeners_closed",
+                "addrs={}",
+                old_listeners
+                    .iter()
+                    .map(|l| l.addr.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
+        // Dropping our copies: children still serving them keep theirs until they drain.
+        drop(old_listeners);
+        self.listeners = next;
+
+        let changed = changed_keys(&self.cfg, &new);
+        let replace_all = new.proxy.mode != self.cfg.proxy.mode;
+        let settings_changed = new.proxy != self.cfg.proxy;
+        let worker_changed = new.worker != self.cfg.worker;
+        self.cfg = new;
+        let now = Instant::now();
+        self.scaler.reconfigure(&self.cfg.autoscale);
+        if worker_changed {
+            // The operator's new count wins (clamped to [min, max] when autoscaling).
+            self.scaler.set_desired(now, self.cfg.worker);
+            self.desired_workers = self.cfg.worker;
+        }
+        if self.cfg.autoscale.enabled {
+            let (min, max) = (
+                self.cfg.autoscale.min,
+                self.cfg.autoscale.max.max(self.cfg.autoscale.min),
+            );
+            let clamped = self.desired_workers.clamp(min, max);
+            if clamped != self.desired_workers {
+                self.scaler.set_desired(now, clamped);
+                self.desired_workers = clamped;
+            }
+        }
+
+        // Children: those on a listener that changed, past the new pool size, or needing a
+        // new loop (mode) are replaced; the rest get the settings.
+        let pool = self.cfg.pool;
+        let shared = self.cfg.shared_port;
+        let ids: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
+        for c in &mut self.children {
+            if c.state != super::children::ChildState::Running {
+                continue;
+            }
+            let li = if shared { 0 } else { c.index };
+            let on_right_listener = ids.get(li) == Some(&c.listener_id);
+            if replace_all || c.index >= pool || !on_right_listener {
+                c.retiring = true;
+            }
+        }
+        if settings_changed && !replace_all {
+            self.publish_settings();
+        }
+        self.ensure_children(now);
+        self.sync_worker_slots();
+        self.drive_workers(now);
+        self.publish_backends();
+        Ok(changed)
+    }
+}

@@ -1,0 +1,241 @@
+//! The `/status` document (served by the admin endpoint, read by `goloadbalancer status`) and
+//! the `status` command's table.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// `instance` from the config.
+    pub instance: String,
+    /// Supervisor pid.
+    pub pid: u32,
+    /// `starting`, `running`, `stopping`.
+    pub state: String,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Config file in use.
+    pub config: String,
+    /// `docker` or `process` (empty while still deciding).
+    pub runtime: String,
+    /// Why that runtime.
+    pub runtime_reason: String,
+    /// Workers wanted.
+    pub workers_desired: usize,
+    /// Workers serving (healthy, in the backend set as active).
+    pub workers_actual: usize,
+    /// Responses to clients, all backends, since start.
+    pub requests_total: u64,
+    /// Recent request rate.
+    pub requests_per_s: f64,
+    /// Client connections open across children.
+    pub connections: u64,
+    /// LB listener addresses.
+    pub listeners: Vec<String>,
+    /// LB children.
+    pub children: Vec<ChildStatus>,
+    /// Workers, by port.
+    pub workers: Vec<WorkerStatus>,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Error of the last rejected reload, if the last reload was rejected.
+    pub last_reload_error: Option<String>,
+    /// Autoscaler status (`enabled: false` when off).
+    pub autoscale: Option<serde_json::Value>,
+}
+
+/// One LB child in `/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ChildStatus {
+    /// `lb.<i>`.
+    pub name: String,
+    /// Its pid.
+    pub pid: i32,
+    /// The listener it serves.
+    pub listener: String,
+    /// `running` or `draining`.
+    pub state: String,
+    /// Client connections open (latest report).
+    pub connections: u64,
+    /// Seconds since fork.
+    pub uptime_s: u64,
+}
+
+/// One worker in `/status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Worker id (container short id, or `local-<port>`); empty before it has one.
+    pub id: String,
+    /// Its port.
+    pub port: u16,
+    /// Process runtime: the worker's pid.
+    pub pid: Option<u32>,
+    /// Docker runtime: the full container id.
+    pub container: Option<String>,
+    /// `ip:port` the LB children use.
+    pub address: String,
+    /// `pending`, `starting`, `probing`, `active`, `draining`, `stopping`, `removing`.
+    pub state: String,
+    /// `healthy`, `unhealthy` or `unknown` (the children's view; the supervisor's own probe
+    /// before it joined).
+    pub health: String,
+    /// Requests in flight now, across children.
+    pub in_flight: u64,
+    /// Responses by class (`2xx`...).
+    pub responses: BTreeMap<String, u64>,
+    /// All responses.
+    pub requests: u64,
+    /// Passive failures seen by the children.
+    pub failures: u64,
+    /// Times this slot's worker was replaced after dying or failing to start.
+    pub restarts: u64,
+    /// The last start error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Resolves where the admin endpoint is: `--admin ADDR` (`host:port` or a port), else the
+/// config's admin-address/admin-port, else 127.0.0.1:8404.
+fn admin_addr(config: Option<PathBuf>, admin: Option<String>) -> Result<SocketAddr, String> {
+    if let Some(a) = admin {
+        if let Ok(port) = a.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        return a
+            .to_socket_addrs()
+            .map_err(|e| format!("--admin {a}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--admin {a}: no address"));
+    }
+    let path = crate::config::default_path(config);
+    match crate::config::load(&path) {
+        Ok(cfg) => Ok(SocketAddr::new(cfg.admin_address, cfg.admin_port)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Fetches `/status` (blocking, bounded).
+pub fn fetch(addr: SocketAddr) -> Result<Status, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let mut raw = Vec::new();
+    s.take(16 << 20)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{addr}: incomplete answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "{addr}: {}",
+            head.lines().next().unwrap_or("no status line")
+        ));
+    }
+    serde_json::from_slice(&raw[split + 4..]).map_err(|e| format!("{addr}: bad /status: {e}"))
+}
+
+/// Renders the readable table of `goloadbalancer status`.
+pub fn render_table(s: &Status) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "goloadbalancer {} ({}), pid {}, up {}s, runtime {}\n",
+        s.instance, s.state, s.pid, s.uptime_s, s.runtime
+    ));
+    out.push_str(&format!(
+        "workers {}/{} healthy, {:.1} req/s, {} requests, {} connections, {} reloads\n",
+        s.workers_actual,
+        s.workers_desired,
+        s.requests_per_s,
+        s.requests_total,
+        s.connections,
+        s.reloads
+    ));
+    if let Some(e) = &s.last_reload_error {
+        out.push_str(&format!("last reload rejected: {e}\n"));
+    }
+    if let Some(a) = &s.autoscale
+        && a.get("enabled").and_then(|e| e.as_bool()) == Some(true)
+    {
+        let g = |k: &str| {
+            a.get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        out.push_str(&format!(
+            "autoscale: desired {} (min {}, max {}), in-flight/worker {} (target {}), p90 {} ms, region {}\n",
+            g("desired"), g("min"), g("max"), g("inflight_per_worker"), g("target_inflight"), g("p90_ms"), g("region")
+        ));
+    }
+    out.push_str("\nLB CHILD  PID      LISTENER               STATE     CONNS  UPTIME\n");
+    for c in &s.children {
+        out.push_str(&format!(
+            "{:<9} {:<8} {:<22} {:<9} {:<6} {}s\n",
+            c.name, c.pid, c.listener, c.state, c.connections, c.uptime_s
+        ));
+    }
+    out.push_str(
+        "\nWORKER        ADDRESS                STATE     HEALTH     IN-FLIGHT  REQUESTS  2XX       5XX       FAILURES  RESTARTS\n",
+    );
+    for w in &s.workers {
+        let class = |k: &str| w.responses.get(k).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<13} {:<22} {:<9} {:<10} {:<10} {:<9} {:<9} {:<9} {:<9} {}\n",
+            if w.id.is_empty() { "-" } else { &w.id },
+            w.address,
+            w.state,
+            w.health,
+            w.in_flight,
+            w.requests,
+            class("2xx"),
+            class("5xx"),
+            w.failures,
+            w.restarts
+        ));
+        if let Some(e) = &w.last_error {
+            out.push_str(&format!("              last error: {e}\n"));
+        }
+    }
+    out
+}
+
+/// `goloadbalancer status`: 0 when the supervisor answered, 1 when it is not running.
+pub fn status_cmd(config: Option<PathBuf>, admin: Option<String>, json: bool) -> i32 {
+    let addr = match admin_addr(config, admin) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("goloadbalancer status: {e}");
+            return 2;
+        }
+    };
+    match fetch(addr) {
+        Ok(s) => {
+            if json {
+                match serde_json::to_string_pretty(&s) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("goloadbalancer status: {e}");
+                        return 1;
+                    }
+                }
+            } else {
+                print!("{}", render_table(&s));
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("goloadbalancer status: not running ({e})");
+            1
+        }
+    }
+}

@@ -1,0 +1,863 @@
+//! Workers: one slot per port, each a small state machine driven by the loop.
+//!
+//! ```text
+//! Pending -> Launching (docker rm -f name, docker run) -> Probing (GET /healthz) -> Active
+//! Active -> Draining (draining in the backend set, until in-flight 0 or drain timeout)
+//!        -> Stopping (docker stop / SIGTERM: the worker flushes its stats) -> Removing -> Gone
+//! a start that fails, or a worker that dies -> Removing -> Pending (after a backoff)
+//! ```
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+
+use super::probe::{Probe, ProbeResult};
+use super::{JobKind, Phase, Supervisor};
+use crate::proxy::control::{BackendSpec, BackendState};
+use crate::runtime::Runtime;
+use crate::runtime::docker::{self, RunSpec};
+use crate::runtime::job::JobOutput;
+use crate::runtime::process::{self, ProcessSpec};
+use crate::sys::log::quote;
+use crate::{info, warn};
+
+/// Time between two health checks of a starting worker.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Deadline of one health check.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// First retry delay after a failed start; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Extra time a stopping worker gets beyond the drain timeout before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Where a worker slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// To be started at `not_before`.
+    Pending { not_before: Instant },
+    /// Docker: `docker rm -f <name>` / `docker run` in flight.
+    Launching,
+    /// Started; health-checked until healthy or the deadline.
+    Probing {
+        deadline: Instant,
+        next_probe: Instant,
+    },
+    /// Healthy and in the backend set.
+    Active,
+    /// Draining in the backend set until its in-flight requests end or the deadline.
+    Draining { deadline: Instant },
+    /// Told to stop (SIGTERM / docker stop); SIGKILL at the deadline.
+    Stopping { deadline: Instant },
+    /// Docker: `docker rm -f` in flight.
+    Removing,
+    /// Nothing runs on this port.
+    Gone,
+}
+
+impl WorkerState {
+    /// Name shown in /status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerState::Pending { .. } => "pending",
+            WorkerState::Launching => "starting",
+            WorkerState::Probing { .. } => "probing",
+            WorkerState::Active => "active",
+            WorkerState::Draining { .. } => "draining",
+            WorkerState::Stopping { .. } => "stopping",
+            WorkerState::Removing => "removing",
+            WorkerState::Gone => "gone",
+        }
+    }
+}
+
+/// One worker port.
+#[derive(Debug)]
+pub struct WorkerSlot {
+    /// The port (the slot's key).
+    pub port: u16,
+    /// False once scaled away (or stopping): it is drained and stopped, not replaced.
+    pub wanted: bool,
+    /// State.
+    pub state: WorkerState,
+    /// Worker id (backend id): `local-<port>` or the container's short id.
+    pub id: Option<String>,
+    /// Docker: full container id.
+    pub container: Option<String>,
+    /// When `container` was learnt (a `docker ps` started before that cannot judge it).
+    pub container_since: Option<Instant>,
+    /// Process runtime: the worker process.
+    pub process: Option<Child>,
+    /// Bumped at each launch: results of older jobs and probes are ignored.
+    pub generation: u64,
+    /// Consecutive failed starts (sets the backoff).
+    pub failures: u32,
+    /// Replacements after a death or a failed start.
+    pub restarts: u64,
+    /// Seq of the backend set that first marked it draining.
+    pub drain_seq: u64,
+    /// Retry instant after a failed start or a death (used once removal completes).
+    pub retry_at: Instant,
+    /// Last start error, shown in /status.
+    pub last_error: Option<String>,
+    /// The health check in flight.
+    pub probe: Option<Token>,
+    /// SIGKILL already sent.
+    pub killed: bool,
+    /// When the current start began.
+    pub launched_at: Instant,
+}
+
+impl WorkerSlot {
+    fn new(port: u16, now: Instant) -> WorkerSlot {
+        WorkerSlot {
+            port,
+            wanted: true,
+            state: WorkerState::Pending { not_before: now },
+            id: None,
+            container: None,
+            container_since: None,
+            process: None,
+            generation: 0,
+            failures: 0,
+            restarts: 0,
+            drain_seq: 0,
+            retry_at: now,
+            last_error: None,
+            probe: None,
+            killed: false,
+            launched_at: now,
+        }
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(10);
+    (FIRST_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
+}
+
+impl Supervisor {
+    /// The ports that should run a worker: `worker-port` .. + desired.
+    fn wanted_ports(&self) -> impl Iterator<Item = u16> + use<> {
+        let base = u32::from(self.cfg.worker_port);
+        let n = self.desired_workers as u32;
+        (base..(base + n).min(65536)).map(|p| p as u16)
+    }
+
+    /// Marks slots wanted or not according to `desired_workers`, creating missing ones.
+    pub(super) fn sync_worker_slots(&mut self) {
+        let now = Instant::now();
+        let wanted: Vec<u16> = self.wanted_ports().collect();
+        for slot in self.workers.values_mut() {
+            slot.wanted = wanted.contains(&slot.port);
+        }
+        for port in wanted {
+            self.workers
+                .entry(port)
+                .or_insert_with(|| WorkerSlot::new(port, now));
+        }
+    }
+
+    /// Workers healthy and active.
+    pub(super) fn active_workers(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|s| s.state == WorkerState::Active)
+            .count()
+    }
+
+    /// `port 6001 (probing: connection refused), ...` for the start error.
+    pub(super) fn unhealthy_worker_names(&self) -> String {
+        self.workers
+            .values()
+            .filter(|s| s.wanted && s.state != WorkerState::Active)
+            .map(|s| {
+                format!(
+                    "worker on port {}{} is {}{}",
+                    s.port,
+                    s.id.as_ref().map(|i| format!(" ({i})")).unwrap_or_default(),
+                    s.state.name(),
+                    s.last_error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The backend set the children should have: active and draining workers.
+    pub(super) fn backend_set(&self) -> Vec<BackendSpec> {
+        self.workers
+            .values()
+            .filter_map(|s| {
+                let state = match s.state {
+                    WorkerState::Active => BackendState::Active,
+                    WorkerState::Draining { .. } => BackendState::Draining,
+                    _ => return None,
+                };
+                Some(BackendSpec {
+                    id: s.id.clone()?,
+                    addr: std::net::SocketAddr::new(self.cfg.worker_address, s.port),
+                    weight: 1,
+                    state,
+                })
+            })
+            .collect()
+    }
+
+    /// One pass of every slot's state machine.
+    pub(super) fn drive_workers(&mut self, now: Instant) {
+        self.sync_worker_slots();
+        let stopping = matches!(self.phase, Phase::Stopping(_));
+        let ports: Vec<u16> = self.workers.keys().copied().collect();
+        for port in ports {
+            let Some(slot) = self.workers.get_mut(&port) else {
+                continue;
+            };
+            let wanted = slot.wanted && !stopping;
+            match slot.state {
+                WorkerState::Pending { not_before } => {
+                    if !wanted {
+                        slot.state = WorkerState::Gone;
+                    } else if now >= not_before {
+                        self.launch(port, now);
+                    }
+                }
+                WorkerState::Launching | WorkerState::Removing => {}
+                WorkerState::Probing {
+                    deadline,
+                    next_probe,
+                } => {
+                    if !wanted {
+                        self.cancel_probe(port);
+                        self.stop_worker(port, now, "not wanted before it was healthy");
+                    } else if now >= deadline {
+                        let reason = format!(
+                            "not healthy within {} ms{}",
+                            self.cfg.worker_start_timeout_ms,
+                            slot.last_error
+                                .as_ref()
+                                .map(|e| format!(" (last check: {e})"))
+                                .unwrap_or_default()
+                        );
+                        self.start_failed(port, now, reason);
+                    } else if slot.probe.is_none() && now >= next_probe {
+                        self.start_probe(port, now);
+                    }
+                }
+                WorkerState::Active => {
+                    if !wanted && self.children.is_empty() {
+                        // No LB child sends to it (stop): nothing to drain.
+                        self.stop_worker(port, now, "stop");
+                    } else if !wanted {
+                        self.begin_drain(port, now);
+                    }
+                }
+                WorkerState::Draining { deadline } => {
+                    if self.drained(port) {
+                        info!("worker_drained", "port={port}");
+                        self.stop_worker(port, now, "drained");
+                    } else if now >= deadline {
+                        warn!("worker_drain_timeout", "port={port}");
+                        self.stop_worker(port, now, "drain timeout");
+                    }
+                }
+                WorkerState::Stopping { deadline } => {
+                    if now >= deadline
+                        && !slot.killed
+                        && let Some(child) = slot.process.as_mut()
+                    {
+                        warn!("worker_kill", "port={port} reason=\"stop timeout\"");
+                        let _ = child.kill();
+                        slot.killed = true;
+                    }
+                }
+                WorkerState::Gone => {
+                    if wanted {
+                        slot.state = WorkerState::Pending {
+                            not_before: slot.retry_at.max(now),
+                        };
+                    } else {
+                        self.workers.remove(&port);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the worker on `port`.
+    fn launch(&mut self, port: u16, now: Instant) {
+        let Some(rt) = self.runtime.clone() else {
+            return;
+        };
+        let start_timeout = Duration::from_millis(self.cfg.worker_start_timeout_ms);
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        slot.generation += 1;
+        slot.killed = false;
+        slot.launched_at = now;
+        let generation = slot.generation;
+        match rt {
+            Runtime::Process => {
+                let spec = ProcessSpec {
+                    exe: &self.exe,
+                    address: self.cfg.worker_address,
+                    port,
+                    db: &self.db,
+                    avg_delay: self.cfg.avg_delay,
+                    failure: self.cfg.failure,
+                    drain_timeout_ms: self.cfg.drain_timeout_ms,
+                };
+                match process::spawn(&spec) {
+                    Ok(child) => {
+                        info!(
+                            "worker_spawned",
+                            "port={port} id={} pid={}",
+                            process::worker_id(port),
+                            child.id()
+                        );
+                        slot.process = Some(child);
+                        slot.id = Some(process::worker_id(port));
+                        slot.state = WorkerState::Probing {
+                            deadline: now + start_timeout,
+                            next_probe: now + PROBE_EVERY,
+                        };
+                    }
+                    Err(e) => self.start_failed(port, now, format!("spawn: {e}")),
+                }
+            }
+            Runtime::Docker(d) => {
+                slot.state = WorkerState::Launching;
+                let cmd = d.remove(&[d.name(port)]);
+                if !self.spawn_job(
+                    cmd,
+                    JobKind::ClearName { port, generation },
+                    now + super::DOCKER_CALL_TIMEOUT,
+                ) {
+                    self.start_failed(port, now, "docker could not be started".into());
+                }
+            }
+        }
+    }
+
+    /// `docker rm -f <name>` finished (a missing container is fine): `docker run` now.
+    pub(super) fn on_clear_name_done(&mut self, port: u16, generation: u64) {
+        let now = Instant::now();
+        let stopping = matches!(self.phase, Phase::Stopping(_));
+        let Some(Runtime::Docker(d)) = self.runtime.clone() else {
+            return;
+        };
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        if slot.generation != generation || slot.state != WorkerState::Launching {
+            return;
+        }
+        if !slot.wanted || stopping {
+            slot.state = WorkerState::Gone;
+            return;
+        }
+        let spec = RunSpec {
+            port,
+            address: self.cfg.worker_address,
+            db: self.db.clone(),
+            avg_delay: self.cfg.avg_delay,
+            failure: self.cfg.failure,
+            drain_timeout_ms: self.cfg.drain_timeout_ms,
+        };
+        if !self.spawn_job(
+            d.run(&spec),
+            JobKind::Run { port, generation },
+            now + super::DOCKER_CALL_TIMEOUT,
+        ) {
+            self.start_failed(port, now, "docker could not be started".into());
+        }
+    }
+
+    /// `docker run` finished: the container id, or a failed start.
+    pub(super) fn on_run_done(&mut self, port: u16, generation: u64, out: JobOutput) {
+        let now = Instant::now();
+        let start_timeout = Duration::from_millis(self.cfg.worker_start_timeout_ms);
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        if slot.generation != generation || slot.state != WorkerState::Launching {
+            return;
+        }
+        let cid = out.stdout.lines().last().unwrap_or("").trim().to_string();
+        if !out.success || cid.is_empty() {
+            // The container may exist (created, not started): the retry removes it by name.
+            self.start_failed(port, now, format!("docker run: {}", out.error_text()));
+            return;
+        }
+        let short = docker::short_id(&cid);
+        info!(
+            "worker_container_started",
+            "port={port} id={short} container={cid}"
+        );
+        slot.id = Some(short);
+        slot.container = Some(cid);
+        slot.container_since = Some(now);
+        slot.state = WorkerState::Probing {
+            deadline: now + start_timeout,
+            next_probe: now,
+        };
+    }
+
+    /// `docker stop` finished: remove the container.
+    pub(super) fn on_stop_done(&mut self, port: u16, generation: u64, out: JobOutput) {
+        if !out.success {
+            warn!(
+                "docker_stop_failed",
+                "port={port} error={}",
+                quote(&out.error_text())
+            );
+        }
+        let Some(slot) = self.workers.get(&port) else {
+            return;
+        };
+        if slot.generation != generation {
+            return;
+        }
+        self.remove_container(port, Instant::now());
+    }
+
+    /// `docker rm -f` finished: the port is free again.
+    pub(super) fn on_remove_done(&mut self, port: u16, generation: u64, out: JobOutput) {
+        if !out.success {
+            warn!(
+                "docker_rm_failed",
+                "port={port} error={}",
+                quote(&out.error_text())
+            );
+        }
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        if slot.generation != generation || slot.state != WorkerState::Removing {
+            return;
+        }
+        info!(
+            "worker_removed",
+            "port={port} id={}",
+            slot.id.as_deref().unwrap_or("-")
+        );
+        slot.container = None;
+        slot.container_since = None;
+        slot.state = WorkerState::Gone;
+    }
+
+    /// A start failed: log, clean up, retry after a backoff.
+    fn start_failed(&mut self, port: u16, now: Instant, reason: String) {
+        self.cancel_probe(port);
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        slot.failures += 1;
+        slot.restarts += 1;
+        let delay = backoff(slot.failures);
+        slot.retry_at = now + delay;
+        warn!(
+            "worker_start_failed",
+            "port={port} id={} attempt={} error={} retry_in_ms={}",
+            slot.id.as_deref().unwrap_or("-"),
+            slot.failures,
+            quote(&reason),
+            delay.as_millis()
+        );
+        slot.last_error = Some(reason);
+        if let Some(mut child) = slot.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remove_container(port, now);
+        // A worker the autoscaler asked for (beyond `min`) that cannot start is given up,
+        // and scale-out pauses; the `min` ones are retried here with the backoff.
+        let index = usize::from(port).saturating_sub(usize::from(self.cfg.worker_port));
+        if self.cfg.autoscale.enabled
+            && self.phase == Phase::Running
+            && index >= self.cfg.autoscale.min
+        {
+            let d = self.scaler.report_start_failure(now);
+            self.apply_scale(d, now);
+        }
+    }
+
+    /// Docker: `docker rm -f` of the slot's container (or its name) -> Removing.
+    /// Process: nothing to remove -> Gone.
+    fn remove_container(&mut self, port: u16, now: Instant) {
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        match self.runtime.clone() {
+            Some(Runtime::Docker(d)) => {
+                let target = slot.container.clone().unwrap_or_else(|| d.name(port));
+                let generation = slot.generation;
+                slot.state = WorkerState::Removing;
+                if !self.spawn_job(
+                    d.remove(&[target]),
+                    JobKind::Remove { port, generation },
+                    now + super::DOCKER_CALL_TIMEOUT,
+                ) && let Some(slot) = self.workers.get_mut(&port)
+                {
+                    // Retried as a leftover/stray by the next reconcile or stop sweep.
+                    slot.container = None;
+                    slot.state = WorkerState::Gone;
+                }
+            }
+            _ => slot.state = WorkerState::Gone,
+        }
+    }
+
+    /// A worker that was serving (or draining) died.
+    fn worker_died(&mut self, port: u16, now: Instant, why: &str) {
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        match slot.state {
+            WorkerState::Probing { .. } => {
+                self.start_failed(port, now, format!("exited before healthy: {why}"));
+            }
+            WorkerState::Active | WorkerState::Draining { .. } => {
+                let was_active = slot.state == WorkerState::Active;
+                if was_active {
+                    warn!(
+                        "worker_died",
+                        "port={port} id={} reason={} action=replace",
+                        slot.id.as_deref().unwrap_or("-"),
+                        quote(why)
+                    );
+                    slot.restarts += 1;
+                } else {
+                    info!(
+                        "worker_exited_while_draining",
+                        "port={port} reason={}",
+                        quote(why)
+                    );
+                }
+                slot.retry_at = now;
+                self.remove_container(port, now);
+                // Out of the backend set at once: the children stop sending to it.
+                self.publish_backends();
+            }
+            WorkerState::Stopping { .. } if slot.process.is_none() && slot.container.is_none() => {
+                slot.state = WorkerState::Gone;
+            }
+            _ => {}
+        }
+    }
+
+    /// Marks an active worker draining and tells the children.
+    fn begin_drain(&mut self, port: u16, now: Instant) {
+        let timeout = Duration::from_millis(self.cfg.drain_timeout_ms);
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        info!(
+            "worker_draining",
+            "port={port} id={} timeout_ms={}",
+            slot.id.as_deref().unwrap_or("-"),
+            timeout.as_millis()
+        );
+        slot.state = WorkerState::Draining {
+            deadline: now + timeout,
+        };
+        self.publish_backends();
+        let seq = self.seq;
+        if let Some(slot) = self.workers.get_mut(&port) {
+            slot.drain_seq = seq;
+        }
+    }
+
+    /// True when every child has applied the set that drains this worker and reports no
+    /// request in flight to it.
+    fn drained(&self, port: u16) -> bool {
+        let Some(slot) = self.workers.get(&port) else {
+            return true;
+        };
+        let Some(id) = slot.id.as_deref() else {
+            return true;
+        };
+        self.children.iter().filter(|c| !c.conn.closed).all(|c| {
+            c.metrics_basis >= slot.drain_seq
+                && c.metrics.as_ref().is_some_and(|m| {
+                    m.backends
+                        .iter()
+                        .filter(|b| b.id == id)
+                        .all(|b| b.in_flight == 0)
+                })
+        })
+    }
+
+    /// Tells the worker to stop (it drains and flushes its stats).
+    fn stop_worker(&mut self, port: u16, now: Instant, why: &str) {
+        let grace = Duration::from_millis(self.cfg.drain_timeout_ms) + STOP_GRACE;
+        let rt = self.runtime.clone();
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        info!(
+            "worker_stopping",
+            "port={port} id={} reason={}",
+            slot.id.as_deref().unwrap_or("-"),
+            quote(why)
+        );
+        if let Some(child) = slot.process.as_ref() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            slot.state = WorkerState::Stopping {
+                deadline: now + grace,
+            };
+        } else if let (Some(Runtime::Docker(d)), Some(cid)) = (rt, slot.container.clone()) {
+            let generation = slot.generation;
+            slot.state = WorkerState::Stopping {
+                deadline: now + grace,
+            };
+            let secs = self.cfg.drain_timeout_ms.div_ceil(1000).max(1);
+            if !self.spawn_job(
+                d.stop(&cid, secs),
+                JobKind::Stop { port, generation },
+                now + grace + super::DOCKER_CALL_TIMEOUT,
+            ) {
+                self.remove_container(port, now);
+            }
+        } else {
+            slot.state = WorkerState::Gone;
+        }
+        self.publish_backends();
+    }
+
+    /// Collects exited worker processes.
+    pub(super) fn reap_worker_processes(&mut self) {
+        let now = Instant::now();
+        let mut exited = Vec::new();
+        for slot in self.workers.values_mut() {
+            if let Some(child) = slot.process.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                slot.process = None;
+                exited.push((slot.port, status));
+            }
+        }
+        for (port, status) in exited {
+            let Some(slot) = self.workers.get_mut(&port) else {
+                continue;
+            };
+            if let WorkerState::Stopping { .. } = slot.state {
+                info!(
+                    "worker_stopped",
+                    "port={port} status={}",
+                    quote(&status.to_string())
+                );
+                slot.state = WorkerState::Gone;
+            } else {
+                self.worker_died(port, now, &status.to_string());
+            }
+        }
+    }
+
+    /// SIGKILL to every worker process (forced stop, stop timeout).
+    pub(super) fn kill_worker_processes(&mut self) {
+        for slot in self.workers.values_mut() {
+            if let Some(mut child) = slot.process.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        self.workers.retain(|_, s| s.container.is_some());
+    }
+
+    fn start_probe(&mut self, port: u16, now: Instant) {
+        let token = self.token();
+        let addr = std::net::SocketAddr::new(self.cfg.worker_address, port);
+        let path = self.cfg.proxy.health_path.clone();
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        let WorkerState::Probing { deadline, .. } = slot.state else {
+            return;
+        };
+        let probe_deadline = (now + PROBE_TIMEOUT).min(deadline);
+        match Probe::start(
+            addr,
+            &path,
+            self.poll.registry(),
+            token,
+            port,
+            slot.generation,
+            probe_deadline,
+        ) {
+            Ok(p) => {
+                slot.probe = Some(token);
+                self.probes.insert(token, p);
+            }
+            Err(e) => {
+                slot.last_error = Some(e.to_string());
+                slot.state = WorkerState::Probing {
+                    deadline,
+                    next_probe: now + PROBE_EVERY,
+                };
+            }
+        }
+    }
+
+    fn cancel_probe(&mut self, port: u16) {
+        if let Some(slot) = self.workers.get_mut(&port)
+            && let Some(t) = slot.probe.take()
+            && let Some(mut p) = self.probes.remove(&t)
+        {
+            p.deregister(self.poll.registry());
+        }
+    }
+
+    /// Readiness on a probe's socket.
+    pub(super) fn advance_probe(&mut self, token: Token) {
+        let now = Instant::now();
+        let Some(p) = self.probes.get_mut(&token) else {
+            return;
+        };
+        let result = p.advance(now);
+        if result == ProbeResult::Pending {
+            return;
+        }
+        let (port, generation) = (p.port, p.generation);
+        if let Some(mut p) = self.probes.remove(&token) {
+            p.deregister(self.poll.registry());
+        }
+        let Some(slot) = self.workers.get_mut(&port) else {
+            return;
+        };
+        if slot.generation != generation || slot.probe != Some(token) {
+            return;
+        }
+        slot.probe = None;
+        let WorkerState::Probing { deadline, .. } = slot.state else {
+            return;
+        };
+        match result {
+            ProbeResult::Healthy => {
+                info!(
+                    "worker_healthy",
+                    "port={port} id={} after_ms={}",
+                    slot.id.as_deref().unwrap_or("-"),
+                    now.duration_since(slot.launched_at).as_millis()
+                );
+                slot.state = WorkerState::Active;
+                slot.failures = 0;
+                slot.last_error = None;
+                self.publish_backends();
+            }
+            ProbeResult::Failed(e) => {
+                slot.last_error = Some(e);
+                slot.state = WorkerState::Probing {
+                    deadline,
+                    next_probe: now + PROBE_EVERY,
+                };
+            }
+            ProbeResult::Pending => {}
+        }
+    }
+
+    /// Timer pass over the probes (deadlines).
+    pub(super) fn advance_probes(&mut self, _now: Instant) {
+        let tokens: Vec<Token> = self.probes.keys().copied().collect();
+        for t in tokens {
+            self.advance_probe(t);
+        }
+    }
+
+    /// Docker: starts a `docker ps` every RECONCILE_EVERY.
+    pub(super) fn reconcile_if_due(&mut self, now: Instant) {
+        if self.reconcile_running
+            || now.duration_since(self.last_reconcile) < super::RECONCILE_EVERY
+        {
+            return;
+        }
+        let Some(Runtime::Docker(d)) = self.runtime.clone() else {
+            return;
+        };
+        self.last_reconcile = now;
+        if self.spawn_job(
+            d.ps(),
+            JobKind::Reconcile { started: now },
+            now + super::DOCKER_CALL_TIMEOUT,
+        ) {
+            self.reconcile_running = true;
+        }
+    }
+
+    /// Compares `docker ps` with the slots: replaces dead workers, removes strays.
+    pub(super) fn on_reconcile(&mut self, started: Instant, stdout: &str) {
+        let now = Instant::now();
+        let listed = docker::parse_ps(stdout);
+        let mut dead = Vec::new();
+        for slot in self.workers.values() {
+            let (Some(cid), Some(since)) = (&slot.container, slot.container_since) else {
+                continue;
+            };
+            if since >= started {
+                continue;
+            }
+            if !matches!(
+                slot.state,
+                WorkerState::Probing { .. } | WorkerState::Active | WorkerState::Draining { .. }
+            ) {
+                continue;
+            }
+            match listed.iter().find(|c| &c.id == cid) {
+                Some(c) if c.state == "running" => {}
+                Some(c) => dead.push((slot.port, format!("container {}", c.state))),
+                None => dead.push((slot.port, "container gone".to_string())),
+            }
+        }
+        for (port, why) in dead {
+            self.worker_died(port, now, &why);
+        }
+        let strays: Vec<String> = listed
+            .iter()
+            .filter(|c| {
+                !self
+                    .workers
+                    .values()
+                    .any(|s| s.container.as_ref() == Some(&c.id))
+            })
+            .filter(|c| {
+                !c.port.is_some_and(|p| {
+                    self.workers
+                        .get(&p)
+                        .is_some_and(|s| s.state == WorkerState::Launching)
+                })
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        if !strays.is_empty()
+            && let Some(Runtime::Docker(d)) = self.runtime.clone()
+        {
+            warn!("stray_containers", "count={} action=remove", strays.len());
+            self.spawn_job(
+                d.remove(&strays),
+                JobKind::SweepRemove,
+                now + super::DOCKER_CALL_TIMEOUT,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_millis(1000));
+        assert_eq!(backoff(3), Duration::from_millis(2000));
+        assert_eq!(backoff(10), MAX_BACKOFF);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,58 @@
+//! The supervisor with the process runtime: the real binary, workers as local processes, LB
+//! children forked, on loopback ports. See tests/supervisor_support/scenarios.rs.
+
+mod common;
+#[path = "supervisor_support/scenarios.rs"]
+mod scenarios;
+#[path = "supervisor_support/mod.rs"]
+mod support;
+
+#[test]
+fn seed_config_serves_rotates_and_counts() {
+    scenarios::seed("p-seed", "process");
+}
+
+#[test]
+fn status_command_exits_1_when_not_running() {
+    scenarios::status_not_running();
+}
+
+#[test]
+fn killed_lb_child_is_reforked_and_the_port_keeps_answering() {
+    scenarios::lb_child_killed("p-lbkill", "process");
+}
+
+#[test]
+fn killed_worker_is_replaced() {
+    scenarios::worker_killed("p-wkill", "process");
+}
+
+#[test]
+fn reload_changes_worker_count_under_load_without_errors() {
+    scenarios::reload_under_load("p-reload", "process");
+}
+
+#[test]
+fn killed_supervisor_takes_its_children_along() {
+    scenarios::supervisor_killed("p-svkill", "process");
+}
+
+#[test]
+fn sigterm_drains_stops_everything_and_flushes_stats() {
+    scenarios::sigterm("p-term", "process");
+}
+
+#[test]
+fn broken_config_on_reload_keeps_the_old_one() {
+    scenarios::broken_reload("p-broken", "process");
+}
+
+#[test]
+fn invalid_config_at_start_exits_2() {
+    scenarios::invalid_config_exits_2();
+}
+
+#[test]
+fn a_worker_that_never_comes_up_fails_the_start_naming_it() {
+    scenarios::worker_never_healthy("p-never");
+}
