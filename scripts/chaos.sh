@@ -94,8 +94,8 @@ else
     : "${concurrency:=8}" "${step_secs:=15}"
     bound=60
 fi
-[[ $concurrency =~ ^[0-9]+$ ]] && [ "$concurrency" -ge 1 ] || die "--concurrency must be >= 1"
-[[ $step_secs =~ ^[0-9]+$ ]] && [ "$step_secs" -ge 2 ] || die "--step-secs must be >= 2"
+if ! [[ $concurrency =~ ^[0-9]+$ ]] || [ "$concurrency" -lt 1 ]; then die "--concurrency must be >= 1"; fi
+if ! [[ $step_secs =~ ^[0-9]+$ ]] || [ "$step_secs" -lt 2 ]; then die "--step-secs must be >= 2"; fi
 case "$runtime" in process | docker | auto) ;; *) die "--runtime must be process, docker or auto" ;; esac
 if [ -n "$attach" ]; then
     [[ $attach =~ ^[0-9]+$ ]] || die "--attach takes the supervisor's PID"
@@ -130,6 +130,7 @@ config=""
 config_backup=""
 load_pid=""
 
+# shellcheck disable=SC2317 # called through the EXIT trap
 cleanup() {
     local rc=$?
     [ -z "$load_pid" ] || kill "$load_pid" 2>/dev/null || true
@@ -321,6 +322,11 @@ start_workers=$(cfg_get worker)
 : "${start_workers:=$(active_workers)}"
 wait_for "workers at start" "$start_workers" active_workers || die "workers did not come up"
 
+# LB children other than the one killed in the kill-lb step.
+victim=""
+# shellcheck disable=SC2317 # called through wait_for
+lb_count_without_victim() { lb_children | grep -cvx "$victim" || true; }
+
 # ---- steps -------------------------------------------------------------------------------
 
 results=()
@@ -388,8 +394,7 @@ if want_step kill-lb; then
     note="no LB child found"
     if [ -n "$victim" ]; then
         kill -9 "$victim"
-        count_new() { lb_children | grep -vx "$victim" | wc -l | tr -d ' '; }
-        if wait_for "LB children after kill -9 $victim" "$pool" count_new; then
+        if wait_for "LB children after kill -9 $victim" "$pool" lb_count_without_victim; then
             cond=0
             note="killed $victim (children were: $before), re-forked"
         else

@@ -96,7 +96,7 @@ done
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-is_uint "$concurrency" && [ "$concurrency" -ge 1 ] || die "--concurrency must be a whole number >= 1"
+if ! is_uint "$concurrency" || [ "$concurrency" -lt 1 ]; then die "--concurrency must be a whole number >= 1"; fi
 is_num "$duration" || die "--duration must be a number of seconds"
 is_num "$timeout" || die "--timeout must be a number of seconds"
 [ -z "$expect_min_rps" ] || is_num "$expect_min_rps" || die "--expect-min-rps must be a number"
@@ -143,6 +143,7 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/glb-load.XXXXXX")
 bg_pids=()
+# shellcheck disable=SC2317 # called through the EXIT trap
 cleanup() {
     for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$work"
@@ -236,14 +237,15 @@ else
     # one line per request: "<http status> <seconds> <curl exit code>". Status 000 = no response.
     deadline_ns=$((started + $(awk -v d="$duration" 'BEGIN { printf "%d", d * 1e9 }')))
     curl_loop() { # loop index
-        local i=$1 batch=1 k args t0 t1 per
+        local i=$1 batch=1 k args t0 t1 per next=$1
         local out="$work/curl.$i"
         while [ "$(date +%s%N)" -lt "$deadline_ns" ]; do
             if [ -n "$stop_file" ] && [ -e "$stop_file" ]; then break; fi
             args=()
             for ((k = 0; k < batch; k++)); do
-                args+=(-o /dev/null "${urls[$(((i + k) % nurls))]}")
+                args+=(-o /dev/null "${urls[$(((next + k) % nurls))]}")
             done
+            next=$((next + batch))
             t0=$(date +%s%N)
             curl -s --retry 0 --max-time "$timeout" \
                 -w '%{http_code} %{time_total} %{exitcode}\n' "${args[@]}" >>"$out" 2>/dev/null || true

@@ -86,7 +86,7 @@ cx_sh() { timeout 180 docker exec "$container" bash -c "$1"; }
 
 dump_diagnostics() {
     [ -n "$container" ] || return 0
-    docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null | grep -q true || {
+    docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null | grep true >/dev/null || {
         echo "--- container log"; docker logs "$container" 2>&1 | tail -40; return 0; }
     echo "--- systemctl status goloadbalancer"
     cx systemctl status --no-pager -l goloadbalancer 2>&1 | tail -30 || true
@@ -160,7 +160,7 @@ candidates=(
 wait_booted() {
     local state=""
     for _ in $(seq 1 120); do
-        docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null | grep -q true || return 1
+        docker inspect -f '{{.State.Running}}' "$container" 2>/dev/null | grep true >/dev/null || return 1
         state="$(timeout 10 docker exec "$container" systemctl is-system-running 2>/dev/null || true)"
         case "$state" in
             running) return 0 ;;
@@ -228,11 +228,11 @@ echo "systemd-e2e: $binary ($(du -h "$binary" | cut -f1))"
 phase_done "binary"
 
 log "install with scripts/install.sh"
-cx mkdir -p /opt/glb-src /tmp/glb
-docker cp "$binary" "$container:/tmp/glb/goloadbalancer" >/dev/null
+cx mkdir -p /opt/glb-src /opt/glb
+docker cp "$binary" "$container:/opt/glb/goloadbalancer" >/dev/null
 tar -C "$repo" -c scripts/install.sh systemd config.yaml README.md |
     docker exec -i "$container" tar -C /opt/glb-src -x
-cx /opt/glb-src/scripts/install.sh --binary /tmp/glb/goloadbalancer || fail "install.sh failed"
+cx /opt/glb-src/scripts/install.sh --binary /opt/glb/goloadbalancer || fail "install.sh failed"
 cx getent passwd goloadbalancer >/dev/null || fail "install.sh created no user goloadbalancer"
 cx systemctl cat goloadbalancer.service >/dev/null || fail "systemd does not know the unit"
 # The test's configuration: workers as local processes (no docker engine in here), a short
@@ -251,11 +251,11 @@ listen-address: 127.0.0.1
 drain-timeout-ms: 5000
 health-interval-ms: 1000
 YAML
-cx cp /etc/goloadbalancer/config.yaml /tmp/glb/config.edited
+cx cp /etc/goloadbalancer/config.yaml /opt/glb/config.edited
 # Idempotent, and an edited config survives a second install.
-cx /opt/glb-src/scripts/install.sh --binary /tmp/glb/goloadbalancer >/dev/null ||
+cx /opt/glb-src/scripts/install.sh --binary /opt/glb/goloadbalancer >/dev/null ||
     fail "second install.sh failed"
-cx cmp -s /etc/goloadbalancer/config.yaml /tmp/glb/config.edited ||
+cx cmp -s /etc/goloadbalancer/config.yaml /opt/glb/config.edited ||
     fail "a second install overwrote the edited config"
 # A short watchdog so this run proves the pings arrive (WATCHDOG_USEC=4s: a ping every 2s).
 cx mkdir -p /etc/systemd/system/goloadbalancer.service.d
@@ -284,19 +284,19 @@ phase_done "start"
 
 log "systemctl reload under load"
 # Four curl loops (two per LB port) run until told to stop; each counts 200s and the rest.
-docker exec -i "$container" tee /tmp/glb/load.sh >/dev/null <<'LOAD'
+docker exec -i "$container" tee /opt/glb/load.sh >/dev/null <<'LOAD'
 #!/bin/bash
 port=$1; ok=0; bad=0
-while [ ! -e /tmp/glb/stop ]; do
+while [ ! -e /opt/glb/stop ]; do
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 15 "http://127.0.0.1:$port/api/v1/hello")
-    if [ "$code" = 200 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "$port $code" >>/tmp/glb/bad; fi
+    if [ "$code" = 200 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "$port $code" >>/opt/glb/bad; fi
 done
-echo "$ok $bad" >"/tmp/glb/result.$port.$$"
+echo "$ok $bad" >"/opt/glb/result.$port.$$"
 LOAD
-cx chmod +x /tmp/glb/load.sh
-cx rm -f /tmp/glb/stop /tmp/glb/bad
+cx chmod +x /opt/glb/load.sh
+cx rm -f /opt/glb/stop /opt/glb/bad
 for port in 5050 5050 5051 5051; do
-    docker exec -d "$container" /tmp/glb/load.sh "$port"
+    docker exec -d "$container" /opt/glb/load.sh "$port"
 done
 sleep 2
 # A real change: one more worker.
@@ -320,21 +320,40 @@ case "$status" in *"workers 3/3"*) ;; *) fail "STATUS never showed workers 3/3: 
 [ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed across a reload"
 # Keep the load going past the watchdog timeout: a missing WATCHDOG=1 would get it killed.
 sleep 5
-cx touch /tmp/glb/stop
+cx touch /opt/glb/stop
 for _ in $(seq 1 60); do
-    [ "$(cx_sh 'ls /tmp/glb/result.* 2>/dev/null | wc -l')" = 4 ] && break
+    [ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] && break
     sleep 0.5
 done
-[ "$(cx_sh 'ls /tmp/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
-read -r ok bad <<<"$(cx_sh 'cat /tmp/glb/result.*' | awk '{o += $1; b += $2} END {print o, b}')"
+[ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
+read -r ok bad <<<"$(cx_sh 'cat /opt/glb/result.*' | awk '{o += $1; b += $2} END {print o, b}')"
 echo "systemd-e2e: load across the reload: $ok ok, $bad failed"
 if [ "$bad" != 0 ]; then
-    cx_sh 'sort /tmp/glb/bad | uniq -c' || true
+    cx_sh 'sort /opt/glb/bad | uniq -c' || true
     fail "$bad requests failed across systemctl reload"
 fi
 [ "$ok" -ge 40 ] || fail "only $ok requests ran: the load did not span the reload"
 [ "$(show NRestarts)" = 0 ] || fail "restarted $(show NRestarts) times (watchdog?)"
 phase_done "reload"
+
+log "systemctl reload with a broken config keeps serving"
+cx cp /etc/goloadbalancer/config.yaml /opt/glb/config.good
+cx_sh 'echo "failure: 120" >> /etc/goloadbalancer/config.yaml'
+timeout 60 docker exec "$container" systemctl reload goloadbalancer || fail "systemctl reload (broken config) failed"
+for _ in $(seq 1 60); do
+    cx journalctl -u goloadbalancer -p err --no-pager -o cat | grep 'event=reload_rejected' >/dev/null && break
+    sleep 0.5
+done
+cx journalctl -u goloadbalancer -p err --no-pager -o cat | grep 'event=reload_rejected' | grep 'failure' >/dev/null ||
+    fail "no reload_rejected error naming the key in journalctl -p err"
+[ "$(show MainPID)" = "$main_pid" ] || fail "a broken config on reload changed the main process"
+for port in 5050 5051; do
+    cx curl -fsS --max-time 10 -o /dev/null "http://127.0.0.1:$port/api/v1/hello" ||
+        fail "port $port stopped answering after a rejected reload"
+done
+cx cp /opt/glb/config.good /etc/goloadbalancer/config.yaml
+echo "systemd-e2e: the rejected reload is an error in the journal; still serving with the old config"
+phase_done "broken reload"
 
 log "journal"
 journal="$(cx journalctl -u goloadbalancer -p info --no-pager -o cat)"
@@ -347,7 +366,7 @@ grep -qE '^role=worker\.' <<<"$journal" || fail "no line from a worker in the jo
 if grep -qE '^<[0-7]>' <<<"$journal"; then
     fail "journal lines still carry <N>: the prefix was not parsed"
 fi
-if cx journalctl -u goloadbalancer -p warning --no-pager -o cat | grep -q 'level=info'; then
+if cx journalctl -u goloadbalancer -p warning --no-pager -o cat | grep 'level=info' >/dev/null; then
     fail "journalctl -p warning shows info lines: priorities are not applied"
 fi
 echo "systemd-e2e: the journal has the start and reload events, priorities applied"
@@ -367,7 +386,7 @@ done
 [ "$(cx systemctl is-active goloadbalancer)" = active ] || fail "not active after the watchdog restart"
 new_pid="$(show MainPID)"
 [ "$new_pid" != "$main_pid" ] || fail "same MainPID after a watchdog restart"
-cx journalctl -u goloadbalancer --no-pager -o cat | grep -q 'Watchdog timeout' ||
+cx journalctl -u goloadbalancer --no-pager -o cat | grep 'Watchdog timeout' >/dev/null ||
     fail "no 'Watchdog timeout' in the journal"
 for port in 5050 5051; do
     cx curl -fsS --max-time 10 -o /dev/null "http://127.0.0.1:$port/api/v1/hello" ||
@@ -383,10 +402,28 @@ state="$(cx systemctl is-active goloadbalancer || true)"
 [ "$(show Result)" = success ] || fail "Result=$(show Result) after stop (not a clean exit)"
 [ "$(show ExecMainStatus)" = 0 ] || fail "the supervisor exited $(show ExecMainStatus)"
 if cx pgrep -a goloadbalancer; then fail "goloadbalancer processes left after systemctl stop"; fi
-cx journalctl -u goloadbalancer --no-pager -o cat | grep -q 'Stopped goloadbalancer' ||
-    fail "no 'Stopped' in the journal"
+# The restarted supervisor logged its own clean end (drained, workers stopped, exit 0).
+cx journalctl -u goloadbalancer --no-pager -o cat "_PID=$new_pid" | grep 'event=stopped exit_code=0' >/dev/null ||
+    fail "no event=stopped exit_code=0 from the supervisor (pid $new_pid) in the journal"
 echo "systemd-e2e: stopped cleanly, nothing left running"
 phase_done "stop"
+
+log "systemctl start with a broken config fails once, without a restart loop"
+cx cp /etc/goloadbalancer/config.yaml /opt/glb/config.good
+cx_sh 'echo "failure: 120" >> /etc/goloadbalancer/config.yaml'
+if timeout 60 docker exec "$container" systemctl start goloadbalancer 2>/dev/null; then
+    fail "systemctl start succeeded with a broken config"
+fi
+sleep 3
+[ "$(cx systemctl is-active goloadbalancer || true)" = failed ] || fail "not failed after a broken start"
+[ "$(show ExecMainStatus)" = 2 ] || fail "exit status $(show ExecMainStatus), not 2, for a broken config"
+[ "$(show NRestarts)" = 0 ] || fail "restarted $(show NRestarts) times on a broken config"
+cx journalctl -u goloadbalancer -p err --no-pager -o cat | grep 'event=config_invalid' | grep 'config.yaml:[0-9]*: failure' >/dev/null ||
+    fail "no config_invalid error with file:line: key in journalctl -p err"
+cx cp /opt/glb/config.good /etc/goloadbalancer/config.yaml
+cx systemctl reset-failed goloadbalancer
+echo "systemd-e2e: a broken config fails the start with exit 2, no restart, the error in the journal"
+phase_done "broken start"
 
 log "uninstall"
 cx /opt/glb-src/scripts/install.sh --uninstall || fail "install.sh --uninstall failed"

@@ -172,3 +172,151 @@ fn load_counts_refused_connections_and_fails_the_expectation() {
     assert_eq!(summary_n(&o, "ok"), 0);
     assert!(stderr(&o).contains("expected no errors"));
 }
+
+/// Two real workers on one stats database, started directly (no supervisor).
+fn two_workers(dir: &common::TempDir) -> (common::Proc, common::Proc, u16) {
+    let base = common::free_port_range(2);
+    let db = dir.join("stats.db");
+    let db = db.to_str().expect("utf-8 path");
+    let start = |port: u16, id: &str| {
+        let port_s = port.to_string();
+        let p = common::Proc::start(
+            id,
+            &[
+                "worker",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                &port_s,
+                "--id",
+                id,
+                "--db",
+                db,
+                "--avg-delay",
+                "5",
+                "--failure",
+                "0",
+            ],
+        );
+        common::wait_for_port(
+            format!("127.0.0.1:{port}").parse().expect("addr"),
+            Duration::from_secs(20),
+        );
+        p
+    };
+    let a = start(base, "worker-a");
+    let b = start(base + 1, "worker-b");
+    (a, b, base)
+}
+
+/// `N requests)` from load.sh's per-worker header line.
+fn per_worker_sum(o: &Output) -> u64 {
+    let out = stdout(o);
+    let line = out
+        .lines()
+        .find(|l| l.contains("per worker"))
+        .unwrap_or_else(|| panic!("no per-worker section in:\n{out}"));
+    let before = line
+        .strip_suffix(" requests):")
+        .unwrap_or_else(|| panic!("unexpected line {line}"));
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"))
+}
+
+/// The row of one worker id: (requests, failed).
+fn worker_row(o: &Output, id: &str) -> (u64, u64) {
+    let out = stdout(o);
+    let row = out
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .unwrap_or_else(|| panic!("no row for {id} in:\n{out}"));
+    let f: Vec<&str> = row.split_whitespace().collect();
+    (
+        f[1].parse().expect("requests"),
+        f.last().and_then(|n| n.parse().ok()).expect("failed"),
+    )
+}
+
+#[test]
+fn load_quick_with_curl_reports_exact_per_worker_counts() {
+    if !tools(&["curl", "jq", "awk"]) {
+        return;
+    }
+    let dir = common::TempDir::new("load-curl");
+    let (_a, _b, base) = two_workers(&dir);
+    let ports = format!("{base},{}", base + 1);
+    let o = run(
+        "load.sh",
+        &[
+            "--quick",
+            "--tool",
+            "curl",
+            "--ports",
+            &ports,
+            "--expect-no-errors",
+            "--expect-workers",
+            "2",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let requests = summary_n(&o, "requests");
+    assert!(requests > 0);
+    assert_eq!(summary_n(&o, "ok"), requests);
+    assert_eq!(summary_n(&o, "failed"), 0);
+    assert_eq!(summary_n(&o, "refused"), 0);
+    assert_eq!(summary_n(&o, "workers"), 2);
+    assert_eq!(summary(&o, "tool"), "curl");
+    // curl waits for every response: the stats moved by exactly the requests made, and each
+    // loop alternates between the two ports.
+    assert_eq!(per_worker_sum(&o), requests);
+    let (a, a_failed) = worker_row(&o, "worker-a");
+    let (b, b_failed) = worker_row(&o, "worker-b");
+    assert_eq!(a + b, requests);
+    assert_eq!((a_failed, b_failed), (0, 0));
+    assert!(a.abs_diff(b) <= 4 + requests / 10, "a {a} b {b}");
+    assert!(stdout(&o).contains("statuses   200: "), "{}", stdout(&o));
+}
+
+#[test]
+fn load_quick_with_wrk_reports_rate_latency_and_workers() {
+    if !tools(&["wrk", "curl", "jq", "awk"]) {
+        return;
+    }
+    let dir = common::TempDir::new("load-wrk");
+    let (_a, _b, base) = two_workers(&dir);
+    let ports = format!("{base},{}", base + 1);
+    let o = run(
+        "load.sh",
+        &[
+            "--quick",
+            "--ports",
+            &ports,
+            "--expect-no-errors",
+            "--expect-workers",
+            "2",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(summary(&o, "tool"), "wrk");
+    let requests = summary_n(&o, "requests");
+    assert!(requests > 0);
+    assert_eq!(summary_n(&o, "ok"), requests);
+    assert_eq!(summary_n(&o, "failed"), 0);
+    assert_eq!(summary_n(&o, "workers"), 2);
+    // wrk stops with up to one request per connection unanswered-for but served.
+    let served = per_worker_sum(&o);
+    assert!(
+        (requests..=requests + 4).contains(&served),
+        "served {served}, wrk counted {requests}"
+    );
+    let p50: f64 = summary(&o, "p50_ms").parse().expect("p50");
+    let p99: f64 = summary(&o, "p99_ms").parse().expect("p99");
+    assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    let rps: f64 = summary(&o, "rps").parse().expect("rps");
+    assert!(rps > 0.0);
+}

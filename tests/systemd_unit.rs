@@ -122,6 +122,8 @@ fn unit_is_notify_with_sighup_reload_and_a_draining_stop() {
     );
     assert_eq!(one(&unit, "Service.ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(one(&unit, "Service.Restart"), "on-failure");
+    // Exit 2 = invalid config (as check-config): no restart loop on a typo.
+    assert_eq!(one(&unit, "Service.RestartPreventExitStatus"), "2");
     // SIGTERM to the supervisor alone: it drains its LB children and workers in order.
     assert_eq!(one(&unit, "Service.KillMode"), "mixed");
     assert_eq!(one(&unit, "Service.KillSignal"), "SIGTERM");

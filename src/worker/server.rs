@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::delay::DelayModel;
 use super::store::Store;
 use super::{Options, ms};
+use crate::http::chunked::{ChunkLimits, ChunkedDecoder};
 use crate::http::response::{ConnectionHeader, json_error_body, write_simple};
 use crate::http::{Framing, Limits, Method, RequestHead, parse_request_head};
 use crate::sys::log::quote;
@@ -40,6 +41,8 @@ const OTHER_BODY_MAX: u64 = 64 * 1024;
 /// After a response that closes the connection, unread input is drained this long so the
 /// close is a FIN, not a reset that could destroy the response in flight.
 const LINGER: Duration = Duration::from_secs(1);
+/// The timer heap is never swept below this size.
+const TIMER_SWEEP_MIN: usize = 4096;
 /// Read scratch size: one read never takes more than this from a socket.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -85,6 +88,8 @@ struct Conn {
     head_started: Option<Instant>,
     /// Request body bytes still to read and discard.
     body_left: u64,
+    /// A chunked request body being read and discarded.
+    chunked: Option<ChunkedDecoder>,
     /// Last time bytes moved either way.
     last_progress: Instant,
     queue: VecDeque<Slot>,
@@ -219,6 +224,9 @@ struct Worker {
     free: Vec<usize>,
     live: usize,
     timers: BinaryHeap<Reverse<Timer>>,
+    /// Heap size above which stale entries (closed connections, superseded deadlines) are
+    /// swept out, so connection churn cannot grow the heap for a whole idle timeout.
+    timers_sweep_at: usize,
     dirty: Vec<usize>,
     /// Stats requests waiting on the store: request seq -> connection index.
     stats_waiting: HashMap<u64, usize>,
@@ -282,6 +290,7 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
         free: Vec::new(),
         live: 0,
         timers: BinaryHeap::new(),
+        timers_sweep_at: TIMER_SWEEP_MIN,
         dirty: Vec::new(),
         stats_waiting: HashMap::new(),
         store,
@@ -308,7 +317,8 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
         opts.failure_pct,
         opts.avg_delay_ms.saturating_mul(2)
     );
-    crate::sys::notify::ready(&format!("worker {id} serving on {local}"));
+    // No sd_notify here: a worker is a child of the supervisor's unit, and with
+    // NotifyAccess=all its READY=1 would speak for the whole service.
 
     let mut events = Events::with_capacity(1024);
     let mut drain_deadline: Option<Instant> = None;
@@ -351,7 +361,6 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
                             sigs[0],
                             opts.drain_grace_ms
                         );
-                        crate::sys::notify::stopping();
                         w.unhealthy = true;
                         grace_until = Some(Instant::now() + ms(opts.drain_grace_ms));
                         continue;
@@ -382,12 +391,12 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
                 w.live,
                 opts.drain_timeout_ms
             );
-            crate::sys::notify::stopping();
             drain_deadline = Some(Instant::now() + drain_timeout);
             w.start_drain();
         }
         w.fire_timers(Instant::now());
         w.drive_dirty();
+        w.sweep_timers();
         if w.draining {
             if w.live == 0 {
                 break;
@@ -482,6 +491,7 @@ impl Worker {
             inbuf: Vec::new(),
             head_started: None,
             body_left: 0,
+            chunked: None,
             last_progress: now,
             queue: VecDeque::new(),
             out: Vec::new(),
@@ -626,6 +636,27 @@ impl Worker {
         }
     }
 
+    /// Drops heap entries that can no longer do anything, when the heap has doubled since the
+    /// last sweep (amortised O(1) per entry).
+    fn sweep_timers(&mut self) {
+        if self.timers.len() <= self.timers_sweep_at {
+            return;
+        }
+        let conns = &self.conns;
+        self.timers.retain(|Reverse(t)| match t.kind {
+            TimerKind::ResumeAccept => true,
+            TimerKind::Deadline => matches!(
+                conns.get(t.slot_or_conn),
+                Some(Some(c)) if c.serial == t.id && c.armed == Some(t.at)
+            ),
+            TimerKind::Delay => matches!(
+                conns.get(t.slot_or_conn),
+                Some(Some(c)) if c.queue.iter().any(|s| s.seq == t.id)
+            ),
+        });
+        self.timers_sweep_at = (2 * self.timers.len()).max(TIMER_SWEEP_MIN);
+    }
+
     /// Does everything possible for connection `idx` now, then closes it or re-arms its
     /// deadline.
     fn drive(&mut self, idx: usize) {
@@ -663,7 +694,7 @@ impl Worker {
             while c.out.len() - c.out_pos < OUT_HIGH_WATER {
                 let Some(front) = c.queue.front() else { break };
                 // A request is answered once it is complete: its body read too.
-                if front.reply.is_none() || (c.queue.len() == 1 && c.body_left > 0) {
+                if front.reply.is_none() || (c.queue.len() == 1 && c.in_body()) {
                     break;
                 }
                 let Some(slot) = c.queue.pop_front() else {
@@ -747,10 +778,10 @@ impl Worker {
     /// Handles an expired deadline: 408 for a stalled head or body, else close.
     fn expire(&mut self, idx: usize, c: &mut Conn, now: Instant) -> bool {
         let out_pending = c.out_pos < c.out.len();
-        let receiving = c.body_left > 0 || (c.head_started.is_some() && !c.inbuf.is_empty());
+        let receiving = c.in_body() || (c.head_started.is_some() && !c.inbuf.is_empty());
         if receiving && !out_pending && !c.closing {
             crate::debug!("worker_request_timeout", "id={} conn={}", self.id, idx);
-            if c.body_left > 0 {
+            if c.in_body() {
                 // Its body never came: that request is not answered (nor counted).
                 if let Some(s) = c.queue.pop_back() {
                     self.stats_waiting.remove(&s.seq);
@@ -760,6 +791,7 @@ impl Worker {
             c.inbuf.clear();
             c.head_started = None;
             c.body_left = 0;
+            c.chunked = None;
             self.next_seq += 1;
             c.queue.push_back(Slot {
                 seq: self.next_seq,
@@ -821,6 +853,32 @@ impl Worker {
                 progress |= take > 0;
                 if c.body_left > 0 {
                     break;
+                }
+            }
+            if let Some(dec) = c.chunked.as_mut() {
+                match dec.feed(&c.inbuf[pos..], &mut |_| {}) {
+                    Ok(p) => {
+                        pos += p.consumed;
+                        progress |= p.consumed > 0;
+                        if !p.done {
+                            break;
+                        }
+                        c.chunked = None;
+                    }
+                    Err(e) => {
+                        // The request is not complete: its slot gives way to the error.
+                        if let Some(s) = c.queue.pop_back() {
+                            self.stats_waiting.remove(&s.seq);
+                        }
+                        c.chunked = None;
+                        pos = c.inbuf.len();
+                        progress = true;
+                        let status = e.status();
+                        let body = error_body(status, &e.to_string());
+                        self.push_ready(c, now, status, body, None);
+                        c.closing = true;
+                        break;
+                    }
                 }
             }
             if c.closing || c.queue.len() >= MAX_PIPELINE || pos == c.inbuf.len() {
@@ -932,11 +990,13 @@ impl Worker {
                 return;
             }
             Framing::Chunked => {
-                // No chunked decoder here yet: ask for a Content-Length instead.
-                let body = error_body(411, "chunked request bodies are not accepted");
-                self.push_ready(c, now, 411, body, Some(&req));
-                c.closing = true;
-                return;
+                if req.expect_continue && c.queue.is_empty() {
+                    c.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                c.chunked = Some(ChunkedDecoder::new(ChunkLimits {
+                    max_body: body_max,
+                    ..ChunkLimits::default()
+                }));
             }
         }
         let get = req.method == Method::Get;
@@ -1036,6 +1096,11 @@ impl Worker {
 }
 
 impl Conn {
+    /// Whether the current request's body is still being received.
+    fn in_body(&self) -> bool {
+        self.body_left > 0 || self.chunked.is_some()
+    }
+
     /// When this connection must have made progress, given what it is doing.
     fn deadline(&self, w: &Worker) -> Option<Instant> {
         if let Some(l) = self.linger_until {
@@ -1048,7 +1113,7 @@ impl Conn {
         if self.closing {
             return None;
         }
-        if self.body_left > 0 {
+        if self.in_body() {
             return Some(self.last_progress + w.head_timeout);
         }
         if let Some(s) = self.head_started
