@@ -182,7 +182,8 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_range() {
     local n=$1 base i ok
     for _ in $(seq 1 200); do
-        base=$((20000 + RANDOM % 40000))
+        # Below the ephemeral range (32768+), where client sockets could hold a port.
+        base=$((10000 + RANDOM % 22000))
         ok=1
         for ((i = 0; i < n; i++)); do port_free $((base + i)) || { ok=0; break; }; done
         [ "$ok" = 0 ] || { echo "$base"; return; }
@@ -214,6 +215,7 @@ load-balancer-port: $lb_port
 worker-port: $worker_port
 instance: chaos-$$
 runtime: $runtime
+listen-address: 127.0.0.1
 admin-port: $admin_port
 drain-timeout-ms: 10000
 worker-start-timeout-ms: 20000
@@ -238,13 +240,12 @@ lb_ports=$(seq -s, "$lb_port" $((lb_port + pool - 1)))
 
 status_json() { curl -s --max-time 3 "$admin/status" 2>/dev/null || true; }
 
-# Workers taking requests, from the admin /status (workers whose state is active/healthy).
+# Workers taking requests (healthy and active), from the admin /status.
 active_workers() {
     status_json | jq -r '
-        [ (.workers // [])[]
-          | select(((.state // "active") | ascii_downcase) == "active")
-          | select((.healthy // (.health // "up")) | tostring | test("^(true|up|healthy)$")) ]
-        | length' 2>/dev/null || echo "?"
+        .workers_actual // ([ (.workers // [])[]
+          | select((.state // "active") == "active" and (.health // "healthy") == "healthy") ]
+          | length)' 2>/dev/null || echo "?"
 }
 
 # Workers known at all (any state), from /status.
@@ -322,6 +323,10 @@ start_workers=$(cfg_get worker)
 : "${start_workers:=$(active_workers)}"
 wait_for "workers at start" "$start_workers" active_workers || die "workers did not come up"
 
+# The first line a command prints (without `| head`, whose early exit would SIGPIPE the
+# command and, under pipefail, fail the script).
+first() { local out; out=$("$@"); printf '%s\n' "${out%%$'\n'*}"; }
+
 # LB children other than the one killed in the kill-lb step.
 victim=""
 # shellcheck disable=SC2317 # called through wait_for
@@ -366,8 +371,12 @@ record() {
         overall=1
     fi
     local line
-    line=$(printf '%-12s %-4s requests %6d  refused %3d  failed %3d (allowed %d)  %s' \
-        "$name" "$verdict" "$l_requests" "$l_refused" "$l_other" "$allowed" "$note")
+    if [ "$name" = stop ]; then
+        line=$(printf '%-12s %-4s %s' "$name" "$verdict" "$note")
+    else
+        line=$(printf '%-12s %-4s requests %6d  refused %3d  failed %3d (allowed %d)  %s' \
+            "$name" "$verdict" "$l_requests" "$l_refused" "$l_other" "$allowed" "$note")
+    fi
     results+=("$line")
     echo "  $line"
     [ -z "$l_codes" ] || echo "    failures by status/curl exit: $l_codes"
@@ -387,7 +396,7 @@ fi
 if want_step kill-lb; then
     echo "step kill-lb: kill -9 one LB child under load"
     before=$(lb_children | sort | tr '\n' ' ')
-    victim=$(lb_children | head -n 1)
+    victim=$(first lb_children)
     load_start "$concurrency" $((step_secs + bound))
     sleep "$half"
     cond=1
@@ -413,8 +422,8 @@ if want_step kill-worker; then
     sleep "$half"
     cond=1
     note="no worker found"
-    victim=$(worker_pids | head -n 1)
-    container=$(worker_containers | head -n 1)
+    victim=$(first worker_pids)
+    container=$(first worker_containers)
     if [ -n "$container" ]; then
         docker kill "$container" >/dev/null 2>&1 || true
         note="docker kill $container"

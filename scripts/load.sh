@@ -222,8 +222,8 @@ EOF
         /^q /          { printf "Q %s %.9f\n", $3, runs[nr] / 1000.0 }
         /^max /        { if ($2 > mx) mx = $2 }
         END {
-            printf "T requests %d\nT duration_us %d\nT refused %d\n", total, dur, conn
-            printf "T broken %d\nT timeout %d\nT max_us %d\n", rd + wr, to, mx
+            printf "T requests %d\nT duration_us %.0f\nT refused %d\n", total, dur, conn
+            printf "T broken %d\nT timeout %d\nT max_us %.0f\n", rd + wr, to, mx
             for (s in status) printf "S %s %d\n", s, status[s]
         }' >"$work/merged"
     { grep '^Q ' "$work/merged" || true; } | sort -k2,2n | awk -v total="$(awk '$2=="requests"{print $3}' "$work/merged")" '
@@ -235,7 +235,7 @@ EOF
 else
     # curl: `concurrency` loops, each running curl on a batch of URLs (one connection reused),
     # one line per request: "<http status> <seconds> <curl exit code>". Status 000 = no response.
-    deadline_ns=$((started + $(awk -v d="$duration" 'BEGIN { printf "%d", d * 1e9 }')))
+    deadline_ns=$((started + $(awk -v d="$duration" 'BEGIN { printf "%.0f", d * 1e9 }')))
     curl_loop() { # loop index
         local i=$1 batch=1 k args t0 t1 per next=$1
         local out="$work/curl.$i"
@@ -277,8 +277,8 @@ else
           else { status[$1]++; ms = $2 * 1000; if (ms > mx) mx = ms; print "L " ms }
         }
         END {
-            printf "T requests %d\nT duration_us %d\nT refused %d\n", n, dur_us, refused
-            printf "T broken %d\nT timeout %d\nT max_us %d\n", broken, timeout, mx * 1000
+            printf "T requests %d\nT duration_us %.0f\nT refused %d\n", n, dur_us, refused
+            printf "T broken %d\nT timeout %d\nT max_us %.0f\n", broken, timeout, mx * 1000
             for (s in status) printf "S %s %d\n", s, status[s]
         }' "$work/all" >"$work/merged0"
     { grep -v '^L ' "$work/merged0" || true; } >"$work/merged"
