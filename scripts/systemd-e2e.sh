@@ -129,6 +129,7 @@ else
             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
             fail "could not install debootstrap"
     fi
+    replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
     echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
     prepare_root "$root_dir"
@@ -136,7 +137,10 @@ else
         fail "docker import failed"
     rm -rf "$root_dir"
     root_dir=""
-    # Older roots of this script are dead weight.
+    # Older roots of this script are dead weight (--rebuild-root leaves the old one untagged).
+    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+        docker rmi "$replaced" >/dev/null 2>&1 || true
+    fi
     for old in $(docker images glb-systemd --format '{{.Repository}}:{{.Tag}}'); do
         [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
     done
@@ -318,6 +322,26 @@ echo "systemd-e2e: after reload: $state, status: $status"
 [ "$state" = active ] || fail "not active after reload ($state)"
 case "$status" in *"workers 3/3"*) ;; *) fail "STATUS never showed workers 3/3: $status" ;; esac
 [ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed across a reload"
+# A second reload that replaces the LB children (mode http -> tcp): the new children inherit
+# the listeners, the old ones drain. Requests keep flowing through both.
+lb_children() { cx ps -o pid=,args= --ppid "$main_pid" | awk '/ run /{print $1}' | sort | tr '\n' ' '; }
+old_children="$(lb_children)"
+[ -n "$old_children" ] || fail "no LB child processes under the supervisor"
+echo "mode: tcp" | docker exec -i "$container" tee -a /etc/goloadbalancer/config.yaml >/dev/null
+timeout 60 docker exec "$container" systemctl reload goloadbalancer || fail "systemctl reload (mode) failed"
+new_children=""
+for _ in $(seq 1 60); do
+    new_children="$(lb_children)"
+    all_new=1
+    for pid in $old_children; do
+        case " $new_children " in *" $pid "*) all_new=0 ;; esac
+    done
+    [ "$all_new" = 1 ] && [ -n "$new_children" ] && break
+    sleep 0.5
+done
+echo "systemd-e2e: LB children $old_children-> $new_children"
+[ "$all_new" = 1 ] || fail "the LB children were not replaced by the mode reload"
+[ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed across a reload"
 # Keep the load going past the watchdog timeout: a missing WATCHDOG=1 would get it killed.
 sleep 5
 cx touch /opt/glb/stop
@@ -327,7 +351,7 @@ for _ in $(seq 1 60); do
 done
 [ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
 read -r ok bad <<<"$(cx_sh 'cat /opt/glb/result.*' | awk '{o += $1; b += $2} END {print o, b}')"
-echo "systemd-e2e: load across the reload: $ok ok, $bad failed"
+echo "systemd-e2e: load across both reloads: $ok ok, $bad failed"
 if [ "$bad" != 0 ]; then
     cx_sh 'sort /opt/glb/bad | uniq -c' || true
     fail "$bad requests failed across systemctl reload"
