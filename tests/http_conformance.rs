@@ -479,6 +479,25 @@ fn interim_103_is_relayed_before_the_final_response() {
 }
 
 #[test]
+fn interim_responses_are_not_sent_to_http10_clients() {
+    let b = Backend::start(|_| {
+        vec![
+            Step::Send(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n".to_vec()),
+            Step::Send(response(200, "final")),
+        ]
+    });
+    let (_p, addr) = proxy(&[&b], &[]);
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let raw = read_until_close(&mut s);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    // RFC 9110 15.2: no 1xx to an HTTP/1.0 client.
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(!text.contains(" 103 "), "{text}");
+    assert!(text.ends_with("\r\n\r\nfinal"), "{text}");
+}
+
+#[test]
 fn expect_100_continue() {
     let b = echo_backend();
     let (_p, addr) = proxy(&[&b], &[]);
@@ -943,6 +962,14 @@ fn limits_414_431_413() {
         String::from_utf8_lossy(&got)
     );
     assert!(b.requests().is_empty(), "{:?}", b.requests());
+    // Expect: 100-continue with a too-large Content-Length: a final 413, never a 100.
+    let mut s = connect(addr);
+    s.write_all(b"PUT / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+        .unwrap();
+    let mut pending = Vec::new();
+    let r = read_response(&mut s, &mut pending, false).unwrap();
+    assert_eq!(r.status, 413);
+    assert!(b.requests().is_empty());
     // At the limits exactly: accepted.
     let ok_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100 - 14));
     assert_eq!(ok_line.find("\r\n"), Some(100));

@@ -24,6 +24,8 @@
 //!   `Via` gets `1.x <pseudonym>` appended (RFC 9110 7.6.3: a gateway MUST send Via
 //!   inbound) when the caller gives a pseudonym.
 //! - Responses to clients always say HTTP/1.1 with the upstream's status and reason.
+//! - An HTTP/1.0 request's `Expect` is dropped: it is ignored in 1.0, and the upstream request
+//!   is 1.1, where it would mean something (found by the fuzzer).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -159,6 +161,11 @@ pub fn write_upstream_request(
             continue;
         }
         let name = f.name.get(buf);
+        if head.version == 0 && name.eq_ignore_ascii_case(b"expect") {
+            // Meaningless in HTTP/1.0 (RFC 9110 10.1.1); forwarded as 1.1 it would gain a
+            // meaning (a 100 the client cannot take, or a 417).
+            continue;
+        }
         if name.eq_ignore_ascii_case(b"host") {
             put_field(out, name, host_value);
             host_written = true;
@@ -414,6 +421,22 @@ mod tests {
             "GET / HTTP/1.1\r\nX: y\r\nHost: backend:80\r\nVia: 1.0 glb\r\n\
              X-Forwarded-For: ::1\r\nX-Forwarded-Proto: http\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn request_http10_expect_dropped() {
+        let got = up(
+            b"PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            Framing::Length(1),
+            ConnectionOut::Close,
+        );
+        assert!(!got.contains("Expect"), "{got}");
+        let got = up(
+            b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            Framing::Length(1),
+            ConnectionOut::Close,
+        );
+        assert!(got.contains("\r\nExpect: 100-continue\r\n"), "{got}");
     }
 
     #[test]
