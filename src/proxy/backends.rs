@@ -103,6 +103,54 @@ impl Backend {
     }
 }
 
+/// Backends already tried for one request or connection; inline for the usual handful so a
+/// request allocates nothing for it.
+#[derive(Clone, Debug, Default)]
+pub struct Tried {
+    inline: [usize; 4],
+    n: usize,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    /// A set holding `items` (tests).
+    pub fn of(items: &[usize]) -> Tried {
+        let mut t = Tried::default();
+        for &i in items {
+            t.push(i);
+        }
+        t
+    }
+
+    /// Adds backend `b`.
+    pub fn push(&mut self, b: usize) {
+        if self.n < self.inline.len() {
+            self.inline[self.n] = b;
+            self.n += 1;
+        } else {
+            self.more.push(b);
+        }
+    }
+
+    /// Whether `b` was tried.
+    pub fn contains(&self, b: usize) -> bool {
+        self.inline[..self.n].contains(&b) || self.more.contains(&b)
+    }
+
+    /// How many were tried.
+    pub fn len(&self) -> usize {
+        self.n + self.more.len()
+    }
+
+    /// Forgets `b` (it may be tried again).
+    pub fn remove(&mut self, b: usize) {
+        let mut all: Vec<usize> = self.inline[..self.n].to_vec();
+        all.extend_from_slice(&self.more);
+        all.retain(|&x| x != b);
+        *self = Tried::of(&all);
+    }
+}
+
 /// All backends of one loop; indices are stable for the life of a backend.
 pub struct Backends {
     /// Slots; removed backends stay until nothing refers to them.
@@ -197,12 +245,12 @@ impl Backends {
     }
 
     /// Picks a backend for a new request, skipping `exclude` (already tried).
-    pub fn pick(&mut self, balance: Balance, exclude: &[usize]) -> Option<usize> {
+    pub fn pick(&mut self, balance: Balance, exclude: &Tried) -> Option<usize> {
         let n = self.list.len();
         if n == 0 {
             return None;
         }
-        let ok = |i: usize, b: &Backend| b.eligible() && !exclude.contains(&i);
+        let ok = |i: usize, b: &Backend| b.eligible() && !exclude.contains(i);
         match balance {
             Balance::RoundRobin => {
                 for k in 0..n {
@@ -281,22 +329,22 @@ mod tests {
     fn round_robin_skips_unhealthy_and_excluded() {
         let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1), spec("c", 3, 1)]);
         let picks: Vec<_> = (0..6)
-            .map(|_| b.pick(Balance::RoundRobin, &[]).unwrap())
+            .map(|_| b.pick(Balance::RoundRobin, &Tried::default()).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         b.list[1].healthy = false;
         let picks: Vec<_> = (0..4)
-            .map(|_| b.pick(Balance::RoundRobin, &[]).unwrap())
+            .map(|_| b.pick(Balance::RoundRobin, &Tried::default()).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 0, 2]);
-        assert_eq!(b.pick(Balance::RoundRobin, &[0, 2]), None);
+        assert_eq!(b.pick(Balance::RoundRobin, &Tried::of(&[0, 2])), None);
     }
 
     #[test]
     fn weighted_is_proportional_and_smooth() {
         let mut b = Backends::new(&[spec("a", 1, 3), spec("b", 2, 1)]);
         let picks: Vec<_> = (0..8)
-            .map(|_| b.pick(Balance::Weighted, &[]).unwrap())
+            .map(|_| b.pick(Balance::Weighted, &Tried::default()).unwrap())
             .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         // Smooth: the light backend is not starved into one burst at the end.
@@ -309,8 +357,11 @@ mod tests {
         b.list[0].in_flight = 5;
         b.list[1].in_flight = 1;
         b.list[2].in_flight = 3;
-        assert_eq!(b.pick(Balance::LeastConnections, &[]), Some(1));
-        assert_eq!(b.pick(Balance::LeastConnections, &[1]), Some(2));
+        assert_eq!(
+            b.pick(Balance::LeastConnections, &Tried::default()),
+            Some(1)
+        );
+        assert_eq!(b.pick(Balance::LeastConnections, &Tried::of(&[1])), Some(2));
     }
 
     #[test]

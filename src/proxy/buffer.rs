@@ -101,14 +101,16 @@ impl Buf {
         self.push(bytes);
     }
 
-    /// One `read` into the free space. `Ok(0)` = end of stream (or no room: check `room()` first).
-    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+    /// One `read` into the free space: (bytes read, bytes asked for). `Ok((0, _))` = end of
+    /// stream (or no room: check `room()` first).
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<(usize, usize)> {
         if self.end == self.mem.len() {
             self.compact();
         }
+        let asked = self.mem.len() - self.end;
         let n = r.read(&mut self.mem[self.end..])?;
         self.end += n;
-        Ok(n)
+        Ok((n, asked))
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use mio::event::Event;
 
+use super::backends::Tried;
 use super::buffer::{BUF_SIZE, Buf};
 use super::core::{Core, UpConn};
 use super::sock::{Half, ReadResult, Sock};
@@ -130,7 +131,7 @@ struct Ex {
     body_seen: u64,
     body_started: bool,
     /// Backends tried for this request.
-    tried: Vec<usize>,
+    tried: Tried,
     /// Bytes read from upstream, and bytes at its front known to be response body.
     uin: Option<Buf>,
     resp_ready: usize,
@@ -357,6 +358,8 @@ impl HttpSession {
             return (State::Head { clock }, Progress::Close);
         }
         if !c.sock.readable {
+            // Idle or waiting for more of a head: an empty buffer goes back to the pool.
+            core.bufs.put_if_empty(&mut c.cin);
             return (State::Head { clock }, Progress::Idle);
         }
         let cin = c.cin.get_or_insert_with(|| core.bufs.get());
@@ -462,12 +465,7 @@ fn step_closing(c: &mut Client, core: &mut Core, mut shut: bool) -> (State, Prog
 
 /// Picks a backend not tried yet and connects to it (pooled connection unless `fresh`);
 /// backends refusing at once are ejected and the next one tried, within `retries`.
-fn connect_any(
-    core: &mut Core,
-    owner: usize,
-    tried: &mut Vec<usize>,
-    fresh: bool,
-) -> Option<UpConn> {
+fn connect_any(core: &mut Core, owner: usize, tried: &mut Tried, fresh: bool) -> Option<UpConn> {
     loop {
         if tried.len() > core.settings.retries as usize {
             return None;
@@ -500,7 +498,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         keep_alive: req.keep_alive,
         upgrade: req.upgrade.is_some(),
     };
-    let mut tried = Vec::new();
+    let mut tried = Tried::default();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
         return fail(c, core, 503);
     };
@@ -605,7 +603,7 @@ impl Exchange {
         if reused && !connect_failed {
             // A pooled connection the backend had closed: not the backend's fault; the same
             // backend may be tried again on a fresh connection.
-            x.tried.retain(|&b| b != backend);
+            x.tried.remove(backend);
         }
         let Some(up) = connect_any(core, c.slot, &mut x.tried, true) else {
             core.bufs.put_opt(&mut x.head);
@@ -671,17 +669,20 @@ impl Exchange {
                 }
             }
         }
-        match c.flush_out(core) {
-            Ok(m) => moved |= m,
-            Err(()) => return (State::Exchange(self), Progress::Close),
-        }
         if let Resp::Body { .. } = self.x.resp {
+            // The head queued in `cout` goes out with the first body bytes (relay_body).
             match self.relay_body(c, core) {
                 Ok(m) => moved |= m,
                 Err(()) => return (State::Exchange(self), Progress::Close),
             }
             if matches!(&self.x.resp, Resp::Body { left, .. } if left.done()) && c.out_empty() {
                 return self.finish(c, core);
+            }
+        } else {
+            // Interim (1xx) heads.
+            match c.flush_out(core) {
+                Ok(m) => moved |= m,
+                Err(()) => return (State::Exchange(self), Progress::Close),
             }
         }
         if self.x.up_eof {
@@ -731,6 +732,34 @@ impl Exchange {
             return Ok(false);
         }
         let mut moved = false;
+        // Head and the first body bytes already read (Content-Length bodies) in one write.
+        if let (Some(head), BodyLeft::Length(rem), Some(cin)) =
+            (x.head.as_ref(), &mut x.body, c.cin.as_mut())
+            && x.head_sent < head.len()
+            && up.writable
+            && !cin.is_empty()
+        {
+            let head_rem = &head.data()[x.head_sent..];
+            let head_len = head_rem.len();
+            let body_n = (*rem).min(cin.len() as u64) as usize;
+            match up.write2(head_rem, &cin.data()[..body_n]) {
+                Ok(n) => {
+                    let h = n.min(head_len);
+                    x.head_sent += h;
+                    let b = n - h;
+                    if b > 0 {
+                        cin.consume(b);
+                        *rem -= b as u64;
+                        x.body_started = true;
+                    }
+                    moved |= n > 0;
+                }
+                Err(_) => {
+                    x.up_write_failed = true;
+                    return Ok(moved);
+                }
+            }
+        }
         if let Some(head) = x.head.as_ref() {
             while x.head_sent < head.len() && up.writable {
                 match up.write_some(&head.data()[x.head_sent..]) {
@@ -960,17 +989,14 @@ impl Exchange {
             return Ok(false);
         };
         let mut moved = false;
-        loop {
-            // The response head (and de-chunked data) go first.
-            if !c.out_empty() {
+        while let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) {
+            if *dechunk && !c.out_empty() {
+                // De-chunked data wait in `cout`: flush it before decoding more.
                 moved |= c.flush_out(core)?;
                 if !c.out_empty() {
                     break;
                 }
             }
-            let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) else {
-                break;
-            };
             match left {
                 BodyLeft::Done => {
                     // Bytes after the end of the response: the connection is not reusable.
@@ -1011,10 +1037,17 @@ impl Exchange {
             if x.resp_ready == 0 || !c.sock.writable {
                 break;
             }
-            let w = c
+            // Whatever is queued (the response head) and the body bytes in one write.
+            let head = c.cout.as_ref().map_or(&[][..], |o| o.data());
+            let queued = head.len();
+            let n = c
                 .sock
-                .write_some(&uin.data()[..x.resp_ready])
+                .write2(head, &uin.data()[..x.resp_ready])
                 .map_err(|_| ())?;
+            if let Some(o) = c.cout.as_mut() {
+                o.consume(n.min(queued));
+            }
+            let w = n.saturating_sub(queued);
             uin.consume(w);
             x.resp_ready -= w;
             match left {
@@ -1029,8 +1062,8 @@ impl Exchange {
                 }
                 _ => {}
             }
-            moved |= w > 0;
-            if w == 0 {
+            moved |= n > 0;
+            if n == 0 {
                 break;
             }
         }

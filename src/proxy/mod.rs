@@ -97,7 +97,16 @@ pub fn run_standalone(opts: StandaloneOptions) -> i32 {
     match standalone_inputs(opts) {
         Ok(inputs) => run_loop(inputs),
         Err(e) => {
-            eprintln!("goloadbalancer proxy: {e}");
+            // Under systemd the journal files the line by its priority prefix.
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                crate::error!(
+                    "proxy_config_invalid",
+                    "error={}",
+                    crate::sys::log::quote(&e)
+                );
+            } else {
+                eprintln!("goloadbalancer proxy: {e}");
+            }
             2
         }
     }

@@ -18,6 +18,9 @@ pub struct Sock {
     pub readable: bool,
     /// A write may make progress.
     pub writable: bool,
+    /// The peer's FIN (or an error) was reported: reads must go on until they say so, as no
+    /// further edge will come.
+    pub read_closed: bool,
 }
 
 /// Whether an I/O error means "try again later".
@@ -47,6 +50,7 @@ impl Sock {
             s,
             readable: false,
             writable: false,
+            read_closed: false,
         }
     }
 
@@ -55,6 +59,9 @@ impl Sock {
     pub fn note(&mut self, ev: &Event) {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             self.readable = true;
+        }
+        if ev.is_read_closed() || ev.is_error() {
+            self.read_closed = true;
         }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             self.writable = true;
@@ -65,8 +72,15 @@ impl Sock {
     pub fn read_into(&mut self, buf: &mut Buf) -> io::Result<ReadResult> {
         loop {
             return match buf.read_from(&mut self.s) {
-                Ok(0) => Ok(ReadResult::Eof),
-                Ok(_) => Ok(ReadResult::Data),
+                Ok((0, _)) => Ok(ReadResult::Eof),
+                Ok((n, asked)) => {
+                    // A short read emptied the socket: edge-triggered epoll reports the next
+                    // arrival, so the read that would only say EAGAIN is saved.
+                    if n < asked && !self.read_closed {
+                        self.readable = false;
+                    }
+                    Ok(ReadResult::Data)
+                }
                 Err(e) if would_block(&e) => {
                     self.readable = false;
                     Ok(ReadResult::Blocked)
@@ -82,7 +96,45 @@ impl Sock {
         loop {
             return match self.s.write(data) {
                 Ok(0) if !data.is_empty() => Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => Ok(n),
+                Ok(n) => {
+                    // A short write filled the socket buffer: wait for the next edge.
+                    if n < data.len() {
+                        self.writable = false;
+                    }
+                    Ok(n)
+                }
+                Err(e) if would_block(&e) => {
+                    self.writable = false;
+                    Ok(0)
+                }
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => Err(e),
+            };
+        }
+    }
+
+    /// One vectored write of `a` then `b` (a head and the body after it: one syscall, one
+    /// segment); 0 when the socket cannot take more now.
+    pub fn write2(&mut self, a: &[u8], b: &[u8]) -> io::Result<usize> {
+        if a.is_empty() {
+            return self.write_some(b);
+        }
+        if b.is_empty() {
+            return self.write_some(a);
+        }
+        let total = a.len() + b.len();
+        loop {
+            return match self
+                .s
+                .write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)])
+            {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    if n < total {
+                        self.writable = false;
+                    }
+                    Ok(n)
+                }
                 Err(e) if would_block(&e) => {
                     self.writable = false;
                     Ok(0)

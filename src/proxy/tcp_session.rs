@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mio::event::Event;
 
+use super::backends::Tried;
 use super::core::{Core, UpConn};
 use super::http_session::Flow;
 use super::sock::{Half, Sock};
@@ -18,7 +19,7 @@ pub struct TcpSession {
     generation: u32,
     client: Sock,
     up: Option<UpConn>,
-    tried: Vec<usize>,
+    tried: Tried,
     c2u: Half,
     u2c: Half,
     deadline: Deadline,
@@ -33,7 +34,7 @@ impl TcpSession {
             generation: core.slab.gen_of(slot),
             client: Sock::new(sock),
             up: None,
-            tried: Vec::new(),
+            tried: Tried::default(),
             c2u: Half::new(None),
             u2c: Half::new(None),
             deadline: Deadline::none(),
