@@ -32,11 +32,12 @@ fn tools(names: &[&str]) -> bool {
     false
 }
 
-/// Runs `bash <script> args` with a hard deadline (the script is killed after it).
+/// Runs `bash <script> args` with a hard deadline (the script is stopped after it).
 fn run(name: &str, args: &[&str], deadline: Duration) -> Output {
+    // TERM first so the script's trap stops what it started; KILL 15 s later.
     let out = Command::new("timeout")
-        .arg("-s")
-        .arg("KILL")
+        .arg("-k")
+        .arg("15")
         .arg(deadline.as_secs().to_string())
         .arg("bash")
         .arg(script(name))
@@ -319,4 +320,39 @@ fn load_quick_with_wrk_reports_rate_latency_and_workers() {
     assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
     let rps: f64 = summary(&o, "rps").parse().expect("rps");
     assert!(rps > 0.0);
+}
+
+#[test]
+fn chaos_quick_passes_every_step() {
+    if !tools(&["curl", "jq", "awk", "ps"]) {
+        return;
+    }
+    let o = run(
+        "chaos.sh",
+        &["--quick", "--bin", common::bin()],
+        Duration::from_secs(400),
+    );
+    let out = stdout(&o);
+    for step in [
+        "baseline",
+        "kill-lb",
+        "kill-worker",
+        "reload-up",
+        "reload-down",
+        "scale-out",
+        "scale-in",
+        "stop",
+    ] {
+        let line = out
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with(&format!("{step} ")))
+            .unwrap_or_else(|| panic!("no result line for {step}"));
+        assert!(
+            line.split_whitespace().nth(1) == Some("ok"),
+            "step {step}: {line}"
+        );
+    }
+    assert!(out.contains("chaos: all steps ok"));
+    assert_eq!(o.status.code(), Some(0));
 }

@@ -1,0 +1,224 @@
+//! Autoscaling, black-box: the real `goloadbalancer run` with the process runtime, one worker
+//! at start, a few hundred ms of delay per request and failure 0. Sustained concurrent load
+//! well above the target makes the workers rise to `max`; when the load stops they fall back
+//! to `min`; not one request fails over the whole run. The worker count is read from the
+//! admin `/status`.
+//!
+//! Bounds (generous; the machine is shared): with breach-ms 1000 and cooldown-ms 1000 the rule
+//! needs about 2 s per step, so 1 -> 3 takes ~3 s plus worker start-up; the test allows 30 s
+//! for the rise and 30 s for the fall (scale-in also drains the leaving worker first).
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Proc, TempDir};
+
+const MIN: usize = 1;
+const MAX: usize = 3;
+const CLIENTS: usize = 16;
+const RISE_BOUND: Duration = Duration::from_secs(30);
+const FALL_BOUND: Duration = Duration::from_secs(30);
+
+/// The admin /status as JSON; None while it does not answer.
+fn status(admin: SocketAddr) -> Option<serde_json::Value> {
+    let r = common::get(admin, "/status").ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    serde_json::from_slice(&r.body).ok()
+}
+
+/// Workers in /status taking requests (`workers_actual`: healthy and active in the backend
+/// set), and all workers listed (any state, draining ones included).
+fn worker_counts(v: &serde_json::Value) -> (usize, usize) {
+    let all = v["workers"].as_array().map_or(0, |w| w.len());
+    let active = v["workers_actual"].as_u64().unwrap_or(0) as usize;
+    (active, all)
+}
+
+/// Polls /status until `pred(active, all)` holds; returns the time it took, or None after
+/// `bound` (with the last status printed).
+fn wait_workers(
+    admin: SocketAddr,
+    bound: Duration,
+    pred: impl Fn(usize, usize) -> bool,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < bound {
+        if let Some(v) = status(admin) {
+            let (active, all) = worker_counts(&v);
+            if pred(active, all) {
+                return Some(start.elapsed());
+            }
+            last = Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("last /status: {last:#?}");
+    None
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One client: keep-alive GETs of /api/v1/hello until `stop`; every error or non-200 counts
+/// as failed (and the connection is replaced).
+fn client(lb: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
+    let req = b"GET /api/v1/hello HTTP/1.1\r\nHost: autoscale-test\r\n\r\n";
+    let mut conn = None;
+    let mut pending = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let s = match conn.as_mut() {
+            Some(s) => s,
+            None => match std::net::TcpStream::connect_timeout(&lb, Duration::from_secs(5)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+                    s.set_write_timeout(Some(Duration::from_secs(20))).ok();
+                    pending.clear();
+                    conn.insert(s)
+                }
+                Err(e) => {
+                    eprintln!("client: connect: {e}");
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            },
+        };
+        let result = s
+            .write_all(req)
+            .and_then(|_| common::read_response(s, &mut pending, false));
+        match result {
+            Ok(r) if r.status == 200 => {
+                counts.ok.fetch_add(1, Ordering::Relaxed);
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                {
+                    conn = None;
+                }
+            }
+            Ok(r) => {
+                eprintln!("client: status {} body {}", r.status, r.text());
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+            Err(e) => {
+                eprintln!("client: {e}");
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+        }
+    }
+}
+
+#[test]
+fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
+    let dir = TempDir::new("autoscale");
+    let lb_port = common::free_port_range(1);
+    let worker_port = common::free_port_range(MAX as u16 + 2);
+    let admin_port = common::free_port();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "worker: 1\n\
+             pool: 1\n\
+             stats-dir: {db}\n\
+             avg-delay: 300\n\
+             failure: 0\n\
+             load-balancer-port: {lb_port}\n\
+             worker-port: {worker_port}\n\
+             instance: autoscale-test-{pid}\n\
+             runtime: process\n\
+             listen-address: 127.0.0.1\n\
+             admin-port: {admin_port}\n\
+             drain-timeout-ms: 10000\n\
+             health-interval-ms: 500\n\
+             autoscale:\n  \
+               enabled: true\n  \
+               min: {MIN}\n  \
+               max: {MAX}\n  \
+               target-inflight: 2\n  \
+               breach-ms: 1000\n  \
+               cooldown-ms: 1000\n  \
+               step: 1\n",
+            db = dir.join("stats.db").display(),
+            pid = std::process::id(),
+        ),
+    )
+    .expect("write config");
+    let mut sup = Proc::start(
+        "supervisor",
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+    );
+    let lb: SocketAddr = format!("127.0.0.1:{lb_port}").parse().expect("addr");
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    common::wait_for_port(lb, Duration::from_secs(30));
+    common::wait_for_port(admin, Duration::from_secs(30));
+    assert!(
+        wait_workers(admin, Duration::from_secs(30), |a, _| a == 1).is_some(),
+        "one worker at start"
+    );
+
+    // 16 clients on 300 ms requests keep ~16 in flight: 16 per worker at 1, 5.3 at 3 workers,
+    // always above the target 2, so the autoscaler must go all the way to max.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || client(lb, stop, counts))
+        })
+        .collect();
+
+    let rose = wait_workers(admin, RISE_BOUND, |a, _| a == MAX);
+    // Hold the load a little longer at max: it must stay there (never above).
+    std::thread::sleep(Duration::from_secs(2));
+    let at_max = status(admin).map(|v| worker_counts(&v));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let under_load = (
+        counts.ok.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+    );
+    let rose = rose.unwrap_or_else(|| panic!("workers did not reach {MAX} within {RISE_BOUND:?}"));
+    eprintln!("scale-out 1 -> {MAX} took {rose:?}; requests ok/failed {under_load:?}");
+    assert_eq!(at_max, Some((MAX, MAX)), "stays at max under load");
+
+    // No load: back to min, the leaving workers drained and gone from /status.
+    let fell = wait_workers(admin, FALL_BOUND, |a, all| a == MIN && all == MIN)
+        .unwrap_or_else(|| panic!("workers did not fall to {MIN} within {FALL_BOUND:?}"));
+    eprintln!("scale-in {MAX} -> {MIN} took {fell:?}");
+
+    // The remaining worker still answers, and no request failed over the whole run.
+    let r = common::get(lb, "/api/v1/hello").expect("hello after scale-in");
+    assert_eq!(r.status, 200);
+    assert_eq!(under_load.1, 0, "failed requests during the run");
+    assert!(under_load.0 >= 50, "load ran: {} requests", under_load.0);
+
+    let v = status(admin).expect("status");
+    let a = &v["autoscale"];
+    assert_eq!(a["enabled"], true, "{a}");
+    assert_eq!(a["desired"], MIN, "{a}");
+    assert!(a["scale_outs"].as_u64() >= Some(MAX as u64 - 1), "{a}");
+    assert!(a["scale_ins"].as_u64() >= Some(MAX as u64 - 1), "{a}");
+    assert_eq!(a["last_decision"]["action"], "scale_in", "{a}");
+
+    sup.signal(15);
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean stop"
+    );
+}
