@@ -41,11 +41,12 @@ impl Note {
         self.get(key) == Some(value)
     }
 
-    /// A datagram that only reports (STATUS=, WATCHDOG=1): allowed anywhere.
+    /// A datagram that only reports (STATUS=, WATCHDOG=1, EXTEND_TIMEOUT_USEC=): allowed
+    /// anywhere.
     fn is_routine(&self) -> bool {
-        self.fields
-            .iter()
-            .all(|(k, v)| k == "STATUS" || (k == "WATCHDOG" && v == "1"))
+        self.fields.iter().all(|(k, v)| {
+            k == "STATUS" || k == "EXTEND_TIMEOUT_USEC" || (k == "WATCHDOG" && v == "1")
+        })
     }
 }
 
@@ -294,6 +295,16 @@ fn start_watchdog_reload_stop_sequence() {
         // but routine datagrams.
         run.signal(15);
         notify.expect("STOPPING", "1", Duration::from_secs(10), "stop");
+        // Optional: more time for the stop than TimeoutStopSec; never less than the drain.
+        for n in notify.seen.iter() {
+            if let Some(v) = n.get("EXTEND_TIMEOUT_USEC") {
+                let usec: u64 = v.parse().expect("EXTEND_TIMEOUT_USEC is a number");
+                assert!(
+                    usec >= 3_000_000,
+                    "EXTEND_TIMEOUT_USEC={usec} < the 3 s drain"
+                );
+            }
+        }
         let code = run.wait_exit(Duration::from_secs(60));
         assert_eq!(code, Some(0), "exit status after SIGTERM");
         while let Some(note) = notify.recv(Duration::from_millis(300)) {
@@ -310,6 +321,7 @@ fn start_watchdog_reload_stop_sequence() {
             .seen
             .iter()
             .flat_map(|n| n.fields.iter().map(|(k, _)| k.as_str()))
+            .filter(|k| *k != "EXTEND_TIMEOUT_USEC")
             .collect();
         assert_eq!(
             keys.into_iter().collect::<Vec<_>>(),

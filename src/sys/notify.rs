@@ -59,6 +59,13 @@ pub fn status(status: &str) {
     send(&format!("STATUS={status}"));
 }
 
+/// `EXTEND_TIMEOUT_USEC=`: asks systemd to wait `d` longer before the timeout of the current
+/// phase (start, stop) fires, e.g. at STOPPING=1 for a drain-timeout-ms above the unit's
+/// TimeoutStopSec. Must be repeated before `d` runs out to extend again (systemd >= 236).
+pub fn extend_timeout(d: Duration) {
+    send(&format!("EXTEND_TIMEOUT_USEC={}", d.as_micros()));
+}
+
 /// `WATCHDOG=1`: the supervisor's loop is alive.
 pub fn watchdog() {
     send("WATCHDOG=1");
