@@ -129,6 +129,8 @@ enum JobKind {
     SweepList,
     /// Stop: `docker rm -f` of it.
     SweepRemove,
+    /// After a build: old unused worker images removed.
+    PruneImages,
 }
 
 /// An LB listener bound by the supervisor and inherited by its children.
@@ -741,6 +743,14 @@ impl Supervisor {
                 if out.success {
                     info!("worker_image_built", "image_id={}", out.stdout.trim());
                     self.image_ready = true;
+                    if let Some(Runtime::Docker(d)) = &self.runtime {
+                        let cmd = d.prune_images();
+                        self.spawn_job(
+                            cmd,
+                            JobKind::PruneImages,
+                            Instant::now() + DOCKER_CALL_TIMEOUT,
+                        );
+                    }
                     self.maybe_docker_ready();
                 } else {
                     self.fatal(format!("docker build failed: {}", out.error_text()));
@@ -774,6 +784,11 @@ impl Supervisor {
                         JobKind::SweepRemove,
                         Instant::now() + DOCKER_CALL_TIMEOUT,
                     );
+                }
+            }
+            JobKind::PruneImages => {
+                if !out.success {
+                    warn!("image_prune_failed", "error={}", quote(&out.error_text()));
                 }
             }
             JobKind::SweepRemove => {

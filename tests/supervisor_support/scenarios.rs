@@ -89,10 +89,10 @@ pub fn seed(name: &str, runtime: &'static str) {
             let text = m.text();
             ids.iter().all(|id| {
                 text.contains(&format!(
-                    "glb_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
+                    "goloadbalancer_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
                 ))
-            }) && text.contains("glb_workers_desired 3\n")
-                && text.contains("glb_workers_actual 3\n")
+            }) && text.contains("goloadbalancer_workers_desired 3\n")
+                && text.contains("goloadbalancer_workers_actual 3\n")
         },
     );
     let st = s.status();
