@@ -818,6 +818,11 @@ impl Supervisor {
         notify::stopping();
         let now = Instant::now();
         let timeout = self.cfg.drain_timeout_ms;
+        // The whole stop may take the drain twice (children, then workers) plus docker calls:
+        // ask systemd for that much so a long drain-timeout-ms is honoured.
+        notify::extend_timeout(
+            Duration::from_millis(timeout.saturating_mul(2)) + Duration::from_secs(30),
+        );
         let deadline = now + Duration::from_millis(timeout) + Duration::from_secs(2);
         self.drain_all_children(timeout, deadline);
         // Our copies of the LB listeners go now: each port closes as soon as its children

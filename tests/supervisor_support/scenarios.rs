@@ -415,3 +415,41 @@ pub fn worker_never_healthy(name: &str) {
     );
     assert!(log.contains("event=stopped"), "{}", s.log_tail());
 }
+
+/// A reload that needs new LB children (`mode` and `pool` change) under load: the new
+/// children are forked on the kept listeners before the old ones drain, so no connection is
+/// refused and no request fails; the new port serves too.
+pub fn reload_replaces_children(name: &str, runtime: &'static str) {
+    let mut s = Stack::start_ready(name, StackSpec::seed(runtime));
+    let old: Vec<i64> = child_pids(&s.status());
+    let load = Load::start(vec![s.lb(0), s.lb(1)], 6);
+    std::thread::sleep(Duration::from_millis(1000));
+    // pool 2 -> 3 in TCP mode: lb.0 and lb.1 are replaced (mode), lb.2 is new on a new port.
+    let text = s
+        .config_text(3, "mode: tcp")
+        .replace("pool: 2\n", "pool: 3\n");
+    std::fs::write(&s.config, text).expect("write config");
+    s.signal(SIGHUP);
+    let st = s.wait_status("3 new children", Duration::from_secs(60), |st| {
+        let cs = st["children"].as_array().cloned().unwrap_or_default();
+        cs.len() == 3
+            && cs
+                .iter()
+                .all(|c| c["state"] == "running" && !old.contains(&c["pid"].as_i64().unwrap_or(0)))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let c = load.finish();
+    eprintln!("reload replacing children ({runtime}): {c:?}");
+    assert_eq!(c.refused, 0, "no refused connection: {:?}", c.errors);
+    assert_eq!(c.failed, 0, "no failed request: {:?}", c.errors);
+    assert!(c.ok > 20, "the load ran: {c:?}");
+    assert_eq!(st["listeners"].as_array().map(|l| l.len()), Some(3));
+    for pid in old {
+        wait_until(
+            "old children exit after draining",
+            Duration::from_secs(30),
+            || !alive(pid),
+        );
+    }
+    hello(s.lb(2)).expect("the new port serves");
+}
