@@ -26,6 +26,9 @@ const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
 
+/// How long an idle keep-alive connection stays open once a drain starts (bounded by the
+/// drain timeout), so a request already on its way is answered rather than reset.
+const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// Longest control line accepted (a backend set of thousands fits easily).
@@ -362,11 +365,22 @@ impl Server {
         for i in 0..self.core.backends.list.len() {
             self.core.close_pool(i);
         }
+        // Idle keep-alive connections are not closed at once: a client may have sent its next
+        // request already (still unread in the kernel) and closing would reset it. They get a
+        // short grace: a request arriving meanwhile is answered with `Connection: close`; the
+        // rest close silently when it ends.
+        let grace = DRAIN_IDLE_GRACE_MS.min(timeout_ms);
         for i in self.core.slab.session_indices() {
-            let idle = matches!(self.core.slab.get_mut(i), Some(Slot::Http(h)) if h.is_idle());
-            if idle && let Slot::Http(h) = self.core.slab.set(i, Slot::Taken) {
-                h.close(&mut self.core);
-                self.core.slab.remove(i);
+            match self.core.slab.set(i, Slot::Taken) {
+                Slot::Http(mut h) => {
+                    if h.is_idle() {
+                        h.drain_idle(&mut self.core, grace);
+                    }
+                    self.core.slab.set(i, Slot::Http(h));
+                }
+                other => {
+                    self.core.slab.set(i, other);
+                }
             }
         }
     }

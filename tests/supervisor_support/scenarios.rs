@@ -453,3 +453,35 @@ pub fn reload_replaces_children(name: &str, runtime: &'static str) {
     }
     hello(s.lb(2)).expect("the new port serves");
 }
+
+/// A second SIGTERM while the first one waits for a slow client forces the stop: exit 1 at
+/// once, no child or worker left.
+pub fn second_signal_forces(name: &str, runtime: &'static str) {
+    let mut spec = StackSpec::seed(runtime);
+    spec.drain_timeout_ms = 60_000;
+    let mut s = Stack::start_ready(name, spec);
+    let st = s.status();
+    let pids: Vec<i64> = child_pids(&st)
+        .into_iter()
+        .chain(worker_pids(&st))
+        .collect();
+    // Half a request head: the LB child keeps waiting for it while it drains.
+    let mut slow = std::net::TcpStream::connect(s.lb(0)).expect("connect");
+    std::io::Write::write_all(&mut slow, b"GET /api/v1/hello HTTP/1.1\r\n").expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(SIGTERM);
+    std::thread::sleep(Duration::from_millis(1000));
+    let p = s.proc.as_mut().expect("supervisor");
+    assert!(p.alive(), "the first SIGTERM waits for the draining child");
+    p.signal(SIGTERM);
+    let code = p.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "a forced stop exits 1\n{}", s.log_tail());
+    wait_until("everything killed", Duration::from_secs(15), || {
+        pids.iter().all(|&pid| !alive(pid))
+    });
+    if runtime == "docker" {
+        assert_eq!(containers(&s.instance), Vec::<String>::new());
+    }
+    assert!(s.log_text().contains("event=forced_stop"));
+    drop(slow);
+}
