@@ -10,9 +10,11 @@ usage: scripts/bench.sh [options]
 Starts two fast backends (nginx answering a 6-byte body when nginx is installed, else
 `goloadbalancer worker --avg-delay 0 --failure 0`), then puts each proxy in front of them in
 turn, one process / one thread each:
-  glb      goloadbalancer proxy (release build), round-robin, upstream keep-alive
+  glb      goloadbalancer proxy (release build), round-robin, upstream-pool-size 512
   haproxy  HAProxy, nbthread 1, mode http, roundrobin, http-reuse always   (when installed)
-  nginx    nginx, worker_processes 1, upstream keepalive 32                 (when installed)
+  nginx    nginx, worker_processes 1, upstream keepalive 512                (when installed)
+(idle upstream connections kept: up to 512 for each, HAProxy's default being unlimited, so
+none of them reconnects per request at 512 client connections)
   direct   wrk straight at one backend (the ceiling)
 For each, at each connection count: wrk req/s, p50 and p99 latency, the proxy's CPU time
 per request (utime+stime from /proc, the figure least disturbed by noisy neighbours) and
@@ -27,6 +29,8 @@ options:
       --only LIST         proxies to run, comma-separated (default glb,haproxy,nginx,direct)
       --quick             CI smoke: 64 connections, 2 s, 1 rep, 1000 idle connections
       --no-build          use the existing release binary
+      --bin PATH          use this goloadbalancer binary (implies --no-build; figures
+                          from a debug build are not performance figures)
   -h, --help              this text
 
 The last lines are machine-readable:
@@ -50,6 +54,7 @@ reps=3
 idle=10000
 only="glb,haproxy,nginx,direct"
 build=1
+bin=""
 while [ $# -gt 0 ]; do
     case "$1" in
     -c | --connections) conns_list="${2:?}"; shift 2 ;;
@@ -59,6 +64,7 @@ while [ $# -gt 0 ]; do
     --only) only="${2:?}"; shift 2 ;;
     --quick) conns_list=64; duration=2; reps=1; idle=1000; shift ;;
     --no-build) build=0; shift ;;
+    --bin) bin="${2:?}"; build=0; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -74,8 +80,8 @@ root=$(pwd)
 if [ "$build" = 1 ]; then
     cargo build --release --quiet
 fi
-glb="$root/target/x86_64-unknown-linux-gnu/release/goloadbalancer"
-[ -x "$glb" ] || die "no release binary at $glb (run without --no-build)"
+glb="${bin:-$root/target/x86_64-unknown-linux-gnu/release/goloadbalancer}"
+[ -x "$glb" ] || die "no binary at $glb (run without --no-build)"
 
 work=$(mktemp -d /tmp/glb-bench.XXXXXX)
 pids=()
@@ -141,7 +147,7 @@ wait_port "$b2"
 start_glb() {
     port=$(free_port)
     "$glb" proxy --listen "127.0.0.1:$port" --backend "127.0.0.1:$b1" --backend "127.0.0.1:$b2" \
-        --max-connections 20000 --health-path / >"$work/glb.log" 2>&1 &
+        --max-connections 20000 --upstream-pool-size 512 --health-path / >"$work/glb.log" 2>&1 &
     pids+=($!)
     ppids=($!)
     wait_port "$port"
@@ -198,7 +204,7 @@ http {
     upstream be {
         server 127.0.0.1:$b1;
         server 127.0.0.1:$b2;
-        keepalive 32;
+        keepalive 512;
     }
     server {
         listen 127.0.0.1:$port;

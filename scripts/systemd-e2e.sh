@@ -13,6 +13,8 @@ usage: scripts/systemd-e2e.sh [options]
   --binary PATH   the goloadbalancer binary to install (default: cargo build --release)
   --boot-only     only build the root, boot systemd and check systemctl works
   --rebuild-root  rebuild the Debian root even when its image is cached
+  --no-docker     skip the phase that runs the docker runtime under the unit against the
+                  host's engine (it needs /var/run/docker.sock and host ports)
   --keep          leave the container running at the end (for debugging; remove it with
                   `docker rm -f <name>`)
   -h, --help      this text
@@ -30,12 +32,14 @@ binary=""
 boot_only=0
 rebuild=0
 keep=0
+docker_phase=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
         --boot-only) boot_only=1; shift ;;
         --rebuild-root) rebuild=1; shift ;;
         --keep) keep=1; shift ;;
+        --no-docker) docker_phase=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "systemd-e2e: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -63,17 +67,26 @@ phase_done() {
 }
 
 container=""
+created=()
 root_dir=""
+instance=""
+db_dir=""
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     local rc=$?
-    if [ -n "$container" ]; then
+    local c
+    for c in "${created[@]}"; do
         if [ $keep = 1 ]; then
-            echo "systemd-e2e: container $container kept (docker rm -f $container)"
+            echo "systemd-e2e: container $c kept (docker rm -f $c)"
         else
-            docker rm -f "$container" >/dev/null 2>&1 || true
+            docker rm -f "$c" >/dev/null 2>&1 || true
         fi
+    done
+    if [ -n "$instance" ] && [ $keep = 0 ]; then
+        # Worker containers of the docker phase, should the supervisor not have removed them.
+        docker ps -aq --filter "label=goloadbalancer.instance=$instance" | xargs -r docker rm -f >/dev/null 2>&1 || true
     fi
+    [ -n "$db_dir" ] && [ $keep = 0 ] && rm -rf "$db_dir"
     [ -n "$root_dir" ] && rm -rf "$root_dir"
     exit $rc
 }
@@ -194,6 +207,7 @@ for args in "${candidates[@]}"; do
         continue
     fi
     rm -f "/tmp/$container.err"
+    created+=("$container")
     if wait_booted; then
         used="$args"
         break
@@ -455,6 +469,125 @@ if cx systemctl cat goloadbalancer.service >/dev/null 2>&1; then fail "unit stil
 cx test ! -e /usr/local/bin/goloadbalancer || fail "binary left after uninstall"
 cx test -f /etc/goloadbalancer/config.yaml || fail "uninstall removed the edited config"
 phase_done "uninstall"
+
+log "docker runtime under the hardened unit"
+# The same unit, now with `runtime: auto` and the host's docker engine reachable: the docker
+# CLI in the container talks to the host's socket, so workers are real containers on the
+# host. Paths and ports must mean the same on both sides: the container shares the host's
+# network, and the database directory is bind-mounted at the same path.
+if [ $docker_phase = 0 ]; then
+    echo "systemd-e2e: skipped (--no-docker)"
+elif [ ! -S /var/run/docker.sock ] || ! command -v docker >/dev/null; then
+    echo "systemd-e2e: skipped: no /var/run/docker.sock here"
+else
+    docker rm -f "$container" >/dev/null 2>&1 || true
+    instance="glb-e2e-$$"
+    db_dir="/var/lib/$instance"
+    mkdir -p "$db_dir"
+    docker_gid="$(stat -c %g /var/run/docker.sock)"
+    # Three free host ports runs: LB (2), workers (3), admin (1), below the ephemeral range.
+    port_free() { ! ss -Hltn "sport = :$1" | grep . >/dev/null; }
+    pick_base() {
+        local n="$1" base i ok
+        for _ in $(seq 1 50); do
+            base=$((20000 + RANDOM % 10000))
+            ok=1
+            for i in $(seq 0 $((n - 1))); do port_free $((base + i)) || ok=0; done
+            [ $ok = 1 ] && { echo "$base"; return 0; }
+        done
+        return 1
+    }
+    lb_port="$(pick_base 2)" || fail "no free host ports"
+    worker_port="$(pick_base 3)" || fail "no free host ports"
+    admin_port="$(pick_base 1)" || fail "no free host ports"
+    container="glb-e2e-docker-$$-$RANDOM"
+    # shellcheck disable=SC2086 # $used is a list of docker options
+    docker run -d -t --name "$container" --network host --tmpfs /run --tmpfs /run/lock \
+        --tmpfs /tmp -v /var/run/docker.sock:/run/docker.sock -v "$db_dir:$db_dir" \
+        $used "$image" >/dev/null || fail "docker run (docker phase) refused"
+    created+=("$container")
+    wait_booted || fail "systemd did not boot in the docker-phase container"
+    cx mkdir -p /opt/glb-src /opt/glb
+    docker cp "$binary" "$container:/opt/glb/goloadbalancer" >/dev/null
+    docker cp "$(command -v docker)" "$container:/usr/local/bin/docker" >/dev/null
+    tar -C "$repo" -c scripts/install.sh systemd config.yaml README.md |
+        docker exec -i "$container" tar -C /opt/glb-src -x
+    # The docker group with the socket's gid: install.sh then writes the drop-in.
+    cx groupadd -g "$docker_gid" docker
+    cx /opt/glb-src/scripts/install.sh --binary /opt/glb/goloadbalancer >/dev/null || fail "install.sh failed"
+    cx test -f /etc/systemd/system/goloadbalancer.service.d/10-docker.conf ||
+        fail "install.sh wrote no docker drop-in although the docker group exists"
+    chown "$(cx id -u goloadbalancer):$(cx id -g goloadbalancer)" "$db_dir"
+    chmod 0750 "$db_dir"
+    docker exec -i "$container" tee /etc/goloadbalancer/config.yaml >/dev/null <<YAML
+# systemd-e2e, docker phase
+worker: 2
+pool: 2
+stats-dir: $db_dir/worker-stats.db
+avg-delay: 20
+failure: 0
+load-balancer-port: $lb_port
+worker-port: $worker_port
+admin-port: $admin_port
+instance: $instance
+listen-address: 127.0.0.1
+runtime: auto
+drain-timeout-ms: 5000
+YAML
+    # A database outside the state directory needs a ReadWritePaths= drop-in (README).
+    printf '[Service]\nReadWritePaths=%s\n' "$db_dir" |
+        docker exec -i "$container" tee /etc/systemd/system/goloadbalancer.service.d/50-e2e-db.conf >/dev/null
+    cx systemctl daemon-reload
+    timeout 300 docker exec "$container" systemctl start goloadbalancer || fail "systemctl start (docker) failed"
+    main_pid="$(show MainPID)"
+    cx journalctl -u goloadbalancer --no-pager -o cat | grep 'event=runtime_chosen runtime=docker' >/dev/null ||
+        fail "runtime auto did not choose docker under the unit"
+    running="$(docker ps -q --filter "label=goloadbalancer.instance=$instance" | wc -l)"
+    [ "$running" = 2 ] || fail "$running worker containers for $instance, expected 2"
+    for port in "$lb_port" $((lb_port + 1)); do
+        body="$(curl -fsS --max-time 10 "http://127.0.0.1:$port/api/v1/hello")" ||
+            fail "GET :$port/api/v1/hello (docker workers) failed"
+        case "$body" in *"hello from container: "*) ;; *) fail "unexpected body: $body" ;; esac
+    done
+    echo "systemd-e2e: hardened unit as user goloadbalancer started 2 worker containers; LB ports answer"
+    # Reload under load: one more container, no failed request.
+    ok=0
+    bad=0
+    (
+        o=0 b=0
+        while [ ! -e "$db_dir/stop" ]; do
+            code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 15 "http://127.0.0.1:$lb_port/api/v1/hello")"
+            if [ "$code" = 200 ]; then o=$((o + 1)); else b=$((b + 1)); fi
+        done
+        echo "$o $b" >"$db_dir/load.result"
+    ) &
+    load_pid=$!
+    sleep 2
+    cx sed -i 's/^worker: 2$/worker: 3/' /etc/goloadbalancer/config.yaml
+    timeout 60 docker exec "$container" systemctl reload goloadbalancer || fail "systemctl reload (docker) failed"
+    for _ in $(seq 1 120); do
+        case "$(show StatusText)" in *"workers 3/3"*) break ;; esac
+        sleep 0.5
+    done
+    case "$(show StatusText)" in *"workers 3/3"*) ;; *) fail "never workers 3/3: $(show StatusText)" ;; esac
+    sleep 2
+    touch "$db_dir/stop"
+    wait "$load_pid"
+    read -r ok bad <"$db_dir/load.result"
+    echo "systemd-e2e: docker reload under load: $ok ok, $bad failed"
+    [ "$bad" = 0 ] || fail "$bad requests failed across the reload (docker runtime)"
+    [ "$ok" -ge 10 ] || fail "only $ok requests ran across the reload (docker runtime)"
+    running="$(docker ps -q --filter "label=goloadbalancer.instance=$instance" | wc -l)"
+    [ "$running" = 3 ] || fail "$running worker containers after the reload, expected 3"
+    timeout 150 docker exec "$container" systemctl stop goloadbalancer || fail "systemctl stop (docker) failed"
+    [ "$(show Result)" = success ] || fail "Result=$(show Result) after stop (docker)"
+    left="$(docker ps -aq --filter "label=goloadbalancer.instance=$instance" | wc -l)"
+    [ "$left" = 0 ] || fail "$left containers of $instance left after systemctl stop"
+    cx journalctl -u goloadbalancer --no-pager -o cat "_PID=$main_pid" | grep 'event=stopped exit_code=0' >/dev/null ||
+        fail "no clean event=stopped from the supervisor (docker)"
+    echo "systemd-e2e: stopped: every worker container removed, exit 0"
+fi
+phase_done "docker runtime"
 
 echo
 echo "systemd-e2e: PASS in $(($(date +%s) - t_start))s (privileges: $used)"

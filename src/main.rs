@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use goloadbalancer::sys::log::quote;
 use goloadbalancer::{config, proxy, supervisor, worker};
 
 const USAGE: &str = "\
@@ -231,8 +232,13 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(msg) => {
-            eprintln!("goloadbalancer: {msg}");
-            eprint!("{USAGE}");
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                // Under systemd a bad ExecStart must reach `journalctl -p err` as one line.
+                goloadbalancer::error!("usage", "error={}", quote(&msg));
+            } else {
+                eprintln!("goloadbalancer: {msg}");
+                eprint!("{USAGE}");
+            }
             ExitCode::from(2)
         }
     }

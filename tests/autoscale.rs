@@ -123,9 +123,11 @@ fn client(lb: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
 #[test]
 fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
     let dir = TempDir::new("autoscale");
-    let lb_port = common::free_port_range(1);
-    let worker_port = common::free_port_range(MAX as u16 + 2);
-    let admin_port = common::free_port();
+    // Below the ephemeral range: workers bind their ports while the load's connections come
+    // and go (see common::quiet_port_range).
+    let lb_port = common::quiet_port_range(1);
+    let worker_port = common::quiet_port_range(MAX as u16 + 2);
+    let admin_port = common::quiet_port_range(1);
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,

@@ -248,7 +248,6 @@ fn targets_are_forwarded_byte_exact() {
 }
 
 #[test]
-#[ignore = "proxy still on its interim parser: see /work/brief/notes/proxy.md (http, conformance)"]
 fn asterisk_form_options() {
     let b = echo_backend();
     let (_p, addr) = proxy(&[&b], &[]);
@@ -825,7 +824,6 @@ fn check_rejections(addr: SocketAddr, b: &Backend, cases: &[(&str, &[u8], u16)])
 }
 
 #[test]
-#[ignore = "proxy still on its interim parser: see /work/brief/notes/proxy.md (http, conformance)"]
 fn malformed_requests_are_rejected_before_reaching_a_backend() {
     let b = echo_backend();
     let (_p, addr) = proxy(&[&b], &[]);
@@ -872,7 +870,6 @@ fn malformed_requests_are_rejected_before_reaching_a_backend() {
 }
 
 #[test]
-#[ignore = "proxy still on its interim parser: see /work/brief/notes/proxy.md (http, conformance)"]
 fn invalid_chunk_sizes_are_rejected() {
     let b = echo_backend();
     let (_p, addr) = proxy(&[&b], &[]);
@@ -905,7 +902,6 @@ fn invalid_chunk_sizes_are_rejected() {
 }
 
 #[test]
-#[ignore = "proxy still on its interim parser: see /work/brief/notes/proxy.md (http, conformance)"]
 fn limits_414_431_413() {
     let b = echo_backend();
     let (_p, addr) = proxy(
@@ -1027,7 +1023,6 @@ fn a_quiet_new_connection_is_closed_after_the_header_timeout() {
 // Backend failures
 
 #[test]
-#[ignore = "proxy still on its interim parser: see /work/brief/notes/proxy.md (http, conformance)"]
 fn bad_upstream_responses_become_502() {
     let b = Backend::start(|r: &Req| {
         let bytes: &[u8] = match r.target.as_str() {

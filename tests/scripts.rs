@@ -174,40 +174,61 @@ fn load_counts_refused_connections_and_fails_the_expectation() {
     assert!(stderr(&o).contains("expected no errors"));
 }
 
-/// Two real workers on one stats database, started directly (no supervisor).
-fn two_workers(dir: &common::TempDir) -> (common::Proc, common::Proc, u16) {
-    let base = common::free_port_range(2);
+/// A real worker on a port it picks itself (`--port 0`, read back from its `worker_started`
+/// log line): no port can be taken between a check and its bind. Its log goes on to stderr.
+fn start_worker(db: &str, id: &str) -> (common::Proc, u16) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(common::bin());
+    cmd.args([
+        "worker",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--id",
+        id,
+        "--db",
+        db,
+        "--avg-delay",
+        "5",
+        "--failure",
+        "0",
+    ])
+    .stderr(std::process::Stdio::piped());
+    let mut p = common::Proc::start_cmd(id, &mut cmd);
+    let stderr = p.child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("listen="))
+            {
+                let _ = tx.send(addr.to_string());
+            }
+            eprintln!("{line}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{id} did not log worker_started within 30 s"));
+    let port = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad listen= {addr}"));
+    (p, port)
+}
+
+/// Two real workers on one stats database, started directly (no supervisor); the `--ports`
+/// argument for load.sh.
+fn two_workers(dir: &common::TempDir) -> (common::Proc, common::Proc, String) {
     let db = dir.join("stats.db");
     let db = db.to_str().expect("utf-8 path");
-    let start = |port: u16, id: &str| {
-        let port_s = port.to_string();
-        let p = common::Proc::start(
-            id,
-            &[
-                "worker",
-                "--listen",
-                "127.0.0.1",
-                "--port",
-                &port_s,
-                "--id",
-                id,
-                "--db",
-                db,
-                "--avg-delay",
-                "5",
-                "--failure",
-                "0",
-            ],
-        );
-        common::wait_for_port(
-            format!("127.0.0.1:{port}").parse().expect("addr"),
-            Duration::from_secs(20),
-        );
-        p
-    };
-    let a = start(base, "worker-a");
-    let b = start(base + 1, "worker-b");
-    (a, b, base)
+    let (a, pa) = start_worker(db, "worker-a");
+    let (b, pb) = start_worker(db, "worker-b");
+    (a, b, format!("{pa},{pb}"))
 }
 
 /// `N requests)` from load.sh's per-worker header line.
@@ -247,8 +268,7 @@ fn load_quick_with_curl_reports_exact_per_worker_counts() {
         return;
     }
     let dir = common::TempDir::new("load-curl");
-    let (_a, _b, base) = two_workers(&dir);
-    let ports = format!("{base},{}", base + 1);
+    let (_a, _b, ports) = two_workers(&dir);
     let o = run(
         "load.sh",
         &[
@@ -288,8 +308,7 @@ fn load_quick_with_wrk_reports_rate_latency_and_workers() {
         return;
     }
     let dir = common::TempDir::new("load-wrk");
-    let (_a, _b, base) = two_workers(&dir);
-    let ports = format!("{base},{}", base + 1);
+    let (_a, _b, ports) = two_workers(&dir);
     let o = run(
         "load.sh",
         &[

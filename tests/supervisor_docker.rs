@@ -50,3 +50,10 @@ fn docker_killed_supervisor_leaves_containers_the_next_start_removes() {
 fn docker_sigterm_stops_and_removes_every_container() {
     run("docker_sigterm", || scenarios::sigterm("d-term", "docker"));
 }
+
+#[test]
+fn docker_second_stop_signal_forces_and_removes_containers() {
+    run("docker_second_signal", || {
+        scenarios::second_signal_forces("d-force", "docker")
+    });
+}

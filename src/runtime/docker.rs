@@ -96,6 +96,23 @@ impl Docker {
         cmd
     }
 
+    /// Removes worker images (ours by label) no container uses and built over a day ago: every
+    /// new binary gets a new tag, so old ones would pile up. An image in use is never removed.
+    pub fn prune_images(&self) -> Command {
+        let mut cmd = docker();
+        cmd.args([
+            "image",
+            "prune",
+            "-a",
+            "-f",
+            "--filter",
+            "label=goloadbalancer.worker-image=1",
+            "--filter",
+            "until=24h",
+        ]);
+        cmd
+    }
+
     /// Starts the worker container for `spec` (detached; prints the container id).
     pub fn run(&self, spec: &RunSpec) -> Command {
         let dir = spec

@@ -42,7 +42,10 @@ pub fn spawn(spec: &ProcessSpec<'_>) -> std::io::Result<Child> {
         .args(["--avg-delay", &spec.avg_delay.to_string()])
         .args(["--failure", &spec.failure.to_string()])
         .args(["--drain-timeout-ms", &spec.drain_timeout_ms.to_string()])
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // Its own process group: a Ctrl-C in the terminal reaches the supervisor (and its LB
+        // children), which stops the workers only after the children have drained.
+        .process_group(0);
     crate::sys::notify::forget_for_children(&mut cmd);
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls

@@ -129,6 +129,8 @@ enum JobKind {
     SweepList,
     /// Stop: `docker rm -f` of it.
     SweepRemove,
+    /// After a build: old unused worker images removed.
+    PruneImages,
 }
 
 /// An LB listener bound by the supervisor and inherited by its children.
@@ -741,6 +743,14 @@ impl Supervisor {
                 if out.success {
                     info!("worker_image_built", "image_id={}", out.stdout.trim());
                     self.image_ready = true;
+                    if let Some(Runtime::Docker(d)) = &self.runtime {
+                        let cmd = d.prune_images();
+                        self.spawn_job(
+                            cmd,
+                            JobKind::PruneImages,
+                            Instant::now() + DOCKER_CALL_TIMEOUT,
+                        );
+                    }
                     self.maybe_docker_ready();
                 } else {
                     self.fatal(format!("docker build failed: {}", out.error_text()));
@@ -776,6 +786,11 @@ impl Supervisor {
                     );
                 }
             }
+            JobKind::PruneImages => {
+                if !out.success {
+                    warn!("image_prune_failed", "error={}", quote(&out.error_text()));
+                }
+            }
             JobKind::SweepRemove => {
                 if !out.success {
                     warn!(
@@ -803,6 +818,11 @@ impl Supervisor {
         notify::stopping();
         let now = Instant::now();
         let timeout = self.cfg.drain_timeout_ms;
+        // The whole stop may take the drain twice (children, then workers) plus docker calls:
+        // ask systemd for that much so a long drain-timeout-ms is honoured.
+        notify::extend_timeout(
+            Duration::from_millis(timeout.saturating_mul(2)) + Duration::from_secs(30),
+        );
         let deadline = now + Duration::from_millis(timeout) + Duration::from_secs(2);
         self.drain_all_children(timeout, deadline);
         // Our copies of the LB listeners go now: each port closes as soon as its children

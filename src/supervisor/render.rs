@@ -147,43 +147,46 @@ impl Supervisor {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "# HELP glb_requests_total Responses sent to clients, by backend and status class."
+            "# HELP goloadbalancer_requests_total Responses sent to clients, by backend and status class."
         );
-        let _ = writeln!(o, "# TYPE glb_requests_total counter");
+        let _ = writeln!(o, "# TYPE goloadbalancer_requests_total counter");
         for (id, v) in &views {
             for (class, n) in CLASSES.iter().zip(v.totals.responses.iter()) {
                 let _ = writeln!(
                     o,
-                    "glb_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
+                    "goloadbalancer_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
                     label(id)
                 );
             }
         }
         let _ = writeln!(
             o,
-            "# HELP glb_backend_failures_total Connect failures, timeouts and broken responses, by backend."
+            "# HELP goloadbalancer_backend_failures_total Connect failures, timeouts and broken responses, by backend."
         );
-        let _ = writeln!(o, "# TYPE glb_backend_failures_total counter");
+        let _ = writeln!(o, "# TYPE goloadbalancer_backend_failures_total counter");
         for (id, v) in &views {
             let _ = writeln!(
                 o,
-                "glb_backend_failures_total{{backend=\"{}\"}} {}",
+                "goloadbalancer_backend_failures_total{{backend=\"{}\"}} {}",
                 label(id),
                 v.totals.failures
             );
         }
         let _ = writeln!(
             o,
-            "# HELP glb_request_duration_seconds Time from request to complete response, by backend."
+            "# HELP goloadbalancer_request_duration_seconds Time from request to complete response, by backend."
         );
-        let _ = writeln!(o, "# TYPE glb_request_duration_seconds histogram");
+        let _ = writeln!(
+            o,
+            "# TYPE goloadbalancer_request_duration_seconds histogram"
+        );
         for (id, v) in &views {
             let mut cum = 0u64;
             for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
                 cum += v.totals.latency.get(i).copied().unwrap_or(0);
                 let _ = writeln!(
                     o,
-                    "glb_request_duration_seconds_bucket{{backend=\"{}\",le=\"{}\"}} {cum}",
+                    "goloadbalancer_request_duration_seconds_bucket{{backend=\"{}\",le=\"{}\"}} {cum}",
                     label(id),
                     bound / 1000.0
                 );
@@ -191,46 +194,46 @@ impl Supervisor {
             let count: u64 = v.totals.latency.iter().sum();
             let _ = writeln!(
                 o,
-                "glb_request_duration_seconds_bucket{{backend=\"{}\",le=\"+Inf\"}} {count}",
+                "goloadbalancer_request_duration_seconds_bucket{{backend=\"{}\",le=\"+Inf\"}} {count}",
                 label(id)
             );
             let _ = writeln!(
                 o,
-                "glb_request_duration_seconds_sum{{backend=\"{}\"}} {}",
+                "goloadbalancer_request_duration_seconds_sum{{backend=\"{}\"}} {}",
                 label(id),
                 v.totals.latency_sum_ms / 1000.0
             );
             let _ = writeln!(
                 o,
-                "glb_request_duration_seconds_count{{backend=\"{}\"}} {count}",
+                "goloadbalancer_request_duration_seconds_count{{backend=\"{}\"}} {count}",
                 label(id)
             );
         }
         let _ = writeln!(
             o,
-            "# HELP glb_backend_in_flight Requests in flight to a backend now."
+            "# HELP goloadbalancer_backend_in_flight Requests in flight to a backend now."
         );
-        let _ = writeln!(o, "# TYPE glb_backend_in_flight gauge");
+        let _ = writeln!(o, "# TYPE goloadbalancer_backend_in_flight gauge");
         for (id, v) in &views {
             let _ = writeln!(
                 o,
-                "glb_backend_in_flight{{backend=\"{}\"}} {}",
+                "goloadbalancer_backend_in_flight{{backend=\"{}\"}} {}",
                 label(id),
                 v.in_flight
             );
         }
         let _ = writeln!(
             o,
-            "# HELP glb_backend_healthy 1 when the worker is serving and every LB child sees it healthy."
+            "# HELP goloadbalancer_backend_healthy 1 when the worker is serving and every LB child sees it healthy."
         );
-        let _ = writeln!(o, "# TYPE glb_backend_healthy gauge");
+        let _ = writeln!(o, "# TYPE goloadbalancer_backend_healthy gauge");
         for s in self.workers.values() {
             let Some(id) = &s.id else { continue };
             let v = views.get(id);
             let up = s.state == WorkerState::Active && v.is_none_or(|v| v.unhealthy_votes == 0);
             let _ = writeln!(
                 o,
-                "glb_backend_healthy{{backend=\"{}\",port=\"{}\"}} {}",
+                "goloadbalancer_backend_healthy{{backend=\"{}\",port=\"{}\"}} {}",
                 label(id),
                 s.port,
                 u8::from(up)
@@ -238,54 +241,61 @@ impl Supervisor {
         }
         let _ = writeln!(
             o,
-            "# HELP glb_workers_desired Workers wanted (config or autoscaler)."
+            "# HELP goloadbalancer_workers_desired Workers wanted (config or autoscaler)."
         );
-        let _ = writeln!(o, "# TYPE glb_workers_desired gauge");
-        let _ = writeln!(o, "glb_workers_desired {}", self.desired_workers);
-        let _ = writeln!(o, "# HELP glb_workers_actual Workers healthy and active.");
-        let _ = writeln!(o, "# TYPE glb_workers_actual gauge");
-        let _ = writeln!(o, "glb_workers_actual {}", self.active_workers());
+        let _ = writeln!(o, "# TYPE goloadbalancer_workers_desired gauge");
+        let _ = writeln!(o, "goloadbalancer_workers_desired {}", self.desired_workers);
         let _ = writeln!(
             o,
-            "# HELP glb_worker_restarts_total Workers replaced after dying or failing to start."
+            "# HELP goloadbalancer_workers_actual Workers healthy and active."
         );
-        let _ = writeln!(o, "# TYPE glb_worker_restarts_total counter");
+        let _ = writeln!(o, "# TYPE goloadbalancer_workers_actual gauge");
+        let _ = writeln!(o, "goloadbalancer_workers_actual {}", self.active_workers());
         let _ = writeln!(
             o,
-            "glb_worker_restarts_total {}",
+            "# HELP goloadbalancer_worker_restarts_total Workers replaced after dying or failing to start."
+        );
+        let _ = writeln!(o, "# TYPE goloadbalancer_worker_restarts_total counter");
+        let _ = writeln!(
+            o,
+            "goloadbalancer_worker_restarts_total {}",
             self.workers.values().map(|s| s.restarts).sum::<u64>()
         );
         let _ = writeln!(
             o,
-            "# HELP glb_lb_children LB children running (not draining)."
+            "# HELP goloadbalancer_lb_children LB children running (not draining)."
         );
-        let _ = writeln!(o, "# TYPE glb_lb_children gauge");
+        let _ = writeln!(o, "# TYPE goloadbalancer_lb_children gauge");
         let running = self
             .children
             .iter()
             .filter(|c| c.state == ChildState::Running)
             .count();
-        let _ = writeln!(o, "glb_lb_children {running}");
+        let _ = writeln!(o, "goloadbalancer_lb_children {running}");
         let _ = writeln!(
             o,
-            "# HELP glb_lb_child_restarts_total LB children re-forked after dying."
+            "# HELP goloadbalancer_lb_child_restarts_total LB children re-forked after dying."
         );
-        let _ = writeln!(o, "# TYPE glb_lb_child_restarts_total counter");
-        let _ = writeln!(o, "glb_lb_child_restarts_total {}", self.lb_restarts);
+        let _ = writeln!(o, "# TYPE goloadbalancer_lb_child_restarts_total counter");
         let _ = writeln!(
             o,
-            "# HELP glb_connections Client connections open across LB children."
+            "goloadbalancer_lb_child_restarts_total {}",
+            self.lb_restarts
         );
-        let _ = writeln!(o, "# TYPE glb_connections gauge");
+        let _ = writeln!(
+            o,
+            "# HELP goloadbalancer_connections Client connections open across LB children."
+        );
+        let _ = writeln!(o, "# TYPE goloadbalancer_connections gauge");
         let conns: u64 = self
             .children
             .iter()
             .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
             .sum();
-        let _ = writeln!(o, "glb_connections {conns}");
-        let _ = writeln!(o, "# HELP glb_reloads_total Successful reloads.");
-        let _ = writeln!(o, "# TYPE glb_reloads_total counter");
-        let _ = writeln!(o, "glb_reloads_total {}", self.reloads);
+        let _ = writeln!(o, "goloadbalancer_connections {conns}");
+        let _ = writeln!(o, "# HELP goloadbalancer_reloads_total Successful reloads.");
+        let _ = writeln!(o, "# TYPE goloadbalancer_reloads_total counter");
+        let _ = writeln!(o, "goloadbalancer_reloads_total {}", self.reloads);
         o.push_str(&self.scaler.status().prometheus());
         o
     }

@@ -525,7 +525,8 @@ impl Supervisor {
             }
             WorkerState::Active | WorkerState::Draining { .. } => {
                 let was_active = slot.state == WorkerState::Active;
-                if was_active {
+                let stopping = matches!(self.phase, Phase::Stopping(_));
+                if was_active && !stopping {
                     warn!(
                         "worker_died",
                         "port={port} id={} reason={} action=replace",
@@ -534,11 +535,7 @@ impl Supervisor {
                     );
                     slot.restarts += 1;
                 } else {
-                    info!(
-                        "worker_exited_while_draining",
-                        "port={port} reason={}",
-                        quote(why)
-                    );
+                    info!("worker_exited", "port={port} reason={}", quote(why));
                 }
                 slot.retry_at = now;
                 self.remove_container(port, now);

@@ -320,3 +320,21 @@ pub fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
 
 /// The instrumented, scripted test backend (records exactly what it received).
 pub mod backend;
+
+/// `n` consecutive ports below the kernel's ephemeral range (32768+) that are free now. Ports
+/// a process binds later (workers started during a test) are safe there: no outgoing
+/// connection of the test's own load can take one between the check and the bind.
+pub fn quiet_port_range(n: u16) -> u16 {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    for _ in 0..500 {
+        let base: u16 = rng.random_range(10_000..32_000 - n);
+        let held: Vec<_> = (0..n)
+            .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports below 32000");
+}

@@ -125,15 +125,24 @@ pub fn quiet_ports(n: u16) -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
+    // Ports handed out in this test process: tests run in parallel, and a port is only
+    // bound once its stack starts, so a free-looking range may already be promised.
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..500 {
         x = x
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         let base = 20_000 + ((x >> 33) % 12_000) as u16;
+        if (base..base + n).any(|p| handed.contains(&p)) {
+            continue;
+        }
         let held: Vec<_> = (0..n)
             .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
         if held.len() == n as usize {
+            handed.extend(base..base + n);
             return base;
         }
     }

@@ -89,10 +89,10 @@ pub fn seed(name: &str, runtime: &'static str) {
             let text = m.text();
             ids.iter().all(|id| {
                 text.contains(&format!(
-                    "glb_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
+                    "goloadbalancer_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
                 ))
-            }) && text.contains("glb_workers_desired 3\n")
-                && text.contains("glb_workers_actual 3\n")
+            }) && text.contains("goloadbalancer_workers_desired 3\n")
+                && text.contains("goloadbalancer_workers_actual 3\n")
         },
     );
     let st = s.status();
@@ -414,4 +414,74 @@ pub fn worker_never_healthy(name: &str) {
         s.log_tail()
     );
     assert!(log.contains("event=stopped"), "{}", s.log_tail());
+}
+
+/// A reload that needs new LB children (`mode` and `pool` change) under load: the new
+/// children are forked on the kept listeners before the old ones drain, so no connection is
+/// refused and no request fails; the new port serves too.
+pub fn reload_replaces_children(name: &str, runtime: &'static str) {
+    let mut s = Stack::start_ready(name, StackSpec::seed(runtime));
+    let old: Vec<i64> = child_pids(&s.status());
+    let load = Load::start(vec![s.lb(0), s.lb(1)], 6);
+    std::thread::sleep(Duration::from_millis(1000));
+    // pool 2 -> 3 in TCP mode: lb.0 and lb.1 are replaced (mode), lb.2 is new on a new port.
+    let text = s
+        .config_text(3, "mode: tcp")
+        .replace("pool: 2\n", "pool: 3\n");
+    std::fs::write(&s.config, text).expect("write config");
+    s.signal(SIGHUP);
+    let st = s.wait_status("3 new children", Duration::from_secs(60), |st| {
+        let cs = st["children"].as_array().cloned().unwrap_or_default();
+        cs.len() == 3
+            && cs
+                .iter()
+                .all(|c| c["state"] == "running" && !old.contains(&c["pid"].as_i64().unwrap_or(0)))
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let c = load.finish();
+    eprintln!("reload replacing children ({runtime}): {c:?}");
+    assert_eq!(c.refused, 0, "no refused connection: {:?}", c.errors);
+    assert_eq!(c.failed, 0, "no failed request: {:?}", c.errors);
+    assert!(c.ok > 20, "the load ran: {c:?}");
+    assert_eq!(st["listeners"].as_array().map(|l| l.len()), Some(3));
+    for pid in old {
+        wait_until(
+            "old children exit after draining",
+            Duration::from_secs(30),
+            || !alive(pid),
+        );
+    }
+    hello(s.lb(2)).expect("the new port serves");
+}
+
+/// A second SIGTERM while the first one waits for a slow client forces the stop: exit 1 at
+/// once, no child or worker left.
+pub fn second_signal_forces(name: &str, runtime: &'static str) {
+    let mut spec = StackSpec::seed(runtime);
+    spec.drain_timeout_ms = 60_000;
+    let mut s = Stack::start_ready(name, spec);
+    let st = s.status();
+    let pids: Vec<i64> = child_pids(&st)
+        .into_iter()
+        .chain(worker_pids(&st))
+        .collect();
+    // Half a request head: the LB child keeps waiting for it while it drains.
+    let mut slow = std::net::TcpStream::connect(s.lb(0)).expect("connect");
+    std::io::Write::write_all(&mut slow, b"GET /api/v1/hello HTTP/1.1\r\n").expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(SIGTERM);
+    std::thread::sleep(Duration::from_millis(1000));
+    let p = s.proc.as_mut().expect("supervisor");
+    assert!(p.alive(), "the first SIGTERM waits for the draining child");
+    p.signal(SIGTERM);
+    let code = p.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "a forced stop exits 1\n{}", s.log_tail());
+    wait_until("everything killed", Duration::from_secs(15), || {
+        pids.iter().all(|&pid| !alive(pid))
+    });
+    if runtime == "docker" {
+        assert_eq!(containers(&s.instance), Vec::<String>::new());
+    }
+    assert!(s.log_text().contains("event=forced_stop"));
+    drop(slow);
 }
