@@ -12,7 +12,7 @@ usage: scripts/profile.sh [options]
 Starts two fast backends outside any tool (nginx returning a 6-byte body when nginx is
 installed, else `goloadbalancer worker --avg-delay 0 --failure 0`), then for each proxy
 (one process, one thread; active health checks off so only requests are counted):
-  glb      goloadbalancer proxy (release build), round-robin over both backends
+  glb      goloadbalancer proxy (release build), round-robin, upstream pool 1024
   haproxy  HAProxy, nbthread 1, mode http, roundrobin, http-reuse always (when installed)
   nginx    nginx, master_process off, one worker, upstream keepalive 1024 (when installed)
 measures:
@@ -425,7 +425,7 @@ proxy_cmd() {
     glb)
         # Health checks every hour: only requests are counted (HAProxy and nginx check nothing).
         cmd=("$glb" proxy --listen "127.0.0.1:$port" --backend "127.0.0.1:$b1"
-            --backend "127.0.0.1:$b2" --max-connections 20000 --health-path /
+            --backend "127.0.0.1:$b2" --max-connections 20000 --upstream-pool-size 1024 --health-path /
             --health-interval-ms 3600000)
         stop_sig=TERM
         ;;

@@ -338,3 +338,36 @@ fn control_eof_drains_in_flight_requests_then_exits() {
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(done.recv_timeout(Duration::from_secs(10)), Ok(0));
 }
+
+#[test]
+fn a_request_arriving_on_an_idle_connection_as_the_drain_starts_is_answered() {
+    let a = named("a");
+    let mut h = Harness::start(vec![spec("a", &a, BackendState::Active)]);
+    let mut s = connect(h.addr);
+    let mut pending = Vec::new();
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(
+        read_response(&mut s, &mut pending, false).unwrap().status,
+        200
+    );
+    // The connection is idle; the drain starts; the client's next request comes right after
+    // (as under load, where it may already sit unread in the kernel).
+    h.send(&Down::Drain {
+        seq: 1,
+        timeout_ms: 5000,
+    });
+    assert!(matches!(
+        h.next(true),
+        Up::Ack {
+            seq: 1,
+            ok: true,
+            ..
+        }
+    ));
+    s.write_all(b"GET /2 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let r = read_response(&mut s, &mut pending, false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "a"));
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(common::read_to_close(&mut s).is_empty());
+    assert_eq!(h.done.recv_timeout(Duration::from_secs(10)), Ok(0));
+}

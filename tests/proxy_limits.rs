@@ -251,3 +251,56 @@ fn a_client_vanishing_mid_request_or_mid_response_frees_the_upstream() {
     drop(s);
     assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
 }
+
+/// CPU time (utime + stime) of a process in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_the_proxy_waits_without_spinning_and_recovers() {
+    let b = Backend::ok("x");
+    let port = common::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // 40 descriptors: the loop's own, then a handful of connections; the rest queue up.
+    let mut p = common::Proc::start_cmd(
+        "proxy",
+        std::process::Command::new("sh").args([
+            "-c",
+            &format!(
+                "ulimit -n 40 && exec {} proxy --listen {addr} --backend {}",
+                common::bin(),
+                b.arg()
+            ),
+        ]),
+    );
+    common::wait_for_port(addr, Duration::from_secs(10));
+    let held: Vec<TcpStream> = (0..60).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = cpu_ticks(p.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(p.pid()) - t0;
+    // A spinning loop would burn ~200 ticks in 2 s; waiting costs next to nothing.
+    assert!(
+        spent < 100,
+        "{spent} ticks of CPU in 2 s while out of descriptors"
+    );
+    assert!(p.alive());
+    drop(held);
+    let mut pending = Vec::new();
+    let r = (0..50)
+        .find_map(|_| {
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+            let r = read_response(&mut s, &mut pending, false).ok();
+            if r.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r
+        })
+        .expect("no answer after the descriptors were freed");
+    assert_eq!(r.status, 200);
+}

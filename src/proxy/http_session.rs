@@ -253,11 +253,22 @@ impl HttpSession {
         self.run(core)
     }
 
-    /// Whether the session is between requests with nothing buffered (closed first on drain).
+    /// Whether the session waits for a request with nothing of it received (between
+    /// keep-alive requests, or a new connection that has not sent yet).
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Head { clock: false })
+        matches!(self.state, State::Head { .. })
             && self.c.cin.as_ref().is_none_or(Buf::is_empty)
             && self.c.out_empty()
+    }
+
+    fn is_idle_input(&self) -> bool {
+        self.c.cin.as_ref().is_none_or(Buf::is_empty)
+    }
+
+    /// A drain started while this session was idle: it closes when `grace_ms` ends unless a
+    /// request arrives first (that one is answered with `Connection: close`).
+    pub fn drain_idle(&mut self, core: &mut Core, grace_ms: u64) {
+        self.c.set_deadline(core, grace_ms);
     }
 
     /// A timer armed by this session fired.
@@ -272,8 +283,12 @@ impl HttpSession {
         }
         let state = std::mem::replace(&mut self.state, State::Void);
         let (next, p) = match state {
-            State::Head { clock: true } => self.fail(core, 408),
-            State::Head { clock: false } => (State::Head { clock: false }, Progress::Close),
+            // Nothing of a request received: a silent close between keep-alive requests or
+            // during a drain; else 408 (a head started, or a new connection that never sent).
+            State::Head { clock } if !clock || core.draining && self.is_idle_input() => {
+                (State::Head { clock }, Progress::Close)
+            }
+            State::Head { .. } => self.fail(core, 408),
             State::Exchange(ex) => {
                 if !ex.up.connected {
                     core.eject(ex.up.backend, "connect timeout");
@@ -354,8 +369,6 @@ impl HttpSession {
                 Ok(Some(req)) => return start_exchange(c, core, req),
                 Ok(None) => {}
             }
-        } else if core.draining {
-            return (State::Head { clock }, Progress::Close);
         }
         if !c.sock.readable {
             // Idle or waiting for more of a head: an empty buffer goes back to the pool.

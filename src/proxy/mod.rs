@@ -53,6 +53,7 @@ pub struct LoopInputs {
 
 /// Runs one LB loop until it has drained; returns the exit code (0 after a clean drain).
 pub fn run_loop(inputs: LoopInputs) -> i32 {
+    raise_fd_limit();
     match server::Server::new(inputs) {
         Ok(s) => s.run(),
         Err(e) => {
@@ -63,6 +64,17 @@ pub fn run_loop(inputs: LoopInputs) -> i32 {
             );
             1
         }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one: `max-connections` (10,000 by default)
+/// needs two descriptors per proxied connection, far above the usual soft limit of 1024.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -26,6 +26,11 @@ const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
 
+/// How long an idle keep-alive connection stays open once a drain starts (bounded by the
+/// drain timeout), so a request already on its way is answered rather than reset.
+const DRAIN_IDLE_GRACE_MS: u64 = 1000;
+/// Pause before accepting again after an accept error (out of descriptors...).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 /// Longest control line accepted (a backend set of thousands fits easily).
@@ -56,6 +61,8 @@ pub struct Server {
     drain_timeout_ms: u64,
     drain_deadline: Option<Instant>,
     next_metrics: Instant,
+    /// After an accept error (EMFILE...): when to try again.
+    accept_retry: Option<Instant>,
 }
 
 impl Server {
@@ -90,6 +97,7 @@ impl Server {
             drain_timeout_ms: inputs.drain_timeout_ms,
             drain_deadline: None,
             next_metrics: Instant::now() + METRICS_EVERY,
+            accept_retry: None,
         })
     }
 
@@ -144,6 +152,13 @@ impl Server {
                 }
             }
             self.run_timers();
+            if self
+                .accept_retry
+                .is_some_and(|t| t <= self.core.now && self.listening)
+            {
+                self.accept_retry = None;
+                self.accept_pending = true;
+            }
             if self.accept_pending {
                 self.accept();
             }
@@ -162,6 +177,9 @@ impl Server {
         }
         if let Some(d) = self.drain_deadline {
             next = next.min(d);
+        }
+        if let Some(t) = self.accept_retry {
+            next = next.min(t);
         }
         // Round up to the next millisecond so a timer is never polled for 0 ms repeatedly.
         next.saturating_duration_since(self.core.now) + Duration::from_micros(500)
@@ -233,13 +251,16 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // EMFILE and friends: the connection stays queued; retried on the next
-                    // close or tick, never in a tight loop.
+                    // EMFILE and friends: the connection stays queued; retried after a pause
+                    // or when a connection closes, never in a tight loop.
                     crate::warn!(
                         "accept_failed",
-                        "error={}",
-                        crate::sys::log::quote(&e.to_string())
+                        "error={} retry_ms={}",
+                        crate::sys::log::quote(&e.to_string()),
+                        ACCEPT_RETRY.as_millis()
                     );
+                    self.accept_pending = false;
+                    self.accept_retry = Some(self.core.now + ACCEPT_RETRY);
                     return;
                 }
             }
@@ -362,11 +383,22 @@ impl Server {
         for i in 0..self.core.backends.list.len() {
             self.core.close_pool(i);
         }
+        // Idle keep-alive connections are not closed at once: a client may have sent its next
+        // request already (still unread in the kernel) and closing would reset it. They get a
+        // short grace: a request arriving meanwhile is answered with `Connection: close`; the
+        // rest close silently when it ends.
+        let grace = DRAIN_IDLE_GRACE_MS.min(timeout_ms);
         for i in self.core.slab.session_indices() {
-            let idle = matches!(self.core.slab.get_mut(i), Some(Slot::Http(h)) if h.is_idle());
-            if idle && let Slot::Http(h) = self.core.slab.set(i, Slot::Taken) {
-                h.close(&mut self.core);
-                self.core.slab.remove(i);
+            match self.core.slab.set(i, Slot::Taken) {
+                Slot::Http(mut h) => {
+                    if h.is_idle() {
+                        h.drain_idle(&mut self.core, grace);
+                    }
+                    self.core.slab.set(i, Slot::Http(h));
+                }
+                other => {
+                    self.core.slab.set(i, other);
+                }
             }
         }
     }

@@ -15,6 +15,8 @@
 //!   `breach-ms` measured after the action (fresh evidence with the new capacity).
 //! - The desired count never leaves `[min, max]`; a count outside (start, reconfigure) is
 //!   corrected at once.
+//! - A scale-out waits until the previous scale-out's workers are active (at most
+//!   [`MAX_SCALE_OUT_WAIT`]): slow starts do not stack up extra workers.
 //! - A worker the autoscaler asked for that fails to start gives up that worker and pauses
 //!   scale-out with an exponential backoff (cooldown × 2^(n-1), capped at 5 minutes).
 
@@ -33,6 +35,9 @@ pub const MAX_START_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Shortest scale-out pause after a start failure (when the cooldown is shorter).
 pub const MIN_START_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Longest a scale-out waits for the previous one's workers to become active.
+pub const MAX_SCALE_OUT_WAIT: Duration = Duration::from_secs(60);
 
 /// One measurement, taken by the supervisor about once a second.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -130,6 +135,8 @@ pub struct Status {
     pub cooldown_remaining_ms: u64,
     /// Time left in a start-failure backoff (ms; scale-out paused meanwhile).
     pub backoff_remaining_ms: u64,
+    /// A scale-out waits for the previous one's workers to become active.
+    pub waiting_for_workers: bool,
     /// Scale-out actions so far.
     pub scale_outs: u64,
     /// Scale-in actions so far.
@@ -158,8 +165,8 @@ pub struct Autoscaler {
     last_action: Option<Instant>,
     backoff_until: Option<Instant>,
     consecutive_failures: u32,
-    /// A scale-out whose workers have not all become active yet.
-    scale_out_pending: bool,
+    /// Since when a scale-out's workers have not all become active yet.
+    scale_out_pending: Option<Instant>,
     last_sample: Sample,
     last_now: Option<Instant>,
     last: Option<Recorded>,
@@ -179,7 +186,7 @@ impl Autoscaler {
             last_action: None,
             backoff_until: None,
             consecutive_failures: 0,
-            scale_out_pending: false,
+            scale_out_pending: None,
             last_sample: Sample::default(),
             last_now: None,
             last: None,
@@ -289,9 +296,11 @@ impl Autoscaler {
             self.region_since = Some(now);
         }
 
-        if self.scale_out_pending && sample.active_workers >= desired {
-            // The last scale-out fully took effect: starts work again.
-            self.scale_out_pending = false;
+        if self.scale_out_pending.is_some() && sample.active_workers >= desired {
+            // The last scale-out fully took effect: starts work again, and the next decision
+            // needs a breach measured with all of its workers.
+            self.scale_out_pending = None;
+            self.region_since = Some(now);
             self.consecutive_failures = 0;
         }
 
@@ -325,13 +334,22 @@ impl Autoscaler {
                 if self.backoff_until.is_some_and(|b| now < b) {
                     return Decision::Hold;
                 }
+                // The workers of the previous scale-out are still starting: the load per
+                // worker is measured on fewer workers than asked for, so wait for them (a
+                // start that fails is reported and ends the wait; a lost report lapses).
+                if self
+                    .scale_out_pending
+                    .is_some_and(|p| now.saturating_duration_since(p) < MAX_SCALE_OUT_WAIT)
+                {
+                    return Decision::Hold;
+                }
                 let target = self.clamp(desired + self.step());
                 let reason = format!(
                     "{} for {}ms: {desired} -> {target} workers",
                     self.describe_high(sample),
                     held_for.as_millis()
                 );
-                self.scale_out_pending = true;
+                self.scale_out_pending = Some(now);
                 self.act(now, Action::ScaleOut, desired, target, reason)
             }
             Region::Low => {
@@ -366,7 +384,7 @@ impl Autoscaler {
     pub fn report_start_failure(&mut self, now: Instant) -> Decision {
         self.start_failures += 1;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        self.scale_out_pending = false;
+        self.scale_out_pending = None;
         let backoff = self.start_backoff();
         self.backoff_until = Some(now + backoff);
         let Some(desired) = self.desired else {
@@ -482,6 +500,8 @@ impl Autoscaler {
             region_for_ms: since(self.region_since),
             cooldown_remaining_ms: until(self.last_action.map(|a| a + self.cooldown())),
             backoff_remaining_ms: until(self.backoff_until),
+            waiting_for_workers: self.scale_out_pending.is_some()
+                && self.last_sample.active_workers < self.desired.unwrap_or(0),
             scale_outs: self.scale_outs,
             scale_ins: self.scale_ins,
             start_failures: self.start_failures,
@@ -844,7 +864,8 @@ mod tests {
 
     #[test]
     fn breach_after_action_needs_fresh_evidence() {
-        // Cooldown shorter than breach: the breach clock restarts at the action.
+        // Cooldown shorter than breach: the breach clock restarts at the action, and again
+        // when the sample shows the new worker active (here the next sample, 1 s later).
         let mut c = cfg();
         c.cooldown_ms = 1000;
         c.breach_ms = 5000;
@@ -852,7 +873,7 @@ mod tests {
         let t0 = Instant::now();
         let mut active = 1;
         let d = run(&mut a, t0, 0, 30_000, |_, n| s(n, 1000), &mut active);
-        assert_eq!(d, vec![(5000, 2), (10_000, 3), (15_000, 4)]);
+        assert_eq!(d, vec![(5000, 2), (11_000, 3), (17_000, 4)]);
     }
 
     #[test]
@@ -988,6 +1009,39 @@ mod tests {
         let _ = a.observe(ms(t0, 4600), &s(2, 200));
         // Back to the first backoff step (1 s), not the second (2 s).
         assert_eq!(a.status().backoff_remaining_ms, 1000);
+    }
+
+    #[test]
+    fn scale_out_waits_for_the_previous_workers() {
+        let mut c = cfg();
+        c.breach_ms = 1000;
+        c.cooldown_ms = 1000;
+        let mut a = Autoscaler::new(&c);
+        let t0 = Instant::now();
+        let _ = a.observe(t0, &s(1, 100));
+        assert_eq!(target(&a.observe(ms(t0, 1000), &s(1, 100))), Some(2));
+        // The new worker takes 10 s to become active: no second scale-out meanwhile.
+        for t in (2000..=10_000).step_by(500) {
+            assert_eq!(a.observe(ms(t0, t), &s(1, 100)), Decision::Hold, "at {t}");
+        }
+        assert!(a.status().waiting_for_workers);
+        // It is active: the next one follows after a fresh breach measured on both.
+        assert_eq!(a.observe(ms(t0, 10_500), &s(2, 100)), Decision::Hold);
+        assert!(!a.status().waiting_for_workers);
+        assert_eq!(a.observe(ms(t0, 11_000), &s(2, 100)), Decision::Hold);
+        assert_eq!(target(&a.observe(ms(t0, 11_500), &s(2, 100))), Some(3));
+        // A worker that never comes up and is never reported: the wait lapses.
+        let mut first = None;
+        for t in (12_000..=120_000).step_by(500) {
+            if let Some(n) = target(&a.observe(ms(t0, t), &s(2, 100))) {
+                first = Some((t, n));
+                break;
+            }
+        }
+        assert_eq!(
+            first,
+            Some((11_500 + MAX_SCALE_OUT_WAIT.as_millis() as u64, 4))
+        );
     }
 
     #[test]

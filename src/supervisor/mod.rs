@@ -414,7 +414,10 @@ impl Supervisor {
         if matches!(self.phase, Phase::Stopping(_)) {
             return;
         }
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.worker_start_timeout_ms);
+        let wait = Duration::from_millis(self.cfg.worker_start_timeout_ms);
+        // A slow but progressing start is not killed by systemd's start timeout.
+        notify::extend_timeout(wait + Duration::from_secs(10));
+        let deadline = Instant::now() + wait;
         self.phase = Phase::StartingWorkers { deadline };
         info!(
             "starting_workers",
@@ -723,6 +726,7 @@ impl Supervisor {
                 match crate::runtime::docker::prepare_context(&self.exe, &parent) {
                     Ok(context) => {
                         info!("building_worker_image", "image={}", d.image);
+                        notify::extend_timeout(DOCKER_BUILD_TIMEOUT + Duration::from_secs(10));
                         let cmd = d.build(&context);
                         if !self.spawn_job(
                             cmd,
