@@ -865,6 +865,9 @@ impl Supervisor {
                     for (mut job, kind) in std::mem::take(&mut self.jobs) {
                         crate::debug!("job_abandoned", "kind={kind:?}");
                         job.kill();
+                        if let JobKind::ImageBuild { context } = kind {
+                            let _ = std::fs::remove_dir_all(context);
+                        }
                     }
                     self.phase = Phase::Stopping(StopStep::FinalSweep);
                     if let Some(Runtime::Docker(d)) = &self.runtime {
