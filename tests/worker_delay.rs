@@ -7,9 +7,7 @@ mod worker_support;
 use std::time::Duration;
 
 use common::TempDir;
-use worker_support::{HELLO, Obs, entry, hammer_cycle, mean_ms, start_worker, stats};
-
-const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+use worker_support::{HEALTH, HELLO, Obs, entry, hammer_cycle, mean_ms, start_worker, stats};
 
 #[test]
 fn hello_delay_mean_is_avg_delay() {

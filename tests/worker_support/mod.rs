@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, Proc, get, wait_for_port};
 
 pub const HELLO: &[u8] = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n";
+pub const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
 
 /// Starts a worker on a port the kernel picks (`--port 0`, no race with parallel tests) and
 /// returns it and its address, read from its `worker_started` log line; the rest of its log
