@@ -212,7 +212,7 @@ start_stack() {
 start_glb() {
     port=$(free_port)
     "$glb" proxy --listen "127.0.0.1:$port" --backend "127.0.0.1:$b1" --backend "127.0.0.1:$b2" \
-        --max-connections 20000 --upstream-pool-size 512 --health-path / >"$work/glb.log" 2>&1 &
+        --max-connections 20000 --upstream-pool-size 512 >"$work/glb.log" 2>&1 &
     pids+=($!)
     ppids=($!)
     wait_port "$port"
