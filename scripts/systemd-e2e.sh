@@ -407,6 +407,11 @@ fi
 if cx journalctl -u goloadbalancer -p warning --no-pager -o cat | grep 'level=info' >/dev/null; then
     fail "journalctl -p warning shows info lines: priorities are not applied"
 fi
+# Every line our processes wrote is one key=value event (no stray eprintln! text).
+ours="$(cx journalctl -u goloadbalancer --no-pager -o cat SYSLOG_IDENTIFIER=goloadbalancer)"
+[ "$(wc -l <<<"$ours")" -ge 20 ] || fail "fewer than 20 lines from goloadbalancer in the journal"
+stray="$(grep -v '^role=[^ ]* level=[a-z]* event=' <<<"$ours" || true)"
+[ -z "$stray" ] || fail "lines in the journal that are not key=value events: $stray"
 echo "systemd-e2e: the journal has the start and reload events, priorities applied"
 echo "--- journalctl -u goloadbalancer -p warning"
 cx journalctl -u goloadbalancer -p warning --no-pager -o short-monotonic | tail -20 || true

@@ -120,9 +120,10 @@ fn client(lb: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
     }
 }
 
-#[test]
-fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
-    let dir = TempDir::new("autoscale");
+/// Writes the test config (process runtime, pool 1, one worker at start, failure 0, autoscale
+/// min 1 / max 3, target-inflight 2, breach and cooldown 1 s) and starts `run` on it.
+/// Returns the supervisor, the LB and admin addresses, and the first worker port.
+fn start_instance(dir: &TempDir, avg_delay: u64) -> (Proc, SocketAddr, SocketAddr, u16) {
     // Below the ephemeral range: workers bind their ports while the load's connections come
     // and go (see common::quiet_port_range).
     let lb_port = common::quiet_port_range(1);
@@ -135,15 +136,16 @@ fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
             "worker: 1\n\
              pool: 1\n\
              stats-dir: {db}\n\
-             avg-delay: 300\n\
+             avg-delay: {avg_delay}\n\
              failure: 0\n\
              load-balancer-port: {lb_port}\n\
              worker-port: {worker_port}\n\
-             instance: autoscale-test-{pid}\n\
+             instance: autoscale-test-{pid}-{worker_port}\n\
              runtime: process\n\
              listen-address: 127.0.0.1\n\
              admin-port: {admin_port}\n\
              drain-timeout-ms: 10000\n\
+             worker-start-timeout-ms: 5000\n\
              health-interval-ms: 500\n\
              autoscale:\n  \
                enabled: true\n  \
@@ -158,7 +160,7 @@ fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
         ),
     )
     .expect("write config");
-    let mut sup = Proc::start(
+    let sup = Proc::start(
         "supervisor",
         &["run", "--config", config.to_str().expect("utf-8 path")],
     );
@@ -166,6 +168,32 @@ fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     common::wait_for_port(lb, Duration::from_secs(30));
     common::wait_for_port(admin, Duration::from_secs(30));
+    (sup, lb, admin, worker_port)
+}
+
+/// Starts `CLIENTS` load threads; returns the stop flag, the counters and the threads.
+fn start_load(
+    lb: SocketAddr,
+) -> (
+    Arc<AtomicBool>,
+    Arc<Counts>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let threads = (0..CLIENTS)
+        .map(|_| {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || client(lb, stop, counts))
+        })
+        .collect();
+    (stop, counts, threads)
+}
+
+#[test]
+fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
+    let dir = TempDir::new("autoscale");
+    let (mut sup, lb, admin, _) = start_instance(&dir, 300);
     assert!(
         wait_workers(admin, Duration::from_secs(30), |a, _| a == 1).is_some(),
         "one worker at start"
@@ -173,14 +201,7 @@ fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
 
     // 16 clients on 300 ms requests keep ~16 in flight: 16 per worker at 1, 5.3 at 3 workers,
     // always above the target 2, so the autoscaler must go all the way to max.
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new(Counts::default());
-    let threads: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (stop, counts) = (stop.clone(), counts.clone());
-            std::thread::spawn(move || client(lb, stop, counts))
-        })
-        .collect();
+    let (stop, counts, threads) = start_load(lb);
 
     let rose = wait_workers(admin, RISE_BOUND, |a, _| a == MAX);
     // Hold the load a little longer at max: it must stay there (never above).
@@ -216,6 +237,67 @@ fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
     assert!(a["scale_outs"].as_u64() >= Some(MAX as u64 - 1), "{a}");
     assert!(a["scale_ins"].as_u64() >= Some(MAX as u64 - 1), "{a}");
     assert_eq!(a["last_decision"]["action"], "scale_in", "{a}");
+
+    sup.signal(15);
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean stop"
+    );
+}
+
+#[test]
+fn a_worker_that_cannot_start_is_not_retried_in_a_tight_loop() {
+    let dir = TempDir::new("autoscale-fail");
+    // Something else holds the ports of the 2nd and 3rd worker slots: every scale-out start
+    // fails at once (the worker cannot bind).
+    let (mut sup, lb, admin, worker_port) = start_instance(&dir, 300);
+    let _squatters: Vec<_> = (1..MAX as u16)
+        .map(|i| std::net::TcpListener::bind(("127.0.0.1", worker_port + i)))
+        .collect();
+    assert!(
+        wait_workers(admin, Duration::from_secs(30), |a, _| a == 1).is_some(),
+        "one worker at start"
+    );
+
+    let (stop, counts, threads) = start_load(lb);
+    // 20 s of load far above the target. The autoscaler asks for a 2nd worker, the start
+    // fails, it gives that worker up and pauses scale-out for 1, 2, 4, 8 s...: a handful of
+    // attempts, where a tight loop would make dozens.
+    let start = Instant::now();
+    let mut max_desired = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some(v) = status(admin) {
+            max_desired = max_desired.max(v["autoscale"]["desired"].as_u64().unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = status(admin).expect("status");
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let failures = v["autoscale"]["start_failures"].as_u64().unwrap_or(0);
+    eprintln!(
+        "start failures in 20 s: {failures}; autoscale {}",
+        v["autoscale"]
+    );
+    assert!(failures >= 2, "it kept trying: {failures}");
+    assert!(
+        failures <= 6,
+        "backoff, not a tight loop: {failures} failures in 20 s"
+    );
+    assert!(
+        max_desired <= 2,
+        "never asked for more than one worker at a time beyond the one running: {max_desired}"
+    );
+    assert_eq!(worker_counts(&v).0, 1, "the working worker kept serving");
+    assert_eq!(
+        counts.failed.load(Ordering::Relaxed),
+        0,
+        "no request failed because of the failed starts"
+    );
+    assert!(counts.ok.load(Ordering::Relaxed) >= 20);
 
     sup.signal(15);
     assert_eq!(

@@ -394,6 +394,50 @@ fn response_body_content_length_and_chunked_with_trailers() {
 }
 
 #[test]
+fn large_responses_are_relayed_intact() {
+    let body: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let b = {
+        let body = body.clone();
+        Backend::start(move |r: &Req| {
+            if r.target == "/cl" {
+                let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                    .into_bytes();
+                out.extend_from_slice(&body);
+                vec![Step::Send(out)]
+            } else {
+                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for c in body.chunks(65536 + 7) {
+                    out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                    out.extend_from_slice(c);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                vec![Step::Send(out)]
+            }
+        })
+    };
+    let (_p, addr) = proxy(&[&b], &[]);
+    let mut s = connect(addr);
+    let mut pending = Vec::new();
+    for t in ["/cl", "/chunked", "/cl"] {
+        write!(s, "GET {t} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let r = read_response(&mut s, &mut pending, false).unwrap();
+        assert_eq!(r.status, 200, "{t}");
+        assert!(r.body == body, "{t}: body differs ({} bytes)", r.body.len());
+    }
+    // An HTTP/1.0 client gets the chunked one de-chunked and framed by close.
+    let mut s = connect(addr);
+    s.write_all(b"GET /chunked HTTP/1.0\r\n\r\n").unwrap();
+    let raw = read_until_close(&mut s);
+    let he = find(&raw, b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        raw[he..] == body[..],
+        "de-chunked body differs ({} bytes)",
+        raw.len() - he
+    );
+}
+
+#[test]
 fn response_framed_by_close() {
     let b = Backend::start(|_| {
         vec![
@@ -848,6 +892,15 @@ fn malformed_requests_are_rejected_before_reaching_a_backend() {
         ("TE identity", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n", 400),
         ("TE in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         ("TE unknown coding before chunked", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        ("TE xchunked", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+        ("TE chunked then other line", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n", 400),
+        ("TE space before colon", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+        ("TE vertical tab", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n", 400),
+        ("CL case-variant duplicate", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc", 400),
+        ("CL with inner space", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1 2\r\n\r\n", 400),
+        ("bare CR in request line", b"GET /\rx HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+        ("DEL in value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x7fb\r\n\r\n", 400),
+        ("Expect other than 100-continue", b"GET / HTTP/1.1\r\nHost: t\r\nExpect: 200-ok\r\n\r\n", 417),
         ("bad method token", b"G(T / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
         ("empty method", b" / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
         ("two spaces", b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
@@ -880,6 +933,10 @@ fn invalid_chunk_sizes_are_rejected() {
         b"10000000000000000\r\n",
         b"5\r\nhelloXX0\r\n\r\n",
         b"\r\nhello\r\n0\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"5;a\nhello\r\n0\r\n\r\n",
+        b"5\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nBad Trailer\r\n\r\n",
     ];
     let mut failures = Vec::new();
     for body in bodies {

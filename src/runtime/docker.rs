@@ -152,6 +152,13 @@ impl Docker {
         cmd
     }
 
+    /// The last `lines` lines a container wrote (to tell why it did not come up).
+    pub fn logs(&self, id: &str, lines: u32) -> Command {
+        let mut cmd = docker();
+        cmd.args(["logs", "--tail", &lines.to_string(), id]);
+        cmd
+    }
+
     /// `docker rm -f` of containers (ids or names).
     pub fn remove(&self, ids: &[String]) -> Command {
         let mut cmd = docker();

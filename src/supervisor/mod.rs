@@ -123,6 +123,8 @@ enum JobKind {
     Stop { port: u16, generation: u64 },
     /// `docker rm -f` of the worker on `port` (after it stopped or died).
     Remove { port: u16, generation: u64 },
+    /// `docker logs --tail` of a worker that failed to start, then its removal.
+    Logs { port: u16, generation: u64 },
     /// Periodic `docker ps`: finds dead and stray containers.
     Reconcile { started: Instant },
     /// Stop: `docker ps` of everything with our label.
@@ -548,6 +550,8 @@ impl Supervisor {
             Phase::Detecting | Phase::Preparing => {}
             Phase::StartingWorkers { deadline } => {
                 self.drive_workers(now);
+                // A container that dies while starting is retried, not waited on until the end.
+                self.reconcile_if_due(now);
                 let healthy = self.active_workers();
                 if healthy >= self.desired_workers {
                     self.finish_start();
@@ -764,6 +768,7 @@ impl Supervisor {
             JobKind::Run { port, generation } => self.on_run_done(port, generation, out),
             JobKind::Stop { port, generation } => self.on_stop_done(port, generation, out),
             JobKind::Remove { port, generation } => self.on_remove_done(port, generation, out),
+            JobKind::Logs { port, generation } => self.on_logs_done(port, generation, out),
             JobKind::Reconcile { started } => {
                 self.reconcile_running = false;
                 if out.success {

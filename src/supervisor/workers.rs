@@ -452,6 +452,30 @@ impl Supervisor {
         slot.state = WorkerState::Gone;
     }
 
+    /// `docker logs` of a container that did not come up: logged, then the container goes.
+    pub(super) fn on_logs_done(&mut self, port: u16, generation: u64, out: JobOutput) {
+        let Some(slot) = self.workers.get(&port) else {
+            return;
+        };
+        if slot.generation != generation || slot.state != WorkerState::Removing {
+            return;
+        }
+        let text: Vec<&str> = out
+            .stdout
+            .lines()
+            .chain(out.stderr.lines())
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        warn!(
+            "worker_container_output",
+            "port={port} id={} output={}",
+            slot.id.as_deref().unwrap_or("-"),
+            quote(&text.join(" | "))
+        );
+        self.remove_container(port, Instant::now());
+    }
+
     /// A start failed: log, clean up, retry after a backoff.
     fn start_failed(&mut self, port: u16, now: Instant, reason: String) {
         self.cancel_probe(port);
@@ -475,7 +499,25 @@ impl Supervisor {
             let _ = child.kill();
             let _ = child.wait();
         }
-        self.remove_container(port, now);
+        // Docker: what the container said is lost with it, so read it first.
+        let logs = match (self.runtime.clone(), slot.container.clone()) {
+            (Some(Runtime::Docker(d)), Some(cid)) => Some((d.logs(&cid, 20), slot.generation)),
+            _ => None,
+        };
+        let reading = logs.is_some_and(|(cmd, generation)| {
+            self.spawn_job(
+                cmd,
+                JobKind::Logs { port, generation },
+                now + super::DOCKER_CALL_TIMEOUT,
+            )
+        });
+        if reading {
+            if let Some(slot) = self.workers.get_mut(&port) {
+                slot.state = WorkerState::Removing;
+            }
+        } else {
+            self.remove_container(port, now);
+        }
         // A worker the autoscaler asked for (beyond `min`) that cannot start is given up,
         // and scale-out pauses; the `min` ones are retried here with the backoff.
         let index = usize::from(port).saturating_sub(usize::from(self.cfg.worker_port));
