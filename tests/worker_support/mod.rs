@@ -76,6 +76,8 @@ pub struct Obs {
     pub elapsed: Duration,
     /// 0 for a connection's first request, 1 for its second...
     pub round: usize,
+    /// Which connection (0..conns).
+    pub conn: usize,
 }
 
 /// Parses one complete response (Content-Length framed) from the start of `buf`:
@@ -164,7 +166,8 @@ pub fn hammer_cycle(
         poll.poll(&mut events, Some(Duration::from_millis(100)))
             .unwrap();
         for ev in events.iter() {
-            let c = &mut cs[ev.token().0];
+            let i = ev.token().0;
+            let c = &mut cs[i];
             if c.done == per_conn {
                 continue;
             }
@@ -213,6 +216,7 @@ pub fn hammer_cycle(
                     body,
                     elapsed: t - started,
                     round: c.done,
+                    conn: i,
                 });
                 c.done += 1;
                 if c.done == per_conn {
