@@ -28,6 +28,10 @@ options:
   -i, --idle N            idle keep-alive connections for the memory figure (default 10000)
       --only LIST         proxies to run, comma-separated (default glb,haproxy,nginx,direct)
       --quick             CI smoke: 64 connections, 2 s, 1 rep, 1000 idle connections
+      --full-stack        the whole product instead of nginx backends: `goloadbalancer run`
+                          (process runtime, 2 workers at avg-delay 0, failure 0, one LB
+                          child) measured as proxy "stack" at /api/v1/hello, and the other
+                          proxies in front of the same two worker processes
       --no-build          use the existing release binary
       --bin PATH          use this goloadbalancer binary (implies --no-build; figures
                           from a debug build are not performance figures)
@@ -52,7 +56,8 @@ conns_list="64,512"
 duration=10
 reps=3
 idle=10000
-only="glb,haproxy,nginx,direct"
+only=""
+full=0
 build=1
 bin=""
 while [ $# -gt 0 ]; do
@@ -63,6 +68,7 @@ while [ $# -gt 0 ]; do
     -i | --idle) idle="${2:?}"; shift 2 ;;
     --only) only="${2:?}"; shift 2 ;;
     --quick) conns_list=64; duration=2; reps=1; idle=1000; shift ;;
+    --full-stack) full=1; shift ;;
     --no-build) build=0; shift ;;
     --bin) bin="${2:?}"; build=0; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -70,6 +76,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+if [ -z "$only" ]; then
+    if [ "$full" = 1 ]; then only="stack,glb,haproxy,nginx,direct"; else only="glb,haproxy,nginx,direct"; fi
+fi
+path=/
+[ "$full" = 1 ] && path=/api/v1/hello
 command -v wrk >/dev/null || die "wrk not found (apt-get install wrk)"
 command -v python3 >/dev/null || die "python3 not found (apt-get install python3)"
 has() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
@@ -112,7 +123,48 @@ wait_port() {
 # --- backends ------------------------------------------------------------------------------
 b1=$(free_port)
 b2=$(free_port)
-if has nginx; then
+if [ "$full" = 1 ]; then
+    # Four consecutive free ports: the LB, two workers, the admin endpoint.
+    base=$(python3 -c '
+import socket
+for _ in range(200):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); b = s.getsockname()[1]; s.close()
+    if b + 4 > 65535: continue
+    held = []
+    try:
+        for i in range(4):
+            t = socket.socket(); t.bind(("127.0.0.1", b + i)); held.append(t)
+        print(b); break
+    except OSError:
+        pass
+    finally:
+        for t in held: t.close()
+')
+    lb_port=$base b1=$((base + 1)) b2=$((base + 2)) admin_port=$((base + 3))
+    cat >"$work/config.yaml" <<EOF
+# Written by scripts/bench.sh --full-stack for one run.
+worker: 2
+pool: 1
+stats-dir: $work/worker-stats.db
+avg-delay: 0
+failure: 0
+load-balancer-port: $lb_port
+worker-port: $b1
+instance: bench-$$
+runtime: process
+listen-address: 127.0.0.1
+admin-port: $admin_port
+max-connections: 20000
+upstream-pool-size: 512
+EOF
+    "$glb" run --config "$work/config.yaml" >"$work/supervisor.log" 2>&1 &
+    sup=$!
+    pids+=($sup)
+    wait_port "$b1"
+    wait_port "$b2"
+    wait_port "$lb_port"
+    backend_kind="goloadbalancer workers (process runtime, avg-delay 0, failure 0)"
+elif has nginx; then
     mkdir -p "$work/backend"
     cat >"$work/backend/nginx.conf" <<EOF
 worker_processes 1;
@@ -144,10 +196,23 @@ wait_port "$b2"
 # --- proxies -------------------------------------------------------------------------------
 # Each start_* sets `port` and `ppids` (the PIDs whose CPU and RSS count as the proxy's).
 # Run in this shell (not in $(...)): the background processes must not hold a pipe open.
+# The stack's LB child: a forked child of the supervisor still running `run`.
+start_stack() {
+    port=$lb_port
+    ppids=()
+    local c
+    for c in $(pgrep -P "$sup"); do
+        if tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null | grep -q ' run '; then
+            ppids+=("$c")
+        fi
+    done
+    [ "${#ppids[@]}" -gt 0 ] || die "no LB child found under the supervisor ($sup)"
+}
+
 start_glb() {
     port=$(free_port)
     "$glb" proxy --listen "127.0.0.1:$port" --backend "127.0.0.1:$b1" --backend "127.0.0.1:$b2" \
-        --max-connections 20000 --upstream-pool-size 512 --health-path / >"$work/glb.log" 2>&1 &
+        --max-connections 20000 --upstream-pool-size 512 >"$work/glb.log" 2>&1 &
     pids+=($!)
     ppids=($!)
     wait_port "$port"
@@ -269,7 +334,7 @@ measure() {
     before=$(cpu_ticks "$@")
     local threads=2
     [ "$c" -lt 2 ] && threads=1
-    out=$(wrk -t"$threads" -c"$c" -d"${duration}s" --latency "http://127.0.0.1:$port/" 2>&1) || true
+    out=$(wrk -t"$threads" -c"$c" -d"${duration}s" --latency "http://127.0.0.1:$port$path" 2>&1) || true
     after=$(cpu_ticks "$@")
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
@@ -293,10 +358,10 @@ idle_cost() {
     shift 2
     local base
     base=$(rss_kib "$@")
-    python3 - "$port" "$n" "$work/idle.ready" "$work/idle.done" >/dev/null <<'EOF' &
+    python3 - "$port" "$n" "$work/idle.ready" "$work/idle.done" "$path" >/dev/null <<'EOF' &
 import socket, sys, os, time, selectors
 port, n, ready, done = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+req = b"GET " + sys.argv[5].encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
 socks = []
 sel = selectors.DefaultSelector()
 # In waves so the accept queue never overflows.
@@ -340,6 +405,7 @@ EOF
 }
 
 echo "backends: $backend_kind on 127.0.0.1:$b1 and :$b2"
+echo "path: $path"
 echo "wrk: ${duration}s per run, connections $conns_list, $reps repetitions (medians), $(nproc) cores"
 printf '%-8s %6s %10s %9s %9s %12s %9s\n' proxy conns "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss KiB"
 results=()
@@ -348,6 +414,7 @@ IFS=, read -r -a conns_arr <<<"$conns_list"
 IFS=, read -r -a only_arr <<<"$only"
 for proxy in "${only_arr[@]}"; do
     case "$proxy" in
+    stack) [ "$full" = 1 ] || die "proxy 'stack' needs --full-stack"; start_stack ;;
     glb) start_glb ;;
     haproxy) has haproxy || { echo "haproxy: not installed, skipped"; continue; }; start_haproxy ;;
     nginx) has nginx || { echo "nginx: not installed, skipped"; continue; }; start_nginx ;;
@@ -355,7 +422,7 @@ for proxy in "${only_arr[@]}"; do
     *) die "unknown proxy $proxy" ;;
     esac
     # Warm-up: connections, pools, caches.
-    wrk -t1 -c8 -d1s "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+    wrk -t1 -c8 -d1s "http://127.0.0.1:$port$path" >/dev/null 2>&1 || true
     for c in "${conns_arr[@]}"; do
         rm -f "$work/samples"
         for _ in $(seq 1 "$reps"); do
@@ -381,7 +448,7 @@ for proxy in "${only_arr[@]}"; do
         [ "$per" = "-" ] && failed=1
         idles+=("IDLE proxy=$proxy conns=$n rss_per_conn_bytes=$per")
     fi
-    if [ "$proxy" != direct ]; then
+    if [ "$proxy" != direct ] && [ "$proxy" != stack ]; then
         for p in "${ppids[@]}"; do kill "$p" 2>/dev/null || true; done
         for p in "${ppids[@]}"; do wait "$p" 2>/dev/null || true; done
     fi

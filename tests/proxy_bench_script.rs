@@ -57,3 +57,43 @@ fn bench_script_quick_run_reports_every_proxy() {
         "{stdout}"
     );
 }
+
+#[test]
+fn bench_script_full_stack_quick_run_measures_the_stack() {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("wrk not installed: bench.sh --full-stack smoke skipped (apt-get install wrk)");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("timeout")
+        .args(["300", "bash", &format!("{root}/scripts/bench.sh")])
+        .args([
+            "--full-stack",
+            "--quick",
+            "--only",
+            "stack,direct",
+            "--idle",
+            "100",
+        ])
+        .args(["--bin", common::bin()])
+        .output()
+        .expect("run bench.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench.sh failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("path: /api/v1/hello"), "{stdout}");
+    for p in ["stack", "direct"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("RESULT proxy={p} conns=64 rps="))),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("IDLE proxy=stack conns=100 rss_per_conn_bytes=")),
+        "{stdout}"
+    );
+}

@@ -404,3 +404,20 @@ fn idempotent_request_on_a_stale_pooled_connection_is_retried() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_1_0_client_gets_the_whole_dechunked_body_when_the_backend_closes_right_after() {
+    // A chunked response larger than the socket buffers, then the backend closes at once:
+    // the de-chunked bytes still queued for a slow HTTP/1.0 client must all arrive.
+    let chunk = "x".repeat(60_000);
+    let chunks: Vec<&str> = (0..40).map(|_| chunk.as_str()).collect();
+    let body = chunked_response(200, &chunks, &[]);
+    let b = Backend::start(move |_| vec![Step::Send(body.clone()), Step::Close]);
+    let (_p, addr) = one(&b, &[]);
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let raw = read_to_close(&mut s);
+    let at = common::find(&raw, b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(raw.len() - at, 40 * 60_000);
+}

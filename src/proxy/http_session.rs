@@ -720,6 +720,12 @@ impl Exchange {
                         return (State::Exchange(self), Progress::Moved);
                     }
                 }
+                Resp::Body {
+                    left: BodyLeft::Done,
+                    ..
+                } => {
+                    // Complete; what is still queued for the client is flushed first.
+                }
                 Resp::Body { .. } => {
                     // Died mid-body: the client must see a truncated message, never a clean end.
                     if self.x.uin.as_ref().is_none_or(Buf::is_empty) {

@@ -188,8 +188,6 @@ pub(crate) struct Supervisor {
     /// Docker preparation progress.
     leftovers_done: bool,
     image_ready: bool,
-    /// Signals already seen while stopping (a second one forces).
-    stop_signals: u32,
     /// When metrics were last sampled.
     last_sample: Option<Instant>,
     /// The autoscaler (always present; decides nothing when disabled).
@@ -325,7 +323,6 @@ impl Supervisor {
             last_reload_error: None,
             leftovers_done: false,
             image_ready: false,
-            stop_signals: 0,
             last_sample: None,
             scaler: autoscale::Autoscaler::new(&cfg_autoscale),
             latency: autoscale::LatencyWindow::new(),
@@ -524,11 +521,9 @@ impl Supervisor {
                 SIGTERM | SIGINT => {
                     let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
                     if let Phase::Stopping(_) = self.phase {
-                        self.stop_signals += 1;
-                        if self.stop_signals >= 1 {
-                            warn!("forced_stop", "signal={name}");
-                            self.force_stop();
-                        }
+                        // A second stop signal: the operator does not want to wait.
+                        warn!("forced_stop", "signal={name}");
+                        self.force_stop();
                     } else {
                         info!("stopping", "signal={name}");
                         self.begin_stop();
@@ -655,11 +650,12 @@ impl Supervisor {
                     quote(&out.error_text())
                 );
             }
-            self.on_job_done(&job, kind, out);
+            self.on_job_done(kind, out);
         }
     }
 
-    fn on_job_done(&mut self, job: &Job, kind: JobKind, out: JobOutput) {
+    /// Acts on a finished docker call.
+    fn on_job_done(&mut self, kind: JobKind, out: JobOutput) {
         match kind {
             JobKind::DockerInfo => {
                 if matches!(self.phase, Phase::Stopping(_)) {
@@ -810,7 +806,6 @@ impl Supervisor {
                 }
             }
         }
-        let _ = job;
     }
 
     fn maybe_docker_ready(&mut self) {
@@ -870,6 +865,9 @@ impl Supervisor {
                     for (mut job, kind) in std::mem::take(&mut self.jobs) {
                         crate::debug!("job_abandoned", "kind={kind:?}");
                         job.kill();
+                        if let JobKind::ImageBuild { context } = kind {
+                            let _ = std::fs::remove_dir_all(context);
+                        }
                     }
                     self.phase = Phase::Stopping(StopStep::FinalSweep);
                     if let Some(Runtime::Docker(d)) = &self.runtime {
