@@ -58,25 +58,17 @@ impl Options {
 /// Runs the worker until SIGTERM/SIGINT; returns the process exit code (0 after a clean
 /// drain, 1 when it cannot start or could not save its stats).
 pub fn run(opts: Options) -> i32 {
-    let id = match opts.id.clone() {
-        Some(id) => id,
-        None => default_id(opts.listen.port()),
-    };
-    if let Err(e) = validate_id(&id) {
+    if let Some(id) = &opts.id
+        && let Err(e) = validate_id(id)
+    {
         eprintln!("goloadbalancer worker: --id: {e}");
         return 2;
     }
-    crate::sys::log::init(&format!("worker.{id}"));
     raise_fd_limit();
-    match server::run(&opts, &id) {
+    match server::run(&opts, opts.id.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
-            crate::error!(
-                "worker_failed",
-                "id={id} error={}",
-                crate::sys::log::quote(&e)
-            );
-            eprintln!("goloadbalancer worker: {e}");
+            crate::error!("worker_failed", "error={}", crate::sys::log::quote(&e));
             1
         }
     }

@@ -247,7 +247,8 @@ struct Worker {
 }
 
 /// Binds, opens the store, serves until SIGTERM/SIGINT, drains, flushes.
-pub fn run(opts: &Options, id: &str) -> Result<(), String> {
+/// `id`: the `--id` given, else the default for the port actually bound (see `default_id`).
+pub fn run(opts: &Options, id: Option<&str>) -> Result<(), String> {
     let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
     let waker =
         Arc::new(Waker::new(poll.registry(), STORE_WAKER).map_err(|e| format!("waker: {e}"))?);
@@ -257,11 +258,24 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
             let _ = waker.wake();
         })
     };
-    // The store first: a bad database is reported before the port is taken.
-    let store = Store::start(&opts.db, id, ms(opts.stats_flush_ms.max(1)), notify)?;
     let std_listener =
         bind_listener(opts.listen).map_err(|e| format!("listen {}: {e}", opts.listen))?;
     let mut listener = TcpListener::from_std(std_listener);
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("listen {}: {e}", opts.listen))?;
+    let id = match id {
+        Some(id) => id.to_string(),
+        None => {
+            let id = super::default_id(local.port());
+            super::validate_id(&id).map_err(|e| format!("default id: {e}; pass --id"))?;
+            id
+        }
+    };
+    let id = id.as_str();
+    crate::sys::log::init(&format!("worker.{id}"));
+    // Nothing is accepted before the store is open: a bad database fails the start.
+    let store = Store::start(&opts.db, id, ms(opts.stats_flush_ms.max(1)), notify)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| format!("register listener: {e}"))?;
@@ -273,9 +287,6 @@ pub fn run(opts: &Options, id: &str) -> Result<(), String> {
     signals
         .register(poll.registry(), SIGNALS)
         .map_err(|e| format!("signals: {e}"))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("listen {}: {e}", opts.listen))?;
     let canned = Canned {
         ok_body: Arc::from(format!(
             "{{\"message\":{}}}",

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{self, Proc, get, wait_for_port};
 
 pub const HELLO: &[u8] = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n";
+pub const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
 
 /// Starts a worker on a port the kernel picks (`--port 0`, no race with parallel tests) and
 /// returns it and its address, read from its `worker_started` log line; the rest of its log
@@ -108,6 +109,17 @@ pub fn hammer(
     req: &[u8],
     limit: Duration,
 ) -> Vec<Obs> {
+    hammer_cycle(addr, conns, per_conn, &[req], limit)
+}
+
+/// `hammer` where a connection's request number `r` is `reqs[r % reqs.len()]`.
+pub fn hammer_cycle(
+    addr: SocketAddr,
+    conns: usize,
+    per_conn: usize,
+    reqs: &[&[u8]],
+    limit: Duration,
+) -> Vec<Obs> {
     use mio::net::TcpStream as MioStream;
     use mio::{Events, Interest, Poll, Token};
     struct C {
@@ -118,6 +130,7 @@ pub fn hammer(
         buf: Vec<u8>,
         done: usize,
     }
+    raise_fd_limit();
     let mut poll = Poll::new().unwrap();
     let mut cs: Vec<C> = (0..conns)
         .map(|i| {
@@ -165,6 +178,7 @@ pub fn hammer(
                 c.connected = true;
             }
             // Write the current request (whole or rest).
+            let req = reqs[c.done % reqs.len()];
             while c.written < req.len() {
                 match c.s.write(&req[c.written..]) {
                     Ok(n) => {
@@ -208,6 +222,7 @@ pub fn hammer(
                 // Next request on this connection.
                 c.written = 0;
                 c.started = None;
+                let req = reqs[c.done % reqs.len()];
                 while c.written < req.len() {
                     match c.s.write(&req[c.written..]) {
                         Ok(n) => {
@@ -223,6 +238,15 @@ pub fn hammer(
             }
         }
     }
+    // Close with a reset, not a FIN: thousands of client-side TIME_WAIT entries would hold
+    // ephemeral ports that parallel tests (and test runs) want to bind for a minute.
+    for c in &cs {
+        let abort = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = nix::sys::socket::setsockopt(&c.s, nix::sys::socket::sockopt::Linger, &abort);
+    }
     out
 }
 
@@ -231,4 +255,15 @@ pub fn mean_ms(obs: &[Obs]) -> f64 {
         .map(|o| o.elapsed.as_secs_f64() * 1000.0)
         .sum::<f64>()
         / obs.len() as f64
+}
+
+/// Raises this test process's soft open-files limit to the hard one (the 2,000-connection
+/// tests need more than a default 1024); the worker raises its own.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
