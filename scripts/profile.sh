@@ -102,6 +102,7 @@ skipped strace || need strace strace
 cd "$(dirname "$0")/.."
 root=$(pwd)
 if [ "$build" = 1 ]; then
+    command -v cargo >/dev/null || die "cargo not found (https://rustup.rs, or --binary PATH)"
     cargo build --release --quiet
 fi
 [ -n "$glb" ] || glb="$root/target/x86_64-unknown-linux-gnu/release/goloadbalancer"

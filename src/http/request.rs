@@ -223,7 +223,8 @@ pub struct RequestHead {
     /// The Upgrade field value when an upgrade is requested (Upgrade present and Connection
     /// lists `upgrade`, HTTP/1.1 only).
     pub upgrade: Option<Span>,
-    /// Every token listed in Connection field lines (these fields are hop-by-hop).
+    /// Tokens listed in Connection field lines other than `close`, `keep-alive` and
+    /// `upgrade` (whose fields are hop-by-hop anyway): the fields they name are dropped.
     pub connection_tokens: Vec<Span>,
     /// The Host field value, if any.
     pub host: Option<Span>,
@@ -387,8 +388,11 @@ fn finish(
                     keep_alive_token = true;
                 } else if item.eq_ignore_ascii_case(b"upgrade") {
                     upgrade_token = true;
+                } else {
+                    // Only tokens that can name a forwardable field: no allocation for the
+                    // common `Connection: keep-alive` / `close`.
+                    connection_tokens.push(Span::of(buf, item));
                 }
-                connection_tokens.push(Span::of(buf, item));
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
             if line.version == 1 {
@@ -1061,7 +1065,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Foo, ,keep-alive\r\nConnection: Y\r\n\r\n";
         let h = ok(raw);
         let toks: Vec<&[u8]> = h.connection_tokens.iter().map(|t| t.get(raw)).collect();
-        assert_eq!(toks, vec![&b"X-Foo"[..], b"keep-alive", b"Y"]);
+        assert_eq!(toks, vec![&b"X-Foo"[..], b"Y"]);
         assert!(h.is_connection_listed(raw, b"x-foo"));
         assert!(!h.is_connection_listed(raw, b"x-bar"));
     }

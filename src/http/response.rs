@@ -196,7 +196,8 @@ pub struct ResponseHead {
     /// Whether the upstream connection can be reused after this response's body (version and
     /// Connection allow it and the body is not close-delimited). Meaningless for 1xx.
     pub keep_alive: bool,
-    /// Every token listed in Connection field lines (these fields are hop-by-hop).
+    /// Tokens listed in Connection field lines other than `close`, `keep-alive` and
+    /// `upgrade` (whose fields are hop-by-hop anyway): the fields they name are dropped.
     pub connection_tokens: Vec<Span>,
     /// For a 101: the Upgrade field value (the protocol switched to).
     pub upgrade: Option<Span>,
@@ -323,8 +324,9 @@ pub fn parse_response_head(
                     close = true;
                 } else if item.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
+                } else if !item.eq_ignore_ascii_case(b"upgrade") {
+                    connection_tokens.push(Span::of(buf, item));
                 }
-                connection_tokens.push(Span::of(buf, item));
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") && upgrade.is_none() {
             upgrade = Some(f.value);
@@ -693,7 +695,7 @@ mod tests {
         assert!(h.is_switching_protocols());
         assert!(!h.is_interim());
         assert_eq!(h.upgrade.map(|u| u.get(raw)), Some(&b"websocket"[..]));
-        assert!(h.is_connection_listed(raw, b"upgrade"));
+        assert!(!h.is_connection_listed(raw, b"x-none"));
     }
 
     #[test]

@@ -95,10 +95,44 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `n` in decimal (no `fmt` machinery on the data path).
+fn put_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `ip` as text; IPv4 (the common case) without `fmt`.
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (k, octet) in v4.octets().into_iter().enumerate() {
+                if k > 0 {
+                    out.push(b'.');
+                }
+                put_u64(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
 fn put_framing(out: &mut Vec<u8>, framing: Framing) {
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            put_u64(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::Close => {}
@@ -179,7 +213,8 @@ pub fn write_upstream_request(
                 out.extend_from_slice(v);
                 out.extend_from_slice(b", ");
             }
-            let _ = write!(out, "{}\r\n", opts.client_ip);
+            put_ip(out, opts.client_ip);
+            out.extend_from_slice(b"\r\n");
         } else if opts.via.is_some() && name.eq_ignore_ascii_case(b"via") {
             // Re-emitted with our hop appended below, in this position's stead.
         } else {
@@ -200,12 +235,18 @@ pub fn write_upstream_request(
                 out.extend_from_slice(b", ");
             }
         }
-        let _ = write!(out, "1.{} {}\r\n", head.version, pseudonym);
+        out.extend_from_slice(if head.version == 0 { b"1.0 " } else { b"1.1 " });
+        out.extend_from_slice(pseudonym.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if last_xff.is_none() {
-        let _ = write!(out, "X-Forwarded-For: {}\r\n", opts.client_ip);
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        put_ip(out, opts.client_ip);
+        out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "X-Forwarded-Proto: {}\r\n", opts.proto);
+    out.extend_from_slice(b"X-Forwarded-Proto: ");
+    out.extend_from_slice(opts.proto.as_bytes());
+    out.extend_from_slice(b"\r\n");
     put_framing(out, opts.framing);
     put_connection(out, opts.connection);
     out.extend_from_slice(b"\r\n");
@@ -229,7 +270,9 @@ pub fn write_client_response(
     buf: &[u8],
     opts: &ClientResponse,
 ) {
-    let _ = write!(out, "HTTP/1.1 {} ", head.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    put_u64(out, u64::from(head.status));
+    out.push(b' ');
     out.extend_from_slice(head.reason.get(buf));
     out.extend_from_slice(b"\r\n");
     let keep_upgrade = opts.connection == ConnectionOut::Upgrade;
@@ -283,6 +326,27 @@ mod tests {
             },
         );
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn numbers_and_addresses() {
+        for n in [0u64, 7, 10, 99, 100, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            put_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.200.3",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            put_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
     }
 
     #[test]
