@@ -76,6 +76,8 @@ struct Slot {
     head_only: bool,
     /// HTTP/1.0 request (a kept-alive answer must say `Connection: keep-alive`).
     http10: bool,
+    /// The delay drawn for a hello, in microseconds (0 otherwise).
+    delay_us: u64,
 }
 
 /// One client connection.
@@ -147,7 +149,13 @@ struct Wire {
 }
 
 /// Appends one JSON response to `out`.
-fn write_json(out: &mut Vec<u8>, status: u16, body: &str, allow: Option<&str>, wire: Wire) {
+fn write_json(
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &str,
+    extra: Option<std::fmt::Arguments<'_>>,
+    wire: Wire,
+) {
     let start = out.len();
     write_simple(
         out,
@@ -157,12 +165,17 @@ fn write_json(out: &mut Vec<u8>, status: u16, body: &str, allow: Option<&str>, w
         wire.conn,
         wire.head_only,
     );
-    if let Some(a) = allow
+    if let Some(field) = extra
         && let Some(eol) = out[start..].windows(2).position(|w| w == b"\r\n")
     {
-        // write_simple takes no extra fields: Allow goes in right after the status line.
-        let at = start + eol + 2;
-        out.splice(at..at, format!("Allow: {a}\r\n").into_bytes());
+        // write_simple takes no extra fields: ours go in right after the status line.
+        let mut line = [0u8; 96];
+        let mut cursor = std::io::Cursor::new(&mut line[..]);
+        if write!(cursor, "{field}\r\n").is_ok() {
+            let n = cursor.position() as usize;
+            let at = start + eol + 2;
+            out.splice(at..at, line[..n].iter().copied());
+        }
     }
 }
 
@@ -815,6 +828,7 @@ impl Worker {
                 hello: None,
                 head_only: false,
                 http10: false,
+                delay_us: 0,
             });
             // Try to write it right away; the connection then closes (lingering).
             return self.step(idx, c, now);
@@ -971,6 +985,7 @@ impl Worker {
             hello: None,
             head_only: req.is_some_and(|r| r.head_only),
             http10: req.is_some_and(|r| r.http10),
+            delay_us: 0,
         });
     }
 
@@ -1035,6 +1050,7 @@ impl Worker {
                     hello: Some(success),
                     head_only: false,
                     http10: req.http10,
+                    delay_us: delay.as_micros() as u64,
                 });
                 if !ready {
                     self.timers.push(Reverse(Timer {
@@ -1059,6 +1075,7 @@ impl Worker {
                     hello: None,
                     head_only: req.head_only,
                     http10: req.http10,
+                    delay_us: 0,
                 });
                 self.stats_waiting.insert(seq, idx);
                 self.store.request_stats(seq);
@@ -1095,13 +1112,24 @@ impl Worker {
         };
         match &slot.reply {
             None => {}
-            Some(Reply::Hello) => write_json(out, 200, &self.canned.ok_body, None, wire),
-            Some(Reply::HelloFail) => write_json(out, 500, &self.canned.fail_body, None, wire),
+            // X-Delay-Ms: the delay this worker drew for the request (tests and curious
+            // operators can tell the applied delay from queueing on a busy machine).
+            Some(Reply::Hello) => {
+                let d = format_args!("X-Delay-Ms: {:.3}", slot.delay_us as f64 / 1000.0);
+                write_json(out, 200, &self.canned.ok_body, Some(d), wire)
+            }
+            Some(Reply::HelloFail) => {
+                let d = format_args!("X-Delay-Ms: {:.3}", slot.delay_us as f64 / 1000.0);
+                write_json(out, 500, &self.canned.fail_body, Some(d), wire)
+            }
             Some(Reply::Json {
                 status,
                 body,
                 allow,
-            }) => write_json(out, *status, body, *allow, wire),
+            }) => match allow {
+                Some(a) => write_json(out, *status, body, Some(format_args!("Allow: {a}")), wire),
+                None => write_json(out, *status, body, None, wire),
+            },
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct Obs {
     pub round: usize,
     /// Which connection (0..conns).
     pub conn: usize,
+    /// The delay the worker says it drew (`X-Delay-Ms`), hello answers only.
+    pub delay_ms: Option<f64>,
 }
 
 /// Parses one complete response (Content-Length framed) from the start of `buf`:
@@ -99,6 +101,19 @@ pub fn parse_one(buf: &[u8]) -> Option<(usize, u16, String)> {
     }
     let body = String::from_utf8_lossy(&buf[end..end + cl]).into_owned();
     Some((end + cl, status, body))
+}
+
+/// The `X-Delay-Ms` field of the response head at the start of `buf`.
+pub fn delay_field(buf: &[u8]) -> Option<f64> {
+    let end = common::find(buf, b"\r\n\r\n")?;
+    std::str::from_utf8(&buf[..end])
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-delay-ms")
+                .then(|| v.trim().parse().ok())?
+        })
 }
 
 /// Opens `conns` connections at once and sends `per_conn` requests on each, one after the
@@ -183,10 +198,12 @@ pub fn hammer_cycle(
             // Write the current request (whole or rest).
             let req = reqs[c.done % reqs.len()];
             while c.written < req.len() {
+                // The clock starts before the first byte can reach the worker.
+                let before = Instant::now();
                 match c.s.write(&req[c.written..]) {
                     Ok(n) => {
                         if c.written == 0 {
-                            c.started = Some(Instant::now());
+                            c.started = Some(before);
                         }
                         c.written += n;
                     }
@@ -207,6 +224,7 @@ pub fn hammer_cycle(
             }
             while let Some((used, status, body)) = parse_one(&c.buf) {
                 let t = Instant::now();
+                let delay_ms = delay_field(&c.buf);
                 c.buf.drain(..used);
                 let started = c
                     .started
@@ -217,6 +235,7 @@ pub fn hammer_cycle(
                     elapsed: t - started,
                     round: c.done,
                     conn: i,
+                    delay_ms,
                 });
                 c.done += 1;
                 if c.done == per_conn {
@@ -228,10 +247,11 @@ pub fn hammer_cycle(
                 c.started = None;
                 let req = reqs[c.done % reqs.len()];
                 while c.written < req.len() {
+                    let before = Instant::now();
                     match c.s.write(&req[c.written..]) {
                         Ok(n) => {
                             if c.written == 0 {
-                                c.started = Some(Instant::now());
+                                c.started = Some(before);
                             }
                             c.written += n;
                         }
