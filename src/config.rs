@@ -72,7 +72,7 @@ pub struct ProxySettings {
     pub max_body_bytes: u64,
     /// Further backends tried after a connect failure (default 2).
     pub retries: u32,
-    /// Idle keep-alive upstream connections kept per backend (default 32).
+    /// Idle keep-alive upstream connections kept per backend (default 256).
     pub upstream_pool_size: usize,
     /// Active health check request path (default /healthz).
     pub health_path: String,
@@ -214,7 +214,7 @@ impl Default for ProxySettings {
             max_headers: 100,
             max_body_bytes: 0,
             retries: 2,
-            upstream_pool_size: 32,
+            upstream_pool_size: 256,
             health_path: "/healthz".to_string(),
             health_interval_ms: 5_000,
             health_timeout_ms: 1_000,
