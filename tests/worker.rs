@@ -513,6 +513,10 @@ fn grace_period_answers_healthz_503_then_drains() {
             "3000",
         ],
     );
+    // A hangup is ignored.
+    w.signal(1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(w.alive(), "SIGHUP killed the worker");
     assert_eq!(get(addr, "/healthz").unwrap().status, 200);
     w.signal(15);
     let end = Instant::now() + Duration::from_secs(2);

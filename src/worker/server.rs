@@ -292,9 +292,12 @@ pub fn run(opts: &Options, id: Option<&str>) -> Result<(), String> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| format!("register listener: {e}"))?;
+    // SIGHUP is caught only to be ignored: a hangup of the terminal or session the worker
+    // was started from must not kill it (nothing is reloadable in a worker).
     let mut signals = crate::sys::signals::Signals::new(&[
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("signals: {e}"))?;
     signals
@@ -372,7 +375,11 @@ pub fn run(opts: &Options, id: Option<&str>) -> Result<(), String> {
             match ev.token() {
                 LISTENER => w.accept_all(),
                 SIGNALS => {
-                    let sigs = signals.pending();
+                    let mut sigs = signals.pending();
+                    if sigs.contains(&signal_hook::consts::SIGHUP) {
+                        crate::info!("worker_sighup_ignored", "id={}", w.id);
+                        sigs.retain(|&s| s != signal_hook::consts::SIGHUP);
+                    }
                     if sigs.is_empty() || w.draining {
                         continue;
                     }
