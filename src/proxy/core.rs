@@ -257,16 +257,23 @@ impl Core {
         let b = &mut self.backends.list[backend];
         b.failures += 1;
         if b.healthy {
-            b.healthy = false;
-            b.streak = 0;
-            crate::warn!(
-                "backend_down",
-                "backend={} addr={} reason={}",
-                crate::sys::log::quote(&b.id),
-                b.addr,
-                crate::sys::log::quote(why)
-            );
-            self.close_pool(backend);
+            self.mark_down(backend, why);
         }
+    }
+
+    /// Marks a backend down (active checks' fall, or passive ejection): it gets no new
+    /// request and its idle pooled connections are closed.
+    pub fn mark_down(&mut self, backend: usize, why: &str) {
+        let b = &mut self.backends.list[backend];
+        b.healthy = false;
+        b.streak = 0;
+        crate::warn!(
+            "backend_down",
+            "backend={} addr={} reason={}",
+            crate::sys::log::quote(&b.id),
+            b.addr,
+            crate::sys::log::quote(why)
+        );
+        self.close_pool(backend);
     }
 }

@@ -126,16 +126,7 @@ fn outcome(core: &mut Core, backend: usize, ok: bool, why: &str) {
             b.addr
         );
     } else if !ok && b.streak >= fall {
-        b.healthy = false;
-        b.streak = 0;
-        crate::warn!(
-            "backend_down",
-            "backend={} addr={} reason={}",
-            crate::sys::log::quote(&b.id),
-            b.addr,
-            crate::sys::log::quote(why)
-        );
-        core.close_pool(backend);
+        core.mark_down(backend, why);
     }
 }
 

@@ -158,7 +158,8 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
         .map_err(|e| format!("--listen {}: {e}", opts.listen))?
         .next()
         .ok_or_else(|| format!("--listen {}: no address", opts.listen))?;
-    let listener = bind_listener(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
+    let listener =
+        crate::sys::net::bind_listener(listen).map_err(|e| format!("--listen {listen}: {e}"))?;
     Ok(LoopInputs {
         name: "proxy".into(),
         listener,
@@ -167,27 +168,4 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
         control: None,
         drain_timeout_ms,
     })
-}
-
-/// Binds a listening socket with SO_REUSEADDR and a deep accept queue (bursts of thousands of
-/// connections wait in the kernel rather than being refused).
-pub fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen,
-        setsockopt, socket, sockopt,
-    };
-    use std::os::fd::AsRawFd;
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    match addr {
-        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
-        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
-    }
-    listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
-    Ok(std::net::TcpListener::from(fd))
 }

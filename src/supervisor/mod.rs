@@ -196,16 +196,9 @@ pub(crate) struct Supervisor {
     latency: autoscale::LatencyWindow,
 }
 
-/// Binds a listening TCP socket (std sets SO_REUSEADDR) and raises its backlog to the
-/// system maximum, so connections queue while a child is being replaced.
+/// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
-    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
-    // listen() again on a listening socket only changes its backlog.
-    nix::sys::socket::listen(&l, nix::sys::socket::Backlog::MAXCONN)
-        .map_err(|e| format!("listen {addr}: {e}"))?;
-    l.set_nonblocking(true)
-        .map_err(|e| format!("{addr}: nonblocking: {e}"))?;
-    Ok(l)
+    crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
 }
 
 /// The LB listener addresses a config asks for.

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -271,8 +271,8 @@ pub fn run(opts: &Options, id: Option<&str>) -> Result<(), String> {
             let _ = waker.wake();
         })
     };
-    let std_listener =
-        bind_listener(opts.listen).map_err(|e| format!("listen {}: {e}", opts.listen))?;
+    let std_listener = crate::sys::net::bind_listener(opts.listen)
+        .map_err(|e| format!("listen {}: {e}", opts.listen))?;
     let mut listener = TcpListener::from_std(std_listener);
     let local = listener
         .local_addr()
@@ -1192,35 +1192,6 @@ fn route_path(target: &[u8]) -> &[u8] {
         Some(i) => &t[..i],
         None => t,
     }
-}
-
-/// A non-blocking listener with a deep accept backlog (std's is 128: a burst of thousands of
-/// connects would otherwise wait on SYN retransmits).
-fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use nix::sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen,
-        setsockopt, socket, sockopt,
-    };
-    use std::os::fd::AsRawFd;
-    let family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
-    let fd = socket(
-        family,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    match addr {
-        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
-        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
-    }
-    // The kernel caps this at net.core.somaxconn.
-    listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN))?;
-    Ok(std::net::TcpListener::from(fd))
 }
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
