@@ -197,6 +197,18 @@ impl Client {
         self.deadline.set(&mut core.timers, at, k);
     }
 
+    /// Flushes the output still owed to the client (it goes before anything else, so
+    /// pipelined answers stay in order): None once all is written, else the progress the
+    /// caller returns with.
+    fn flush_owed(&mut self, core: &mut Core) -> Option<Progress> {
+        match self.flush_out(core) {
+            Err(()) => Some(Progress::Close),
+            Ok(_) if self.out_empty() => None,
+            Ok(true) => Some(Progress::Moved),
+            Ok(false) => Some(Progress::Idle),
+        }
+    }
+
     /// Writes pending `cout`; Err when the client is gone.
     fn flush_out(&mut self, core: &mut Core) -> Result<bool, ()> {
         let Some(out) = self.cout.as_mut() else {
@@ -343,16 +355,7 @@ impl HttpSession {
     fn step_head(&mut self, core: &mut Core, mut clock: bool) -> (State, Progress) {
         let c = &mut self.c;
         // A previous response still owed to the client goes first (pipelining in order).
-        let moved = match c.flush_out(core) {
-            Ok(m) => m,
-            Err(()) => return (State::Head { clock }, Progress::Close),
-        };
-        if !c.out_empty() {
-            let p = if moved {
-                Progress::Moved
-            } else {
-                Progress::Idle
-            };
+        if let Some(p) = c.flush_owed(core) {
             return (State::Head { clock }, p);
         }
         if let Some(cin) = c.cin.as_ref().filter(|b| !b.is_empty()) {
@@ -443,16 +446,7 @@ fn fail(c: &mut Client, core: &mut Core, status: u16) -> (State, Progress) {
 }
 
 fn step_closing(c: &mut Client, core: &mut Core, mut shut: bool) -> (State, Progress) {
-    let moved = match c.flush_out(core) {
-        Ok(m) => m,
-        Err(()) => return (State::Closing { shut }, Progress::Close),
-    };
-    if !c.out_empty() {
-        let p = if moved {
-            Progress::Moved
-        } else {
-            Progress::Idle
-        };
+    if let Some(p) = c.flush_owed(core) {
         return (State::Closing { shut }, p);
     }
     if !shut {
