@@ -52,6 +52,16 @@ pub struct LineChannel<In, Out> {
     _types: PhantomData<fn(In) -> Out>,
 }
 
+impl<In, Out> std::fmt::Debug for LineChannel<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineChannel")
+            .field("buffered_in", &self.rbuf.len())
+            .field("queued_out", &(self.wbuf.len() - self.wpos))
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
 impl<In: DeserializeOwned, Out: Serialize> LineChannel<In, Out> {
     /// Wraps one end of a socketpair (made non-blocking here).
     pub fn new(stream: UnixStream) -> io::Result<Self> {

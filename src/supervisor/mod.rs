@@ -10,7 +10,6 @@ pub mod autoscale;
 mod children;
 mod lb;
 mod metrics;
-mod probe;
 mod reload;
 mod render;
 mod status;
@@ -168,7 +167,7 @@ pub(crate) struct Supervisor {
     workers: BTreeMap<u16, workers::WorkerSlot>,
     desired_workers: usize,
     jobs: Vec<(Job, JobKind)>,
-    probes: HashMap<Token, probe::Probe>,
+    probes: HashMap<Token, workers::WorkerProbe>,
     next_token: usize,
     /// Last Down seq handed out.
     seq: u64,
@@ -480,9 +479,9 @@ impl Supervisor {
                         self.answer_admin(p);
                     }
                 } else if self.probes.contains_key(&t) {
-                    self.advance_probe(t);
+                    self.on_probe_event(ev);
                 } else {
-                    self.on_control(t);
+                    self.on_control(ev);
                 }
             }
             let now = Instant::now();
@@ -532,7 +531,7 @@ impl Supervisor {
         self.poll_jobs(now);
         self.reap_children(now);
         self.reap_worker_processes();
-        self.advance_probes(now);
+        self.expire_probes(now);
         self.admin.expire(self.poll.registry(), now);
         match self.phase {
             Phase::Detecting | Phase::Preparing => {}

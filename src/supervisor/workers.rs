@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mio::Token;
 
-use super::probe::{Probe, ProbeResult};
 use super::{JobKind, Phase, Supervisor};
+use crate::evloop::{HealthProbe, ProbeKind, ProbeStatus};
 use crate::proxy::control::{BackendSpec, BackendState};
 use crate::runtime::Runtime;
 use crate::runtime::docker::{self, RunSpec};
@@ -131,6 +131,18 @@ impl WorkerSlot {
             launched_at: now,
         }
     }
+}
+
+/// The supervisor's health check of a starting worker: it joins the backend set after a 200.
+#[derive(Debug)]
+pub struct WorkerProbe {
+    probe: HealthProbe,
+    /// The worker port it checks.
+    port: u16,
+    /// The launch generation it belongs to (a relaunch ignores older probes).
+    generation: u64,
+    /// Given up at this instant.
+    deadline: Instant,
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -622,15 +634,18 @@ impl Supervisor {
         let Some(id) = slot.id.as_deref() else {
             return true;
         };
-        self.children.iter().filter(|c| !c.conn.closed).all(|c| {
-            c.metrics_basis >= slot.drain_seq
-                && c.metrics.as_ref().is_some_and(|m| {
-                    m.backends
-                        .iter()
-                        .filter(|b| b.id == id)
-                        .all(|b| b.in_flight == 0)
-                })
-        })
+        self.children
+            .iter()
+            .filter(|c| !c.conn.is_closed())
+            .all(|c| {
+                c.metrics_basis >= slot.drain_seq
+                    && c.metrics.as_ref().is_some_and(|m| {
+                        m.backends
+                            .iter()
+                            .filter(|b| b.id == id)
+                            .all(|b| b.in_flight == 0)
+                    })
+            })
     }
 
     /// Tells the worker to stop (it drains and flushes its stats).
@@ -721,19 +736,21 @@ impl Supervisor {
         let WorkerState::Probing { deadline, .. } = slot.state else {
             return;
         };
-        let probe_deadline = (now + PROBE_TIMEOUT).min(deadline);
-        match Probe::start(
-            addr,
-            &path,
-            self.poll.registry(),
-            token,
-            port,
-            slot.generation,
-            probe_deadline,
-        ) {
-            Ok(p) => {
+        let started =
+            HealthProbe::start(addr, ProbeKind::Http { path: &path }).and_then(|mut p| {
+                p.register(self.poll.registry(), token)?;
+                Ok(p)
+            });
+        match started {
+            Ok(probe) => {
                 slot.probe = Some(token);
-                self.probes.insert(token, p);
+                let check = WorkerProbe {
+                    probe,
+                    port,
+                    generation: slot.generation,
+                    deadline: (now + PROBE_TIMEOUT).min(deadline),
+                };
+                self.probes.insert(token, check);
             }
             Err(e) => {
                 slot.last_error = Some(e.to_string());
@@ -750,36 +767,59 @@ impl Supervisor {
             && let Some(t) = slot.probe.take()
             && let Some(mut p) = self.probes.remove(&t)
         {
-            p.deregister(self.poll.registry());
+            p.probe.deregister(self.poll.registry());
         }
     }
 
     /// Readiness on a probe's socket.
-    pub(super) fn advance_probe(&mut self, token: Token) {
+    pub(super) fn on_probe_event(&mut self, ev: &mio::event::Event) {
         let now = Instant::now();
-        let Some(p) = self.probes.get_mut(&token) else {
+        let Some(p) = self.probes.get_mut(&ev.token()) else {
             return;
         };
-        let result = p.advance(now);
-        if result == ProbeResult::Pending {
+        let verdict = match p.probe.on_event(ev) {
+            ProbeStatus::Pending if now >= p.deadline => Err("timed out".to_string()),
+            ProbeStatus::Pending => return,
+            ProbeStatus::Status(200) => Ok(()),
+            ProbeStatus::Status(code) => Err(format!("status {code}")),
+            ProbeStatus::Connected => Err("connected without an answer".to_string()),
+            ProbeStatus::Failed(why) => Err(why),
+        };
+        self.probe_done(ev.token(), verdict, now);
+    }
+
+    /// Timer pass over the probes: those past their deadline fail.
+    pub(super) fn expire_probes(&mut self, now: Instant) {
+        let late: Vec<Token> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            self.probe_done(t, Err("timed out".to_string()), now);
+        }
+    }
+
+    /// A probe ended: the worker joins (`Ok`) or is probed again after [`PROBE_EVERY`].
+    fn probe_done(&mut self, token: Token, verdict: Result<(), String>, now: Instant) {
+        let Some(mut p) = self.probes.remove(&token) else {
             return;
-        }
-        let (port, generation) = (p.port, p.generation);
-        if let Some(mut p) = self.probes.remove(&token) {
-            p.deregister(self.poll.registry());
-        }
+        };
+        p.probe.deregister(self.poll.registry());
+        let port = p.port;
         let Some(slot) = self.workers.get_mut(&port) else {
             return;
         };
-        if slot.generation != generation || slot.probe != Some(token) {
+        if slot.generation != p.generation || slot.probe != Some(token) {
             return;
         }
         slot.probe = None;
         let WorkerState::Probing { deadline, .. } = slot.state else {
             return;
         };
-        match result {
-            ProbeResult::Healthy => {
+        match verdict {
+            Ok(()) => {
                 info!(
                     "worker_healthy",
                     "port={port} id={} after_ms={}",
@@ -791,22 +831,13 @@ impl Supervisor {
                 slot.last_error = None;
                 self.publish_backends();
             }
-            ProbeResult::Failed(e) => {
+            Err(e) => {
                 slot.last_error = Some(e);
                 slot.state = WorkerState::Probing {
                     deadline,
                     next_probe: now + PROBE_EVERY,
                 };
             }
-            ProbeResult::Pending => {}
-        }
-    }
-
-    /// Timer pass over the probes (deadlines).
-    pub(super) fn advance_probes(&mut self, _now: Instant) {
-        let tokens: Vec<Token> = self.probes.keys().copied().collect();
-        for t in tokens {
-            self.advance_probe(t);
         }
     }
 
