@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::prometheus::{Kind, MetricsText};
 use crate::config;
 use crate::proxy::control::{BackendMetrics, LATENCY_BUCKETS_MS};
 
@@ -514,63 +515,54 @@ impl Autoscaler {
 }
 
 impl Status {
-    /// Prometheus text lines for the autoscaler (the supervisor appends them to /metrics).
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        gauge(
+    /// The autoscaler's families of `/metrics` (the supervisor's text ends with them).
+    pub fn write_metrics(&self, m: &mut MetricsText) {
+        m.family(
             "goloadbalancer_autoscale_enabled",
+            Kind::Gauge,
             "1 when the autoscaler is on.",
-            "gauge",
-            u8::from(self.enabled).to_string(),
-        );
-        gauge(
+        )
+        .sample(&[], u8::from(self.enabled));
+        m.family(
             "goloadbalancer_autoscale_desired_workers",
+            Kind::Gauge,
             "Workers the autoscaler wants.",
-            "gauge",
-            self.desired.to_string(),
-        );
-        gauge(
+        )
+        .sample(&[], self.desired);
+        m.family(
             "goloadbalancer_autoscale_active_workers",
+            Kind::Gauge,
             "Active workers in the autoscaler's latest sample.",
-            "gauge",
-            self.active.to_string(),
-        );
-        gauge(
+        )
+        .sample(&[], self.active);
+        m.family(
             "goloadbalancer_autoscale_inflight_per_worker",
+            Kind::Gauge,
             "In-flight requests per active worker (latest sample).",
-            "gauge",
-            format!("{}", self.inflight_per_worker),
-        );
-        gauge(
+        )
+        .sample(&[], self.inflight_per_worker);
+        m.family(
             "goloadbalancer_autoscale_target_inflight",
+            Kind::Gauge,
             "Target in-flight requests per worker.",
-            "gauge",
-            format!("{}", self.target_inflight),
-        );
+        )
+        .sample(&[], self.target_inflight);
         if let Some(p) = self.p90_ms {
-            gauge(
+            m.family(
                 "goloadbalancer_autoscale_p90_ms",
+                Kind::Gauge,
                 "p90 latency (ms) of the latest sample.",
-                "gauge",
-                format!("{p}"),
-            );
+            )
+            .sample(&[], p);
         }
-        out.push_str(
-            "# HELP goloadbalancer_autoscale_actions_total Scaling actions by kind.\n\
-             # TYPE goloadbalancer_autoscale_actions_total counter\n",
-        );
-        out.push_str(&format!(
-            "goloadbalancer_autoscale_actions_total{{action=\"scale_out\"}} {}\n\
-             goloadbalancer_autoscale_actions_total{{action=\"scale_in\"}} {}\n\
-             goloadbalancer_autoscale_actions_total{{action=\"start_failed\"}} {}\n",
-            self.scale_outs, self.scale_ins, self.start_failures
-        ));
-        out
+        m.family(
+            "goloadbalancer_autoscale_actions_total",
+            Kind::Counter,
+            "Scaling actions by kind.",
+        )
+        .sample(&[("action", "scale_out")], self.scale_outs)
+        .sample(&[("action", "scale_in")], self.scale_ins)
+        .sample(&[("action", "start_failed")], self.start_failures);
     }
 }
 
@@ -1162,7 +1154,9 @@ mod tests {
         assert_eq!(v["last_decision"]["action"], "scale_out");
         assert_eq!(v["last_decision"]["ago_ms"], 1000);
         assert_eq!(v["cooldown_remaining_ms"], 9000);
-        let text = a.status().prometheus();
+        let mut m = MetricsText::new();
+        a.status().write_metrics(&mut m);
+        let text = m.finish();
         assert!(text.contains("goloadbalancer_autoscale_desired_workers 2\n"));
         assert!(text.contains("goloadbalancer_autoscale_actions_total{action=\"scale_out\"} 1\n"));
     }

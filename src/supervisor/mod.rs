@@ -10,6 +10,7 @@ pub mod autoscale;
 mod children;
 mod lb;
 mod metrics;
+mod prometheus;
 mod reload;
 mod render;
 mod status;
