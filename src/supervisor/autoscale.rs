@@ -328,55 +328,74 @@ impl Autoscaler {
         }
 
         match self.region {
-            Region::High => {
-                if desired >= self.max() {
-                    return Decision::Hold;
-                }
-                if self.backoff_until.is_some_and(|b| now < b) {
-                    return Decision::Hold;
-                }
-                // The workers of the previous scale-out are still starting: the load per
-                // worker is measured on fewer workers than asked for, so wait for them (a
-                // start that fails is reported and ends the wait; a lost report lapses).
-                if self
-                    .scale_out_pending
-                    .is_some_and(|p| now.saturating_duration_since(p) < MAX_SCALE_OUT_WAIT)
-                {
-                    return Decision::Hold;
-                }
-                let target = self.clamp(desired + self.step());
-                let reason = format!(
-                    "{} for {}ms: {desired} -> {target} workers",
-                    self.describe_high(sample),
-                    held_for.as_millis()
-                );
-                self.scale_out_pending = Some(now);
-                self.act(now, Action::ScaleOut, desired, target, reason)
-            }
-            Region::Low => {
-                if desired <= self.min() {
-                    return Decision::Hold;
-                }
-                // Never below what keeps the current load at or under the target.
-                let needed = match self.inflight_target() {
-                    Some(t) => (sample.in_flight as f64 / t).ceil() as usize,
-                    None => 0,
-                };
-                let target = self
-                    .clamp(desired.saturating_sub(self.step()))
-                    .max(needed.min(desired));
-                if target >= desired {
-                    return Decision::Hold;
-                }
-                let reason = format!(
-                    "{} for {}ms: {desired} -> {target} workers",
-                    self.describe_low(sample),
-                    held_for.as_millis()
-                );
-                self.act(now, Action::ScaleIn, desired, target, reason)
-            }
+            Region::High => self.scale_out(now, sample, desired, held_for),
+            Region::Low => self.scale_in(now, sample, desired, held_for),
             Region::Steady | Region::Unknown => Decision::Hold,
         }
+    }
+
+    /// Load above the target for the whole breach: `step` more workers, unless at `max`,
+    /// in a start-failure backoff, or still waiting for the previous scale-out's workers.
+    fn scale_out(
+        &mut self,
+        now: Instant,
+        sample: &Sample,
+        desired: usize,
+        held_for: Duration,
+    ) -> Decision {
+        if desired >= self.max() {
+            return Decision::Hold;
+        }
+        if self.backoff_until.is_some_and(|b| now < b) {
+            return Decision::Hold;
+        }
+        // The workers of the previous scale-out are still starting: the load per worker is
+        // measured on fewer workers than asked for, so wait for them (a start that fails is
+        // reported and ends the wait; a lost report lapses).
+        if self
+            .scale_out_pending
+            .is_some_and(|p| now.saturating_duration_since(p) < MAX_SCALE_OUT_WAIT)
+        {
+            return Decision::Hold;
+        }
+        let target = self.clamp(desired + self.step());
+        let reason = format!(
+            "{} for {}ms: {desired} -> {target} workers",
+            self.describe_high(sample),
+            held_for.as_millis()
+        );
+        self.scale_out_pending = Some(now);
+        self.act(now, Action::ScaleOut, desired, target, reason)
+    }
+
+    /// Load below half the target for the whole breach: `step` fewer workers, but never
+    /// below `min` nor below what keeps the current load at or under the target.
+    fn scale_in(
+        &mut self,
+        now: Instant,
+        sample: &Sample,
+        desired: usize,
+        held_for: Duration,
+    ) -> Decision {
+        if desired <= self.min() {
+            return Decision::Hold;
+        }
+        let needed = match self.inflight_target() {
+            Some(t) => (sample.in_flight as f64 / t).ceil() as usize,
+            None => 0,
+        };
+        let target = self
+            .clamp(desired.saturating_sub(self.step()))
+            .max(needed.min(desired));
+        if target >= desired {
+            return Decision::Hold;
+        }
+        let reason = format!(
+            "{} for {}ms: {desired} -> {target} workers",
+            self.describe_low(sample),
+            held_for.as_millis()
+        );
+        self.act(now, Action::ScaleIn, desired, target, reason)
     }
 
     /// A worker the autoscaler asked for failed to start (never became healthy). Gives up

@@ -365,7 +365,7 @@ impl Supervisor {
                 quote(&reason)
             );
             self.desired_workers = target;
-            self.sync_worker_slots();
+            self.sync_worker_ports();
             self.drive_workers(now);
         }
     }

@@ -4,11 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::admin::{Pending, Route};
-use super::children::ChildState;
+use super::children::{ChildState, LbChild};
 use super::metrics::BackendView;
 use super::prometheus::{Kind, MetricsText};
 use super::status::{ChildStatus, Status, WorkerStatus};
-use super::workers::WorkerState;
+use super::workers::{WorkerPort, WorkerState};
 use super::{Phase, Supervisor};
 use crate::proxy::control::LATENCY_BUCKETS_MS;
 
@@ -46,64 +46,12 @@ impl Supervisor {
         let workers = self
             .workers
             .values()
-            .map(|s| {
-                let view = s.id.as_ref().and_then(|id| views.get(id));
-                let health = match (s.state, view) {
-                    (WorkerState::Active | WorkerState::Draining { .. }, Some(v))
-                        if v.healthy_votes + v.unhealthy_votes > 0 =>
-                    {
-                        if v.unhealthy_votes == 0 {
-                            "healthy"
-                        } else {
-                            "unhealthy"
-                        }
-                    }
-                    // Not yet reported by a child: the supervisor's own check passed.
-                    (WorkerState::Active, _) => "healthy",
-                    (WorkerState::Probing { .. }, _) => "unhealthy",
-                    _ => "unknown",
-                };
-                let totals = view.map(|v| v.totals.clone()).unwrap_or_default();
-                WorkerStatus {
-                    id: s.id.clone().unwrap_or_default(),
-                    port: s.port,
-                    pid: s.process.as_ref().map(|c| c.id()),
-                    container: s.container.clone(),
-                    address: std::net::SocketAddr::new(self.cfg.worker_address, s.port).to_string(),
-                    state: s.state.name().to_string(),
-                    health: health.to_string(),
-                    in_flight: view.map(|v| v.in_flight).unwrap_or(0),
-                    responses: CLASSES
-                        .iter()
-                        .zip(totals.responses.iter())
-                        .map(|(k, v)| (k.to_string(), *v))
-                        .collect::<BTreeMap<_, _>>(),
-                    requests: totals.requests(),
-                    failures: totals.failures,
-                    restarts: s.restarts,
-                    last_error: s.last_error.clone(),
-                }
-            })
+            .map(|s| self.worker_status(s, s.id.as_ref().and_then(|id| views.get(id))))
             .collect();
         let children = self
             .children
             .iter()
-            .map(|c| ChildStatus {
-                name: c.name.clone(),
-                pid: c.pid.as_raw(),
-                listener: self
-                    .listeners
-                    .iter()
-                    .find(|l| l.id == c.listener_id)
-                    .map(|l| l.addr.to_string())
-                    .unwrap_or_else(|| "(closed)".into()),
-                state: match c.state {
-                    ChildState::Running => "running".into(),
-                    ChildState::Draining { .. } => "draining".into(),
-                },
-                connections: c.metrics.as_ref().map(|m| m.connections).unwrap_or(0),
-                uptime_s: now.duration_since(c.started).as_secs(),
-            })
+            .map(|c| self.child_status(c, now))
             .collect();
         Status {
             instance: self.cfg.instance.clone(),
@@ -132,6 +80,65 @@ impl Supervisor {
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
             autoscale: serde_json::to_value(self.scaler.status()).ok(),
+        }
+    }
+
+    /// One worker port's entry in `/status`; `view` is what the children report about it.
+    fn worker_status(&self, s: &WorkerPort, view: Option<&BackendView>) -> WorkerStatus {
+        let health = match (s.state, view) {
+            (WorkerState::Active | WorkerState::Draining { .. }, Some(v))
+                if v.healthy_votes + v.unhealthy_votes > 0 =>
+            {
+                if v.unhealthy_votes == 0 {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+            }
+            // Not yet reported by a child: the supervisor's own check passed.
+            (WorkerState::Active, _) => "healthy",
+            (WorkerState::Probing { .. }, _) => "unhealthy",
+            _ => "unknown",
+        };
+        let totals = view.map(|v| v.totals.clone()).unwrap_or_default();
+        WorkerStatus {
+            id: s.id.clone().unwrap_or_default(),
+            port: s.port,
+            pid: s.process.as_ref().map(|c| c.id()),
+            container: s.container.clone(),
+            address: std::net::SocketAddr::new(self.cfg.worker_address, s.port).to_string(),
+            state: s.state.name().to_string(),
+            health: health.to_string(),
+            in_flight: view.map(|v| v.in_flight).unwrap_or(0),
+            responses: CLASSES
+                .iter()
+                .zip(totals.responses.iter())
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>(),
+            requests: totals.requests(),
+            failures: totals.failures,
+            restarts: s.restarts,
+            last_error: s.last_error.clone(),
+        }
+    }
+
+    /// One LB child's entry in `/status`.
+    fn child_status(&self, c: &LbChild, now: Instant) -> ChildStatus {
+        ChildStatus {
+            name: c.name.clone(),
+            pid: c.pid.as_raw(),
+            listener: self
+                .listeners
+                .iter()
+                .find(|l| l.id == c.listener_id)
+                .map(|l| l.addr.to_string())
+                .unwrap_or_else(|| "(closed)".into()),
+            state: match c.state {
+                ChildState::Running => "running".into(),
+                ChildState::Draining { .. } => "draining".into(),
+            },
+            connections: c.metrics.as_ref().map(|m| m.connections).unwrap_or(0),
+            uptime_s: now.duration_since(c.started).as_secs(),
         }
     }
 
