@@ -739,6 +739,17 @@ mod tests {
         }
     }
 
+    /// Feeds `sample` at each of `times` (ms); the first decision that is not Hold, with its
+    /// time.
+    fn first_action(
+        a: &mut Autoscaler,
+        t0: Instant,
+        mut times: impl Iterator<Item = u64>,
+        sample: &Sample,
+    ) -> Option<(u64, usize)> {
+        times.find_map(|t| target(&a.observe(ms(t0, t), sample)).map(|n| (t, n)))
+    }
+
     /// Feeds `sample` once a second from `from` to `to` (ms, inclusive); returns the decisions
     /// that were not Hold, with their time.
     fn run(
@@ -976,25 +987,13 @@ mod tests {
         assert_eq!(st.start_failures, 1);
         assert_eq!(st.last_decision.unwrap().action, Action::StartFailed);
         // Backoff = cooldown (2 s) for the first failure: no scale-out before 3500 ms.
-        let mut first = None;
-        for t in (2000..=10_000).step_by(500) {
-            if let Some(n) = target(&a.observe(ms(t0, t), &s(1, 100))) {
-                first = Some((t, n));
-                break;
-            }
-        }
+        let first = first_action(&mut a, t0, (2000..=10_000).step_by(500), &s(1, 100));
         assert_eq!(first, Some((3500, 2)));
         // Second consecutive failure: 4 s; third: 8 s.
         let _ = a.report_start_failure(ms(t0, 4000));
         let _ = a.observe(ms(t0, 4000), &s(1, 100));
         assert_eq!(a.status().backoff_remaining_ms, 4000);
-        let mut first = None;
-        for t in (4000..=20_000).step_by(250) {
-            if let Some(n) = target(&a.observe(ms(t0, t), &s(1, 100))) {
-                first = Some((t, n));
-                break;
-            }
-        }
+        let first = first_action(&mut a, t0, (4000..=20_000).step_by(250), &s(1, 100));
         assert_eq!(first, Some((8000, 2)));
         let _ = a.report_start_failure(ms(t0, 8500));
         let _ = a.observe(ms(t0, 8500), &s(1, 100));
@@ -1042,13 +1041,7 @@ mod tests {
         assert_eq!(a.observe(ms(t0, 11_000), &s(2, 100)), Decision::Hold);
         assert_eq!(target(&a.observe(ms(t0, 11_500), &s(2, 100))), Some(3));
         // A worker that never comes up and is never reported: the wait lapses.
-        let mut first = None;
-        for t in (12_000..=120_000).step_by(500) {
-            if let Some(n) = target(&a.observe(ms(t0, t), &s(2, 100))) {
-                first = Some((t, n));
-                break;
-            }
-        }
+        let first = first_action(&mut a, t0, (12_000..=120_000).step_by(500), &s(2, 100));
         assert_eq!(
             first,
             Some((11_500 + MAX_SCALE_OUT_WAIT.as_millis() as u64, 4))

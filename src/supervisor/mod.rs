@@ -201,6 +201,15 @@ fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
     crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
 }
 
+/// `a,b,c`: the listeners' addresses for a log line.
+fn addr_list(listeners: &[LbListener]) -> String {
+    listeners
+        .iter()
+        .map(|l| l.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Binds every LB listener a config asks for (ids 0..).
 fn bind_lb_listeners(cfg: &Config) -> Result<Vec<LbListener>, String> {
     lb_addrs(cfg)?
@@ -279,11 +288,7 @@ impl Supervisor {
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
-            listeners
-                .iter()
-                .map(|l| l.addr.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            addr_list(&listeners),
             quote(&cfg.instance),
             quote(&config_path.display().to_string())
         );

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{LbListener, Supervisor, bind_listener, lb_addrs};
+use super::{LbListener, Supervisor, addr_list, bind_listener, lb_addrs};
 use crate::config::Config;
 use crate::sys::log::quote;
 use crate::sys::notify;
@@ -121,15 +121,7 @@ impl Supervisor {
             }
         }
         if !old_listeners.is_empty() {
-            info!(
-                "listeners_closed",
-                "addrs={}",
-                old_listeners
-                    .iter()
-                    .map(|l| l.addr.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+            info!("listeners_closed", "addrs={}", addr_list(&old_listeners));
         }
         // Dropping our copies: children still serving them keep theirs until they drain.
         drop(old_listeners);
