@@ -1,9 +1,14 @@
 //! The process runtime: `goloadbalancer worker` as a local child process of the supervisor.
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::driver::{Driver, DriverEvent, Existing, LaunchSpec, Placement, Removal};
+use crate::sys::log::quote;
 
 /// Everything a local worker process is started with.
 #[derive(Clone, Debug)]
@@ -62,4 +67,201 @@ pub fn spawn(spec: &ProcessSpec<'_>) -> std::io::Result<Child> {
         });
     }
     cmd.spawn()
+}
+
+/// One worker process the driver started.
+#[derive(Debug)]
+struct Running {
+    generation: u64,
+    child: Child,
+    /// Sent SIGTERM: its exit is a stop, not a death.
+    stopping: bool,
+}
+
+/// The process runtime as a [`Driver`]: slot `i` listens on `worker-port + i`.
+#[derive(Debug)]
+pub struct ProcessDriver {
+    exe: PathBuf,
+    db: PathBuf,
+    address: IpAddr,
+    base_port: u16,
+    running: BTreeMap<u16, Running>,
+    events: Vec<DriverEvent>,
+}
+
+impl ProcessDriver {
+    /// A driver starting `exe worker` processes on `address:base_port + slot`.
+    pub fn new(exe: PathBuf, db: PathBuf, address: IpAddr, base_port: u16) -> ProcessDriver {
+        ProcessDriver {
+            exe,
+            db,
+            address,
+            base_port,
+            running: BTreeMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn port(&self, slot: u16) -> Option<u16> {
+        self.base_port.checked_add(slot)
+    }
+
+    fn kill_all(&mut self) {
+        for (_, mut r) in std::mem::take(&mut self.running) {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+    }
+}
+
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn planned_address(&self, slot: u16) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.address, self.port(slot)?))
+    }
+
+    fn prepare(&mut self, _now: Instant) {
+        self.events.push(DriverEvent::Prepared(Ok(())));
+    }
+
+    fn list(&mut self, _now: Instant) {
+        // A previous run's worker processes died with it (PDEATHSIG): nothing to find.
+        self.events.push(DriverEvent::Listed(Ok(Vec::new())));
+    }
+
+    fn adopt(&mut self, _slot: u16, _generation: u64, _found: &Existing, _now: Instant) {}
+
+    fn discard(&mut self, _found: &Existing, _now: Instant) {}
+
+    fn launch(&mut self, spec: &LaunchSpec, _now: Instant) {
+        let (slot, generation) = (spec.slot, spec.generation);
+        let Some(port) = self.port(slot) else {
+            let result = Err(format!("worker-port + {slot} is past 65535"));
+            self.events.push(DriverEvent::Launched {
+                slot,
+                generation,
+                result,
+            });
+            return;
+        };
+        let process = ProcessSpec {
+            exe: &self.exe,
+            address: self.address,
+            port,
+            db: &self.db,
+            avg_delay: spec.avg_delay,
+            failure: spec.failure,
+            drain_timeout_ms: spec.drain_timeout_ms,
+        };
+        let result = match spawn(&process) {
+            Ok(child) => {
+                let id = worker_id(port);
+                crate::info!("worker_spawned", "port={port} id={id} pid={}", child.id());
+                let placement = Placement {
+                    id,
+                    addr: SocketAddr::new(self.address, port),
+                    pid: Some(child.id()),
+                    container: None,
+                };
+                let old = self.running.insert(
+                    slot,
+                    Running {
+                        generation,
+                        child,
+                        stopping: false,
+                    },
+                );
+                if let Some(mut old) = old {
+                    let _ = old.child.kill();
+                    let _ = old.child.wait();
+                }
+                Ok(placement)
+            }
+            Err(e) => Err(format!("spawn: {e}")),
+        };
+        self.events.push(DriverEvent::Launched {
+            slot,
+            generation,
+            result,
+        });
+    }
+
+    fn stop(&mut self, slot: u16, generation: u64, _grace: Duration, _now: Instant) {
+        match self.running.get_mut(&slot) {
+            Some(r) if r.generation == generation => {
+                let pid = nix::unistd::Pid::from_raw(r.child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                r.stopping = true;
+            }
+            _ => self.events.push(DriverEvent::Stopped { slot, generation }),
+        }
+    }
+
+    fn kill(&mut self, slot: u16, generation: u64) {
+        if let Some(r) = self.running.get_mut(&slot)
+            && r.generation == generation
+        {
+            crate::warn!("worker_kill", "slot={slot} reason=\"stop timeout\"");
+            let _ = r.child.kill();
+        }
+    }
+
+    fn remove(&mut self, slot: u16, generation: u64, _why: Removal, _now: Instant) {
+        if self
+            .running
+            .get(&slot)
+            .is_some_and(|r| r.generation == generation)
+            && let Some(mut r) = self.running.remove(&slot)
+        {
+            let _ = r.child.kill();
+            let _ = r.child.wait();
+        }
+        self.events.push(DriverEvent::Removed { slot, generation });
+    }
+
+    fn watch(&mut self, _now: Instant) {}
+
+    fn poll(&mut self, _now: Instant) -> Vec<DriverEvent> {
+        let mut exited = Vec::new();
+        for (slot, r) in &mut self.running {
+            if let Ok(Some(status)) = r.child.try_wait() {
+                exited.push((*slot, r.generation, r.stopping, status));
+            }
+        }
+        for (slot, generation, stopping, status) in exited {
+            self.running.remove(&slot);
+            if stopping {
+                crate::info!(
+                    "worker_stopped",
+                    "slot={slot} status={}",
+                    quote(&status.to_string())
+                );
+                self.events.push(DriverEvent::Stopped { slot, generation });
+            } else {
+                self.events.push(DriverEvent::Exited {
+                    slot,
+                    generation,
+                    why: status.to_string(),
+                });
+            }
+        }
+        std::mem::take(&mut self.events)
+    }
+
+    fn sweep(&mut self, _now: Instant) {}
+
+    fn busy(&self) -> bool {
+        false
+    }
+
+    fn abandon(&mut self) {
+        self.kill_all();
+    }
+
+    fn force_cleanup(&mut self) {
+        self.kill_all();
+    }
 }

@@ -1,34 +1,155 @@
-//! LB children from the loop's side: fork and re-fork on the same listener, drain, the
-//! backend set and settings fan-out, control messages in, metrics sampling.
+//! The LB pool: the listeners, the forked LB children on them, the control sequence, the
+//! backend set last sent, and the counters of children that exited. Forks and re-forks
+//! children on the same listener, drains them, fans out backend sets and settings, takes in
+//! their acks and metrics.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use mio::Registry;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
 use super::children::{self, ChildMetrics, ChildStart, ChildState, ControlChannel, LbChild};
-use super::{Supervisor, autoscale};
-use crate::proxy::control::{Down, Up};
+use super::fleet::LbView;
+use super::metrics::{BackendView, Retired};
+use super::{LbListener, Tokens, autoscale};
+use crate::config::{Config, ProxySettings};
+use crate::proxy::control::{BackendSpec, BackendState, Down, Up};
 use crate::sys::log::quote;
+use crate::sys::signals::Signals;
 use crate::{error, info, warn};
 
 /// A child that dies younger than this is re-forked after a growing delay.
 const YOUNG_DEATH: Duration = Duration::from_secs(2);
 /// Longest delay before re-forking a crashing child.
 const MAX_REFORK_DELAY: Duration = Duration::from_secs(5);
-/// How often metrics are sampled (request rate, autoscaler).
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
-impl Supervisor {
-    /// Index into `listeners` of LB child `i`.
-    fn listener_of(&self, i: usize) -> usize {
-        if self.cfg.shared_port { 0 } else { i }
+/// What a fork needs from the loop: its registry, its tokens, its signal handlers (dropped
+/// in the child).
+pub struct ForkCtx<'a> {
+    /// The loop's registry (the control channel is registered on it).
+    pub registry: &'a Registry,
+    /// The loop's token counter.
+    pub tokens: &'a mut Tokens,
+    /// The supervisor's signals.
+    pub signals: &'a mut Option<Signals>,
+}
+
+/// Listeners and the LB children serving them.
+#[derive(Debug)]
+pub struct LbPool {
+    /// The LB listeners, in LB index order (one with `shared-port`).
+    pub listeners: Vec<LbListener>,
+    /// Next listener id (a reload's new listeners get fresh ids).
+    pub next_listener_id: u64,
+    children: Vec<LbChild>,
+    /// Per LB index: earliest next fork (backoff after a child crashed young) and restarts.
+    backoff: HashMap<usize, (Instant, u32)>,
+    restarts: u64,
+    /// Last Down seq handed out.
+    seq: u64,
+    /// Backend set last sent to the children.
+    sent: Vec<BackendSpec>,
+    retired: Retired,
+    /// p90 of the requests completed between two samples.
+    latency: autoscale::LatencyWindow,
+}
+
+impl LbView for LbPool {
+    fn serving(&self) -> bool {
+        !self.children.is_empty()
     }
 
-    /// Forks every LB child that should run and does not (start, crash, reload).
-    pub(super) fn ensure_children(&mut self, now: Instant) {
-        for i in 0..self.cfg.pool {
-            let li = self.listener_of(i);
+    fn drained(&self, id: &str, seq: u64) -> bool {
+        self.children
+            .iter()
+            .filter(|c| !c.conn.is_closed())
+            .all(|c| {
+                c.metrics_basis >= seq
+                    && c.metrics.as_ref().is_some_and(|m| {
+                        m.backends
+                            .iter()
+                            .filter(|b| b.id == id)
+                            .all(|b| b.in_flight == 0)
+                    })
+            })
+    }
+}
+
+impl LbPool {
+    /// A pool on bound listeners, no child yet.
+    pub fn new(listeners: Vec<LbListener>) -> LbPool {
+        LbPool {
+            next_listener_id: listeners.len() as u64,
+            listeners,
+            children: Vec::new(),
+            backoff: HashMap::new(),
+            restarts: 0,
+            seq: 0,
+            sent: Vec::new(),
+            retired: Retired::default(),
+            latency: autoscale::LatencyWindow::new(),
+        }
+    }
+
+    /// The last Down seq handed out.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The children, live or draining.
+    pub fn children(&self) -> &[LbChild] {
+        &self.children
+    }
+
+    /// Children re-forked after dying.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// The address of listener `id`, if still open.
+    pub fn listener_addr(&self, id: u64) -> Option<std::net::SocketAddr> {
+        self.listeners.iter().find(|l| l.id == id).map(|l| l.addr)
+    }
+
+    /// Client connections open across children (latest reports).
+    pub fn connections(&self) -> u64 {
+        self.children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
+            .sum()
+    }
+
+    /// Children running (not draining).
+    pub fn running(&self) -> usize {
+        self.children
+            .iter()
+            .filter(|c| c.state == ChildState::Running)
+            .count()
+    }
+
+    /// Index into `listeners` of LB child `i`.
+    fn listener_of(cfg: &Config, i: usize) -> usize {
+        if cfg.shared_port { 0 } else { i }
+    }
+
+    /// Forks every LB child that should run and does not (start, crash, reload), then
+    /// drains the children they replace.
+    pub fn ensure_children(
+        &mut self,
+        now: Instant,
+        cfg: &Config,
+        backends: &[BackendSpec],
+        ctx: &mut ForkCtx<'_>,
+    ) {
+        for i in 0..cfg.pool {
+            let li = Self::listener_of(cfg, i);
             let Some(listener_id) = self.listeners.get(li).map(|l| l.id) else {
                 continue;
             };
@@ -41,12 +162,12 @@ impl Supervisor {
             if serving {
                 continue;
             }
-            if let Some((not_before, _)) = self.lb_backoff.get(&i)
+            if let Some((not_before, _)) = self.backoff.get(&i)
                 && now < *not_before
             {
                 continue;
             }
-            self.fork_lb(i, li, now);
+            self.fork(i, li, now, cfg, backends, ctx);
         }
         // Successors exist now: the children they replace stop accepting and drain.
         let retiring: Vec<usize> = self
@@ -56,7 +177,7 @@ impl Supervisor {
             .filter(|(_, c)| c.retiring && c.state == ChildState::Running)
             .map(|(k, _)| k)
             .collect();
-        let timeout = self.cfg.drain_timeout_ms;
+        let timeout = cfg.drain_timeout_ms;
         for k in retiring {
             self.drain_child(
                 k,
@@ -66,11 +187,16 @@ impl Supervisor {
         }
     }
 
-    fn fork_lb(&mut self, i: usize, li: usize, now: Instant) {
+    fn fork(
+        &mut self,
+        i: usize,
+        li: usize,
+        now: Instant,
+        cfg: &Config,
+        backends: &[BackendSpec],
+        ctx: &mut ForkCtx<'_>,
+    ) {
         let name = format!("lb.{i}");
-        let backends = self.backend_set();
-        let settings = self.cfg.proxy.clone();
-        let drain_timeout_ms = self.cfg.drain_timeout_ms;
         let Some(listener) = self.listeners.get(li) else {
             return;
         };
@@ -80,23 +206,23 @@ impl Supervisor {
             ChildStart {
                 name: name.clone(),
                 listener: &listener.socket,
-                backends: backends.clone(),
-                settings,
-                drain_timeout_ms,
+                backends: backends.to_vec(),
+                settings: cfg.proxy.clone(),
+                drain_timeout_ms: cfg.drain_timeout_ms,
             },
-            &mut self.signals,
+            ctx.signals,
         );
         let (pid, ours) = match result {
             Ok(r) => r,
             Err(e) => {
                 error!("lb_fork_failed", "lb={i} error={}", quote(&e.to_string()));
-                self.lb_backoff.insert(i, (now + Duration::from_secs(1), 1));
+                self.backoff.insert(i, (now + Duration::from_secs(1), 1));
                 return;
             }
         };
-        let token = self.token();
+        let token = ctx.tokens.next();
         let registered = ControlChannel::new(ours).and_then(|mut c| {
-            c.register(self.poll.registry(), token)?;
+            c.register(ctx.registry, token)?;
             Ok(c)
         });
         let conn = match registered {
@@ -136,40 +262,38 @@ impl Supervisor {
     }
 
     /// Sends the backend set to every child when it changed.
-    pub(super) fn publish_backends(&mut self) {
-        let set = self.backend_set();
-        if set == self.sent_backends {
+    pub fn publish_backends(&mut self, set: Vec<BackendSpec>) {
+        if set == self.sent {
             return;
         }
         let seq = self.next_seq();
-        info!(
-            "backends_changed",
-            "seq={seq} active={} draining={}",
+        let ids = |state: BackendState| {
             set.iter()
-                .filter(|b| b.state == crate::proxy::control::BackendState::Active)
-                .map(|b| b.id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            set.iter()
-                .filter(|b| b.state == crate::proxy::control::BackendState::Draining)
+                .filter(|b| b.state == state)
                 .map(|b| b.id.as_str())
                 .collect::<Vec<_>>()
                 .join(",")
+        };
+        info!(
+            "backends_changed",
+            "seq={seq} active={} draining={}",
+            ids(BackendState::Active),
+            ids(BackendState::Draining)
         );
         let msg = Down::Backends {
             seq,
             backends: set.clone(),
         };
-        self.sent_backends = set;
+        self.sent = set;
         self.send_all(&msg);
     }
 
     /// Sends new settings to every child.
-    pub(super) fn publish_settings(&mut self) {
+    pub fn publish_settings(&mut self, settings: &ProxySettings) {
         let seq = self.next_seq();
         let msg = Down::Settings {
             seq,
-            settings: self.cfg.proxy.clone(),
+            settings: settings.clone(),
         };
         self.send_all(&msg);
     }
@@ -213,14 +337,14 @@ impl Supervisor {
     }
 
     /// Stop: every child drains.
-    pub(super) fn drain_all_children(&mut self, timeout_ms: u64, deadline: Instant) {
+    pub fn drain_all(&mut self, timeout_ms: u64, deadline: Instant) {
         for k in 0..self.children.len() {
             self.drain_child(k, timeout_ms, deadline);
         }
     }
 
     /// Kills draining children past their deadline.
-    pub(super) fn drain_children_past_deadline(&mut self, now: Instant) {
+    pub fn drain_past_deadline(&mut self, now: Instant) {
         for c in &self.children {
             if let ChildState::Draining { deadline } = c.state
                 && now >= deadline
@@ -232,7 +356,7 @@ impl Supervisor {
     }
 
     /// SIGKILL to every child, and reap them.
-    pub(super) fn kill_all_children(&mut self, why: &str) {
+    pub fn kill_all(&mut self, why: &str, registry: &Registry) {
         for c in &mut self.children {
             warn!(
                 "lb_child_kill",
@@ -243,13 +367,14 @@ impl Supervisor {
             );
             let _ = kill(c.pid, Signal::SIGKILL);
             let _ = waitpid(c.pid, None);
-            c.conn.deregister(self.poll.registry());
+            c.conn.deregister(registry);
         }
         self.children.clear();
     }
 
-    /// Collects exited children; an unexpected exit is logged and the child re-forked.
-    pub(super) fn reap_children(&mut self, now: Instant) {
+    /// Collects exited children; an unexpected exit is logged and the child re-forked later
+    /// (`stopping`: every exit is expected).
+    pub fn reap(&mut self, now: Instant, stopping: bool, registry: &Registry) {
         let mut k = 0;
         while k < self.children.len() {
             let pid = self.children[k].pid;
@@ -266,7 +391,7 @@ impl Supervisor {
                 }
             };
             let mut c = self.children.remove(k);
-            c.conn.deregister(self.poll.registry());
+            c.conn.deregister(registry);
             // Take in what it sent last (its final metrics) before forgetting it.
             handle_messages(&mut c, &mut self.latency);
             if let Some(m) = &c.metrics {
@@ -278,9 +403,7 @@ impl Supervisor {
                 WaitStatus::Signaled(_, sig, _) => format!("signal {sig}"),
                 other => format!("{other:?}"),
             };
-            let expected = matches!(c.state, ChildState::Draining { .. })
-                || matches!(self.phase, super::Phase::Stopping(_));
-            if expected {
+            if matches!(c.state, ChildState::Draining { .. }) || stopping {
                 info!(
                     "lb_child_exited",
                     "lb={} pid={pid} status={}",
@@ -294,92 +417,76 @@ impl Supervisor {
                     c.index,
                     quote(&how)
                 );
-                self.lb_restarts += 1;
-                let young = now.duration_since(c.started) < YOUNG_DEATH;
-                let entry = self.lb_backoff.entry(c.index).or_insert((now, 0));
-                if young {
-                    entry.1 += 1;
-                    let delay = (Duration::from_millis(100) * 2u32.pow(entry.1.min(6)))
-                        .min(MAX_REFORK_DELAY);
-                    entry.0 = now + delay;
-                } else {
-                    *entry = (now, 0);
-                }
+                self.note_death(&c, now);
             }
         }
     }
 
-    /// Readiness on a child's control socket.
-    pub(super) fn on_control(&mut self, ev: &mio::event::Event) {
-        let Some(k) = self.children.iter().position(|c| c.token == ev.token()) else {
-            return;
+    /// An unexpected death: a child that died young is re-forked after a growing delay.
+    fn note_death(&mut self, c: &LbChild, now: Instant) {
+        self.restarts += 1;
+        let young = now.duration_since(c.started) < YOUNG_DEATH;
+        let entry = self.backoff.entry(c.index).or_insert((now, 0));
+        if young {
+            entry.1 += 1;
+            let delay =
+                (Duration::from_millis(100) * 2u32.pow(entry.1.min(6))).min(MAX_REFORK_DELAY);
+            entry.0 = now + delay;
+        } else {
+            *entry = (now, 0);
+        }
+    }
+
+    /// Readiness on a child's control socket (false: not a child's token).
+    pub fn on_control(&mut self, ev: &mio::event::Event) -> bool {
+        let Some(c) = self.children.iter_mut().find(|c| c.token == ev.token()) else {
+            return false;
         };
-        let c = &mut self.children[k];
         c.conn.note(ev);
         let _ = c.conn.flush();
         handle_messages(c, &mut self.latency);
+        true
     }
 
-    /// Every second: request rate (and the autoscaler, when on).
-    pub(super) fn sample_metrics(&mut self, now: Instant) {
-        if let Some(last) = self.last_sample
-            && now.duration_since(last) < SAMPLE_EVERY
-        {
-            return;
-        }
-        self.last_sample = Some(now);
-        let views = self.backend_views();
-        let total: u64 = views.values().map(|v| v.totals.requests()).sum();
-        self.rate.record(now, total);
-
-        let active: std::collections::HashSet<String> = self
-            .backend_set()
-            .into_iter()
-            .filter(|b| b.state == crate::proxy::control::BackendState::Active)
-            .map(|b| b.id)
-            .collect();
-        let sample = autoscale::Sample {
-            active_workers: self.active_workers(),
-            in_flight: autoscale::active_in_flight(
-                self.children
-                    .iter()
-                    .filter_map(|c| c.metrics.as_ref().map(|m| m.backends.as_slice())),
-                |id| active.contains(id),
-            ),
-            p90_ms: self.latency.take_p90(),
-        };
-        let decision = self.scaler.observe(now, &sample);
-        self.apply_scale(decision, now);
+    /// Requests in flight to the backends `active` accepts, summed over live children.
+    pub fn in_flight(&self, active: &HashSet<String>) -> u64 {
+        autoscale::active_in_flight(
+            self.children
+                .iter()
+                .filter_map(|c| c.metrics.as_ref().map(|m| m.backends.as_slice())),
+            |id| active.contains(id),
+        )
     }
 
-    /// Applies an autoscaler decision through the same path as a reload's worker count.
-    pub(super) fn apply_scale(&mut self, decision: autoscale::Decision, now: Instant) {
-        if let autoscale::Decision::ScaleTo { target, reason } = decision {
-            if target == self.desired_workers {
-                return;
-            }
-            info!(
-                "autoscale_decision",
-                "from={} to={target} reason={}",
-                self.desired_workers,
-                quote(&reason)
-            );
-            self.desired_workers = target;
-            self.sync_worker_ports();
-            self.drive_workers(now);
-        }
+    /// p90 of the requests completed since the previous call.
+    pub fn take_p90(&mut self) -> Option<f64> {
+        self.latency.take_p90()
     }
 
     /// Per-backend figures: retired children plus every live child's latest report.
-    pub(super) fn backend_views(
-        &self,
-    ) -> std::collections::BTreeMap<String, super::metrics::BackendView> {
+    pub fn backend_views(&self) -> BTreeMap<String, BackendView> {
         super::metrics::aggregate(
             &self.retired,
             self.children
                 .iter()
                 .filter_map(|c| c.metrics.as_ref().map(|m| m.backends.as_slice())),
         )
+    }
+
+    /// Children on a listener that changed, past the pool size, or needing a new loop
+    /// (`replace_all`: mode) are marked retiring; `ensure_children` forks their successors.
+    pub fn mark_retiring(&mut self, cfg: &Config, replace_all: bool) {
+        let ids: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
+        for c in &mut self.children {
+            if c.state != ChildState::Running {
+                continue;
+            }
+            let li = Self::listener_of(cfg, c.index);
+            let on_right_listener = ids.get(li) == Some(&c.listener_id);
+            if replace_all || c.index >= cfg.pool || !on_right_listener {
+                c.retiring = true;
+            }
+        }
     }
 }
 

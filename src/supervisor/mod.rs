@@ -1,22 +1,24 @@
-//! The supervisor ("config manager"): workers through a runtime, forked LB children,
+//! The supervisor ("config manager"): workers through a runtime driver, forked LB children,
 //! reconcile loop, reload, stop, admin endpoint. One mio loop, one thread (so fork() is safe).
 //!
-//! Layout: `mod.rs` the loop and the phases (start, run, stop); `workers.rs` the per-port
-//! worker state machine and the docker jobs; `lb.rs` the LB children (fork, re-fork, drain,
-//! backend-set fan-out); `reload.rs` SIGHUP; `render.rs` /status and /metrics.
+//! Layout: `mod.rs` the loop and the phases (start, run, stop), dispatching to components that
+//! own their state: `lb.rs` the LB pool (listeners, children, control seq, retired metrics),
+//! `fleet.rs` desired vs. actual workers, `probes.rs` their health probes, `autoscale.rs`,
+//! `admin.rs`; the runtime is a `runtime::driver::Driver`. `reload.rs` SIGHUP; `render.rs`
+//! /status and /metrics.
 
 mod admin;
 pub mod autoscale;
 mod children;
+mod fleet;
 mod lb;
 mod metrics;
+mod probes;
 mod prometheus;
 mod reload;
 mod render;
 mod status;
-mod workers;
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,8 +27,10 @@ use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 
 use crate::config::{Config, RuntimeKind};
-use crate::runtime::Runtime;
+use crate::runtime::docker_driver::DockerDriver;
+use crate::runtime::driver::{Driver, DriverEvent};
 use crate::runtime::job::{Job, JobOutput};
+use crate::runtime::process::ProcessDriver;
 use crate::sys::log::quote;
 use crate::sys::notify;
 use crate::sys::signals::Signals;
@@ -41,16 +45,12 @@ const FIRST_DYNAMIC: usize = 16;
 
 /// Longest the loop sleeps: timers (probes, drains, backoffs) are checked at least this often.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the docker runtime lists containers to find dead ones.
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// How long `docker info` may take before `auto` gives up on docker.
 const DOCKER_INFO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline of ordinary docker CLI calls.
-const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Deadline of the image build.
-const DOCKER_BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often STATUS= is sent to systemd.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How often metrics are sampled (request rate, autoscaler).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
@@ -81,13 +81,13 @@ pub fn run(config: Option<PathBuf>) -> i32 {
 enum Phase {
     /// `runtime: auto`: waiting for `docker info`.
     Detecting,
-    /// Docker: removing a previous run's containers and building the image.
+    /// The driver prepares (docker: previous run's containers, the image).
     Preparing,
     /// Waiting for the first workers to pass their health check (fatal at the deadline).
     StartingWorkers { deadline: Instant },
     /// Serving.
     Running,
-    /// Stopping: children drain, then workers stop, then containers are removed.
+    /// Stopping: children drain, then workers stop, then the runtime is swept.
     Stopping(StopStep),
 }
 
@@ -98,41 +98,8 @@ enum StopStep {
     DrainChildren { deadline: Instant },
     /// Workers are stopping (they flush their stats); killed at the deadline.
     StopWorkers { deadline: Instant },
-    /// Docker: a last `docker ps` + `docker rm -f` by label.
+    /// The driver removes whatever is left of this instance.
     FinalSweep,
-}
-
-/// What a helper command is for.
-#[derive(Clone, Debug)]
-enum JobKind {
-    /// `docker info` (runtime: auto).
-    DockerInfo,
-    /// `docker ps` at start: containers left by a previous run.
-    Leftovers,
-    /// `docker rm -f` of those.
-    RemoveLeftovers,
-    /// `docker image inspect` of the worker image.
-    ImageInspect,
-    /// `docker build` of the worker image; the context directory is removed afterwards.
-    ImageBuild { context: PathBuf },
-    /// `docker rm -f <name>` before (re)starting the worker on `port`.
-    ClearName { port: u16, generation: u64 },
-    /// `docker run` of the worker on `port`.
-    Run { port: u16, generation: u64 },
-    /// `docker stop` of the worker on `port`.
-    Stop { port: u16, generation: u64 },
-    /// `docker rm -f` of the worker on `port` (after it stopped or died).
-    Remove { port: u16, generation: u64 },
-    /// `docker logs --tail` of a worker that failed to start, then its removal.
-    Logs { port: u16, generation: u64 },
-    /// Periodic `docker ps`: finds dead and stray containers.
-    Reconcile { started: Instant },
-    /// Stop: `docker ps` of everything with our label.
-    SweepList,
-    /// Stop: `docker rm -f` of it.
-    SweepRemove,
-    /// After a build: old unused worker images removed.
-    PruneImages,
 }
 
 /// An LB listener bound by the supervisor and inherited by its children.
@@ -144,56 +111,54 @@ struct LbListener {
     socket: TcpListener,
 }
 
-/// The supervisor's whole state.
+/// The loop's dynamic tokens: a counter, never reused, so a late event of a closed socket
+/// finds no owner.
+#[derive(Debug)]
+pub(crate) struct Tokens(usize);
+
+impl Tokens {
+    /// A fresh token.
+    pub(crate) fn next(&mut self) -> Token {
+        let t = Token(self.0);
+        self.0 += 1;
+        t
+    }
+}
+
+/// The supervisor: the loop, the phase, and the components it dispatches to.
 pub(crate) struct Supervisor {
     cfg: Config,
     config_path: PathBuf,
     poll: Poll,
     /// Taken (and dropped) in forked children.
     signals: Option<Signals>,
+    tokens: Tokens,
     phase: Phase,
     /// Exit code once the stop sequence ends.
     exit_code: i32,
-    runtime: Option<Runtime>,
+    /// The runtime, once chosen.
+    driver: Option<Box<dyn Driver>>,
     runtime_reason: String,
+    /// `runtime: auto`: the `docker info` call deciding it.
+    detect: Option<Job>,
     exe: PathBuf,
     db: PathBuf,
-    listeners: Vec<LbListener>,
-    next_listener_id: u64,
+    pool: lb::LbPool,
+    fleet: fleet::Fleet,
+    probes: probes::Probes,
     admin: admin::Admin,
-    children: Vec<children::LbChild>,
-    /// Per LB index: earliest next fork (backoff after a child crashed young) and restarts.
-    lb_backoff: HashMap<usize, (Instant, u32)>,
-    lb_restarts: u64,
-    workers: BTreeMap<u16, workers::WorkerPort>,
-    desired_workers: usize,
-    jobs: Vec<(Job, JobKind)>,
-    probes: HashMap<Token, workers::WorkerProbe>,
-    next_token: usize,
-    /// Last Down seq handed out.
-    seq: u64,
-    /// Backend set last sent to the children.
-    sent_backends: Vec<crate::proxy::control::BackendSpec>,
-    retired: metrics::Retired,
+    /// The autoscaler (always present; decides nothing when disabled).
+    scaler: autoscale::Autoscaler,
     rate: metrics::Rate,
     started: Instant,
-    last_reconcile: Instant,
-    reconcile_running: bool,
     last_status_notify: Instant,
     last_status_line: String,
     next_watchdog: Option<Instant>,
     reload_pending: bool,
     reloads: u64,
     last_reload_error: Option<String>,
-    /// Docker preparation progress.
-    leftovers_done: bool,
-    image_ready: bool,
     /// When metrics were last sampled.
     last_sample: Option<Instant>,
-    /// The autoscaler (always present; decides nothing when disabled).
-    scaler: autoscale::Autoscaler,
-    /// p90 of the requests completed between two samples.
-    latency: autoscale::LatencyWindow,
 }
 
 /// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
@@ -270,6 +235,16 @@ fn absolute_db(path: &Path) -> Result<PathBuf, String> {
     Ok(dir.join(name))
 }
 
+/// The fleet's settings from a config.
+fn fleet_settings(cfg: &Config) -> fleet::FleetSettings {
+    fleet::FleetSettings {
+        start_timeout: Duration::from_millis(cfg.worker_start_timeout_ms),
+        drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
+        avg_delay: cfg.avg_delay,
+        failure: cfg.failure,
+    }
+}
+
 impl Supervisor {
     /// Start steps that cannot wait for the loop: database, listeners, signals.
     fn new(config_path: PathBuf, cfg: Config) -> Result<Supervisor, String> {
@@ -293,72 +268,47 @@ impl Supervisor {
             quote(&config_path.display().to_string())
         );
         let now = Instant::now();
-        let next_listener_id = listeners.len() as u64;
-        let desired_workers = cfg.worker;
-        let cfg_autoscale = cfg.autoscale.clone();
-        let next_watchdog = notify::watchdog_interval().map(|_| now);
         let mut sup = Supervisor {
+            fleet: fleet::Fleet::new(cfg.worker, fleet_settings(&cfg)),
+            scaler: autoscale::Autoscaler::new(&cfg.autoscale),
             cfg,
             config_path,
             poll,
             signals: Some(signals),
+            tokens: Tokens(FIRST_DYNAMIC),
             phase: Phase::Detecting,
             exit_code: 0,
-            runtime: None,
+            driver: None,
             runtime_reason: String::new(),
+            detect: None,
             exe,
             db,
-            listeners,
-            next_listener_id,
+            pool: lb::LbPool::new(listeners),
+            probes: probes::Probes::default(),
             admin,
-            children: Vec::new(),
-            lb_backoff: HashMap::new(),
-            lb_restarts: 0,
-            workers: BTreeMap::new(),
-            desired_workers,
-            jobs: Vec::new(),
-            probes: HashMap::new(),
-            next_token: FIRST_DYNAMIC,
-            seq: 0,
-            sent_backends: Vec::new(),
-            retired: metrics::Retired::default(),
             rate: metrics::Rate::default(),
             started: now,
-            last_reconcile: now,
-            reconcile_running: false,
             last_status_notify: now,
             last_status_line: String::new(),
-            next_watchdog,
+            next_watchdog: notify::watchdog_interval().map(|_| now),
             reload_pending: false,
             reloads: 0,
             last_reload_error: None,
-            leftovers_done: false,
-            image_ready: false,
             last_sample: None,
-            scaler: autoscale::Autoscaler::new(&cfg_autoscale),
-            latency: autoscale::LatencyWindow::new(),
         };
         sup.choose_runtime();
         Ok(sup)
     }
 
-    fn token(&mut self) -> Token {
-        let t = Token(self.next_token);
-        self.next_token += 1;
-        t
+    fn stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping(_))
     }
 
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-
-    /// Resolves `runtime:`: process at once, docker after its preparation, auto after
-    /// `docker info`.
+    /// Resolves `runtime:`: process or docker at once, auto after `docker info`.
     fn choose_runtime(&mut self) {
         match self.cfg.runtime {
             RuntimeKind::Process => {
-                self.use_runtime(Runtime::Process, "runtime: process in the config".into())
+                self.use_process("runtime: process in the config".into());
             }
             RuntimeKind::Docker => {
                 self.use_docker("runtime: docker in the config".into());
@@ -366,18 +316,43 @@ impl Supervisor {
             RuntimeKind::Auto => {
                 self.phase = Phase::Detecting;
                 let deadline = Instant::now() + DOCKER_INFO_TIMEOUT;
-                if !self.spawn_job(
-                    crate::runtime::docker::info(),
-                    JobKind::DockerInfo,
-                    deadline,
-                ) {
-                    self.use_runtime(
-                        Runtime::Process,
+                let cmd = crate::runtime::docker::info();
+                match Job::spawn(cmd, "docker info".into(), deadline) {
+                    Ok(job) => self.detect = Some(job),
+                    Err(_) => self.use_process(
                         "runtime: auto and the docker CLI could not be started".into(),
-                    );
+                    ),
                 }
             }
         }
+    }
+
+    /// `docker info` answered (runtime: auto): docker if it worked, else worker processes.
+    fn on_docker_info(&mut self, out: JobOutput) {
+        if self.stopping() {
+            return;
+        }
+        if out.success {
+            self.use_docker(format!(
+                "runtime: auto and docker info answered (engine {})",
+                out.stdout.trim()
+            ));
+        } else {
+            self.use_process(format!(
+                "runtime: auto and docker info failed: {}",
+                out.error_text()
+            ));
+        }
+    }
+
+    fn use_process(&mut self, reason: String) {
+        let d = ProcessDriver::new(
+            self.exe.clone(),
+            self.db.clone(),
+            self.cfg.worker_address,
+            self.cfg.worker_port,
+        );
+        self.use_driver(Box::new(d), reason);
     }
 
     fn use_docker(&mut self, reason: String) {
@@ -388,79 +363,55 @@ impl Supervisor {
                 return;
             }
         };
-        let d = crate::runtime::docker::Docker {
+        let cli = crate::runtime::docker::Docker {
             instance: self.cfg.instance.clone(),
             image: crate::runtime::docker::image_tag(hash),
         };
-        self.use_runtime(Runtime::Docker(d), reason);
+        let d = DockerDriver::new(
+            cli,
+            self.exe.clone(),
+            self.db.clone(),
+            self.cfg.worker_address,
+            self.cfg.worker_port,
+        );
+        self.use_driver(Box::new(d), reason);
     }
 
-    fn use_runtime(&mut self, rt: Runtime, reason: String) {
+    /// The runtime is chosen: it prepares, then the first workers start.
+    fn use_driver(&mut self, mut driver: Box<dyn Driver>, reason: String) {
         info!(
             "runtime_chosen",
             "runtime={} reason={}",
-            rt.name(),
+            driver.name(),
             quote(&reason)
         );
         self.runtime_reason = reason;
-        let docker = match &rt {
-            Runtime::Docker(d) => Some(d.clone()),
-            Runtime::Process => None,
-        };
-        self.runtime = Some(rt);
-        match docker {
-            None => self.begin_worker_start(),
-            Some(d) => {
-                self.phase = Phase::Preparing;
-                let deadline = Instant::now() + DOCKER_CALL_TIMEOUT;
-                self.spawn_job(d.ps(), JobKind::Leftovers, deadline);
-                self.spawn_job(d.image_inspect(), JobKind::ImageInspect, deadline);
-            }
-        }
+        self.phase = Phase::Preparing;
+        driver.prepare(Instant::now());
+        self.driver = Some(driver);
     }
 
     /// Starts the first workers; the loop forks the children once they are healthy.
     fn begin_worker_start(&mut self) {
-        if matches!(self.phase, Phase::Stopping(_)) {
+        if self.stopping() {
             return;
         }
         let wait = Duration::from_millis(self.cfg.worker_start_timeout_ms);
         // A slow but progressing start is not killed by systemd's start timeout.
         notify::extend_timeout(wait + Duration::from_secs(10));
-        let deadline = Instant::now() + wait;
-        self.phase = Phase::StartingWorkers { deadline };
+        let now = Instant::now();
+        self.phase = Phase::StartingWorkers {
+            deadline: now + wait,
+        };
         info!(
             "starting_workers",
-            "count={} timeout_ms={}", self.desired_workers, self.cfg.worker_start_timeout_ms
+            "count={} timeout_ms={}",
+            self.fleet.desired(),
+            self.cfg.worker_start_timeout_ms
         );
-        self.sync_worker_ports();
-    }
-
-    /// Runs a helper command; false (and logged) when it could not be spawned.
-    fn spawn_job(&mut self, cmd: std::process::Command, kind: JobKind, deadline: Instant) -> bool {
-        let describe = format!(
-            "{} {}",
-            cmd.get_program().to_string_lossy(),
-            cmd.get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        match Job::spawn(cmd, describe.clone(), deadline) {
-            Ok(job) => {
-                crate::debug!("job_started", "pid={} cmd={}", job.pid(), quote(&describe));
-                self.jobs.push((job, kind));
-                true
-            }
-            Err(e) => {
-                warn!(
-                    "job_spawn_failed",
-                    "cmd={} error={}",
-                    quote(&describe),
-                    quote(&e.to_string())
-                );
-                false
-            }
+        if let Some(d) = self.driver.as_mut() {
+            // A worker that dies while starting is retried, not waited on until the end.
+            d.watch(now);
         }
     }
 
@@ -482,35 +433,41 @@ impl Supervisor {
                 return 1;
             }
             for ev in events.iter() {
-                let t = ev.token();
-                if t == SIGNALS {
-                    self.on_signals();
-                } else if t == ADMIN {
-                    let mut next = self.next_token;
-                    self.admin.accept(self.poll.registry(), || {
-                        let t = Token(next);
-                        next += 1;
-                        t
-                    });
-                    self.next_token = next;
-                } else if self.admin.owns(t) {
-                    if let Some(p) = self.admin.ready(self.poll.registry(), t) {
-                        self.answer_admin(p);
-                    }
-                } else if self.probes.contains_key(&t) {
-                    self.on_probe_event(ev);
-                } else {
-                    self.on_control(ev);
-                }
+                self.dispatch(ev);
             }
             let now = Instant::now();
             self.tick(now);
-            if let Phase::Stopping(StopStep::FinalSweep) = self.phase
-                && self.jobs.is_empty()
+            if self.phase == Phase::Stopping(StopStep::FinalSweep)
+                && !self.driver.as_ref().is_some_and(|d| d.busy())
             {
                 info!("stopped", "exit_code={}", self.exit_code);
                 return self.exit_code;
             }
+        }
+    }
+
+    /// Hands one readiness event to the component owning its token.
+    fn dispatch(&mut self, ev: &mio::event::Event) {
+        let t = ev.token();
+        if t == SIGNALS {
+            self.on_signals();
+        } else if t == ADMIN {
+            let tokens = &mut self.tokens;
+            self.admin.accept(self.poll.registry(), || tokens.next());
+        } else if self.admin.owns(t) {
+            if let Some(p) = self.admin.ready(self.poll.registry(), t) {
+                self.answer_admin(p);
+            }
+        } else if self.probes.owns(t) {
+            let now = Instant::now();
+            if let Some((slot, generation, verdict)) =
+                self.probes.on_event(ev, self.poll.registry(), now)
+            {
+                self.fleet.on_probe(slot, generation, verdict, now);
+                self.publish_backends();
+            }
+        } else {
+            self.pool.on_control(ev);
         }
     }
 
@@ -524,14 +481,14 @@ impl Supervisor {
                 SIGHUP => {
                     if self.phase == Phase::Running {
                         self.reload();
-                    } else if !matches!(self.phase, Phase::Stopping(_)) {
+                    } else if !self.stopping() {
                         info!("reload_deferred", "reason=\"still starting\"");
                         self.reload_pending = true;
                     }
                 }
                 SIGTERM | SIGINT => {
                     let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
-                    if let Phase::Stopping(_) = self.phase {
+                    if self.stopping() {
                         // A second stop signal: the operator does not want to wait.
                         warn!("forced_stop", "signal={name}");
                         self.force_stop();
@@ -547,22 +504,28 @@ impl Supervisor {
 
     /// Everything driven by time and child exits.
     fn tick(&mut self, now: Instant) {
-        self.poll_jobs(now);
-        self.reap_children(now);
-        self.reap_worker_processes();
-        self.expire_probes(now);
+        if let Some(out) = self.detect.as_mut().and_then(|j| j.poll(now)) {
+            self.detect = None;
+            self.on_docker_info(out);
+        }
+        self.pump_driver(now);
+        self.pool.reap(now, self.stopping(), self.poll.registry());
+        for (slot, generation, verdict) in self.probes.expire(self.poll.registry(), now) {
+            self.fleet.on_probe(slot, generation, verdict, now);
+        }
         self.admin.expire(self.poll.registry(), now);
         match self.phase {
             Phase::Detecting | Phase::Preparing => {}
             Phase::StartingWorkers { deadline } => {
-                self.drive_workers(now);
-                // A container that dies while starting is retried, not waited on until the end.
-                self.reconcile_if_due(now);
-                let healthy = self.active_workers();
-                if healthy >= self.desired_workers {
+                self.drive_fleet(now);
+                if self.fleet.active() >= self.fleet.desired() {
                     self.finish_start();
                 } else if now >= deadline {
-                    let late = self.unhealthy_worker_names();
+                    let late = self
+                        .driver
+                        .as_deref()
+                        .map(|d| self.fleet.unhealthy_names(d))
+                        .unwrap_or_default();
                     self.fatal(format!(
                         "workers not healthy within worker-start-timeout-ms={}: {late}",
                         self.cfg.worker_start_timeout_ms
@@ -570,11 +533,9 @@ impl Supervisor {
                 }
             }
             Phase::Running => {
-                self.drive_workers(now);
+                self.drive_fleet(now);
                 self.ensure_children(now);
-                self.drain_children_past_deadline(now);
-                self.reconcile_if_due(now);
-                self.publish_backends();
+                self.pool.drain_past_deadline(now);
                 self.sample_metrics(now);
                 self.notify_status(now, false);
             }
@@ -588,6 +549,93 @@ impl Supervisor {
         }
     }
 
+    /// Takes in what the runtime reports: preparation, launches, stops, deaths.
+    fn pump_driver(&mut self, now: Instant) {
+        // A few rounds: an event may make the fleet ask for a step the driver answers at once
+        // (a process is removed the moment it is asked).
+        for _ in 0..4 {
+            let Some(driver) = self.driver.as_mut() else {
+                return;
+            };
+            let events = driver.poll(now);
+            if events.is_empty() {
+                break;
+            }
+            for ev in events {
+                match ev {
+                    DriverEvent::Prepared(Ok(())) => {
+                        if self.phase == Phase::Preparing {
+                            self.begin_worker_start();
+                        }
+                    }
+                    DriverEvent::Prepared(Err(e)) => self.fatal(e),
+                    DriverEvent::Listed(_) => {}
+                    other => {
+                        if let Some(d) = self.driver.as_deref_mut() {
+                            self.fleet.on_event(other, now, d);
+                        }
+                    }
+                }
+            }
+        }
+        self.after_fleet_change(now);
+    }
+
+    /// One pass of the fleet, then its probes and the backend set.
+    fn drive_fleet(&mut self, now: Instant) {
+        let stopping = self.stopping();
+        if let Some(d) = self.driver.as_deref_mut() {
+            self.fleet.drive(now, d, &self.pool, stopping);
+        }
+        self.after_fleet_change(now);
+    }
+
+    /// What follows any fleet change: due probes start, failed starts reach the autoscaler,
+    /// the children get the new backend set.
+    fn after_fleet_change(&mut self, now: Instant) {
+        for request in self.fleet.due_probes(now) {
+            let token = self.tokens.next();
+            let path = &self.cfg.proxy.health_path;
+            if let Some((slot, generation, verdict)) =
+                self.probes
+                    .start(request, path, self.poll.registry(), token)
+            {
+                self.fleet.on_probe(slot, generation, verdict, now);
+            }
+        }
+        for slot in self.fleet.take_start_failures() {
+            // A worker the autoscaler asked for (beyond `min`) that cannot start is given
+            // up, and scale-out pauses; the `min` ones are retried with the backoff.
+            if self.cfg.autoscale.enabled
+                && self.phase == Phase::Running
+                && usize::from(slot) >= self.cfg.autoscale.min
+            {
+                let d = self.scaler.report_start_failure(now);
+                self.apply_scale(d, now);
+            }
+        }
+        self.publish_backends();
+    }
+
+    /// Sends the fleet's backend set to the children when it changed; draining workers
+    /// learn the seq that carries their drain.
+    fn publish_backends(&mut self) {
+        self.pool.publish_backends(self.fleet.backend_set());
+        self.fleet.stamp_drains(self.pool.seq());
+    }
+
+    /// Forks every LB child that should run and does not.
+    fn ensure_children(&mut self, now: Instant) {
+        let backends = self.fleet.backend_set();
+        let mut ctx = lb::ForkCtx {
+            registry: self.poll.registry(),
+            tokens: &mut self.tokens,
+            signals: &mut self.signals,
+        };
+        self.pool
+            .ensure_children(now, &self.cfg, &backends, &mut ctx);
+    }
+
     /// First workers healthy: fork the children and tell systemd we are ready.
     fn finish_start(&mut self) {
         self.phase = Phase::Running;
@@ -595,13 +643,14 @@ impl Supervisor {
         self.scaler.set_desired(now, self.cfg.worker);
         if self.cfg.autoscale.enabled
             && let Some(d) = self.scaler.desired()
-            && d != self.desired_workers
+            && d != self.fleet.desired()
         {
             info!(
                 "autoscale_bounds",
-                "workers={} desired={d}", self.desired_workers
+                "workers={} desired={d}",
+                self.fleet.desired()
             );
-            self.desired_workers = d;
+            self.fleet.set_desired(d, now);
         }
         self.publish_backends();
         self.ensure_children(now);
@@ -616,12 +665,59 @@ impl Supervisor {
         }
     }
 
+    /// Every second: request rate (and the autoscaler, when on).
+    fn sample_metrics(&mut self, now: Instant) {
+        if let Some(last) = self.last_sample
+            && now.duration_since(last) < SAMPLE_EVERY
+        {
+            return;
+        }
+        self.last_sample = Some(now);
+        let views = self.pool.backend_views();
+        let total: u64 = views.values().map(|v| v.totals.requests()).sum();
+        self.rate.record(now, total);
+        let active: std::collections::HashSet<String> = self
+            .fleet
+            .backend_set()
+            .into_iter()
+            .filter(|b| b.state == crate::proxy::control::BackendState::Active)
+            .map(|b| b.id)
+            .collect();
+        let sample = autoscale::Sample {
+            active_workers: self.fleet.active(),
+            in_flight: self.pool.in_flight(&active),
+            p90_ms: self.pool.take_p90(),
+        };
+        let decision = self.scaler.observe(now, &sample);
+        self.apply_scale(decision, now);
+    }
+
+    /// Applies an autoscaler decision through the same path as a reload's worker count.
+    fn apply_scale(&mut self, decision: autoscale::Decision, now: Instant) {
+        if let autoscale::Decision::ScaleTo { target, reason } = decision {
+            if target == self.fleet.desired() {
+                return;
+            }
+            info!(
+                "autoscale_decision",
+                "from={} to={target} reason={}",
+                self.fleet.desired(),
+                quote(&reason)
+            );
+            self.fleet.set_desired(target, now);
+            let stopping = self.stopping();
+            if let Some(d) = self.driver.as_deref_mut() {
+                self.fleet.drive(now, d, &self.pool, stopping);
+            }
+        }
+    }
+
     /// `workers 3/3 healthy, 120 req/s`: the STATUS= line.
     fn status_line(&self) -> String {
         format!(
             "workers {}/{} healthy, {:.0} req/s",
-            self.active_workers(),
-            self.desired_workers,
+            self.fleet.active(),
+            self.fleet.desired(),
             self.rate.per_second()
         )
     }
@@ -641,184 +737,9 @@ impl Supervisor {
         }
     }
 
-    fn poll_jobs(&mut self, now: Instant) {
-        let mut done = Vec::new();
-        let mut i = 0;
-        while i < self.jobs.len() {
-            if let Some(out) = self.jobs[i].0.poll(now) {
-                let (job, kind) = self.jobs.swap_remove(i);
-                done.push((job, kind, out));
-            } else {
-                i += 1;
-            }
-        }
-        for (job, kind, out) in done {
-            if !out.success {
-                crate::debug!(
-                    "job_failed",
-                    "cmd={} error={}",
-                    quote(&job.describe),
-                    quote(&out.error_text())
-                );
-            }
-            self.on_job_done(kind, out);
-        }
-    }
-
-    /// Acts on a finished docker call.
-    fn on_job_done(&mut self, kind: JobKind, out: JobOutput) {
-        match kind {
-            JobKind::DockerInfo => self.on_docker_info(out),
-            JobKind::Leftovers => self.on_leftovers_listed(out),
-            JobKind::RemoveLeftovers => {
-                log_job_failure("leftover_removal_failed", &out);
-                self.leftovers_done = true;
-                self.maybe_docker_ready();
-            }
-            JobKind::ImageInspect => self.on_image_inspected(out),
-            JobKind::ImageBuild { context } => self.on_image_built(&context, out),
-            JobKind::ClearName { port, generation } => self.on_clear_name_done(port, generation),
-            JobKind::Run { port, generation } => self.on_run_done(port, generation, out),
-            JobKind::Stop { port, generation } => self.on_stop_done(port, generation, out),
-            JobKind::Remove { port, generation } => self.on_remove_done(port, generation, out),
-            JobKind::Logs { port, generation } => self.on_logs_done(port, generation, out),
-            JobKind::Reconcile { started } => {
-                self.reconcile_running = false;
-                if out.success {
-                    self.on_reconcile(started, &out.stdout);
-                } else {
-                    log_job_failure("docker_ps_failed", &out);
-                }
-            }
-            JobKind::SweepList => self.on_sweep_listed(out),
-            JobKind::PruneImages => log_job_failure("image_prune_failed", &out),
-            JobKind::SweepRemove => log_job_failure("container_removal_failed", &out),
-        }
-    }
-
-    /// `docker info` answered (runtime: auto): docker if it worked, else worker processes.
-    fn on_docker_info(&mut self, out: JobOutput) {
-        if matches!(self.phase, Phase::Stopping(_)) {
-            return;
-        }
-        if out.success {
-            self.use_docker(format!(
-                "runtime: auto and docker info answered (engine {})",
-                out.stdout.trim()
-            ));
-        } else {
-            self.use_runtime(
-                Runtime::Process,
-                format!("runtime: auto and docker info failed: {}", out.error_text()),
-            );
-        }
-    }
-
-    /// `docker ps` at start: removes what a previous run left.
-    fn on_leftovers_listed(&mut self, out: JobOutput) {
-        let ids = container_ids(&out);
-        if !out.success {
-            self.fatal(format!("docker ps failed: {}", out.error_text()));
-        } else if ids.is_empty() {
-            self.leftovers_done = true;
-            self.maybe_docker_ready();
-        } else if let Some(Runtime::Docker(d)) = &self.runtime {
-            info!(
-                "removing_leftover_containers",
-                "count={} ids={}",
-                ids.len(),
-                ids.iter()
-                    .map(|i| crate::runtime::docker::short_id(i))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            let cmd = d.remove(&ids);
-            self.spawn_job(
-                cmd,
-                JobKind::RemoveLeftovers,
-                Instant::now() + DOCKER_CALL_TIMEOUT,
-            );
-        }
-    }
-
-    /// `docker image inspect`: the image is there, or it is built from a temp context.
-    fn on_image_inspected(&mut self, out: JobOutput) {
-        let Some(Runtime::Docker(d)) = self.runtime.clone() else {
-            return;
-        };
-        if out.success {
-            info!("worker_image_present", "image={}", d.image);
-            self.image_ready = true;
-            self.maybe_docker_ready();
-            return;
-        }
-        let parent = std::env::temp_dir();
-        match crate::runtime::docker::prepare_context(&self.exe, &parent) {
-            Ok(context) => {
-                info!("building_worker_image", "image={}", d.image);
-                notify::extend_timeout(DOCKER_BUILD_TIMEOUT + Duration::from_secs(10));
-                let cmd = d.build(&context);
-                if !self.spawn_job(
-                    cmd,
-                    JobKind::ImageBuild {
-                        context: context.clone(),
-                    },
-                    Instant::now() + DOCKER_BUILD_TIMEOUT,
-                ) {
-                    let _ = std::fs::remove_dir_all(&context);
-                    self.fatal("docker build could not be started".into());
-                }
-            }
-            Err(e) => self.fatal(format!("worker image build context: {e}")),
-        }
-    }
-
-    /// `docker build` ended: its context goes; old images are pruned after a success.
-    fn on_image_built(&mut self, context: &Path, out: JobOutput) {
-        let _ = std::fs::remove_dir_all(context);
-        if !out.success {
-            self.fatal(format!("docker build failed: {}", out.error_text()));
-            return;
-        }
-        info!("worker_image_built", "image_id={}", out.stdout.trim());
-        self.image_ready = true;
-        if let Some(Runtime::Docker(d)) = &self.runtime {
-            let cmd = d.prune_images();
-            self.spawn_job(
-                cmd,
-                JobKind::PruneImages,
-                Instant::now() + DOCKER_CALL_TIMEOUT,
-            );
-        }
-        self.maybe_docker_ready();
-    }
-
-    /// Stop: `docker ps` by label listed what is left; it is removed.
-    fn on_sweep_listed(&mut self, out: JobOutput) {
-        let Some(Runtime::Docker(d)) = &self.runtime else {
-            return;
-        };
-        let ids = container_ids(&out);
-        if !ids.is_empty() {
-            info!("removing_containers", "count={}", ids.len());
-            let cmd = d.remove(&ids);
-            self.spawn_job(
-                cmd,
-                JobKind::SweepRemove,
-                Instant::now() + DOCKER_CALL_TIMEOUT,
-            );
-        }
-    }
-
-    fn maybe_docker_ready(&mut self) {
-        if self.phase == Phase::Preparing && self.leftovers_done && self.image_ready {
-            self.begin_worker_start();
-        }
-    }
-
     /// SIGTERM/SIGINT (or a fatal start error): drain the children, then stop workers.
     fn begin_stop(&mut self) {
-        if matches!(self.phase, Phase::Stopping(_)) {
+        if self.stopping() {
             return;
         }
         notify::stopping();
@@ -830,51 +751,45 @@ impl Supervisor {
             Duration::from_millis(timeout.saturating_mul(2)) + Duration::from_secs(30),
         );
         let deadline = now + Duration::from_millis(timeout) + Duration::from_secs(2);
-        self.drain_all_children(timeout, deadline);
+        self.pool.drain_all(timeout, deadline);
         // Our copies of the LB listeners go now: each port closes as soon as its children
         // have drained, instead of queueing connections nobody will accept.
-        self.listeners.clear();
+        self.pool.listeners.clear();
+        if let Some(mut job) = self.detect.take() {
+            job.kill();
+        }
         self.phase = Phase::Stopping(StopStep::DrainChildren { deadline });
     }
 
     fn drive_stop(&mut self, now: Instant, step: StopStep) {
         match step {
             StopStep::DrainChildren { deadline } => {
-                if !self.children.is_empty() && now >= deadline {
-                    self.kill_all_children("drain timeout");
+                if !self.pool.children().is_empty() && now >= deadline {
+                    self.pool.kill_all("drain timeout", self.poll.registry());
                 }
-                if self.children.is_empty() {
+                if self.pool.children().is_empty() {
                     // Every worker goes: drained by the children already, stop directly.
-                    self.desired_workers = 0;
-                    for worker in self.workers.values_mut() {
-                        worker.wanted = false;
-                    }
+                    self.fleet.set_desired(0, now);
                     let grace =
                         Duration::from_millis(self.cfg.drain_timeout_ms) + Duration::from_secs(15);
                     self.phase = Phase::Stopping(StopStep::StopWorkers {
                         deadline: now + grace,
                     });
-                    self.drive_workers(now);
+                    self.drive_fleet(now);
                 }
             }
             StopStep::StopWorkers { deadline } => {
-                self.drive_workers(now);
-                if self.workers.is_empty() || now >= deadline {
-                    if !self.workers.is_empty() {
-                        warn!("workers_stop_timeout", "left={}", self.workers.len());
-                        self.kill_worker_processes();
+                self.drive_fleet(now);
+                if self.fleet.is_empty() || now >= deadline {
+                    if !self.fleet.is_empty() {
+                        let left = self.fleet.workers().count();
+                        warn!("workers_stop_timeout", "left={left}");
                     }
-                    for (mut job, kind) in std::mem::take(&mut self.jobs) {
-                        crate::debug!("job_abandoned", "kind={kind:?}");
-                        job.kill();
-                        if let JobKind::ImageBuild { context } = kind {
-                            let _ = std::fs::remove_dir_all(context);
-                        }
-                    }
+                    self.fleet.forget_all();
                     self.phase = Phase::Stopping(StopStep::FinalSweep);
-                    if let Some(Runtime::Docker(d)) = &self.runtime {
-                        let cmd = d.ps();
-                        self.spawn_job(cmd, JobKind::SweepList, now + DOCKER_CALL_TIMEOUT);
+                    if let Some(d) = self.driver.as_mut() {
+                        d.abandon();
+                        d.sweep(now);
                     }
                 }
             }
@@ -884,53 +799,11 @@ impl Supervisor {
 
     /// A second stop signal: kill everything now, remove containers, exit.
     fn force_stop(&mut self) -> ! {
-        self.kill_all_children("forced stop");
-        self.kill_worker_processes();
-        for (mut job, _) in std::mem::take(&mut self.jobs) {
-            job.kill();
-        }
-        if let Some(Runtime::Docker(d)) = &self.runtime {
-            // Blocking is fine now: we are leaving. Bounded all the same.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            if let Ok(mut job) = Job::spawn(d.ps(), "docker ps".into(), deadline) {
-                let out = wait_job(&mut job);
-                let ids: Vec<String> = crate::runtime::docker::parse_ps(&out.stdout)
-                    .into_iter()
-                    .map(|c| c.id)
-                    .collect();
-                if !ids.is_empty()
-                    && let Ok(mut rm) = Job::spawn(d.remove(&ids), "docker rm".into(), deadline)
-                {
-                    let _ = wait_job(&mut rm);
-                }
-            }
+        self.pool.kill_all("forced stop", self.poll.registry());
+        if let Some(d) = self.driver.as_mut() {
+            d.force_cleanup();
         }
         info!("stopped", "exit_code=1 forced=true");
         std::process::exit(1);
     }
-}
-
-/// Waits for a job (only used when leaving).
-fn wait_job(job: &mut Job) -> JobOutput {
-    loop {
-        if let Some(out) = job.poll(Instant::now()) {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Logs a failed helper command under `event` (a failure that changes nothing else).
-fn log_job_failure(event: &str, out: &JobOutput) {
-    if !out.success {
-        warn!(event, "error={}", quote(&out.error_text()));
-    }
-}
-
-/// Container ids in a `docker ps` output.
-fn container_ids(out: &JobOutput) -> Vec<String> {
-    crate::runtime::docker::parse_ps(&out.stdout)
-        .into_iter()
-        .map(|c| c.id)
-        .collect()
 }

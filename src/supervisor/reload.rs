@@ -40,7 +40,7 @@ impl Supervisor {
                     "reloaded",
                     "changed={} workers={} pool={}",
                     quote(&changed.join(",")),
-                    self.desired_workers,
+                    self.fleet.desired(),
                     self.cfg.pool
                 );
             }
@@ -75,15 +75,14 @@ impl Supervisor {
         let worker_changed = new.worker != self.cfg.worker;
         self.cfg = new;
         let now = Instant::now();
+        self.fleet.reconfigure(super::fleet_settings(&self.cfg));
         self.apply_worker_count(worker_changed, now);
-        self.mark_retiring_children(replace_all);
+        self.pool.mark_retiring(&self.cfg, replace_all);
         if settings_changed && !replace_all {
-            self.publish_settings();
+            self.pool.publish_settings(&self.cfg.proxy);
         }
         self.ensure_children(now);
-        self.sync_worker_ports();
-        self.drive_workers(now);
-        self.publish_backends();
+        self.drive_fleet(now);
         Ok(changed)
     }
 
@@ -91,9 +90,9 @@ impl Supervisor {
     /// error puts everything back and rejects the whole reload before anything changed.
     fn swap_listeners(&mut self, new: &Config) -> Result<(), String> {
         let addrs = lb_addrs(new)?;
-        let order: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
-        let first_new_id = self.next_listener_id;
-        let mut old_listeners = std::mem::take(&mut self.listeners);
+        let order: Vec<u64> = self.pool.listeners.iter().map(|l| l.id).collect();
+        let first_new_id = self.pool.next_listener_id;
+        let mut old_listeners = std::mem::take(&mut self.pool.listeners);
         let mut next: Vec<LbListener> = Vec::new();
         for addr in addrs {
             if let Some(k) = old_listeners.iter().position(|l| l.addr == addr) {
@@ -102,8 +101,8 @@ impl Supervisor {
             }
             match bind_listener(addr) {
                 Ok(socket) => {
-                    let id = self.next_listener_id;
-                    self.next_listener_id += 1;
+                    let id = self.pool.next_listener_id;
+                    self.pool.next_listener_id += 1;
                     next.push(LbListener { id, addr, socket });
                 }
                 Err(e) => {
@@ -115,7 +114,7 @@ impl Supervisor {
                             .position(|&id| id == l.id)
                             .unwrap_or(usize::MAX)
                     });
-                    self.listeners = old_listeners;
+                    self.pool.listeners = old_listeners;
                     return Err(e);
                 }
             }
@@ -125,7 +124,7 @@ impl Supervisor {
         }
         // Dropping our copies: children still serving them keep theirs until they drain.
         drop(old_listeners);
-        self.listeners = next;
+        self.pool.listeners = next;
         Ok(())
     }
 
@@ -135,35 +134,17 @@ impl Supervisor {
         self.scaler.reconfigure(&self.cfg.autoscale);
         if worker_changed {
             self.scaler.set_desired(now, self.cfg.worker);
-            self.desired_workers = self.cfg.worker;
+            self.fleet.set_desired(self.cfg.worker, now);
         }
         if self.cfg.autoscale.enabled {
             let (min, max) = (
                 self.cfg.autoscale.min,
                 self.cfg.autoscale.max.max(self.cfg.autoscale.min),
             );
-            let clamped = self.desired_workers.clamp(min, max);
-            if clamped != self.desired_workers {
+            let clamped = self.fleet.desired().clamp(min, max);
+            if clamped != self.fleet.desired() {
                 self.scaler.set_desired(now, clamped);
-                self.desired_workers = clamped;
-            }
-        }
-    }
-
-    /// Children on a listener that changed, past the new pool size, or needing a new loop
-    /// (`replace_all`: mode) are marked retiring; `ensure_children` forks their successors.
-    fn mark_retiring_children(&mut self, replace_all: bool) {
-        let pool = self.cfg.pool;
-        let shared = self.cfg.shared_port;
-        let ids: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
-        for c in &mut self.children {
-            if c.state != super::children::ChildState::Running {
-                continue;
-            }
-            let li = if shared { 0 } else { c.index };
-            let on_right_listener = ids.get(li) == Some(&c.listener_id);
-            if replace_all || c.index >= pool || !on_right_listener {
-                c.retiring = true;
+                self.fleet.set_desired(clamped, now);
             }
         }
     }

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use super::admin::{Pending, Route};
 use super::children::{ChildState, LbChild};
+use super::fleet::{Worker, WorkerState};
 use super::metrics::BackendView;
 use super::prometheus::{Kind, MetricsText};
 use super::status::{ChildStatus, Status, WorkerStatus};
-use super::workers::{WorkerPort, WorkerState};
 use super::{Phase, Supervisor};
 use crate::proxy::control::LATENCY_BUCKETS_MS;
 
@@ -42,14 +42,15 @@ impl Supervisor {
     /// The `/status` document.
     pub(super) fn status_doc(&self) -> Status {
         let now = Instant::now();
-        let views = self.backend_views();
+        let views = self.pool.backend_views();
         let workers = self
-            .workers
-            .values()
-            .map(|s| self.worker_status(s, s.id.as_ref().and_then(|id| views.get(id))))
+            .fleet
+            .workers()
+            .map(|w| self.worker_status(w, w.placement.as_ref().and_then(|p| views.get(&p.id))))
             .collect();
         let children = self
-            .children
+            .pool
+            .children()
             .iter()
             .map(|c| self.child_status(c, now))
             .collect();
@@ -60,21 +61,22 @@ impl Supervisor {
             uptime_s: now.duration_since(self.started).as_secs(),
             config: self.config_path.display().to_string(),
             runtime: self
-                .runtime
+                .driver
                 .as_ref()
-                .map(|r| r.name().to_string())
+                .map(|d| d.name().to_string())
                 .unwrap_or_default(),
             runtime_reason: self.runtime_reason.clone(),
-            workers_desired: self.desired_workers,
-            workers_actual: self.active_workers(),
+            workers_desired: self.fleet.desired(),
+            workers_actual: self.fleet.active(),
             requests_total: views.values().map(|v| v.totals.requests()).sum(),
             requests_per_s: (self.rate.per_second() * 10.0).round() / 10.0,
-            connections: self
-                .children
+            connections: self.pool.connections(),
+            listeners: self
+                .pool
+                .listeners
                 .iter()
-                .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
-                .sum(),
-            listeners: self.listeners.iter().map(|l| l.addr.to_string()).collect(),
+                .map(|l| l.addr.to_string())
+                .collect(),
             children,
             workers,
             reloads: self.reloads,
@@ -83,8 +85,8 @@ impl Supervisor {
         }
     }
 
-    /// One worker port's entry in `/status`; `view` is what the children report about it.
-    fn worker_status(&self, s: &WorkerPort, view: Option<&BackendView>) -> WorkerStatus {
+    /// One worker's entry in `/status`; `view` is what the children report about it.
+    fn worker_status(&self, s: &Worker, view: Option<&BackendView>) -> WorkerStatus {
         let health = match (s.state, view) {
             (WorkerState::Active | WorkerState::Draining { .. }, Some(v))
                 if v.healthy_votes + v.unhealthy_votes > 0 =>
@@ -101,12 +103,21 @@ impl Supervisor {
             _ => "unknown",
         };
         let totals = view.map(|v| v.totals.clone()).unwrap_or_default();
+        let addr = s.placement.as_ref().map(|p| p.addr).or_else(|| {
+            self.driver
+                .as_deref()
+                .and_then(|d| d.planned_address(s.slot))
+        });
         WorkerStatus {
-            id: s.id.clone().unwrap_or_default(),
-            port: s.port,
-            pid: s.process.as_ref().map(|c| c.id()),
-            container: s.container.clone(),
-            address: std::net::SocketAddr::new(self.cfg.worker_address, s.port).to_string(),
+            id: s
+                .placement
+                .as_ref()
+                .map(|p| p.id.clone())
+                .unwrap_or_default(),
+            port: addr.map(|a| a.port()).unwrap_or(0),
+            pid: s.placement.as_ref().and_then(|p| p.pid),
+            container: s.placement.as_ref().and_then(|p| p.container.clone()),
+            address: addr.map(|a| a.to_string()).unwrap_or_default(),
             state: s.state.name().to_string(),
             health: health.to_string(),
             in_flight: view.map(|v| v.in_flight).unwrap_or(0),
@@ -128,10 +139,9 @@ impl Supervisor {
             name: c.name.clone(),
             pid: c.pid.as_raw(),
             listener: self
-                .listeners
-                .iter()
-                .find(|l| l.id == c.listener_id)
-                .map(|l| l.addr.to_string())
+                .pool
+                .listener_addr(c.listener_id)
+                .map(|a| a.to_string())
                 .unwrap_or_else(|| "(closed)".into()),
             state: match c.state {
                 ChildState::Running => "running".into(),
@@ -144,7 +154,7 @@ impl Supervisor {
 
     /// The `/metrics` text.
     pub(super) fn metrics_text(&self) -> String {
-        let views = self.backend_views();
+        let views = self.pool.backend_views();
         let mut m = MetricsText::new();
         write_backend_families(&mut m, &views);
         self.write_worker_health(&mut m, &views);
@@ -160,11 +170,12 @@ impl Supervisor {
             Kind::Gauge,
             "1 when the worker is serving and every LB child sees it healthy.",
         );
-        for s in self.workers.values() {
-            let Some(id) = &s.id else { continue };
+        for s in self.fleet.workers() {
+            let Some(p) = &s.placement else { continue };
+            let id = &p.id;
             let v = views.get(id);
             let up = s.state == WorkerState::Active && v.is_none_or(|v| v.unhealthy_votes == 0);
-            let port = s.port.to_string();
+            let port = p.addr.port().to_string();
             m.sample(&[("backend", id), ("port", &port)], u8::from(up));
         }
     }
@@ -176,24 +187,20 @@ impl Supervisor {
             Kind::Gauge,
             "Workers wanted (config or autoscaler).",
         )
-        .sample(&[], self.desired_workers);
+        .sample(&[], self.fleet.desired());
         m.family(
             "goloadbalancer_workers_actual",
             Kind::Gauge,
             "Workers healthy and active.",
         )
-        .sample(&[], self.active_workers());
+        .sample(&[], self.fleet.active());
         m.family(
             "goloadbalancer_worker_restarts_total",
             Kind::Counter,
             "Workers replaced after dying or failing to start.",
         )
-        .sample(&[], self.workers.values().map(|s| s.restarts).sum::<u64>());
-        let running = self
-            .children
-            .iter()
-            .filter(|c| c.state == ChildState::Running)
-            .count();
+        .sample(&[], self.fleet.workers().map(|s| s.restarts).sum::<u64>());
+        let running = self.pool.running();
         m.family(
             "goloadbalancer_lb_children",
             Kind::Gauge,
@@ -205,12 +212,8 @@ impl Supervisor {
             Kind::Counter,
             "LB children re-forked after dying.",
         )
-        .sample(&[], self.lb_restarts);
-        let conns: u64 = self
-            .children
-            .iter()
-            .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
-            .sum();
+        .sample(&[], self.pool.restarts());
+        let conns = self.pool.connections();
         m.family(
             "goloadbalancer_connections",
             Kind::Gauge,
