@@ -40,9 +40,16 @@ fn docker_reload_changes_worker_count_under_load_without_errors() {
 }
 
 #[test]
-fn docker_killed_supervisor_leaves_containers_the_next_start_removes() {
+fn docker_killed_supervisor_next_start_adopts_the_same_containers() {
     run("docker_supervisor_killed", || {
-        scenarios::supervisor_killed("d-svkill", "docker")
+        scenarios::supervisor_killed_adopts("d-svkill")
+    });
+}
+
+#[test]
+fn docker_container_of_an_older_image_is_replaced_without_losing_capacity() {
+    run("docker_outdated", || {
+        scenarios::outdated_container_replaced("d-outdated")
     });
 }
 

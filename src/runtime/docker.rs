@@ -65,7 +65,8 @@ impl Docker {
         format!("{}-worker-{port}", self.instance)
     }
 
-    /// Lists this instance's containers, running or not: one `id port state` line each.
+    /// Lists this instance's containers, running or not: one `id state image port` line
+    /// each (the port label last: it may be empty).
     pub fn ps(&self) -> Command {
         let mut cmd = docker();
         cmd.args([
@@ -75,7 +76,25 @@ impl Docker {
             "--filter",
             &self.filter(),
             "--format",
-            &format!("{{{{.ID}}}} {{{{.Label \"{LABEL_PORT}\"}}}} {{{{.State}}}}"),
+            &format!("{{{{.ID}}}} {{{{.State}}}} {{{{.Image}}}} {{{{.Label \"{LABEL_PORT}\"}}}}"),
+        ]);
+        cmd
+    }
+
+    /// `docker events` of this instance's containers dying, one container id per line, until
+    /// killed.
+    pub fn events(&self) -> Command {
+        let mut cmd = docker();
+        cmd.args([
+            "events",
+            "--filter",
+            "type=container",
+            "--filter",
+            &self.filter(),
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.Actor.ID}}",
         ]);
         cmd
     }
@@ -180,10 +199,13 @@ fn publish_ip(ip: IpAddr) -> String {
 pub struct Container {
     /// Full container id.
     pub id: String,
-    /// Its `goloadbalancer.port` label, when it parses.
-    pub port: Option<u16>,
     /// `running`, `exited`, `created`, ...
     pub state: String,
+    /// The image it was created from, as docker names it (our tag, or an id once the tag
+    /// moved to a newer image).
+    pub image: String,
+    /// Its `goloadbalancer.port` label, when it parses.
+    pub port: Option<u16>,
 }
 
 /// Parses [`Docker::ps`] output.
@@ -192,9 +214,15 @@ pub fn parse_ps(out: &str) -> Vec<Container> {
         .filter_map(|line| {
             let mut parts = line.split_whitespace();
             let id = parts.next()?.to_string();
-            let port = parts.next().and_then(|p| p.parse().ok());
             let state = parts.next().unwrap_or("").to_string();
-            Some(Container { id, port, state })
+            let image = parts.next().unwrap_or("").to_string();
+            let port = parts.next().and_then(|p| p.parse().ok());
+            Some(Container {
+                id,
+                state,
+                image,
+                port,
+            })
         })
         .collect()
 }
@@ -253,31 +281,21 @@ mod tests {
 
     #[test]
     fn parses_ps_lines() {
-        let out = "abc123 6001 running\ndef456 6002 exited\nbad\n  \nxyz  created\n";
-        let got = parse_ps(out);
+        let out =
+            "abc123 running img:1 6001\ndef456 exited img:0 6002\nbad\n  \nxyz created img:1\n";
+        let c = |id: &str, state: &str, image: &str, port| Container {
+            id: id.into(),
+            state: state.into(),
+            image: image.into(),
+            port,
+        };
         assert_eq!(
-            got,
+            parse_ps(out),
             vec![
-                Container {
-                    id: "abc123".into(),
-                    port: Some(6001),
-                    state: "running".into()
-                },
-                Container {
-                    id: "def456".into(),
-                    port: Some(6002),
-                    state: "exited".into()
-                },
-                Container {
-                    id: "bad".into(),
-                    port: None,
-                    state: "".into()
-                },
-                Container {
-                    id: "xyz".into(),
-                    port: None,
-                    state: "".into()
-                },
+                c("abc123", "running", "img:1", Some(6001)),
+                c("def456", "exited", "img:0", Some(6002)),
+                c("bad", "", "", None),
+                c("xyz", "created", "img:1", None),
             ]
         );
     }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::docker::{self, Docker, RunSpec};
+use super::docker_events::EventsWatch;
 use super::driver::{Driver, DriverEvent, Existing, LaunchSpec, Placement, Removal};
 use super::job::{Job, JobOutput};
 use crate::sys::log::quote;
@@ -19,16 +20,16 @@ use crate::{info, warn};
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// Deadline of ordinary docker CLI calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Delay before a `docker events` watcher that ended is started again.
+const EVENTS_RETRY: Duration = Duration::from_secs(2);
 /// Deadline of the image build.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a docker call is for.
 #[derive(Clone, Debug)]
 enum Step {
-    /// `docker ps` at start: containers left by a previous run.
-    Leftovers,
-    /// `docker rm -f` of those.
-    RemoveLeftovers,
+    /// `docker ps` at start: what a previous run left, to adopt or discard.
+    List,
     /// `docker image inspect` of the worker image.
     ImageInspect,
     /// `docker build`; the context directory is removed afterwards.
@@ -82,9 +83,14 @@ pub struct DockerDriver {
     base_port: u16,
     jobs: Vec<(Job, Step)>,
     tracked: BTreeMap<u16, Tracked>,
+    /// Slots whose container we removed successfully: the next launch needs no name clearing.
+    cleared: std::collections::BTreeSet<u16>,
     events: Vec<DriverEvent>,
-    leftovers_done: bool,
     image_ready: bool,
+    /// `docker events` of our containers dying, once watching.
+    events_watch: Option<EventsWatch>,
+    /// When the events watcher may be (re)started.
+    events_retry: Instant,
     watching: bool,
     last_reconcile: Instant,
     reconcile_running: bool,
@@ -107,9 +113,11 @@ impl DockerDriver {
             base_port,
             jobs: Vec::new(),
             tracked: BTreeMap::new(),
+            cleared: std::collections::BTreeSet::new(),
             events: Vec::new(),
-            leftovers_done: false,
             image_ready: false,
+            events_watch: None,
+            events_retry: Instant::now(),
             watching: false,
             last_reconcile: Instant::now(),
             reconcile_running: false,
@@ -164,12 +172,7 @@ impl DockerDriver {
     /// Acts on a finished docker call.
     fn on_job_done(&mut self, step: Step, out: JobOutput, now: Instant) {
         match step {
-            Step::Leftovers => self.on_leftovers_listed(out, now),
-            Step::RemoveLeftovers => {
-                log_failure("leftover_removal_failed", &out);
-                self.leftovers_done = true;
-                self.maybe_prepared();
-            }
+            Step::List => self.on_listed(out),
             Step::ImageInspect => self.on_image_inspected(out, now),
             Step::ImageBuild { context } => self.on_image_built(&context, out, now),
             Step::PruneImages => log_failure("image_prune_failed", &out),
@@ -184,6 +187,9 @@ impl DockerDriver {
             Step::Logs { slot, generation } => self.on_logs_done(slot, generation, out, now),
             Step::Remove { slot, generation } => {
                 log_failure("docker_rm_failed", &out);
+                if out.success {
+                    self.cleared.insert(slot);
+                }
                 if self.tracked(slot, generation).is_some() {
                     self.tracked.remove(&slot);
                     self.events.push(DriverEvent::Removed { slot, generation });
@@ -209,33 +215,34 @@ impl DockerDriver {
         }
     }
 
-    /// `docker ps` at start: removes what a previous run left.
-    fn on_leftovers_listed(&mut self, out: JobOutput, now: Instant) {
-        let ids = container_ids(&out);
+    /// `docker ps` at start: every container of this instance, for adoption.
+    fn on_listed(&mut self, out: JobOutput) {
         if !out.success {
-            self.events.push(DriverEvent::Prepared(Err(format!(
-                "docker ps failed: {}",
-                out.error_text()
-            ))));
-        } else if ids.is_empty() {
-            self.leftovers_done = true;
-            self.maybe_prepared();
-        } else {
-            info!(
-                "removing_leftover_containers",
-                "count={} ids={}",
-                ids.len(),
-                ids.iter()
-                    .map(|i| docker::short_id(i))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            let cmd = self.cli.remove(&ids);
-            if !self.spawn(cmd, Step::RemoveLeftovers, now + CALL_TIMEOUT) {
-                self.leftovers_done = true;
-                self.maybe_prepared();
-            }
+            let why = format!("docker ps failed: {}", out.error_text());
+            self.events.push(DriverEvent::Listed(Err(why)));
+            return;
         }
+        let found = docker::parse_ps(&out.stdout)
+            .into_iter()
+            .map(|c| {
+                let running = c.state == "running";
+                let slot = c.port.and_then(|p| p.checked_sub(self.base_port));
+                let placement = c.port.filter(|_| running).map(|port| Placement {
+                    id: docker::short_id(&c.id),
+                    addr: SocketAddr::new(self.address, port),
+                    pid: None,
+                    container: Some(c.id.clone()),
+                });
+                Existing {
+                    slot,
+                    placement,
+                    current: c.image == self.cli.image,
+                    handle: c.id,
+                    running,
+                }
+            })
+            .collect();
+        self.events.push(DriverEvent::Listed(Ok(found)));
     }
 
     /// `docker image inspect`: the image is there, or it is built from a temp context.
@@ -283,8 +290,7 @@ impl DockerDriver {
     }
 
     fn maybe_prepared(&mut self) {
-        if self.leftovers_done && self.image_ready {
-            self.leftovers_done = false;
+        if self.image_ready {
             self.events.push(DriverEvent::Prepared(Ok(())));
         }
     }
@@ -454,6 +460,63 @@ impl DockerDriver {
         }
     }
 
+    /// Reads `docker events`: a tracked container that died is reported at once (the
+    /// `docker ps` poll stays as the fallback); a watcher that ended is restarted.
+    fn read_events(&mut self, now: Instant) {
+        if !self.watching {
+            return;
+        }
+        if self.events_watch.is_none() && now >= self.events_retry {
+            match EventsWatch::start(self.cli.events()) {
+                Ok(w) => self.events_watch = Some(w),
+                Err(e) => {
+                    warn!("docker_events_failed", "error={}", quote(&e.to_string()));
+                    self.events_retry = now + EVENTS_RETRY;
+                }
+            }
+        }
+        let Some(w) = self.events_watch.as_mut() else {
+            return;
+        };
+        let ids = match w.read_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(
+                    "docker_events_ended",
+                    "error={} retry_in_ms={}",
+                    quote(&e),
+                    EVENTS_RETRY.as_millis()
+                );
+                self.events_watch = None;
+                self.events_retry = now + EVENTS_RETRY;
+                return;
+            }
+        };
+        for id in ids {
+            let Some((slot, t)) = self
+                .tracked
+                .iter()
+                .find(|(_, t)| t.container.as_deref() == Some(id.as_str()))
+            else {
+                continue;
+            };
+            if t.stage != Stage::Running {
+                continue;
+            }
+            info!(
+                "worker_container_died",
+                "slot={slot} id={} source=events",
+                docker::short_id(&id)
+            );
+            let ev = DriverEvent::Exited {
+                slot: *slot,
+                generation: t.generation,
+                why: "container died (docker events)".to_string(),
+            };
+            self.events.push(ev);
+        }
+    }
+
     fn kill_jobs(&mut self) {
         for (mut job, step) in std::mem::take(&mut self.jobs) {
             crate::debug!("job_abandoned", "step={step:?}");
@@ -475,17 +538,32 @@ impl Driver for DockerDriver {
     }
 
     fn prepare(&mut self, now: Instant) {
-        let ps = self.cli.ps();
-        self.spawn(ps, Step::Leftovers, now + CALL_TIMEOUT);
         let inspect = self.cli.image_inspect();
-        self.spawn(inspect, Step::ImageInspect, now + CALL_TIMEOUT);
+        if !self.spawn(inspect, Step::ImageInspect, now + CALL_TIMEOUT) {
+            let why = "docker could not be started".to_string();
+            self.events.push(DriverEvent::Prepared(Err(why)));
+        }
     }
 
-    fn list(&mut self, _now: Instant) {
-        self.events.push(DriverEvent::Listed(Ok(Vec::new())));
+    fn list(&mut self, now: Instant) {
+        let ps = self.cli.ps();
+        if !self.spawn(ps, Step::List, now + CALL_TIMEOUT) {
+            let why = "docker could not be started".to_string();
+            self.events.push(DriverEvent::Listed(Err(why)));
+        }
     }
 
-    fn adopt(&mut self, _slot: u16, _generation: u64, _found: &Existing, _now: Instant) {}
+    fn adopt(&mut self, slot: u16, generation: u64, found: &Existing, now: Instant) {
+        self.tracked.insert(
+            slot,
+            Tracked {
+                generation,
+                stage: Stage::Running,
+                container: Some(found.handle.clone()),
+                since: now,
+            },
+        );
+    }
 
     fn discard(&mut self, found: &Existing, now: Instant) {
         let cmd = self.cli.remove(std::slice::from_ref(&found.handle));
@@ -507,6 +585,10 @@ impl Driver for DockerDriver {
                 since: now,
             },
         );
+        if self.cleared.remove(&slot) {
+            // We removed this slot's container ourselves: its name is free, run at once.
+            return self.on_name_cleared(spec.clone(), now);
+        }
         let cmd = self.cli.remove(&[self.cli.name(port)]);
         let step = Step::ClearName { spec: spec.clone() };
         if !self.spawn(cmd, step, now + CALL_TIMEOUT) {
@@ -576,12 +658,14 @@ impl Driver for DockerDriver {
             }
             self.on_job_done(step, out, now);
         }
+        self.read_events(now);
         self.reconcile_if_due(now);
         std::mem::take(&mut self.events)
     }
 
     fn sweep(&mut self, now: Instant) {
         self.watching = false;
+        self.events_watch = None;
         self.kill_jobs();
         let cmd = self.cli.ps();
         self.spawn(cmd, Step::SweepList, now + CALL_TIMEOUT);
@@ -596,6 +680,7 @@ impl Driver for DockerDriver {
     }
 
     fn force_cleanup(&mut self) {
+        self.events_watch = None;
         self.kill_jobs();
         // Blocking is fine now: we are leaving. Bounded all the same.
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod docker_driver;
+pub mod docker_events;
 pub mod driver;
 pub mod job;
 pub mod process;

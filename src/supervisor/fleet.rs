@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::proxy::control::{BackendSpec, BackendState};
-use crate::runtime::driver::{Driver, DriverEvent, LaunchSpec, Placement, Removal};
+use crate::runtime::driver::{Driver, DriverEvent, Existing, LaunchSpec, Placement, Removal};
 use crate::sys::log::quote;
 use crate::{info, warn};
 
@@ -31,6 +31,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Extra time a stopping worker gets beyond the drain timeout before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest an adopted worker may take to pass its first health check: it was serving, so a
+/// slow answer means it is not healthy.
+const ADOPT_PROBE_WINDOW: Duration = Duration::from_secs(3);
 
 /// Where a worker is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +104,9 @@ pub struct Worker {
     pub killed: bool,
     /// When the current launch began.
     pub launched_at: Instant,
+    /// Adopted from a previous run with an older worker image: replaced once a surge worker
+    /// is serving.
+    pub outdated: bool,
 }
 
 impl Worker {
@@ -119,6 +125,7 @@ impl Worker {
             probing: false,
             killed: false,
             launched_at: now,
+            outdated: false,
         }
     }
 
@@ -171,6 +178,17 @@ pub struct Fleet {
     settings: FleetSettings,
     /// Slots whose start failed since [`Fleet::take_start_failures`].
     start_failures: Vec<u16>,
+    /// The outdated worker being replaced, and the surge slot serving in its stead.
+    replacing: Option<Replacement>,
+}
+
+/// One outdated worker replaced without lowering capacity: a surge worker starts in a spare
+/// slot; once it serves, the outdated one drains and stops; its slot is relaunched with the
+/// current image; once that serves, the surge worker drains and stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Replacement {
+    old: u16,
+    surge: u16,
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -186,6 +204,7 @@ impl Fleet {
             desired,
             settings,
             start_failures: Vec::new(),
+            replacing: None,
         }
     }
 
@@ -233,11 +252,27 @@ impl Fleet {
         std::mem::take(&mut self.start_failures)
     }
 
-    /// Marks slots wanted or not according to `desired`, creating missing ones.
+    /// Marks slots wanted or not according to `desired` (and a replacement in progress),
+    /// creating missing ones.
     fn sync_slots(&mut self, now: Instant) {
         let n = self.desired.min(usize::from(u16::MAX));
         for w in self.workers.values_mut() {
             w.wanted = usize::from(w.slot) < n;
+        }
+        if let Some(r) = self.replacing {
+            let surge_serving = self
+                .workers
+                .get(&r.surge)
+                .is_some_and(|w| w.state == WorkerState::Active);
+            if let Some(w) = self.workers.get_mut(&r.surge) {
+                w.wanted = true;
+            }
+            if let Some(w) = self.workers.get_mut(&r.old)
+                && surge_serving
+                && w.outdated
+            {
+                w.wanted = false;
+            }
         }
         for slot in 0..n as u16 {
             self.workers
@@ -315,6 +350,7 @@ impl Fleet {
         lb: &dyn LbView,
         stopping: bool,
     ) {
+        self.plan_replacement(now, stopping);
         self.sync_slots(now);
         let slots: Vec<u16> = self.workers.keys().copied().collect();
         for slot in slots {
@@ -391,6 +427,112 @@ impl Fleet {
         }
     }
 
+    /// Takes in what a previous run left in the runtime (start, before any launch): running
+    /// workers in a wanted slot are adopted (probed, then serving with their id); outdated
+    /// ones too, to be replaced one at a time; extra ones are adopted to be drained and
+    /// stopped; the rest is removed. Each decision is logged.
+    pub fn adopt(&mut self, mut found: Vec<Existing>, now: Instant, driver: &mut dyn Driver) {
+        self.sync_slots(now);
+        found.sort_by_key(|e| e.slot);
+        for e in found {
+            let id = e.placement.as_ref().map_or("-", |p| p.id.as_str());
+            let slot = match (e.slot, &e.placement) {
+                (Some(slot), Some(_)) if e.running => slot,
+                _ => {
+                    let why = if e.running {
+                        "no slot label"
+                    } else {
+                        "not running"
+                    };
+                    info!(
+                        "worker_discarded",
+                        "handle={} reason={}",
+                        e.handle,
+                        quote(why)
+                    );
+                    driver.discard(&e, now);
+                    continue;
+                }
+            };
+            if self
+                .workers
+                .get(&slot)
+                .is_some_and(|w| w.placement.is_some())
+            {
+                info!(
+                    "worker_discarded",
+                    "slot={slot} id={id} reason=\"slot taken\""
+                );
+                driver.discard(&e, now);
+                continue;
+            }
+            let wanted = usize::from(slot) < self.desired;
+            let (event, action) = match (wanted, e.current) {
+                (true, true) => ("worker_adopted", "serve"),
+                (true, false) => ("worker_adopted_outdated", "serve, then replace"),
+                (false, _) => ("worker_adopted_extra", "drain and remove"),
+            };
+            info!(event, "slot={slot} id={id} action={}", quote(action));
+            let w = self
+                .workers
+                .entry(slot)
+                .or_insert_with(|| Worker::new(slot, now));
+            w.generation += 1;
+            w.wanted = wanted;
+            w.outdated = !e.current;
+            w.launched_at = now;
+            w.placement = e.placement.clone();
+            w.state = WorkerState::Probing {
+                deadline: now + ADOPT_PROBE_WINDOW.min(self.settings.start_timeout),
+                next_probe: now,
+            };
+            driver.adopt(slot, w.generation, &e, now);
+        }
+    }
+
+    /// Replaces outdated workers one at a time (see [`Replacement`]); starts the next one
+    /// once the whole wanted fleet serves and no extra worker is left.
+    fn plan_replacement(&mut self, now: Instant, stopping: bool) {
+        if stopping {
+            self.replacing = None;
+            return;
+        }
+        if let Some(r) = self.replacing {
+            let renewed = self
+                .workers
+                .get(&r.old)
+                .is_some_and(|w| !w.outdated && w.state == WorkerState::Active);
+            if renewed || usize::from(r.old) >= self.desired {
+                info!("worker_replaced", "slot={} surge_slot={}", r.old, r.surge);
+                self.replacing = None;
+            }
+            return;
+        }
+        let n = self.desired.min(usize::from(u16::MAX)) as u16;
+        let serving = (0..n).all(|slot| {
+            self.workers
+                .get(&slot)
+                .is_some_and(|w| w.state == WorkerState::Active)
+        });
+        if !serving || self.workers.keys().any(|&slot| slot >= n) {
+            return;
+        }
+        let Some(old) = self
+            .workers
+            .values()
+            .find(|w| w.outdated && w.wanted)
+            .map(|w| w.slot)
+        else {
+            return;
+        };
+        info!(
+            "worker_replacing",
+            "slot={old} reason=\"outdated image\" surge_slot={n}"
+        );
+        self.workers.insert(n, Worker::new(n, now));
+        self.replacing = Some(Replacement { old, surge: n });
+    }
+
     /// Starts the worker in `slot`.
     fn launch(&mut self, slot: u16, now: Instant, driver: &mut dyn Driver) {
         let Some(w) = self.workers.get_mut(&slot) else {
@@ -402,6 +544,7 @@ impl Fleet {
         w.launched_at = now;
         w.placement = None;
         w.drain_seq = None;
+        w.outdated = false;
         w.state = WorkerState::Launching;
         let spec = LaunchSpec {
             slot,
@@ -623,7 +766,6 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::driver::Existing;
 
     /// What the fleet asked of the in-memory driver.
     #[derive(Debug, Clone, PartialEq)]
@@ -632,6 +774,8 @@ mod tests {
         Stop(u16, u64),
         Kill(u16, u64),
         Remove(u16, u64, Removal),
+        Adopt(u16, u64, String),
+        Discard(String),
     }
 
     /// An in-memory driver: records calls; the test answers with events.
@@ -655,8 +799,13 @@ mod tests {
         }
         fn prepare(&mut self, _: Instant) {}
         fn list(&mut self, _: Instant) {}
-        fn adopt(&mut self, _: u16, _: u64, _: &Existing, _: Instant) {}
-        fn discard(&mut self, _: &Existing, _: Instant) {}
+        fn adopt(&mut self, slot: u16, generation: u64, found: &Existing, _: Instant) {
+            self.calls
+                .push(Call::Adopt(slot, generation, found.handle.clone()));
+        }
+        fn discard(&mut self, found: &Existing, _: Instant) {
+            self.calls.push(Call::Discard(found.handle.clone()));
+        }
         fn launch(&mut self, spec: &LaunchSpec, _: Instant) {
             self.calls.push(Call::Launch(spec.slot, spec.generation));
         }
@@ -940,6 +1089,129 @@ mod tests {
         d.take();
         f.drive(now + Duration::from_secs(10), &mut d, &LB, false);
         assert_eq!(d.take(), vec![Call::Remove(0, 1, Removal::FailedStart)]);
+    }
+
+    fn existing(slot: u16, running: bool, current: bool) -> Existing {
+        let handle = format!("c{slot}");
+        Existing {
+            slot: Some(slot),
+            placement: running.then(|| Placement {
+                id: handle.clone(),
+                addr: SocketAddr::from(([10, 0, 0, 2], 9000 + slot)),
+                pid: None,
+                container: Some(handle.clone()),
+            }),
+            handle,
+            running,
+            current,
+        }
+    }
+
+    /// Answers every due probe with a pass.
+    fn pass_probes(f: &mut Fleet, now: Instant) {
+        for p in f.due_probes(now) {
+            f.on_probe(p.slot, p.generation, Ok(()), now);
+        }
+    }
+
+    #[test]
+    fn a_previous_runs_workers_are_adopted_extras_stopped_dead_ones_removed() {
+        let mut d = FakeDriver::default();
+        let now = Instant::now();
+        let mut f = Fleet::new(2, settings());
+        let found = vec![
+            existing(5, true, true),
+            existing(1, true, true),
+            existing(0, true, true),
+            existing(3, false, true),
+        ];
+        f.adopt(found, now, &mut d);
+        let calls = d.take();
+        assert!(calls.contains(&Call::Adopt(0, 1, "c0".into())), "{calls:?}");
+        assert!(calls.contains(&Call::Adopt(1, 1, "c1".into())), "{calls:?}");
+        assert!(calls.contains(&Call::Adopt(5, 1, "c5".into())), "{calls:?}");
+        assert!(calls.contains(&Call::Discard("c3".into())), "{calls:?}");
+        f.drive(now, &mut d, &LB, false);
+        // Nothing launched: the wanted slots are adopted; the extra one stops.
+        assert_eq!(d.take(), vec![Call::Stop(5, 1)]);
+        pass_probes(&mut f, now);
+        assert_eq!(f.active(), 2);
+        let ids: Vec<String> = f.backend_set().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, vec!["c0", "c1"], "adopted workers keep their ids");
+    }
+
+    #[test]
+    fn an_adopted_worker_that_fails_its_probe_is_replaced() {
+        let mut d = FakeDriver::default();
+        let now = Instant::now();
+        let mut f = Fleet::new(1, settings());
+        f.adopt(vec![existing(0, true, true)], now, &mut d);
+        d.take();
+        f.drive(now + ADOPT_PROBE_WINDOW, &mut d, &LB, false);
+        assert_eq!(d.take(), vec![Call::Remove(0, 1, Removal::FailedStart)]);
+    }
+
+    #[test]
+    fn an_outdated_worker_is_replaced_through_a_surge_slot_without_losing_capacity() {
+        let mut d = FakeDriver::default();
+        let mut now = Instant::now();
+        let mut f = Fleet::new(2, settings());
+        f.adopt(
+            vec![existing(0, true, true), existing(1, true, false)],
+            now,
+            &mut d,
+        );
+        pass_probes(&mut f, now);
+        d.take();
+        let lb = FakeLb {
+            serving: true,
+            drained_from: Some(0),
+        };
+        let mut launched = Vec::new();
+        // Play the runtime: launches place at once, stops and removals complete at once.
+        for _ in 0..40 {
+            now += Duration::from_millis(100);
+            f.drive(now, &mut d, &lb, false);
+            f.stamp_drains(1);
+            loop {
+                let calls = d.take();
+                if calls.is_empty() {
+                    break;
+                }
+                for call in calls {
+                    let ev = match call {
+                        Call::Launch(slot, g) => {
+                            launched.push(slot);
+                            placed(slot, g)
+                        }
+                        Call::Stop(slot, generation) => DriverEvent::Stopped { slot, generation },
+                        Call::Remove(slot, generation, _) => {
+                            DriverEvent::Removed { slot, generation }
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    f.on_event(ev, now, &mut d);
+                }
+            }
+            pass_probes(&mut f, now);
+            let serving = f
+                .backend_set()
+                .iter()
+                .filter(|b| b.state == BackendState::Active)
+                .count();
+            assert!(serving >= 2, "capacity fell to {serving}");
+        }
+        assert_eq!(
+            launched,
+            vec![2, 1],
+            "surge slot first, then the renewed slot"
+        );
+        let slots: Vec<u16> = f.workers().map(|w| w.slot).collect();
+        assert_eq!(slots, vec![0, 1], "the surge worker is gone again");
+        assert!(
+            f.workers()
+                .all(|w| !w.outdated && w.state == WorkerState::Active)
+        );
     }
 
     #[test]

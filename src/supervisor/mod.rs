@@ -81,7 +81,7 @@ pub fn run(config: Option<PathBuf>) -> i32 {
 enum Phase {
     /// `runtime: auto`: waiting for `docker info`.
     Detecting,
-    /// The driver prepares (docker: previous run's containers, the image).
+    /// The driver prepares (docker: the image), then lists what a previous run left.
     Preparing,
     /// Waiting for the first workers to pass their health check (fatal at the deadline).
     StartingWorkers { deadline: Instant },
@@ -564,12 +564,22 @@ impl Supervisor {
             for ev in events {
                 match ev {
                     DriverEvent::Prepared(Ok(())) => {
-                        if self.phase == Phase::Preparing {
+                        // What a previous run left is adopted before anything is launched.
+                        if self.phase == Phase::Preparing
+                            && let Some(d) = self.driver.as_deref_mut()
+                        {
+                            d.list(now);
+                        }
+                    }
+                    DriverEvent::Listed(Ok(found)) => {
+                        if self.phase == Phase::Preparing
+                            && let Some(d) = self.driver.as_deref_mut()
+                        {
+                            self.fleet.adopt(found, now, d);
                             self.begin_worker_start();
                         }
                     }
-                    DriverEvent::Prepared(Err(e)) => self.fatal(e),
-                    DriverEvent::Listed(_) => {}
+                    DriverEvent::Prepared(Err(e)) | DriverEvent::Listed(Err(e)) => self.fatal(e),
                     other => {
                         if let Some(d) = self.driver.as_deref_mut() {
                             self.fleet.on_event(other, now, d);

@@ -163,6 +163,7 @@ pub fn worker_killed(name: &str, runtime: &'static str) {
     let st = s.status();
     let port = s.worker_port as u64;
     let old_id = worker_field(&st, port, "id");
+    let killed_at = std::time::Instant::now();
     if runtime == "docker" {
         let cid = worker_field(&st, port, "container");
         let cid = cid.as_str().expect("container id");
@@ -180,12 +181,32 @@ pub fn worker_killed(name: &str, runtime: &'static str) {
             hello(s.lb(i % 2)).unwrap_or_else(|e| panic!("hello {i} after the kill: {e:?}"));
         }
     }
+    if runtime == "docker" {
+        s.wait_status("the death noticed", Duration::from_secs(30), |st| {
+            worker_field(st, port, "id") != old_id || worker_field(st, port, "state") != "active"
+        });
+        eprintln!(
+            "FIGURE worker kill (docker): death noticed {} ms after the kill",
+            killed_at.elapsed().as_millis()
+        );
+    }
     let after = s.wait_status("worker replaced", Duration::from_secs(90), |st| {
         worker_field(st, port, "state") == "active"
             && worker_field(st, port, "restarts").as_u64() >= Some(1)
             && (runtime != "docker" || worker_field(st, port, "id") != old_id)
             && st["workers_actual"].as_u64() == Some(3)
     });
+    eprintln!(
+        "FIGURE worker kill ({runtime}): replacement active {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+    if runtime == "docker" {
+        assert!(
+            s.log_text().contains("source=events"),
+            "the death was seen through docker events\n{}",
+            s.log_tail()
+        );
+    }
     let ids: BTreeSet<String> = after["workers"]
         .as_array()
         .expect("workers")
@@ -252,22 +273,15 @@ pub fn reload_under_load(name: &str, runtime: &'static str) {
     assert!(log.contains("event=worker_drained") || log.contains("event=worker_drain_timeout"));
 }
 
-/// kill -9 the supervisor: its LB children (and process workers) exit; docker containers
-/// are left, and the next start removes them before starting its own.
+/// kill -9 the supervisor (process runtime): its LB children and worker processes exit with
+/// it; the next start launches new workers.
 pub fn supervisor_killed(name: &str, runtime: &'static str) {
     let mut s = Stack::start_ready(name, StackSpec::seed(runtime));
     let st = s.status();
     let children = child_pids(&st);
     let workers = worker_pids(&st);
     assert_eq!(children.len(), 2);
-    let old_containers = if runtime == "docker" {
-        let c = containers(&s.instance);
-        assert_eq!(c.len(), 3, "three containers: {c:?}");
-        c
-    } else {
-        assert_eq!(workers.len(), 3);
-        Vec::new()
-    };
+    assert_eq!(workers.len(), 3);
     let mut p = s.proc.take().expect("supervisor");
     p.signal(SIGKILL);
     let _ = p.wait_exit(Duration::from_secs(10));
@@ -282,27 +296,173 @@ pub fn supervisor_killed(name: &str, runtime: &'static str) {
         Duration::from_secs(30),
         || workers.iter().all(|&pid| !alive(pid)),
     );
-    if runtime == "docker" {
-        assert_eq!(
-            containers(&s.instance).len(),
-            3,
-            "containers outlive a killed supervisor (the next start cleans them)"
-        );
-    }
     s.start();
     s.wait_ready();
-    if runtime == "docker" {
-        let now = containers(&s.instance);
-        assert_eq!(now.len(), 3, "only the new run's containers: {now:?}");
-        for c in &now {
-            assert!(!old_containers.contains(c), "leftover {c} was removed");
-        }
-        assert!(
-            s.log_text()
-                .contains("event=removing_leftover_containers count=3")
-        );
-    }
     hello(s.lb(0)).expect("the new run serves");
+}
+
+/// Worker ids `/worker/stats` (asked of `addr`) has a row for.
+pub fn stats_ids(addr: std::net::SocketAddr) -> BTreeSet<String> {
+    let Ok(r) = try_get(addr, "/worker/stats") else {
+        return BTreeSet::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    v["TotalRequests"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row.as_object())
+                .flat_map(|o| o.keys().cloned())
+                .filter(|k| k != "total")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Docker: kill -9 the supervisor while its containers serve; the next start adopts them:
+/// the same container ids serve, none is recreated, `/worker/stats` has no new id.
+pub fn supervisor_killed_adopts(name: &str) {
+    let mut s = Stack::start_ready(name, StackSpec::seed("docker"));
+    let st = s.status();
+    let children = child_pids(&st);
+    let before: BTreeSet<String> = containers(&s.instance).into_iter().collect();
+    assert_eq!(before.len(), 3, "three containers: {before:?}");
+    let ids: BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    for i in 0..30 {
+        hello(s.lb(i % 2)).expect("hello before the kill");
+    }
+    let worker: std::net::SocketAddr = st["workers"][0]["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("worker address");
+    let stats_before = stats_ids(worker);
+    let mut p = s.proc.take().expect("supervisor");
+    p.signal(SIGKILL);
+    let _ = p.wait_exit(Duration::from_secs(10));
+    drop(p);
+    wait_until("LB children exit with it", Duration::from_secs(15), || {
+        children.iter().all(|&pid| !alive(pid))
+    });
+    let started = std::time::Instant::now();
+    s.start();
+    s.wait_ready();
+    eprintln!(
+        "FIGURE adoption: ready {} ms after the restart (3 containers adopted)",
+        started.elapsed().as_millis()
+    );
+    let after: BTreeSet<String> = containers(&s.instance).into_iter().collect();
+    assert_eq!(after, before, "the same containers, none recreated");
+    let ids_after: BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    assert_eq!(ids_after, ids, "the same worker ids serve");
+    let mut seen = BTreeSet::new();
+    for i in 0..30 {
+        seen.insert(hello(s.lb(i % 2)).expect("hello after the restart"));
+    }
+    assert_eq!(seen, ids, "answers come from the adopted workers");
+    assert_eq!(
+        stats_ids(worker),
+        stats_before,
+        "no new id in /worker/stats"
+    );
+    assert_eq!(s.log_text().matches("event=worker_adopted ").count(), 3);
+}
+
+/// Docker: a container of an older worker image present at start is adopted, then replaced
+/// through a surge worker; the active count never falls below `worker`, and the load sees
+/// no failure.
+pub fn outdated_container_replaced(name: &str) {
+    let mut s = Stack::start_ready(name, StackSpec::seed("docker"));
+    let st = s.status();
+    let port = s.worker_port as u64 + 1;
+    let cid = worker_field(&st, port, "container")
+        .as_str()
+        .expect("container")
+        .to_string();
+    let image = docker_out(&["inspect", "--format", "{{.Config.Image}}", &cid]);
+    let old_tag = format!("goloadbalancer-worker:older-{}", std::process::id());
+    docker_out(&["tag", &image, &old_tag]);
+    let mut p = s.proc.take().expect("supervisor");
+    p.signal(SIGKILL);
+    let _ = p.wait_exit(Duration::from_secs(10));
+    drop(p);
+    // The same worker, from the "older" image.
+    let args = docker_out(&["inspect", "--format", "{{json .Config.Cmd}}", &cid]);
+    let cmd: Vec<String> = serde_json::from_str(&args).expect("cmd");
+    let name_c = docker_out(&["inspect", "--format", "{{.Name}}", &cid]);
+    let user = docker_out(&["inspect", "--format", "{{.Config.User}}", &cid]);
+    let db_dir = s.dir.path().canonicalize().expect("dir");
+    docker_out(&["rm", "-f", &cid]);
+    let mut run: Vec<String> = [
+        "run",
+        "-d",
+        "--name",
+        name_c.trim_start_matches('/'),
+        "--label",
+        &format!("goloadbalancer.instance={}", s.instance),
+        "--label",
+        &format!("goloadbalancer.port={port}"),
+        "--user",
+        &user,
+        "-v",
+        &format!("{0}:{0}", db_dir.display()),
+        "-p",
+        &format!("127.0.0.1:{port}:{port}"),
+        &old_tag,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    run.extend(cmd);
+    let run_refs: Vec<&str> = run.iter().map(String::as_str).collect();
+    let old_cid = docker_out(&run_refs);
+    s.start();
+    s.wait_ready();
+    let load = Load::start(vec![s.lb(0), s.lb(1)], 4);
+    let mut lowest = u64::MAX;
+    let t0 = std::time::Instant::now();
+    s.wait_status(
+        "outdated container replaced",
+        Duration::from_secs(120),
+        |st| {
+            lowest = lowest.min(st["workers_actual"].as_u64().unwrap_or(0));
+            let ws = st["workers"].as_array().cloned().unwrap_or_default();
+            ws.len() == 3
+                && ws.iter().all(|w| w["state"] == "active")
+                && ws
+                    .iter()
+                    .all(|w| w["container"].as_str() != Some(old_cid.as_str()))
+        },
+    );
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = load.finish();
+    let _ = Command::new("docker").args(["rmi", &old_tag]).output();
+    eprintln!(
+        "FIGURE outdated replacement: {} ms, lowest active count {lowest}, load {c:?}",
+        took.as_millis()
+    );
+    assert!(lowest >= 3, "the active count fell to {lowest}");
+    assert_eq!(c.refused, 0, "{:?}", c.errors);
+    assert_eq!(c.failed, 0, "{:?}", c.errors);
+    assert!(!containers(&s.instance).contains(&old_cid));
+    let log = s.log_text();
+    assert!(
+        log.contains("event=worker_adopted_outdated"),
+        "{}",
+        s.log_tail()
+    );
+    assert!(log.contains("event=worker_replaced"), "{}", s.log_tail());
+}
+
+/// A docker CLI call's trimmed stdout; panics when it fails.
+fn docker_out(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// SIGTERM under load: exit 0, nothing left running, every answered request is in the stats.
