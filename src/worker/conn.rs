@@ -1,0 +1,559 @@
+//! One client connection: a state machine over its socket, its input buffer, its queue of
+//! [`PendingAnswer`]s (one per parsed request, in arrival order) and its output buffer.
+//!
+//! Only the front of the queue is ever written, so pipelined answers leave in request order
+//! whatever their delays. Reading stops while the queue is full, the input buffer is full or
+//! unsent output is above a high-water mark: a client that does not read its answers stops
+//! being read (backpressure).
+//!
+//! States and transitions (each state holds its own data):
+//!
+//! ```text
+//!   Open(Reading) --FIN read--> HalfClosed(Reading) --all answered--> closed
+//!        |                              |
+//!        +-- bad request, 413, 408, `Connection: close`, drain --+
+//!                                                                v
+//!   Closing --all answered, write side shut--> Lingering --client FIN or time up--> closed
+//! ```
+//!
+//! `Reading` is where the request stream stands: in a head (`Head`), or in the body of the
+//! newest queued request (`Body`, which knows whether another request may follow).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::net::TcpStream;
+
+use super::answer::PendingAnswer;
+use super::routes::{HEAD_LIMITS, READ_CHUNK, Request, Service};
+use super::server::ConnKey;
+use crate::http::chunked::{ChunkError, ChunkLimits, ChunkedDecoder};
+use crate::http::{Framing, parse_request_head};
+use crate::sys::log::quote;
+
+/// Requests queued per connection (pipelining depth) before the worker stops reading it.
+pub const MAX_PIPELINE: usize = 64;
+/// Unsent response bytes above which no further response is queued for writing.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+/// Input buffered per connection: a whole head at the limit plus some, so an oversized head
+/// is seen (431) rather than waited on.
+const IN_MAX: usize = 16 * 1024 + 4 * 1024;
+/// After the last answer, unread input is drained this long so the close is a FIN, not a
+/// reset that could destroy the answer in flight.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Where a connection stands.
+#[derive(Debug)]
+enum ConnState {
+    /// Reading, parsing and answering requests; the client may send more.
+    Open(Reading),
+    /// The client finished sending (FIN read): what is buffered is parsed and answered, then
+    /// the connection closes.
+    HalfClosed(Reading),
+    /// No further request is parsed: the queued answers are written (the last one says
+    /// `Connection: close`), then the lingering close.
+    Closing,
+    /// Everything written and the write side shut: input is discarded until the client closes
+    /// or `until`.
+    Lingering { until: Instant },
+}
+
+/// Where the request stream stands.
+#[derive(Debug)]
+enum Reading {
+    /// Between requests (`since` None) or inside a head whose first byte came at `since`.
+    Head { since: Option<Instant> },
+    /// Discarding the body of the newest queued request (it is answered once its body is
+    /// complete); `then` says what follows it.
+    Body { left: BodyLeft, then: AfterBody },
+}
+
+/// The rest of a request body.
+#[derive(Debug)]
+enum BodyLeft {
+    /// This many bytes (Content-Length).
+    Length(u64),
+    /// A chunked body, through its decoder.
+    Chunked(ChunkedDecoder),
+}
+
+/// What follows a request body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterBody {
+    /// The next request (keep-alive).
+    NextRequest,
+    /// Nothing: the request said `Connection: close`, or the worker is draining.
+    Close,
+}
+
+/// What a passed deadline does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnDeadline {
+    /// A head or body that stalled: answer 408 and close.
+    RequestTimeout,
+    /// Idle, not reading its answers, or lingering too long: close.
+    Close,
+}
+
+/// One client connection.
+pub struct Conn {
+    sock: TcpStream,
+    /// Edge-triggered readiness not yet used up.
+    readable: bool,
+    writable: bool,
+    /// Unique per accepted connection; deadline timer entries carry it.
+    pub serial: u64,
+    state: ConnState,
+    inbuf: Vec<u8>,
+    /// Last time bytes moved either way.
+    last_progress: Instant,
+    queue: VecDeque<PendingAnswer>,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Deadline currently in the timer heap for this connection.
+    pub armed: Option<Instant>,
+    /// Queued in the loop's dirty list.
+    pub dirty: bool,
+}
+
+impl ConnState {
+    /// The request stream, while requests are still parsed.
+    fn reading_mut(&mut self) -> Option<&mut Reading> {
+        match self {
+            ConnState::Open(r) | ConnState::HalfClosed(r) => Some(r),
+            ConnState::Closing | ConnState::Lingering { .. } => None,
+        }
+    }
+}
+
+impl BodyLeft {
+    /// Consumes body bytes from `data`: how many, and whether the body is now complete.
+    fn consume(&mut self, data: &[u8]) -> Result<(usize, bool), ChunkError> {
+        match self {
+            BodyLeft::Length(left) => {
+                let take = (data.len() as u64).min(*left);
+                *left -= take;
+                Ok((take as usize, *left == 0))
+            }
+            BodyLeft::Chunked(dec) => {
+                let p = dec.feed(data, &mut |_| {})?;
+                Ok((p.consumed, p.done))
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// A freshly accepted connection (closing at once when the worker drains).
+    pub fn new(sock: TcpStream, serial: u64, now: Instant, draining: bool) -> Conn {
+        Conn {
+            sock,
+            readable: false,
+            writable: true,
+            serial,
+            state: if draining {
+                ConnState::Closing
+            } else {
+                ConnState::Open(Reading::Head { since: None })
+            },
+            inbuf: Vec::new(),
+            last_progress: now,
+            queue: VecDeque::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            armed: None,
+            dirty: false,
+        }
+    }
+
+    /// The socket (to register and deregister it).
+    pub fn sock_mut(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    /// Records an event's readiness (errors and hang-ups count as both).
+    pub fn note(&mut self, ev: &Event) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+        }
+    }
+
+    /// Drain: read what is already received (`readable` again), then no further request.
+    pub fn assume_readable(&mut self) {
+        self.readable = true;
+    }
+
+    /// Drain: no request after the ones parsed (a body being read is still read to its end).
+    pub fn stop_reading(&mut self) {
+        match &mut self.state {
+            ConnState::Open(Reading::Body { then, .. })
+            | ConnState::HalfClosed(Reading::Body { then, .. }) => *then = AfterBody::Close,
+            ConnState::Open(Reading::Head { .. }) | ConnState::HalfClosed(Reading::Head { .. }) => {
+                self.state = ConnState::Closing
+            }
+            ConnState::Closing | ConnState::Lingering { .. } => {}
+        }
+    }
+
+    /// The queued answer of request `seq`.
+    pub fn pending_mut(&mut self, seq: u64) -> Option<&mut PendingAnswer> {
+        self.queue.iter_mut().find(|a| a.seq == seq)
+    }
+
+    /// Whether request `seq` still waits in this connection's queue.
+    pub fn has_pending(&self, seq: u64) -> bool {
+        self.queue.iter().any(|a| a.seq == seq)
+    }
+
+    /// Sequence numbers of the requests still queued.
+    pub fn pending_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.queue.iter().map(|a| a.seq)
+    }
+
+    /// Does everything possible now: answers, writes, parses, reads until nothing moves, then
+    /// handles a passed deadline or the end of the connection. False = close it now.
+    pub fn step(&mut self, key: ConnKey, svc: &mut Service, now: Instant) -> bool {
+        if let ConnState::Lingering { until } = self.state {
+            return self.linger(svc, now, until);
+        }
+        if !self.pump(key, svc, now) {
+            return false;
+        }
+        if let Some((at, on)) = self.deadline(svc)
+            && now >= at
+        {
+            return self.expire(on, key, svc, now);
+        }
+        let answered = self.queue.is_empty() && self.out_pos == self.out.len();
+        match self.state {
+            ConnState::Closing if answered => self.start_linger(svc, now),
+            ConnState::HalfClosed(_) if answered => {
+                let _ = self.sock.shutdown(Shutdown::Write);
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Moves answers out and requests in until nothing moves; false = the socket failed.
+    fn pump(&mut self, key: ConnKey, svc: &mut Service, now: Instant) -> bool {
+        loop {
+            let mut progress = self.queue_ready_answers(svc, now);
+            match self.write_out(now) {
+                Ok(moved) => progress |= moved,
+                Err(_) => return false,
+            }
+            progress |= self.parse_requests(key, svc, now);
+            match self.read_in(svc, now) {
+                Ok(moved) => progress |= moved,
+                Err(_) => return false,
+            }
+            if !progress {
+                return true;
+            }
+        }
+    }
+
+    /// Ready answers at the front of the queue go to the output, in order; true if any did.
+    fn queue_ready_answers(&mut self, svc: &mut Service, now: Instant) -> bool {
+        let mut moved = false;
+        while self.out.len() - self.out_pos < OUT_HIGH_WATER {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            // A request is answered once it is complete: its body read too.
+            let in_body = matches!(self.state.reading_mut(), Some(Reading::Body { .. }));
+            if !front.is_ready() || (self.queue.len() == 1 && in_body) {
+                break;
+            }
+            let Some(answer) = self.queue.pop_front() else {
+                break;
+            };
+            let close = matches!(self.state, ConnState::Closing) && self.queue.is_empty();
+            answer.write_to(&mut self.out, &svc.hello, close);
+            if let Some(success) = answer.hello_outcome() {
+                svc.store
+                    .record(success, now.saturating_duration_since(answer.start));
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// Writes pending output; Ok(true) if bytes moved.
+    fn write_out(&mut self, now: Instant) -> io::Result<bool> {
+        if !self.writable || self.out_pos == self.out.len() {
+            return Ok(false);
+        }
+        match self.sock.write(&self.out[self.out_pos..]) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                self.out_pos += n;
+                self.last_progress = now;
+                if self.out_pos == self.out.len() {
+                    self.out.clear();
+                    self.out_pos = 0;
+                    if self.out.capacity() > 2 * OUT_HIGH_WATER {
+                        self.out = Vec::new();
+                    }
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads more input, unless that would outgrow a buffer or the pipeline; Ok(true) if
+    /// bytes (or the client's FIN) came.
+    fn read_in(&mut self, svc: &mut Service, now: Instant) -> io::Result<bool> {
+        let backlog = self.out.len() - self.out_pos;
+        if !self.readable
+            || !matches!(self.state, ConnState::Open(_))
+            || self.queue.len() >= MAX_PIPELINE
+            || backlog >= OUT_HIGH_WATER
+            || self.inbuf.len() >= IN_MAX
+        {
+            return Ok(false);
+        }
+        let room = (IN_MAX - self.inbuf.len()).min(READ_CHUNK);
+        match self.sock.read(&mut svc.scratch[..room]) {
+            Ok(0) => {
+                let state = std::mem::replace(&mut self.state, ConnState::Closing);
+                if let ConnState::Open(reading) = state {
+                    self.state = ConnState::HalfClosed(reading);
+                }
+                Ok(true)
+            }
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&svc.scratch[..n]);
+                self.last_progress = now;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Parses and dispatches every complete request in the input buffer (within the pipeline
+    /// limit), discarding bodies; true if anything was consumed.
+    fn parse_requests(&mut self, key: ConnKey, svc: &mut Service, now: Instant) -> bool {
+        let mut pos = 0;
+        let mut progress = false;
+        while let Some(reading) = self.state.reading_mut() {
+            match reading {
+                Reading::Body { left, then } => {
+                    let then = *then;
+                    match left.consume(&self.inbuf[pos..]) {
+                        Ok((n, done)) => {
+                            pos += n;
+                            progress |= n > 0;
+                            if !done {
+                                break;
+                            }
+                            self.end_body(then);
+                        }
+                        Err(e) => {
+                            // The request is not complete: its answer gives way to the error.
+                            if let Some(a) = self.queue.pop_back() {
+                                svc.stats_waiting.remove(&a.seq);
+                            }
+                            pos = self.inbuf.len();
+                            progress = true;
+                            self.refuse(svc.error(now, e.status(), &e.to_string()));
+                        }
+                    }
+                }
+                Reading::Head { since } => {
+                    if self.queue.len() >= MAX_PIPELINE || pos == self.inbuf.len() {
+                        break;
+                    }
+                    match parse_request_head(&self.inbuf[pos..], &HEAD_LIMITS) {
+                        Ok(None) => {
+                            since.get_or_insert(now);
+                            break;
+                        }
+                        Ok(Some(head)) => {
+                            let req = Request::from_head(&head, &self.inbuf[pos..]);
+                            pos += head.head_len;
+                            progress = true;
+                            self.begin_request(req, key, svc, now);
+                        }
+                        Err(e) => {
+                            pos = self.inbuf.len();
+                            progress = true;
+                            let status = e.status();
+                            crate::debug!(
+                                "worker_bad_request",
+                                "id={} status={status} reason={}",
+                                svc.id,
+                                quote(e.message())
+                            );
+                            self.refuse(svc.error(now, status, e.message()));
+                        }
+                    }
+                }
+            }
+        }
+        self.consume_input(pos);
+        progress
+    }
+
+    /// Drops the first `n` input bytes (parsed); an empty buffer starts no head clock.
+    fn consume_input(&mut self, n: usize) {
+        if n > 0 {
+            self.inbuf.drain(..n);
+            if self.inbuf.is_empty() && self.inbuf.capacity() > IN_MAX {
+                self.inbuf = Vec::new();
+            }
+        }
+        if self.inbuf.is_empty()
+            && let Some(Reading::Head { since }) = self.state.reading_mut()
+        {
+            *since = None;
+        }
+    }
+
+    /// A request body is complete: the next request may follow, or the connection closes.
+    fn end_body(&mut self, then: AfterBody) {
+        match then {
+            AfterBody::NextRequest => self.set_reading(Reading::Head { since: None }),
+            AfterBody::Close => self.state = ConnState::Closing,
+        }
+    }
+
+    /// Replaces the request stream's position (the client side, open or finished, stays).
+    fn set_reading(&mut self, next: Reading) {
+        if let Some(r) = self.state.reading_mut() {
+            *r = next;
+        }
+    }
+
+    /// Queues a final error answer: nothing further is parsed.
+    fn refuse(&mut self, answer: PendingAnswer) {
+        self.queue.push_back(answer);
+        self.state = ConnState::Closing;
+    }
+
+    /// A request head was parsed: queue its answer and move to its body, the next head, or
+    /// the close it asked for.
+    fn begin_request(&mut self, req: Request, key: ConnKey, svc: &mut Service, now: Instant) {
+        let then = if req.keep_alive {
+            AfterBody::NextRequest
+        } else {
+            AfterBody::Close
+        };
+        let body = match req.body {
+            Framing::None | Framing::Close | Framing::Length(0) => None,
+            Framing::Length(n) if n > req.body_max() => {
+                let mut answer = svc.error(now, 413, "request body too large");
+                answer.head_only = req.head_only;
+                answer.http10 = req.http10;
+                return self.refuse(answer);
+            }
+            Framing::Length(n) => Some(BodyLeft::Length(n)),
+            Framing::Chunked => Some(BodyLeft::Chunked(ChunkedDecoder::new(ChunkLimits {
+                max_body: req.body_max(),
+                ..ChunkLimits::default()
+            }))),
+        };
+        if body.is_some() && req.expect_continue && self.queue.is_empty() {
+            // Every earlier answer is already in `out`: the interim one may follow.
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        self.queue.push_back(svc.answer(&req, key, now));
+        match (body, then) {
+            (Some(left), then) => self.set_reading(Reading::Body { left, then }),
+            (None, AfterBody::NextRequest) => self.set_reading(Reading::Head { since: None }),
+            (None, AfterBody::Close) => self.state = ConnState::Closing,
+        }
+    }
+
+    /// When this connection must have made progress given what it is doing, and what
+    /// happens then.
+    pub fn deadline(&self, svc: &Service) -> Option<(Instant, OnDeadline)> {
+        let reading = match &self.state {
+            ConnState::Lingering { until } => return Some((*until, OnDeadline::Close)),
+            // The client is not reading its answers.
+            _ if self.out_pos < self.out.len() => {
+                return Some((self.last_progress + svc.idle_timeout, OnDeadline::Close));
+            }
+            ConnState::Closing => return None,
+            ConnState::Open(r) | ConnState::HalfClosed(r) => r,
+        };
+        match reading {
+            Reading::Body { .. } => Some((
+                self.last_progress + svc.head_timeout,
+                OnDeadline::RequestTimeout,
+            )),
+            Reading::Head { since: Some(s) }
+                if !self.inbuf.is_empty() && self.queue.len() < MAX_PIPELINE =>
+            {
+                Some((*s + svc.head_timeout, OnDeadline::RequestTimeout))
+            }
+            _ if self.queue.is_empty() => {
+                Some((self.last_progress + svc.idle_timeout, OnDeadline::Close))
+            }
+            // Waiting only for its own delayed answers.
+            _ => None,
+        }
+    }
+
+    /// Handles a passed deadline: 408 for a stalled head or body (then close), else close.
+    fn expire(&mut self, on: OnDeadline, key: ConnKey, svc: &mut Service, now: Instant) -> bool {
+        if on == OnDeadline::Close {
+            return false;
+        }
+        crate::debug!("worker_request_timeout", "id={} conn={}", svc.id, key);
+        if let Some(Reading::Body { .. }) = self.state.reading_mut() {
+            // Its body never came: that request is not answered (nor counted).
+            if let Some(a) = self.queue.pop_back() {
+                svc.stats_waiting.remove(&a.seq);
+            }
+        }
+        self.inbuf.clear();
+        self.refuse(svc.error(now, 408, "request not received in time"));
+        // Try to write it right away; the connection then closes (lingering).
+        self.step(key, svc, now)
+    }
+
+    /// Everything is answered: shut the write side and discard input for a while.
+    fn start_linger(&mut self, svc: &mut Service, now: Instant) -> bool {
+        let _ = self.sock.shutdown(Shutdown::Write);
+        let until = now + LINGER;
+        self.state = ConnState::Lingering { until };
+        self.inbuf = Vec::new();
+        self.linger(svc, now, until)
+    }
+
+    /// Discards input until EOF or the linger deadline; false = close now.
+    fn linger(&mut self, svc: &mut Service, now: Instant, until: Instant) -> bool {
+        if now >= until {
+            return false;
+        }
+        while self.readable {
+            match self.sock.read(&mut svc.scratch) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
