@@ -23,7 +23,8 @@ database lives in /var/lib/goloadbalancer (StateDirectory=, created by systemd).
 
 options:
   --binary PATH   install this binary instead of building one (cargo build --release)
-  --prefix DIR    where the binary goes (default /usr/local; the unit's ExecStart follows)
+  --prefix DIR    where the binary goes (default /usr/local; the unit's ExecStart follows);
+                  letters, digits, spaces and ._+-/ only
   --root DIR      staged install under DIR: nothing outside DIR is touched, no user is
                   created, systemctl is not called (for packaging and tests)
   --uninstall     stop and disable the service, remove what the install put in place; keeps
@@ -56,6 +57,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$prefix" in /*) ;; *) echo "install.sh: --prefix must be absolute: $prefix" >&2; exit 2 ;; esac
+# The prefix goes into the unit's ExecStart= and Documentation=, where %, $, quotes and
+# backslashes have meanings of their own: letters, digits, spaces and ._+-/ only.
+case "$prefix" in *[!A-Za-z0-9\ ._+/-]*)
+    echo "install.sh: --prefix may hold only letters, digits, spaces and ._+-/: $prefix" >&2; exit 2 ;;
+esac
 if [ -n "$root" ]; then
     mkdir -p "$root"
     root="$(cd "$root" && pwd)"
@@ -111,8 +117,23 @@ put() {
 remove() {
     local dst="$root$1"
     if [ -e "$dst" ] || [ -L "$dst" ]; then
-        rm -f "$dst"
+        rm -f -- "$dst"
         say "removed $1"
+    fi
+}
+
+# Removes the directory $root$1 and everything in it (--purge). Only ever one of ours: the
+# argument is one of the fixed paths above, never empty, whatever $root is (empty on a real
+# install).
+purge_dir() {
+    local dst="$root$1"
+    case "$1" in
+        /*/goloadbalancer) ;;
+        *) echo "install.sh: refusing to purge $1" >&2; exit 1 ;;
+    esac
+    if [ -e "$dst" ] || [ -L "$dst" ]; then
+        rm -rf -- "$dst"
+        say "purged $1"
     fi
 }
 
@@ -137,8 +158,10 @@ do_uninstall() {
     remove "$doc_dir/README.md"
     rmdir "$root$doc_dir" 2>/dev/null || true
     if [ $purge = 1 ]; then
-        rm -rf "${root:?}$conf_dir" "${root:?}$state_dir" "$root/var/lib/private/goloadbalancer"
-        say "purged $conf_dir and $state_dir"
+        purge_dir "$conf_dir"
+        purge_dir "$state_dir"
+        # Where systemd keeps a StateDirectory= of a unit that ran with DynamicUser=.
+        purge_dir "/var/lib/private/goloadbalancer"
     else
         # An unedited config goes with the rest; an edited one is the operator's.
         if [ -f "$root$conf" ] && [ -f "$root$conf_default" ] && cmp -s "$root$conf" "$root$conf_default"; then
@@ -181,9 +204,16 @@ do_install() {
     trap 'rm -rf "$tmp"' EXIT
 
     put "$binary" "$bin_path" 0755
-    sed -e "s#/usr/local/bin/goloadbalancer#$bin_path#g" \
-        -e "s#/usr/local/share/doc/goloadbalancer#$doc_dir#g" \
+    # A path with a space: quoted in ExecStart= (systemd splits the command line on blanks),
+    # percent-encoded in the Documentation= URI (a list separated by blanks; "%%" because
+    # systemd expands % specifiers there).
+    local exec_path="$bin_path"
+    case "$bin_path" in *" "*) exec_path="\"$bin_path\"" ;; esac
+    sed -e "s#^ExecStart=/usr/local/bin/goloadbalancer #ExecStart=$exec_path #" \
+        -e "s#file:///usr/local/share/doc/goloadbalancer#file://${doc_dir// /%%20}#g" \
         "$repo/systemd/goloadbalancer.service" >"$tmp/unit"
+    grep -qF "ExecStart=$exec_path " "$tmp/unit" ||
+        { echo "install.sh: the unit's ExecStart= does not start /usr/local/bin/goloadbalancer" >&2; exit 1; }
     put "$tmp/unit" "$unit" 0644
     # A missing group makes the unit fail (216/GROUP): the drop-in exists only with the group.
     if has_docker_group; then

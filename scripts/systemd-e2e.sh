@@ -19,11 +19,16 @@ usage: scripts/systemd-e2e.sh [options]
                   `docker rm -f <name>`)
   -h, --help      this text
 
+  --print-mirror  print the Debian mirror debootstrap would use, and exit
+
 Needs: root, a docker engine, debootstrap (apt-get install debootstrap; installed
-automatically when missing and apt-get is there), and Debian's mirror for the first run
-(GLB_DEBIAN_MIRROR, default http://deb.debian.org/debian). The root is cached as the docker
-image glb-systemd:<hash of its recipe>, so later runs skip debootstrap.
-GLB_E2E_DOCKER_ARGS overrides the privilege search with fixed `docker run` arguments.
+automatically when missing and apt-get is there), and for the first run a Debian mirror: the
+one this machine's apt already uses (the URI of an enabled `deb` source with the component
+main whose suite is bookworm, else another Debian release suite, from sources.list,
+sources.list.d/*.list and *.sources; APT_CONFIG is honoured), or GLB_DEBIAN_MIRROR=URI. The
+root is cached as the docker image glb-systemd:<hash of its recipe>, so later runs skip
+debootstrap. GLB_E2E_DOCKER_ARGS overrides the privilege search with fixed `docker run`
+arguments.
 EOF
 }
 
@@ -33,6 +38,7 @@ boot_only=0
 rebuild=0
 keep=0
 docker_phase=1
+print_mirror=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
@@ -40,13 +46,13 @@ while [ $# -gt 0 ]; do
         --rebuild-root) rebuild=1; shift ;;
         --keep) keep=1; shift ;;
         --no-docker) docker_phase=0; shift ;;
+        --print-mirror) print_mirror=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "systemd-e2e: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 suite="bookworm"
-mirror="${GLB_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # systemd + systemd-sysv: PID 1 and /sbin/init; procps: /bin/kill (ExecReload) and pgrep;
 # curl: traffic from inside the container.
 packages="systemd,systemd-sysv,procps,curl"
@@ -109,6 +115,87 @@ dump_diagnostics() {
     cx ps -eo pid,ppid,user,stat,args 2>&1 | grep -v '\[' || true
 }
 
+# --- the Debian mirror: the machine's own ------------------------------------------------------
+# No mirror is written here: a machine behind a proxy or a local mirror already names it in its
+# apt sources, and a Debian mirror carries every release, so the host's serves bookworm too.
+
+# Prints "URI SUITE" for each enabled `deb` source with the component main, from the one-line
+# lists and the deb822 .sources files apt reads (apt-config gives their paths, so APT_CONFIG
+# points this at other files).
+apt_main_sources() {
+    local list="/etc/apt/sources.list" parts="/etc/apt/sources.list.d/" f
+    if command -v apt-config >/dev/null; then
+        # Sets list= and parts= (shell-quoted by apt-config).
+        eval "$(apt-config shell list Dir::Etc::sourcelist/f parts Dir::Etc::sourceparts/d 2>/dev/null)"
+    fi
+    for f in "$list" "$parts"*.list; do
+        [ -f "$f" ] || continue
+        # deb [options] URI SUITE COMPONENT...
+        awk '{ sub(/#.*/, "") }
+            $1 != "deb" { next }
+            {
+                i = 2
+                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+                for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i, $(i + 1); next }
+            }' "$f"
+    done
+    for f in "$parts"*.sources; do
+        [ -f "$f" ] || continue
+        # Paragraphs of "Field: value" lines; a line starting with blank continues the field.
+        awk 'BEGIN { RS = ""; FS = "\n" }
+            {
+                split("", v); key = ""
+                for (i = 1; i <= NF; i++) {
+                    if ($i ~ /^#/) continue
+                    if ($i ~ /^[ \t]/) { if (key != "") v[key] = v[key] " " $i; continue }
+                    p = index($i, ":"); if (!p) { key = ""; continue }
+                    key = tolower(substr($i, 1, p - 1)); v[key] = substr($i, p + 1)
+                }
+                if (tolower(v["enabled"]) ~ /^[ \t]*no/) next
+                if (" " v["types"] " " !~ /[ \t]deb[ \t]/) next
+                if (" " v["components"] " " !~ /[ \t]main[ \t]/) next
+                nu = split(v["uris"], u, /[ \t]+/); ns = split(v["suites"], s, /[ \t]+/)
+                for (a = 1; a <= nu; a++) for (b = 1; b <= ns; b++)
+                    if (u[a] != "" && s[b] != "") print u[a], s[b]
+            }' "$f"
+    done
+}
+
+# Prints the mirror for debootstrap: GLB_DEBIAN_MIRROR, else the URI of the host's source for
+# $suite, else of a source for another Debian release (a suite without "-" or "/", so not
+# -security or -updates, that debootstrap knows as Debian's: its script is `sid`). 1 if none.
+debian_mirror() {
+    if [ -n "${GLB_DEBIAN_MIRROR:-}" ]; then
+        echo "$GLB_DEBIAN_MIRROR"
+        return 0
+    fi
+    local sources uri s
+    sources="$(apt_main_sources)"
+    while read -r uri s; do
+        [ "$s" = "$suite" ] && { echo "$uri"; return 0; }
+    done <<<"$sources"
+    while read -r uri s; do
+        case "$uri" in http://*|https://*|file:/*) ;; *) continue ;; esac
+        case "$s" in ''|*-*|*/*) continue ;; esac
+        [ "$(readlink -f "${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts/$s" 2>/dev/null)" = \
+            "$(readlink -f "${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts/sid")" ] || continue
+        echo "$uri"
+        return 0
+    done <<<"$sources"
+    return 1
+}
+
+no_mirror() {
+    echo "systemd-e2e: no Debian mirror in this machine's apt sources (no enabled \`deb\` source" \
+        "with the component main for $suite or another Debian release); set GLB_DEBIAN_MIRROR=URI" >&2
+    exit 1
+}
+
+if [ $print_mirror = 1 ]; then
+    debian_mirror || no_mirror
+    exit 0
+fi
+
 # --- preflight ---------------------------------------------------------------------------
 command -v docker >/dev/null || fail "docker CLI not found"
 timeout 30 docker info >/dev/null 2>&1 || fail "no docker engine answers (docker info)"
@@ -118,7 +205,7 @@ timeout 30 docker info >/dev/null 2>&1 || fail "no docker engine answers (docker
 # Everything that shapes the root feeds the image tag, so editing this function (or the
 # package list) builds a new root and a second run with an unchanged recipe reuses the image.
 prepare_root() {
-    local dir="$1"
+    local dir="$1" mirror="$2"
     timeout 900 debootstrap --variant=minbase --include="$packages" "$suite" "$dir" "$mirror" \
         >"$dir.log" 2>&1 || { tail -20 "$dir.log" >&2; fail "debootstrap failed (log above)"; }
     rm -f "$dir.log"
@@ -142,10 +229,11 @@ else
             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
             fail "could not install debootstrap"
     fi
+    mirror="$(debian_mirror)" || no_mirror
     replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
     echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
-    prepare_root "$root_dir"
+    prepare_root "$root_dir" "$mirror"
     tar -C "$root_dir" -c . | docker import -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' - "$image" >/dev/null ||
         fail "docker import failed"
     rm -rf "$root_dir"

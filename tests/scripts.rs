@@ -1,10 +1,11 @@
 //! The operator scripts (scripts/load.sh, scripts/chaos.sh): their --help, their usage errors,
-//! and their short (--quick) runs against the real binary. A run whose tool is missing is
+//! and their short (--quick) runs against the real binary; and the Debian mirror
+//! scripts/systemd-e2e.sh takes from the machine's apt sources. A run whose tool is missing is
 //! skipped with the reason printed (.ci/run installs curl, wrk and jq).
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -394,4 +395,90 @@ fn chaos_quick_with_docker_workers_passes_every_step() {
     }
     // kill-worker is `docker kill` of a container here; the stop step checks none is left.
     chaos_quick(&["--runtime", "docker"]);
+}
+
+/// `systemd-e2e.sh --print-mirror` with apt pointed (APT_CONFIG) at a directory holding `files`
+/// (paths relative to apt's etc directory).
+fn e2e_mirror(dir: &common::TempDir, case: &str, files: &[(&str, &str)]) -> Output {
+    let etc = dir.join(case);
+    std::fs::create_dir_all(etc.join("sources.list.d")).expect("sources.list.d");
+    for (name, text) in files {
+        std::fs::write(etc.join(name), text).expect("write source");
+    }
+    let conf = etc.join("apt.conf");
+    std::fs::write(&conf, format!("Dir::Etc \"{}\";\n", etc.display())).expect("apt.conf");
+    let out = Command::new("bash")
+        .arg(script("systemd-e2e.sh"))
+        .arg("--print-mirror")
+        .env("APT_CONFIG", &conf)
+        .env_remove("GLB_DEBIAN_MIRROR")
+        .output()
+        .expect("run systemd-e2e.sh");
+    eprintln!(
+        "--- {case}: {:?}\n{}{}",
+        out.status.code(),
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+#[test]
+fn systemd_e2e_takes_the_debian_mirror_from_the_apt_sources() {
+    if !tools(&["apt-config"]) {
+        return;
+    }
+    let dir = common::TempDir::new("e2e mirror");
+    let mirror = |case: &str, files: &[(&str, &str)]| {
+        let o = e2e_mirror(&dir, case, files);
+        assert_eq!(o.status.code(), Some(0), "{case}: {}", stderr(&o));
+        stdout(&o).trim().to_string()
+    };
+    // One-line format: options, a comment, deb-src and a suite without main are passed over.
+    let one_line = "# deb http://commented.test/debian bookworm main\n\
+        deb-src http://src.test/debian bookworm main\n\
+        deb http://contrib.test/debian bookworm contrib\n\
+        deb [arch=amd64 signed-by=/k.gpg] http://one.test/debian bookworm contrib main # x\n";
+    assert_eq!(
+        mirror("one-line", &[("sources.list", one_line)]),
+        "http://one.test/debian"
+    );
+    // deb822: a disabled paragraph, the security suite and a continued field.
+    let deb822 = "Types: deb\nURIs: http://off.test/debian\nSuites: bookworm\n\
+        Components: main\nEnabled: no\n\n\
+        # the security archive\nTypes: deb\nURIs: http://sec.test/debian-security\n\
+        Suites: bookworm-security\nComponents: main\n\n\
+        Types: deb-src deb\nURIs: http://two.test/debian\nSuites: bookworm-updates\n bookworm\n\
+        Components: contrib\n main\n";
+    assert_eq!(
+        mirror("deb822", &[("sources.list.d/debian.sources", deb822)]),
+        "http://two.test/debian"
+    );
+    // The exact suite wins over another release listed first; a .list counts like sources.list.
+    let mixed =
+        "deb http://trixie.test/debian trixie main\ndeb http://bw.test/debian bookworm main\n";
+    assert_eq!(
+        mirror("suite-first", &[("sources.list.d/x.list", mixed)]),
+        "http://bw.test/debian"
+    );
+    // A host on another Debian release: its mirror carries bookworm too (debootstrap says
+    // which suites are Debian's; without debootstrap this case cannot be decided).
+    if Path::new("/usr/share/debootstrap/scripts/trixie").exists() {
+        let trixie = "deb http://sec.test/debian-security trixie-security main\n\
+            deb http://noble.test/ubuntu noble main\ndeb http://t.test/debian trixie main\n";
+        assert_eq!(
+            mirror("other-release", &[("sources.list", trixie)]),
+            "http://t.test/debian"
+        );
+    }
+    // Nothing usable: one error line that says what to do, exit 1, no mirror made up.
+    let ubuntu = "deb http://noble.test/ubuntu noble main\n";
+    let o = e2e_mirror(&dir, "none", &[("sources.list", ubuntu)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stdout(&o), "");
+    assert!(
+        stderr(&o).contains("set GLB_DEBIAN_MIRROR=URI"),
+        "{}",
+        stderr(&o)
+    );
 }

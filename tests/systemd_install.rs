@@ -1,6 +1,7 @@
 //! scripts/install.sh, staged under a temp root (`--root`): what it installs, that a second run
 //! changes nothing, that an edited config survives, the docker-group drop-in, and that
-//! `--uninstall` takes everything back.
+//! `--uninstall` takes everything back. And once as a real install (no `--root`), inside a
+//! private mount namespace whose /etc, /var/lib and /run are empty tmpfs, with systemctl faked.
 
 mod common;
 
@@ -73,8 +74,9 @@ const DOC: &str = "usr/local/share/doc/goloadbalancer/README.md";
 
 #[test]
 fn staged_install_is_complete_idempotent_and_reversible() {
-    let dir = TempDir::new("systemd-install");
-    let root = dir.join("root");
+    // A space in the path: every path in the script must be quoted.
+    let dir = TempDir::new("systemd install");
+    let root = dir.join("staged root");
     let root_s = root.to_str().expect("utf-8 path");
     let args = ["--binary", common::bin(), "--root", root_s];
 
@@ -243,4 +245,135 @@ fn bad_usage_is_refused_with_a_reason() {
 
     let purge_alone = install(&["--purge", "--root", root.to_str().expect("utf-8")]);
     assert_eq!(purge_alone.status.code(), Some(2));
+}
+
+/// The real (not staged) install and `--uninstall --purge`, run by bash inside a private mount
+/// namespace: tmpfs over /etc, /var/lib and /run (the script writes nothing else there), a
+/// `/run/systemd/system` so it believes systemd runs (and `/etc/systemd/system`, which every
+/// systemd machine has), and logging fakes of `systemctl` and
+/// `systemd-sysusers` first on PATH. Positional: install.sh, binary, prefix, fake dir.
+const LIVE_SANDBOX: &str = r#"
+set -u
+mount -t tmpfs glb-etc /etc && mount -t tmpfs glb-var-lib /var/lib && mount -t tmpfs glb-run /run || exit 97
+# What every systemd machine has.
+mkdir -p /run/systemd/system /etc/systemd/system
+echo SANDBOX-READY
+install_sh="$1" binary="$2" prefix="$3" fakes="$4"
+export PATH="$fakes:$PATH"
+echo "== install" >>"$fakes/calls"
+bash "$install_sh" --binary "$binary" --prefix "$prefix" || echo "INSTALL-FAILED $?"
+echo "--- unit"
+cat /etc/systemd/system/goloadbalancer.service
+echo "--- end unit"
+# What a running service leaves: its database, an edited config.
+mkdir -p /var/lib/goloadbalancer && echo db >/var/lib/goloadbalancer/worker-stats.db
+echo "worker: 1" >>/etc/goloadbalancer/config.yaml
+echo "== uninstall --purge" >>"$fakes/calls"
+bash "$install_sh" --uninstall --purge --prefix "$prefix" || echo "UNINSTALL-FAILED $?"
+echo "--- left"
+find /etc /var/lib /run -mindepth 1 ! -path '*/systemd' ! -path '*/systemd/system'
+echo "--- end left"
+"#;
+
+/// The lines between `--- NAME` and `--- end NAME` in `text`.
+fn section<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| *l != format!("--- {name}"))
+        .skip(1)
+        .take_while(|l| *l != format!("--- end {name}"))
+        .collect()
+}
+
+#[test]
+fn real_install_with_spaces_then_uninstall_purge_removes_everything_and_reloads() {
+    let dir = TempDir::new("systemd install live");
+    let fakes = dir.join("fake bin");
+    std::fs::create_dir_all(&fakes).expect("fakes");
+    for tool in ["systemctl", "systemd-sysusers"] {
+        let path = fakes.join(tool);
+        let script = format!(
+            "#!/bin/sh\necho \"{tool} $*\" >>\"$(dirname \"$0\")/calls\"\n\
+             [ \"$1\" = is-active ] && exit 3\nexit 0\n"
+        );
+        std::fs::write(&path, script).expect("fake");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let prefix = dir.join("my prefix");
+    // Root makes a mount namespace; anyone else needs a user namespace mapping them to root.
+    let as_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let mut cmd = Command::new("unshare");
+    if !as_root {
+        cmd.arg("--map-root-user");
+    }
+    let out = cmd
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            LIVE_SANDBOX,
+            "bash",
+        ])
+        .arg(repo_file("scripts/install.sh"))
+        .arg(common::bin())
+        .arg(&prefix)
+        .arg(&fakes)
+        .output();
+    let Ok(out) = out else {
+        println!("SKIP: no unshare (util-linux) to make a mount namespace");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    if !text.starts_with("SANDBOX-READY") {
+        println!("SKIP: no private mount namespace here (unshare refused)");
+        return;
+    }
+    let calls = std::fs::read_to_string(fakes.join("calls")).expect("calls");
+    println!("calls:\n{calls}");
+
+    assert!(!text.contains("INSTALL-FAILED"), "install failed");
+    let unit = section(&text, "unit");
+    let exec = format!(
+        "ExecStart=\"{}/bin/goloadbalancer\" run --config /etc/goloadbalancer/config.yaml",
+        prefix.display()
+    );
+    assert!(unit.contains(&exec.as_str()), "{exec} not in the unit");
+    let doc = format!(
+        "Documentation=file://{}/share/doc/goloadbalancer/README.md",
+        prefix.display().to_string().replace(' ', "%%20")
+    );
+    assert!(unit.contains(&doc.as_str()), "{doc} not in the unit");
+
+    assert!(
+        !text.contains("UNINSTALL-FAILED"),
+        "uninstall --purge failed"
+    );
+    assert_eq!(section(&text, "left"), Vec::<&str>::new(), "left behind");
+    assert!(
+        tree(&prefix).is_empty(),
+        "left under the prefix: {:?}",
+        tree(&prefix).keys()
+    );
+    let uninstall: Vec<&str> = calls
+        .lines()
+        .skip_while(|l| *l != "== uninstall --purge")
+        .skip(1)
+        .collect();
+    assert_eq!(
+        uninstall,
+        [
+            "systemctl disable --now goloadbalancer.service",
+            "systemctl daemon-reload",
+            "systemctl reset-failed goloadbalancer.service"
+        ]
+    );
+    assert!(
+        calls.starts_with("== install\nsystemd-sysusers "),
+        "the user is created on a real install"
+    );
 }
