@@ -20,9 +20,8 @@
 //! newest queued request (`Body`, which knows whether another request may follow).
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::Shutdown;
-use std::time::{Duration, Instant};
+use std::io;
+use std::time::Instant;
 
 use mio::event::Event;
 use mio::net::TcpStream;
@@ -30,6 +29,8 @@ use mio::net::TcpStream;
 use super::answer::PendingAnswer;
 use super::routes::{HEAD_LIMITS, READ_CHUNK, Request, Service};
 use super::server::ConnKey;
+use crate::evloop::linger::Linger;
+use crate::evloop::{Deadline, ReadResult, Sock};
 use crate::http::chunked::{ChunkError, ChunkLimits, ChunkedDecoder};
 use crate::http::{Framing, parse_request_head};
 use crate::sys::log::quote;
@@ -41,9 +42,6 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 /// Input buffered per connection: a whole head at the limit plus some, so an oversized head
 /// is seen (431) rather than waited on.
 const IN_MAX: usize = 16 * 1024 + 4 * 1024;
-/// After the last answer, unread input is drained this long so the close is a FIN, not a
-/// reset that could destroy the answer in flight.
-const LINGER: Duration = Duration::from_secs(1);
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -57,8 +55,8 @@ enum ConnState {
     /// `Connection: close`), then the lingering close.
     Closing,
     /// Everything written and the write side shut: input is discarded until the client closes
-    /// or `until`.
-    Lingering { until: Instant },
+    /// or the linger time is up (the kit's lingering close).
+    Lingering(Linger),
 }
 
 /// Where the request stream stands.
@@ -100,12 +98,8 @@ pub enum OnDeadline {
 
 /// One client connection.
 pub struct Conn {
-    sock: TcpStream,
-    /// Edge-triggered readiness not yet used up.
-    readable: bool,
-    writable: bool,
-    /// Unique per accepted connection; deadline timer entries carry it.
-    pub serial: u64,
+    /// The socket, with the edge-triggered readiness not yet used up.
+    sock: Sock<TcpStream>,
     state: ConnState,
     inbuf: Vec<u8>,
     /// Last time bytes moved either way.
@@ -113,8 +107,8 @@ pub struct Conn {
     queue: VecDeque<PendingAnswer>,
     out: Vec<u8>,
     out_pos: usize,
-    /// Deadline currently in the timer heap for this connection.
-    pub armed: Option<Instant>,
+    /// This connection's deadline in the loop's heap (re-armed lazily).
+    pub deadline: Deadline,
     /// Queued in the loop's dirty list.
     pub dirty: bool,
 }
@@ -124,8 +118,16 @@ impl ConnState {
     fn reading_mut(&mut self) -> Option<&mut Reading> {
         match self {
             ConnState::Open(r) | ConnState::HalfClosed(r) => Some(r),
-            ConnState::Closing | ConnState::Lingering { .. } => None,
+            ConnState::Closing | ConnState::Lingering(_) => None,
         }
+    }
+
+    /// Whether the newest queued request's body is still being received.
+    fn in_body(&self) -> bool {
+        matches!(
+            self,
+            ConnState::Open(Reading::Body { .. }) | ConnState::HalfClosed(Reading::Body { .. })
+        )
     }
 }
 
@@ -148,12 +150,12 @@ impl BodyLeft {
 
 impl Conn {
     /// A freshly accepted connection (closing at once when the worker drains).
-    pub fn new(sock: TcpStream, serial: u64, now: Instant, draining: bool) -> Conn {
+    pub fn new(sock: TcpStream, now: Instant, draining: bool) -> Conn {
+        let mut sock = Sock::new(sock);
+        // A connected socket takes writes; the first answer need not wait for the edge.
+        sock.note_flags(false, true, false);
         Conn {
             sock,
-            readable: false,
-            writable: true,
-            serial,
             state: if draining {
                 ConnState::Closing
             } else {
@@ -164,29 +166,24 @@ impl Conn {
             queue: VecDeque::new(),
             out: Vec::new(),
             out_pos: 0,
-            armed: None,
+            deadline: Deadline::none(),
             dirty: false,
         }
     }
 
     /// The socket (to register and deregister it).
     pub fn sock_mut(&mut self) -> &mut TcpStream {
-        &mut self.sock
+        &mut self.sock.io
     }
 
-    /// Records an event's readiness (errors and hang-ups count as both).
+    /// Records an event's readiness.
     pub fn note(&mut self, ev: &Event) {
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.readable = true;
-        }
-        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
-            self.writable = true;
-        }
+        self.sock.note(ev);
     }
 
     /// Drain: read what is already received (`readable` again), then no further request.
     pub fn assume_readable(&mut self) {
-        self.readable = true;
+        self.sock.note_flags(true, false, false);
     }
 
     /// Drain: no request after the ones parsed (a body being read is still read to its end).
@@ -197,7 +194,7 @@ impl Conn {
             ConnState::Open(Reading::Head { .. }) | ConnState::HalfClosed(Reading::Head { .. }) => {
                 self.state = ConnState::Closing
             }
-            ConnState::Closing | ConnState::Lingering { .. } => {}
+            ConnState::Closing | ConnState::Lingering(_) => {}
         }
     }
 
@@ -219,22 +216,22 @@ impl Conn {
     /// Does everything possible now: answers, writes, parses, reads until nothing moves, then
     /// handles a passed deadline or the end of the connection. False = close it now.
     pub fn step(&mut self, key: ConnKey, svc: &mut Service, now: Instant) -> bool {
-        if let ConnState::Lingering { until } = self.state {
-            return self.linger(svc, now, until);
+        if let ConnState::Lingering(linger) = &self.state {
+            return linger.keep_open(&mut self.sock, now);
         }
         if !self.pump(key, svc, now) {
             return false;
         }
-        if let Some((at, on)) = self.deadline(svc)
+        if let Some((at, on)) = self.due(svc)
             && now >= at
         {
             return self.expire(on, key, svc, now);
         }
         let answered = self.queue.is_empty() && self.out_pos == self.out.len();
         match self.state {
-            ConnState::Closing if answered => self.start_linger(svc, now),
+            ConnState::Closing if answered => self.start_linger(now),
             ConnState::HalfClosed(_) if answered => {
-                let _ = self.sock.shutdown(Shutdown::Write);
+                let _ = self.sock.shutdown_write();
                 false
             }
             _ => true,
@@ -268,8 +265,7 @@ impl Conn {
                 break;
             };
             // A request is answered once it is complete: its body read too.
-            let in_body = matches!(self.state.reading_mut(), Some(Reading::Body { .. }));
-            if !front.is_ready() || (self.queue.len() == 1 && in_body) {
+            if !front.is_ready() || (self.queue.len() == 1 && self.state.in_body()) {
                 break;
             }
             let Some(answer) = self.queue.pop_front() else {
@@ -288,37 +284,25 @@ impl Conn {
 
     /// Writes pending output; Ok(true) if bytes moved.
     fn write_out(&mut self, now: Instant) -> io::Result<bool> {
-        if !self.writable || self.out_pos == self.out.len() {
+        if !self.sock.write_from(&self.out, &mut self.out_pos)? {
             return Ok(false);
         }
-        match self.sock.write(&self.out[self.out_pos..]) {
-            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                self.out_pos += n;
-                self.last_progress = now;
-                if self.out_pos == self.out.len() {
-                    self.out.clear();
-                    self.out_pos = 0;
-                    if self.out.capacity() > 2 * OUT_HIGH_WATER {
-                        self.out = Vec::new();
-                    }
-                }
-                Ok(true)
+        self.last_progress = now;
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > 2 * OUT_HIGH_WATER {
+                self.out = Vec::new();
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.writable = false;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => Err(e),
         }
+        Ok(true)
     }
 
     /// Reads more input, unless that would outgrow a buffer or the pipeline; Ok(true) if
     /// bytes (or the client's FIN) came.
     fn read_in(&mut self, svc: &mut Service, now: Instant) -> io::Result<bool> {
         let backlog = self.out.len() - self.out_pos;
-        if !self.readable
+        if !self.sock.readable
             || !matches!(self.state, ConnState::Open(_))
             || self.queue.len() >= MAX_PIPELINE
             || backlog >= OUT_HIGH_WATER
@@ -327,25 +311,20 @@ impl Conn {
             return Ok(false);
         }
         let room = (IN_MAX - self.inbuf.len()).min(READ_CHUNK);
-        match self.sock.read(&mut svc.scratch[..room]) {
-            Ok(0) => {
+        match self.sock.read(&mut svc.scratch[..room])? {
+            ReadResult::Eof => {
                 let state = std::mem::replace(&mut self.state, ConnState::Closing);
                 if let ConnState::Open(reading) = state {
                     self.state = ConnState::HalfClosed(reading);
                 }
                 Ok(true)
             }
-            Ok(n) => {
+            ReadResult::Data(n) => {
                 self.inbuf.extend_from_slice(&svc.scratch[..n]);
                 self.last_progress = now;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.readable = false;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-            Err(e) => Err(e),
+            ReadResult::Blocked => Ok(false),
         }
     }
 
@@ -485,9 +464,9 @@ impl Conn {
 
     /// When this connection must have made progress given what it is doing, and what
     /// happens then.
-    pub fn deadline(&self, svc: &Service) -> Option<(Instant, OnDeadline)> {
+    pub fn due(&self, svc: &Service) -> Option<(Instant, OnDeadline)> {
         let reading = match &self.state {
-            ConnState::Lingering { until } => return Some((*until, OnDeadline::Close)),
+            ConnState::Lingering(linger) => return Some((linger.until, OnDeadline::Close)),
             // The client is not reading its answers.
             _ if self.out_pos < self.out.len() => {
                 return Some((self.last_progress + svc.idle_timeout, OnDeadline::Close));
@@ -518,8 +497,13 @@ impl Conn {
         if on == OnDeadline::Close {
             return false;
         }
-        crate::debug!("worker_request_timeout", "id={} conn={}", svc.id, key);
-        if let Some(Reading::Body { .. }) = self.state.reading_mut() {
+        crate::debug!(
+            "worker_request_timeout",
+            "id={} conn={}",
+            svc.id,
+            key.index()
+        );
+        if self.state.in_body() {
             // Its body never came: that request is not answered (nor counted).
             if let Some(a) = self.queue.pop_back() {
                 svc.stats_waiting.remove(&a.seq);
@@ -531,29 +515,14 @@ impl Conn {
         self.step(key, svc, now)
     }
 
-    /// Everything is answered: shut the write side and discard input for a while.
-    fn start_linger(&mut self, svc: &mut Service, now: Instant) -> bool {
-        let _ = self.sock.shutdown(Shutdown::Write);
-        let until = now + LINGER;
-        self.state = ConnState::Lingering { until };
-        self.inbuf = Vec::new();
-        self.linger(svc, now, until)
-    }
-
-    /// Discards input until EOF or the linger deadline; false = close now.
-    fn linger(&mut self, svc: &mut Service, now: Instant, until: Instant) -> bool {
-        if now >= until {
+    /// Everything is answered: shut the write side and discard input for a while (false:
+    /// the socket is already gone, close now).
+    fn start_linger(&mut self, now: Instant) -> bool {
+        let Some(linger) = Linger::start(&mut self.sock, now) else {
             return false;
-        }
-        while self.readable {
-            match self.sock.read(&mut svc.scratch) {
-                Ok(0) => return false,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        };
+        self.state = ConnState::Lingering(linger);
+        self.inbuf = Vec::new();
+        linger.keep_open(&mut self.sock, now)
     }
 }

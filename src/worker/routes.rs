@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::answer::{Answer, HelloBodies, PendingAnswer, error_body};
 use super::delay::DelayModel;
-use super::server::{ConnKey, Timers};
+use super::server::{ConnKey, Timer, Timers};
 use super::store::Store;
 use crate::http::{Framing, Limits, Method, RequestHead};
 
@@ -103,7 +103,7 @@ impl Service {
             hello: HelloBodies::new(id),
             model,
             store,
-            timers: Timers::default(),
+            timers: Timers::new(),
             stats_waiting: HashMap::new(),
             unhealthy: false,
             head_timeout: timeouts.0,
@@ -166,7 +166,7 @@ impl Service {
         let delay = self.model.delay(&mut rng);
         let due = delay.is_zero();
         if !due {
-            self.timers.push_delay(now + delay, conn, seq);
+            self.timers.push(now + delay, Timer::Delay { conn, seq });
         }
         Answer::Hello {
             success,

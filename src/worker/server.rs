@@ -2,10 +2,9 @@
 //! dispatches events on their token, fires due timers and drives every connection that
 //! something happened to (`conn::Conn::step`), until a drain is over.
 //!
-//! Tokens: `0` the listener, `1` signals, `2` the store's waker, `3 + i` connection `i`.
+//! Tokens: `0` the listener, `1` signals, `2` the store's waker; connections from `3` on
+//! (`Key::token(FIRST_CONN)`: the slab index plus 3, its generation in the upper half).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,84 +19,34 @@ use super::delay::DelayModel;
 use super::routes::Service;
 use super::store::Store;
 use super::{Options, ms};
+use crate::evloop::{DeadlineHeap, Key, Slab};
 use crate::sys::log::quote;
 use crate::sys::signals::Signals;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const STORE_WAKER: Token = Token(2);
-/// Connection `i` is registered under `Token(FIRST_CONN + i)`.
+/// Connections are registered under `Key::token(FIRST_CONN)`.
 const FIRST_CONN: usize = 3;
-/// The timer heap is never swept below this size.
-const TIMER_SWEEP_MIN: usize = 4096;
 /// After running out of descriptors, accepting is retried this much later.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// Where a connection lives in the loop (its index in the connection table).
-pub type ConnKey = usize;
+/// Where a connection lives in the loop: its slab key (a stale key finds nothing).
+pub type ConnKey = Key;
 
 /// What a timer heap entry is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TimerKind {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
     /// Hello `seq` on connection `conn` is due.
     Delay { conn: ConnKey, seq: u64 },
-    /// The deadline of connection `conn` (accepted as `serial`) may have passed.
-    Deadline { conn: ConnKey, serial: u64 },
+    /// The deadline of a connection may have passed.
+    Deadline(ConnKey),
     /// Accepting may resume (after running out of descriptors).
     ResumeAccept,
 }
 
-/// The loop's timers: one min-heap of (instant, kind). A connection's deadline is re-armed
-/// lazily (a later deadline leaves the earlier entry, which re-evaluates when it fires), so
-/// entries of closed connections and superseded deadlines stay until they fire: the heap is
-/// swept when it has doubled since the last sweep.
-pub struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, TimerKind)>>,
-    sweep_at: usize,
-}
-
-impl Default for Timers {
-    fn default() -> Timers {
-        Timers {
-            heap: BinaryHeap::new(),
-            sweep_at: TIMER_SWEEP_MIN,
-        }
-    }
-}
-
-impl Timers {
-    /// Arms hello `seq` of connection `conn` at `at`.
-    pub fn push_delay(&mut self, at: Instant, conn: ConnKey, seq: u64) {
-        self.heap
-            .push(Reverse((at, TimerKind::Delay { conn, seq })));
-    }
-
-    fn push(&mut self, at: Instant, kind: TimerKind) {
-        self.heap.push(Reverse((at, kind)));
-    }
-
-    fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|t| t.0.0)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerKind)> {
-        if self.next().is_some_and(|at| at <= now) {
-            self.heap.pop().map(|t| t.0)
-        } else {
-            None
-        }
-    }
-
-    /// Drops entries `live` says can no longer do anything, when the heap has doubled since
-    /// the last sweep (amortised O(1) per entry).
-    fn sweep(&mut self, mut live: impl FnMut(Instant, &TimerKind) -> bool) {
-        if self.heap.len() <= self.sweep_at {
-            return;
-        }
-        self.heap.retain(|Reverse((at, kind))| live(*at, kind));
-        self.sweep_at = (2 * self.heap.len()).max(TIMER_SWEEP_MIN);
-    }
-}
+/// The loop's timers: hello delays, connection deadlines (re-armed lazily), accept retries.
+pub type Timers = DeadlineHeap<Timer>;
 
 /// Where the stop sequence stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,16 +63,13 @@ enum Stop {
 struct Worker {
     poll: Poll,
     listener: Option<TcpListener>,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    live: usize,
+    conns: Slab<Conn>,
     /// Connections to drive this turn.
     dirty: Vec<ConnKey>,
     svc: Service,
     stop: Stop,
     accept_paused: bool,
     max_conns: usize,
-    next_serial: u64,
     drain_grace: Duration,
     drain_timeout: Duration,
 }
@@ -219,15 +165,12 @@ impl Worker {
         let w = Worker {
             poll,
             listener: Some(listener),
-            conns: Vec::new(),
-            free: Vec::new(),
-            live: 0,
+            conns: Slab::new(),
             dirty: Vec::new(),
             svc: Service::new(&id, model, store, timeouts),
             stop: Stop::Serving,
             accept_paused: false,
             max_conns: opts.max_connections.max(1),
-            next_serial: 0,
             drain_grace: ms(opts.drain_grace_ms),
             drain_timeout: ms(opts.drain_timeout_ms),
         };
@@ -309,7 +252,7 @@ impl Worker {
                 "worker_draining",
                 "id={} connections={} timeout_ms={}",
                 self.svc.id,
-                self.live,
+                self.conns.len(),
                 self.drain_timeout.as_millis()
             );
             self.start_drain(now + self.drain_timeout);
@@ -321,7 +264,7 @@ impl Worker {
         let Stop::Draining { deadline } = self.stop else {
             return false;
         };
-        if self.live == 0 {
+        if self.conns.is_empty() {
             return true;
         }
         if now >= deadline {
@@ -329,7 +272,7 @@ impl Worker {
                 "worker_drain_timeout",
                 "id={} connections_closed={}",
                 self.svc.id,
-                self.live
+                self.conns.len()
             );
             return true;
         }
@@ -345,14 +288,14 @@ impl Worker {
             if self.draining() {
                 return;
             }
-            if self.live >= self.max_conns {
+            if self.conns.len() >= self.max_conns {
                 if !self.accept_paused {
                     self.accept_paused = true;
                     crate::warn!(
                         "worker_max_connections",
                         "id={} connections={}",
                         self.svc.id,
-                        self.live
+                        self.conns.len()
                     );
                 }
                 return;
@@ -369,7 +312,7 @@ impl Worker {
                     crate::warn!("worker_accept_paused", "id={} error={}", self.svc.id, e);
                     self.accept_paused = true;
                     let at = Instant::now() + ACCEPT_RETRY;
-                    self.svc.timers.push(at, TimerKind::ResumeAccept);
+                    self.svc.timers.push(at, Timer::ResumeAccept);
                     return;
                 }
                 // A connection that died in the backlog (ECONNABORTED...): next one.
@@ -380,100 +323,87 @@ impl Worker {
 
     fn add_conn(&mut self, mut sock: TcpStream) {
         let _ = sock.set_nodelay(true);
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.conns.len() - 1
-            }
-        };
+        let key = self.conns.reserve();
         let interest = Interest::READABLE | Interest::WRITABLE;
-        let token = Token(FIRST_CONN + idx);
+        let token = key.token(FIRST_CONN);
         if self
             .poll
             .registry()
             .register(&mut sock, token, interest)
             .is_err()
         {
-            self.free.push(idx);
+            self.conns.remove(key);
             return;
         }
-        self.next_serial += 1;
-        let conn = Conn::new(sock, self.next_serial, Instant::now(), self.draining());
-        self.conns[idx] = Some(conn);
-        self.live += 1;
-        // Arm the idle deadline (a client that connects and sends nothing).
-        self.mark_dirty(idx);
+        let conn = Conn::new(sock, Instant::now(), self.draining());
+        if self.conns.put(key, conn).is_ok() {
+            // Arm the idle deadline (a client that connects and sends nothing).
+            self.mark_dirty(key);
+        }
     }
 
-    fn close_conn(&mut self, idx: ConnKey) {
-        let Some(Some(mut c)) = self.conns.get_mut(idx).map(Option::take) else {
-            return;
-        };
+    fn close_conn(&mut self, key: ConnKey, mut c: Conn) {
         let _ = self.poll.registry().deregister(c.sock_mut());
         for seq in c.pending_seqs() {
             self.svc.stats_waiting.remove(&seq);
         }
-        self.free.push(idx);
-        self.live -= 1;
+        self.conns.remove(key);
         self.resume_accept();
     }
 
     /// Accepts again if accepting was paused and there is room now.
     fn resume_accept(&mut self) {
-        if self.accept_paused && !self.draining() && self.live < self.max_conns {
+        if self.accept_paused && !self.draining() && self.conns.len() < self.max_conns {
             self.accept_paused = false;
             self.accept_all();
         }
     }
 
     fn on_conn_event(&mut self, token: Token, ev: &Event) {
-        let idx = token.0 - FIRST_CONN;
-        if let Some(Some(c)) = self.conns.get_mut(idx) {
+        let Some(key) = Key::from_token(token, FIRST_CONN) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(key) {
             c.note(ev);
-            self.mark_dirty(idx);
+            self.mark_dirty(key);
         }
     }
 
-    fn mark_dirty(&mut self, idx: ConnKey) {
-        if let Some(Some(c)) = self.conns.get_mut(idx)
+    fn mark_dirty(&mut self, key: ConnKey) {
+        if let Some(c) = self.conns.get_mut(key)
             && !c.dirty
         {
             c.dirty = true;
-            self.dirty.push(idx);
+            self.dirty.push(key);
         }
     }
 
     fn drive_dirty(&mut self) {
-        while let Some(idx) = self.dirty.pop() {
-            if let Some(Some(c)) = self.conns.get_mut(idx) {
+        while let Some(key) = self.dirty.pop() {
+            if let Some(c) = self.conns.get_mut(key) {
                 c.dirty = false;
             }
-            self.drive(idx);
+            self.drive(key);
         }
     }
 
-    /// Steps connection `idx`, then closes it or re-arms its deadline.
-    fn drive(&mut self, idx: ConnKey) {
+    /// Steps connection `key`, then closes it or re-arms its deadline.
+    fn drive(&mut self, key: ConnKey) {
         let now = Instant::now();
-        let Some(Some(mut c)) = self.conns.get_mut(idx).map(Option::take) else {
+        let Some(mut c) = self.conns.take(key) else {
             return;
         };
-        let keep = c.step(idx, &mut self.svc, now);
-        if keep
-            && let Some((at, _)) = c.deadline(&self.svc)
-            && c.armed.is_none_or(|a| a > at)
-        {
-            c.armed = Some(at);
-            let serial = c.serial;
-            self.svc
-                .timers
-                .push(at, TimerKind::Deadline { conn: idx, serial });
+        if !c.step(key, &mut self.svc, now) {
+            return self.close_conn(key, c);
         }
-        self.conns[idx] = Some(c);
-        if !keep {
-            self.close_conn(idx);
+        match c.due(&self.svc) {
+            Some((at, _)) => c
+                .deadline
+                .set(&mut self.svc.timers, at, Timer::Deadline(key)),
+            None => c.deadline.clear(),
         }
+        // The key was just taken: putting back cannot fail.
+        let _ = self.conns.put(key, c);
     }
 
     /// Stops accepting and lets every connection finish what it has received (until
@@ -487,38 +417,38 @@ impl Worker {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        for idx in 0..self.conns.len() {
-            if let Some(Some(c)) = self.conns.get_mut(idx) {
+        for key in self.conns.keys_where(|_| true) {
+            if let Some(c) = self.conns.get_mut(key) {
                 c.assume_readable();
-                self.drive(idx);
+                self.drive(key);
             }
-            if let Some(Some(c)) = self.conns.get_mut(idx) {
+            if let Some(c) = self.conns.get_mut(key) {
                 c.stop_reading();
-                self.mark_dirty(idx);
+                self.mark_dirty(key);
             }
         }
     }
 
     fn take_store_answers(&mut self) {
         for (seq, answer) in self.svc.store.take_answers() {
-            let Some(idx) = self.svc.stats_waiting.remove(&seq) else {
+            let Some(key) = self.svc.stats_waiting.remove(&seq) else {
                 continue;
             };
             let answer = self.svc.stats_answer(answer);
-            if let Some(Some(c)) = self.conns.get_mut(idx)
+            if let Some(c) = self.conns.get_mut(key)
                 && let Some(pending) = c.pending_mut(seq)
             {
                 pending.answer = answer;
-                self.mark_dirty(idx);
+                self.mark_dirty(key);
             }
         }
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some((at, kind)) = self.svc.timers.pop_due(now) {
-            match kind {
-                TimerKind::Delay { conn, seq } => {
-                    if let Some(Some(c)) = self.conns.get_mut(conn)
+        while let Some((at, timer)) = self.svc.timers.pop_due(now) {
+            match timer {
+                Timer::Delay { conn, seq } => {
+                    if let Some(c) = self.conns.get_mut(conn)
                         && let Some(pending) = c.pending_mut(seq)
                     {
                         if let Answer::Hello { due, .. } = &mut pending.answer {
@@ -527,36 +457,28 @@ impl Worker {
                         self.mark_dirty(conn);
                     }
                 }
-                TimerKind::Deadline { conn, serial } => {
-                    if let Some(Some(c)) = self.conns.get_mut(conn)
-                        && c.serial == serial
+                Timer::Deadline(key) => {
+                    // A deadline moved later re-arms itself; one that passed is handled
+                    // (408 or close) when the connection is driven.
+                    if let Some(c) = self.conns.get_mut(key)
+                        && c.deadline.fire(&mut self.svc.timers, at, now, timer)
                     {
-                        if c.armed == Some(at) {
-                            c.armed = None;
-                        }
-                        // Re-evaluated (and expired if due) when driven.
-                        self.mark_dirty(conn);
+                        self.mark_dirty(key);
                     }
                 }
-                TimerKind::ResumeAccept => self.resume_accept(),
+                Timer::ResumeAccept => self.resume_accept(),
             }
         }
     }
 
     /// Drops timers that can no longer do anything (closed connections, superseded
-    /// deadlines, answered hellos).
+    /// deadlines, answered hellos) once the heap has doubled.
     fn sweep_timers(&mut self) {
         let conns = &self.conns;
-        self.svc.timers.sweep(|at, kind| match *kind {
-            TimerKind::ResumeAccept => true,
-            TimerKind::Deadline { conn, serial } => matches!(
-                conns.get(conn),
-                Some(Some(c)) if c.serial == serial && c.armed == Some(at)
-            ),
-            TimerKind::Delay { conn, seq } => matches!(
-                conns.get(conn),
-                Some(Some(c)) if c.has_pending(seq)
-            ),
+        self.svc.timers.sweep(|at, timer| match *timer {
+            Timer::ResumeAccept => true,
+            Timer::Deadline(key) => conns.get(key).is_some_and(|c| c.deadline.is_armed_at(at)),
+            Timer::Delay { conn, seq } => conns.get(conn).is_some_and(|c| c.has_pending(seq)),
         });
     }
 }
