@@ -526,3 +526,226 @@ impl Conn {
         linger.keep_open(&mut self.sock, now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine over a loopback socket pair: the test is the client.
+    use super::*;
+    use crate::evloop::Slab;
+    use crate::worker::delay::DelayModel;
+    use crate::worker::store::Store;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A service on its own database, removed when dropped.
+    struct Fixture {
+        svc: Service,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn service(name: &str, avg_delay_ms: u64) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("glb-conn-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let notify = Box::new(|| {});
+        let store = Store::start(&dir.join("s.db"), "t", Duration::from_millis(5), notify);
+        let model = DelayModel::new(avg_delay_ms, 0.0);
+        let timeouts = (HEAD_TIMEOUT, Duration::from_secs(60));
+        let svc = Service::new("t", model, store.unwrap(), timeouts);
+        Fixture { svc, dir }
+    }
+
+    /// A connection and the client end of its socket.
+    fn pair() -> (Conn, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let conn = Conn::new(TcpStream::from_std(server), Instant::now(), false);
+        (conn, client)
+    }
+
+    fn key() -> ConnKey {
+        Slab::new().insert(())
+    }
+
+    /// Steps until `done(conn)` or a close (loopback delivery is quick, not instant);
+    /// returns what the last step said.
+    fn step_until(c: &mut Conn, svc: &mut Service, done: impl Fn(&Conn) -> bool) -> bool {
+        let mut keep = true;
+        for _ in 0..100 {
+            c.assume_readable();
+            keep = c.step(key(), svc, Instant::now());
+            if !keep || done(c) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        keep
+    }
+
+    /// Sends `bytes`, then [`step_until`].
+    fn send_and_step(
+        c: &mut Conn,
+        svc: &mut Service,
+        client: &mut std::net::TcpStream,
+        bytes: &[u8],
+        done: impl Fn(&Conn) -> bool,
+    ) -> bool {
+        client.write_all(bytes).unwrap();
+        step_until(c, svc, done)
+    }
+
+    /// One answer from the client's side: status, lowercased head, body.
+    fn read_answer(client: &mut std::net::TcpStream) -> (u16, String, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            assert_eq!(client.read(&mut byte).unwrap(), 1, "closed inside a head");
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; len];
+        client.read_exact(&mut body).unwrap();
+        (status, head, body)
+    }
+
+    fn closed_by_server(client: &mut std::net::TcpStream) -> bool {
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).is_ok() && rest.is_empty()
+    }
+
+    #[test]
+    fn pipelined_requests_then_fin_are_answered_then_closed() {
+        let mut fx = service("fin", 0);
+        let svc = &mut fx.svc;
+        let (mut c, mut client) = pair();
+        let two = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n";
+        client.write_all(two).unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let keep = step_until(&mut c, svc, |_| false);
+        assert!(!keep, "half-closed and all answered: close");
+        assert!(matches!(c.state, ConnState::HalfClosed(_)), "{:?}", c.state);
+        drop(c);
+        let (s1, h1, _) = read_answer(&mut client);
+        let (s2, h2, b2) = read_answer(&mut client);
+        assert_eq!((s1, s2), (200, 200));
+        assert!(!h1.contains("connection: close") && !h2.contains("connection: close"));
+        assert_eq!(b2, br#"{"message":"hello from container: t"}"#);
+        assert!(closed_by_server(&mut client));
+    }
+
+    #[test]
+    fn connection_close_with_a_late_body_waits_for_it_then_lingers() {
+        let mut fx = service("late", 0);
+        let svc = &mut fx.svc;
+        let (mut c, mut client) = pair();
+        let head = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 4\r\n\r\n";
+        let keep = send_and_step(&mut c, svc, &mut client, head, |c| c.state.in_body());
+        assert!(keep);
+        assert!(
+            matches!(
+                c.state,
+                ConnState::Open(Reading::Body {
+                    then: AfterBody::Close,
+                    ..
+                })
+            ),
+            "{:?}",
+            c.state
+        );
+        assert!(c.out.is_empty(), "not answered before its body");
+        let (at, on) = c.due(svc).unwrap();
+        assert_eq!(on, OnDeadline::RequestTimeout);
+        assert!(at <= Instant::now() + HEAD_TIMEOUT);
+        let lingering = |c: &Conn| matches!(c.state, ConnState::Lingering(_));
+        assert!(send_and_step(&mut c, svc, &mut client, b"abcd", lingering));
+        assert!(lingering(&c), "{:?}", c.state);
+        let (status, head, _) = read_answer(&mut client);
+        assert_eq!(status, 200);
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert!(
+            closed_by_server(&mut client),
+            "write side shut after the answer"
+        );
+        drop(client);
+        let gone = !step_until(&mut c, svc, |_| false);
+        assert!(gone, "the client closed: the linger ends");
+    }
+
+    #[test]
+    fn a_stalled_head_gets_408_at_its_deadline() {
+        let mut fx = service("stall", 0);
+        let svc = &mut fx.svc;
+        let (mut c, mut client) = pair();
+        let partial = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n";
+        let started =
+            |c: &Conn| matches!(c.state, ConnState::Open(Reading::Head { since: Some(_) }));
+        assert!(send_and_step(&mut c, svc, &mut client, partial, started));
+        let (at, on) = c.due(svc).unwrap();
+        assert_eq!(on, OnDeadline::RequestTimeout);
+        assert!(c.step(key(), svc, at - Duration::from_millis(1)), "not yet");
+        assert!(c.step(key(), svc, at), "408 written, then the linger");
+        assert!(matches!(c.state, ConnState::Lingering(_)), "{:?}", c.state);
+        let (status, head, _) = read_answer(&mut client);
+        assert_eq!(status, 408);
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    }
+
+    #[test]
+    fn no_deadline_while_waiting_for_its_own_delayed_answer() {
+        let mut fx = service("wait", 60_000);
+        let svc = &mut fx.svc;
+        let (mut c, mut client) = pair();
+        let hello = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n";
+        assert!(send_and_step(&mut c, svc, &mut client, hello, |c| !c
+            .queue
+            .is_empty()));
+        assert_eq!(c.queue.len(), 1);
+        assert!(!c.queue[0].is_ready());
+        assert_eq!(c.due(svc), None);
+        // The drain: no further request, the delayed answer still comes (the timer's job).
+        c.stop_reading();
+        assert!(matches!(c.state, ConnState::Closing));
+        assert_eq!(c.due(svc), None);
+    }
+
+    #[test]
+    fn a_drain_during_a_body_reads_that_body_and_nothing_after() {
+        let mut fx = service("drain", 0);
+        let svc = &mut fx.svc;
+        let (mut c, mut client) = pair();
+        let start = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab";
+        assert!(send_and_step(&mut c, svc, &mut client, start, |c| c
+            .state
+            .in_body()));
+        c.stop_reading();
+        assert!(c.state.in_body(), "the body is still read");
+        let rest = b"cdGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+        let lingering = |c: &Conn| matches!(c.state, ConnState::Lingering(_));
+        assert!(send_and_step(&mut c, svc, &mut client, rest, lingering));
+        let (status, head, _) = read_answer(&mut client);
+        assert_eq!(status, 200);
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        assert!(
+            closed_by_server(&mut client),
+            "the pipelined /healthz was not answered"
+        );
+    }
+}
