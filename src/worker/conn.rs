@@ -469,23 +469,23 @@ impl Conn {
             ConnState::Lingering(linger) => return Some((linger.until, OnDeadline::Close)),
             // The client is not reading its answers.
             _ if self.out_pos < self.out.len() => {
-                return Some((self.last_progress + svc.idle_timeout, OnDeadline::Close));
+                return Some((self.last_progress + svc.timeouts.idle, OnDeadline::Close));
             }
             ConnState::Closing => return None,
             ConnState::Open(r) | ConnState::HalfClosed(r) => r,
         };
         match reading {
             Reading::Body { .. } => Some((
-                self.last_progress + svc.head_timeout,
+                self.last_progress + svc.timeouts.head,
                 OnDeadline::RequestTimeout,
             )),
             Reading::Head { since: Some(s) }
                 if !self.inbuf.is_empty() && self.queue.len() < MAX_PIPELINE =>
             {
-                Some((*s + svc.head_timeout, OnDeadline::RequestTimeout))
+                Some((*s + svc.timeouts.head, OnDeadline::RequestTimeout))
             }
             _ if self.queue.is_empty() => {
-                Some((self.last_progress + svc.idle_timeout, OnDeadline::Close))
+                Some((self.last_progress + svc.timeouts.idle, OnDeadline::Close))
             }
             // Waiting only for its own delayed answers.
             _ => None,
@@ -533,6 +533,7 @@ mod tests {
     use super::*;
     use crate::evloop::Slab;
     use crate::worker::delay::DelayModel;
+    use crate::worker::routes::Timeouts;
     use crate::worker::store::Store;
     use std::io::{Read, Write};
     use std::time::Duration;
@@ -558,7 +559,10 @@ mod tests {
         let notify = Box::new(|| {});
         let store = Store::start(&dir.join("s.db"), "t", Duration::from_millis(5), notify);
         let model = DelayModel::new(avg_delay_ms, 0.0);
-        let timeouts = (HEAD_TIMEOUT, Duration::from_secs(60));
+        let timeouts = Timeouts {
+            head: HEAD_TIMEOUT,
+            idle: Duration::from_secs(60),
+        };
         let svc = Service::new("t", model, store.unwrap(), timeouts);
         Fixture { svc, dir }
     }

@@ -73,6 +73,15 @@ impl Request {
     }
 }
 
+/// How long a connection may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// A request head (or body) must be complete within this after it started (else 408).
+    pub head: Duration,
+    /// An idle connection, or one whose client does not read, is closed after this.
+    pub idle: Duration,
+}
+
 /// What the worker offers its connections: answers (with their sequence numbers), the delay
 /// model and its timers, the stats store, and the read buffer every connection reads into.
 pub struct Service {
@@ -86,10 +95,7 @@ pub struct Service {
     pub stats_waiting: HashMap<u64, ConnKey>,
     /// /healthz answers 503 (from the stop signal on, during the grace period too).
     pub unhealthy: bool,
-    /// A request head (or body) must be complete within this after it started (else 408).
-    pub head_timeout: Duration,
-    /// An idle connection, or one whose client does not read, is closed after this.
-    pub idle_timeout: Duration,
+    pub timeouts: Timeouts,
     /// One read never takes more than this from a socket.
     pub scratch: Box<[u8]>,
     next_seq: u64,
@@ -97,7 +103,7 @@ pub struct Service {
 
 impl Service {
     /// A service for worker `id`.
-    pub fn new(id: &str, model: DelayModel, store: Store, timeouts: (Duration, Duration)) -> Self {
+    pub fn new(id: &str, model: DelayModel, store: Store, timeouts: Timeouts) -> Self {
         Service {
             id: id.to_string(),
             hello: HelloBodies::new(id),
@@ -106,8 +112,7 @@ impl Service {
             timers: Timers::new(),
             stats_waiting: HashMap::new(),
             unhealthy: false,
-            head_timeout: timeouts.0,
-            idle_timeout: timeouts.1,
+            timeouts,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             next_seq: 0,
         }

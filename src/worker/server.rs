@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::answer::Answer;
 use super::conn::Conn;
 use super::delay::DelayModel;
-use super::routes::Service;
+use super::routes::{Service, Timeouts};
 use super::store::Store;
 use super::{Options, ms};
 use crate::evloop::{DeadlineHeap, Key, Slab};
@@ -158,10 +158,10 @@ impl Worker {
             .map_err(|e| format!("register listener: {e}"))?;
         let signals = open_signals(&poll)?;
         let model = DelayModel::new(opts.avg_delay_ms, opts.failure_pct);
-        let timeouts = (
-            ms(opts.head_timeout_ms.max(1)),
-            ms(opts.idle_timeout_ms.max(1)),
-        );
+        let timeouts = Timeouts {
+            head: ms(opts.head_timeout_ms.max(1)),
+            idle: ms(opts.idle_timeout_ms.max(1)),
+        };
         let w = Worker {
             poll,
             listener: Some(listener),
