@@ -1,6 +1,7 @@
 //! goloadbalancer: a non-async load-balancer daemon (supervisor, LB children, workers).
 
 pub mod config;
+pub mod evloop;
 pub mod http;
 pub mod proxy;
 pub mod runtime;
