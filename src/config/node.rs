@@ -129,7 +129,7 @@ impl Node {
     }
 
     /// A whole number that fits `T` (`u16`, `u32`, `usize`).
-    pub fn uint_as<T: TryFrom<u64> + fmt::Display + Bounded>(&self) -> Result<T, String> {
+    pub fn uint_as<T: TryFrom<u64> + fmt::Display + Unsigned>(&self) -> Result<T, String> {
         let n = self.uint()?;
         T::try_from(n).map_err(|_| format!("must be at most {}, got {n}", T::MAX_VALUE))
     }
@@ -207,22 +207,24 @@ impl Node {
     }
 }
 
-/// The largest value of an integer type, for "must be at most" messages.
-pub trait Bounded {
+/// An unsigned integer type a key can hold: its largest value (for "must be at most"
+/// messages) and its value widened to `u64` (for range rules).
+pub trait Unsigned: Copy {
     const MAX_VALUE: u64;
+    fn to_u64(self) -> u64;
 }
-impl Bounded for u16 {
-    const MAX_VALUE: u64 = u16::MAX as u64;
+
+macro_rules! unsigned {
+    ($($t:ty),*) => {$(
+        impl Unsigned for $t {
+            const MAX_VALUE: u64 = <$t>::MAX as u64;
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
+        }
+    )*};
 }
-impl Bounded for u32 {
-    const MAX_VALUE: u64 = u32::MAX as u64;
-}
-impl Bounded for usize {
-    const MAX_VALUE: u64 = usize::MAX as u64;
-}
-impl Bounded for u64 {
-    const MAX_VALUE: u64 = u64::MAX;
-}
+unsigned!(u16, u32, u64, usize);
 
 impl<'de> de::Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {

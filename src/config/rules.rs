@@ -1,106 +1,50 @@
-//! Value rules: ranges of single keys, then rules between keys (port ranges, autoscale
-//! bounds). Shared by the loader, `Config::validate` and `ProxySettings::apply_override`.
+//! Value rules: each key's own range (from the tables in `schema.rs`), then rules between keys
+//! (port ranges, autoscale bounds, `max-request-line <= max-header-bytes`). Shared by the
+//! loader and by `Config::validate` / `ProxySettings::validate` for values built in code.
+//!
+//! The first broken rule is reported. The order is part of the behaviour (it decides which of
+//! two errors a file gets): top-level keys, then the LB settings with their rule between keys,
+//! then the autoscale keys, then the rules that span sections.
 
-use super::{Config, ProxySettings, Violation};
+use super::schema::{Autoscale, Config, ProxySettings};
+use super::table::Section;
 
-/// Longest timeout accepted anywhere (one week): keeps `Instant + Duration` far from overflow.
-pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
-/// Most LB children.
-pub const MAX_POOL: usize = 1024;
-/// Most workers (`worker`, `autoscale.max`).
-pub const MAX_WORKERS: usize = 10_000;
-/// Longest mean delay of /api/v1/hello (one hour).
-pub const MAX_AVG_DELAY_MS: u64 = 3_600_000;
-
-/// Collects the first broken rule. `only` restricts checking to one key's own rules (a
-/// command-line override is checked alone; rules between keys wait for the whole set).
-pub struct Rules<'a> {
-    only: Option<&'a str>,
-    found: Option<Violation>,
+/// A value that breaks a rule: the key it is reported under (dotted for `autoscale.*`),
+/// why, and the other keys involved (a rule between keys is reported at one of them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    /// The key the rule is about.
+    pub key: String,
+    /// What is wrong, e.g. `must be between 0 and 100, got 120`.
+    pub message: String,
+    /// Other keys the rule involves, in order of preference for reporting.
+    pub related: Vec<String>,
 }
 
-impl<'a> Rules<'a> {
-    pub fn new(only: Option<&'a str>) -> Rules<'a> {
-        Rules { only, found: None }
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
     }
+}
 
-    pub fn finish(self) -> Result<(), Violation> {
-        match self.found {
-            Some(v) => Err(v),
-            None => Ok(()),
-        }
+impl Config {
+    /// Checks every value rule (ranges, port ranges, autoscale bounds): the same checks
+    /// `load` applies, for configurations built in code.
+    pub fn validate(&self) -> Result<(), Violation> {
+        keys_in_range("", self)?;
+        self.proxy.validate()?;
+        keys_in_range("autoscale.", &self.autoscale)?;
+        autoscale_bounds(self)?;
+        port_ranges(self)
     }
+}
 
-    /// A rule about `key` alone.
-    fn check(&mut self, key: &str, ok: bool, message: impl FnOnce() -> String) {
-        if self.found.is_some() || ok || self.only.is_some_and(|k| k != key) {
-            return;
-        }
-        self.found = Some(Violation {
-            key: key.to_string(),
-            message: message(),
-            related: Vec::new(),
-        });
-    }
-
-    /// A rule between `key` and `related` keys (reported at `key`, or at a related key when
-    /// `key` is not written in the file).
-    fn cross(&mut self, key: &str, related: &[&str], ok: bool, message: impl FnOnce() -> String) {
-        if self.found.is_some() || ok || self.only.is_some() {
-            return;
-        }
-        self.found = Some(Violation {
-            key: key.to_string(),
-            message: message(),
-            related: related.iter().map(|s| s.to_string()).collect(),
-        });
-    }
-
-    fn between(&mut self, key: &str, v: u64, lo: u64, hi: u64) {
-        self.check(key, (lo..=hi).contains(&v), || {
-            format!("must be between {lo} and {hi}, got {v}")
-        });
-    }
-
-    fn timeout(&mut self, key: &str, v: u64) {
-        self.between(key, v, 1, MAX_TIMEOUT_MS);
-    }
-
-    /// Rules of the LB loop's settings.
-    pub fn proxy(&mut self, p: &ProxySettings) {
-        self.between("max-connections", p.max_connections as u64, 1, 1_000_000);
-        self.timeout("header-timeout-ms", p.header_timeout_ms);
-        self.timeout("idle-timeout-ms", p.idle_timeout_ms);
-        self.timeout("connect-timeout-ms", p.connect_timeout_ms);
-        self.timeout("response-timeout-ms", p.response_timeout_ms);
-        self.timeout("tunnel-timeout-ms", p.tunnel_timeout_ms);
-        self.between("max-request-line", p.max_request_line as u64, 16, 1 << 20);
-        self.between("max-header-bytes", p.max_header_bytes as u64, 64, 1 << 20);
-        self.between("max-headers", p.max_headers as u64, 1, 1024);
-        self.between("retries", p.retries.into(), 0, 100);
-        self.between(
-            "upstream-pool-size",
-            p.upstream_pool_size as u64,
-            0,
-            100_000,
-        );
-        let path = &p.health_path;
-        self.check(
-            "health-path",
-            path.starts_with('/')
-                && path.len() <= 1024
-                && path.bytes().all(|b| (0x21..=0x7e).contains(&b)),
-            || {
-                format!(
-                    "must be a path starting with / without spaces or control characters (at most 1024 bytes), got {path:?}"
-                )
-            },
-        );
-        self.timeout("health-interval-ms", p.health_interval_ms);
-        self.timeout("health-timeout-ms", p.health_timeout_ms);
-        self.between("health-rise", p.health_rise.into(), 1, 1000);
-        self.between("health-fall", p.health_fall.into(), 1, 1000);
-        self.cross(
+impl ProxySettings {
+    /// Checks every value rule of the LB settings (see `Config::validate`).
+    pub fn validate(&self) -> Result<(), Violation> {
+        keys_in_range("", self)?;
+        let p = self;
+        between_keys(
             "max-request-line",
             &["max-header-bytes"],
             p.max_request_line <= p.max_header_bytes,
@@ -110,145 +54,124 @@ impl<'a> Rules<'a> {
                     p.max_header_bytes, p.max_request_line
                 )
             },
-        );
+        )
     }
+}
 
-    /// Rules of the whole file.
-    pub fn config(&mut self, c: &Config) {
-        let a = &c.autoscale;
-        self.between("worker", c.worker as u64, 1, MAX_WORKERS as u64);
-        self.between("pool", c.pool as u64, 1, MAX_POOL as u64);
-        let stats = c.stats_dir.as_os_str();
-        self.check(
-            "stats-dir",
-            !stats.is_empty() && !stats.as_encoded_bytes().contains(&0),
-            || "must be a file path, got an empty string".to_string(),
-        );
-        self.between("avg-delay", c.avg_delay, 0, MAX_AVG_DELAY_MS);
-        self.check("failure", (0.0..=100.0).contains(&c.failure), || {
-            format!("must be between 0 and 100, got {}", c.failure)
-        });
-        self.between("load-balancer-port", c.load_balancer_port.into(), 1, 65535);
-        self.between("worker-port", c.worker_port.into(), 1, 65535);
-        let inst = &c.instance;
-        self.check(
-            "instance",
-            !inst.is_empty()
-                && inst.len() <= 63
-                && inst.as_bytes()[0].is_ascii_alphanumeric()
-                && inst
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
-            || {
-                format!(
-                    "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit (it names containers), got {inst:?}"
-                )
-            },
-        );
-        self.between("admin-port", c.admin_port.into(), 1, 65535);
-        self.timeout("drain-timeout-ms", c.drain_timeout_ms);
-        self.timeout("worker-start-timeout-ms", c.worker_start_timeout_ms);
-        self.proxy(&c.proxy);
+/// Each key's own rule from its table, in table order; `prefix` names the block in the
+/// reported key (`autoscale.`).
+fn keys_in_range<S: Section>(prefix: &str, section: &S) -> Result<(), Violation> {
+    for key in S::KEYS {
+        (key.check)(section).map_err(|message| Violation {
+            key: format!("{prefix}{}", key.name),
+            message,
+            related: Vec::new(),
+        })?;
+    }
+    Ok(())
+}
 
-        self.between("autoscale.min", a.min as u64, 1, MAX_WORKERS as u64);
-        self.between("autoscale.max", a.max as u64, 1, MAX_WORKERS as u64);
-        self.check(
-            "autoscale.target-inflight",
-            a.target_inflight.is_finite() && a.target_inflight > 0.0 && a.target_inflight <= 1e9,
-            || {
-                format!(
-                    "must be a number above 0 (at most 1000000000), got {}",
-                    a.target_inflight
-                )
-            },
-        );
-        self.between(
-            "autoscale.target-p90-ms",
-            a.target_p90_ms,
-            0,
-            MAX_TIMEOUT_MS,
-        );
-        self.between("autoscale.breach-ms", a.breach_ms, 0, MAX_TIMEOUT_MS);
-        self.between("autoscale.cooldown-ms", a.cooldown_ms, 0, MAX_TIMEOUT_MS);
-        self.between("autoscale.step", a.step as u64, 1, MAX_WORKERS as u64);
-        self.cross("autoscale.max", &["autoscale.min"], a.min <= a.max, || {
-            format!("must be at least autoscale.min ({}), got {}", a.min, a.max)
-        });
-        if a.enabled {
-            self.cross(
-                "worker",
-                &["autoscale.min", "autoscale.max", "autoscale"],
-                a.min <= c.worker && c.worker <= a.max,
-                || {
-                    format!(
-                        "must be between autoscale.min ({}) and autoscale.max ({}) when autoscale is enabled, got {}",
-                        a.min, a.max, c.worker
-                    )
-                },
-            );
-        }
+/// A rule between `key` and `related` keys (reported at `key`, or at a related key when
+/// `key` is not written in the file).
+fn between_keys(
+    key: &str,
+    related: &[&str],
+    ok: bool,
+    message: impl FnOnce() -> String,
+) -> Result<(), Violation> {
+    if ok {
+        return Ok(());
+    }
+    Err(Violation {
+        key: key.to_string(),
+        message: message(),
+        related: related.iter().map(|s| s.to_string()).collect(),
+    })
+}
 
-        // Port ranges: each must fit below 65536 and none may overlap another. The check is
-        // by number regardless of address: with the default 0.0.0.0 listener any overlap
-        // collides, and keeping ranges apart everywhere is simpler to reason about.
-        let lb = c.lb_ports();
-        let wk = c.worker_ports();
-        let admin = (u32::from(c.admin_port), u32::from(c.admin_port));
-        self.cross("load-balancer-port", &["pool"], lb.1 <= 65535, || {
+/// `autoscale.min <= autoscale.max`, and `worker` within them when autoscaling is on.
+fn autoscale_bounds(c: &Config) -> Result<(), Violation> {
+    let a: &Autoscale = &c.autoscale;
+    between_keys("autoscale.max", &["autoscale.min"], a.min <= a.max, || {
+        format!("must be at least autoscale.min ({}), got {}", a.min, a.max)
+    })?;
+    if !a.enabled {
+        return Ok(());
+    }
+    between_keys(
+        "worker",
+        &["autoscale.min", "autoscale.max", "autoscale"],
+        a.min <= c.worker && c.worker <= a.max,
+        || {
             format!(
-                "{} load balancer ports from {} would end at {}, past 65535",
-                c.pool, c.load_balancer_port, lb.1
+                "must be between autoscale.min ({}) and autoscale.max ({}) when autoscale is enabled, got {}",
+                a.min, a.max, c.worker
             )
-        });
-        let workers = c.worker_slots();
-        self.cross(
-            "worker-port",
-            &["worker", "autoscale.max"],
-            wk.1 <= 65535,
-            || {
-                format!(
-                    "{workers} worker ports from {} would end at {}, past 65535",
-                    c.worker_port, wk.1
-                )
-            },
-        );
-        self.cross(
-            "worker-port",
-            &["load-balancer-port", "worker", "pool", "autoscale.max"],
-            !overlap(lb, wk),
-            || {
-                format!(
-                    "worker ports {} overlap load balancer ports {}",
-                    range_text(wk),
-                    range_text(lb)
-                )
-            },
-        );
-        self.cross(
-            "admin-port",
-            &["load-balancer-port", "pool"],
-            !overlap(admin, lb),
-            || {
-                format!(
-                    "{} is one of the load balancer ports {}",
-                    c.admin_port,
-                    range_text(lb)
-                )
-            },
-        );
-        self.cross(
-            "admin-port",
-            &["worker-port", "worker", "autoscale.max"],
-            !overlap(admin, wk),
-            || {
-                format!(
-                    "{} is one of the worker ports {}",
-                    c.admin_port,
-                    range_text(wk)
-                )
-            },
-        );
-    }
+        },
+    )
+}
+
+/// Port ranges: each must fit below 65536 and none may overlap another. The check is by
+/// number regardless of address: with the default 0.0.0.0 listener any overlap collides,
+/// and keeping ranges apart everywhere is simpler to reason about.
+fn port_ranges(c: &Config) -> Result<(), Violation> {
+    let lb = c.lb_ports();
+    let wk = c.worker_ports();
+    let admin = (u32::from(c.admin_port), u32::from(c.admin_port));
+    between_keys("load-balancer-port", &["pool"], lb.1 <= 65535, || {
+        format!(
+            "{} load balancer ports from {} would end at {}, past 65535",
+            c.pool, c.load_balancer_port, lb.1
+        )
+    })?;
+    let workers = c.worker_slots();
+    between_keys(
+        "worker-port",
+        &["worker", "autoscale.max"],
+        wk.1 <= 65535,
+        || {
+            format!(
+                "{workers} worker ports from {} would end at {}, past 65535",
+                c.worker_port, wk.1
+            )
+        },
+    )?;
+    between_keys(
+        "worker-port",
+        &["load-balancer-port", "worker", "pool", "autoscale.max"],
+        !overlap(lb, wk),
+        || {
+            format!(
+                "worker ports {} overlap load balancer ports {}",
+                range_text(wk),
+                range_text(lb)
+            )
+        },
+    )?;
+    between_keys(
+        "admin-port",
+        &["load-balancer-port", "pool"],
+        !overlap(admin, lb),
+        || {
+            format!(
+                "{} is one of the load balancer ports {}",
+                c.admin_port,
+                range_text(lb)
+            )
+        },
+    )?;
+    between_keys(
+        "admin-port",
+        &["worker-port", "worker", "autoscale.max"],
+        !overlap(admin, wk),
+        || {
+            format!(
+                "{} is one of the worker ports {}",
+                c.admin_port,
+                range_text(wk)
+            )
+        },
+    )
 }
 
 fn overlap(a: (u32, u32), b: (u32, u32)) -> bool {
@@ -267,7 +190,6 @@ fn range_text((lo, hi): (u32, u32)) -> String {
 #[allow(clippy::field_reassign_with_default)]
 mod tests {
     use super::*;
-    use crate::config::{Config, ProxySettings};
 
     fn check(c: &Config) -> Result<(), Violation> {
         c.validate()
@@ -299,6 +221,25 @@ mod tests {
         assert_eq!(violation(&c).0, "failure");
         c.failure = 100.0;
         assert_eq!(check(&c), Ok(()));
+    }
+
+    #[test]
+    fn first_broken_rule_stops_the_check() {
+        // A pool too large for a port count must be reported, not reach the port arithmetic.
+        let mut c = Config::default();
+        c.pool = 1 << 32;
+        assert_eq!(
+            violation(&c),
+            (
+                "pool".into(),
+                "must be between 1 and 1024, got 4294967296".into()
+            )
+        );
+        // Rules between keys of the LB settings come before the autoscale keys' own rules.
+        c.pool = 2;
+        c.proxy.max_request_line = 40_000;
+        c.autoscale.step = 0;
+        assert_eq!(violation(&c).0, "max-request-line");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 
 use super::ready::{ReadResult, Sock};
 use crate::http::{Limits, parse_response_head};
@@ -87,16 +87,12 @@ impl HealthProbe {
 
     /// Registers the socket for read and write, edge-triggered.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        registry.register(
-            &mut self.sock.io,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )
+        self.sock.register(registry, token)
     }
 
     /// Deregisters the socket (before dropping the probe).
     pub fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.sock.io);
+        self.sock.deregister(registry);
     }
 
     /// Readiness on the probe's socket: records it and advances.

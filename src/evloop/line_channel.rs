@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
 
 use mio::event::Event;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -52,6 +52,16 @@ pub struct LineChannel<In, Out> {
     _types: PhantomData<fn(In) -> Out>,
 }
 
+impl<In, Out> std::fmt::Debug for LineChannel<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineChannel")
+            .field("buffered_in", &self.rbuf.len())
+            .field("queued_out", &(self.wbuf.len() - self.wpos))
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
 impl<In: DeserializeOwned, Out: Serialize> LineChannel<In, Out> {
     /// Wraps one end of a socketpair (made non-blocking here).
     pub fn new(stream: UnixStream) -> io::Result<Self> {
@@ -72,16 +82,12 @@ impl<In: DeserializeOwned, Out: Serialize> LineChannel<In, Out> {
 
     /// Registers the socket for read and write, edge-triggered.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        registry.register(
-            &mut self.sock.io,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )
+        self.sock.register(registry, token)
     }
 
     /// Deregisters the socket (before dropping the channel).
     pub fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.sock.io);
+        self.sock.deregister(registry);
     }
 
     /// Whether the channel is closed (EOF, error, or an over-long line).

@@ -7,7 +7,8 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 
-use mio::event::Event;
+use mio::event::{Event, Source};
+use mio::{Interest, Registry, Token};
 
 /// Whether an I/O error means "try again later".
 pub fn would_block(e: &io::Error) -> bool {
@@ -179,6 +180,19 @@ impl<S: Read + Write> Sock<S> {
             moved |= n > 0;
         }
         Ok(moved)
+    }
+}
+
+impl<S: Source> Sock<S> {
+    /// Registers the socket once, for read and write, edge-triggered.
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.io, token, Interest::READABLE | Interest::WRITABLE)
+    }
+
+    /// Deregisters the socket (before dropping it; an error only means it was not
+    /// registered).
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.io);
     }
 }
 

@@ -218,36 +218,28 @@ impl<T> Slab<T> {
     pub fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
         self.entries
             .iter()
-            .zip(&self.generations)
             .enumerate()
-            .filter_map(|(i, (e, &generation))| match e {
-                Entry::Occupied(v) => Some((
-                    Key {
-                        index: i as u32,
-                        generation,
-                    },
-                    v,
-                )),
+            .filter_map(|(i, e)| match e {
+                Entry::Occupied(v) => Some((self.key_at(i), v)),
                 _ => None,
             })
     }
 
     /// Every stored value with its key, mutably (taken-out entries are skipped).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut T)> {
+        let generations = &self.generations;
         self.entries
             .iter_mut()
-            .zip(&self.generations)
             .enumerate()
-            .filter_map(|(i, (e, &generation))| match e {
-                Entry::Occupied(v) => Some((
-                    Key {
-                        index: i as u32,
-                        generation,
-                    },
-                    v,
-                )),
+            .filter_map(move |(i, e)| match e {
+                Entry::Occupied(v) => Some((key_at(generations, i), v)),
                 _ => None,
             })
+    }
+
+    /// The current key of index `i`.
+    fn key_at(&self, i: usize) -> Key {
+        key_at(&self.generations, i)
     }
 
     /// Keys of the stored values `pick` selects (collected, so the caller can then take
@@ -257,6 +249,14 @@ impl<T> Slab<T> {
             .filter(|(_, v)| pick(v))
             .map(|(k, _)| k)
             .collect()
+    }
+}
+
+/// The key of index `i` given the slab's generations.
+fn key_at(generations: &[u32], i: usize) -> Key {
+    Key {
+        index: i as u32,
+        generation: generations[i],
     }
 }
 

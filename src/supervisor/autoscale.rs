@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::prometheus::{Kind, MetricsText};
 use crate::config;
 use crate::proxy::control::{BackendMetrics, LATENCY_BUCKETS_MS};
 
@@ -327,55 +328,74 @@ impl Autoscaler {
         }
 
         match self.region {
-            Region::High => {
-                if desired >= self.max() {
-                    return Decision::Hold;
-                }
-                if self.backoff_until.is_some_and(|b| now < b) {
-                    return Decision::Hold;
-                }
-                // The workers of the previous scale-out are still starting: the load per
-                // worker is measured on fewer workers than asked for, so wait for them (a
-                // start that fails is reported and ends the wait; a lost report lapses).
-                if self
-                    .scale_out_pending
-                    .is_some_and(|p| now.saturating_duration_since(p) < MAX_SCALE_OUT_WAIT)
-                {
-                    return Decision::Hold;
-                }
-                let target = self.clamp(desired + self.step());
-                let reason = format!(
-                    "{} for {}ms: {desired} -> {target} workers",
-                    self.describe_high(sample),
-                    held_for.as_millis()
-                );
-                self.scale_out_pending = Some(now);
-                self.act(now, Action::ScaleOut, desired, target, reason)
-            }
-            Region::Low => {
-                if desired <= self.min() {
-                    return Decision::Hold;
-                }
-                // Never below what keeps the current load at or under the target.
-                let needed = match self.inflight_target() {
-                    Some(t) => (sample.in_flight as f64 / t).ceil() as usize,
-                    None => 0,
-                };
-                let target = self
-                    .clamp(desired.saturating_sub(self.step()))
-                    .max(needed.min(desired));
-                if target >= desired {
-                    return Decision::Hold;
-                }
-                let reason = format!(
-                    "{} for {}ms: {desired} -> {target} workers",
-                    self.describe_low(sample),
-                    held_for.as_millis()
-                );
-                self.act(now, Action::ScaleIn, desired, target, reason)
-            }
+            Region::High => self.scale_out(now, sample, desired, held_for),
+            Region::Low => self.scale_in(now, sample, desired, held_for),
             Region::Steady | Region::Unknown => Decision::Hold,
         }
+    }
+
+    /// Load above the target for the whole breach: `step` more workers, unless at `max`,
+    /// in a start-failure backoff, or still waiting for the previous scale-out's workers.
+    fn scale_out(
+        &mut self,
+        now: Instant,
+        sample: &Sample,
+        desired: usize,
+        held_for: Duration,
+    ) -> Decision {
+        if desired >= self.max() {
+            return Decision::Hold;
+        }
+        if self.backoff_until.is_some_and(|b| now < b) {
+            return Decision::Hold;
+        }
+        // The workers of the previous scale-out are still starting: the load per worker is
+        // measured on fewer workers than asked for, so wait for them (a start that fails is
+        // reported and ends the wait; a lost report lapses).
+        if self
+            .scale_out_pending
+            .is_some_and(|p| now.saturating_duration_since(p) < MAX_SCALE_OUT_WAIT)
+        {
+            return Decision::Hold;
+        }
+        let target = self.clamp(desired + self.step());
+        let reason = format!(
+            "{} for {}ms: {desired} -> {target} workers",
+            self.describe_high(sample),
+            held_for.as_millis()
+        );
+        self.scale_out_pending = Some(now);
+        self.act(now, Action::ScaleOut, desired, target, reason)
+    }
+
+    /// Load below half the target for the whole breach: `step` fewer workers, but never
+    /// below `min` nor below what keeps the current load at or under the target.
+    fn scale_in(
+        &mut self,
+        now: Instant,
+        sample: &Sample,
+        desired: usize,
+        held_for: Duration,
+    ) -> Decision {
+        if desired <= self.min() {
+            return Decision::Hold;
+        }
+        let needed = match self.inflight_target() {
+            Some(t) => (sample.in_flight as f64 / t).ceil() as usize,
+            None => 0,
+        };
+        let target = self
+            .clamp(desired.saturating_sub(self.step()))
+            .max(needed.min(desired));
+        if target >= desired {
+            return Decision::Hold;
+        }
+        let reason = format!(
+            "{} for {}ms: {desired} -> {target} workers",
+            self.describe_low(sample),
+            held_for.as_millis()
+        );
+        self.act(now, Action::ScaleIn, desired, target, reason)
     }
 
     /// A worker the autoscaler asked for failed to start (never became healthy). Gives up
@@ -514,63 +534,54 @@ impl Autoscaler {
 }
 
 impl Status {
-    /// Prometheus text lines for the autoscaler (the supervisor appends them to /metrics).
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        gauge(
+    /// The autoscaler's families of `/metrics` (the supervisor's text ends with them).
+    pub fn write_metrics(&self, m: &mut MetricsText) {
+        m.family(
             "goloadbalancer_autoscale_enabled",
+            Kind::Gauge,
             "1 when the autoscaler is on.",
-            "gauge",
-            u8::from(self.enabled).to_string(),
-        );
-        gauge(
+        )
+        .sample(&[], u8::from(self.enabled));
+        m.family(
             "goloadbalancer_autoscale_desired_workers",
+            Kind::Gauge,
             "Workers the autoscaler wants.",
-            "gauge",
-            self.desired.to_string(),
-        );
-        gauge(
+        )
+        .sample(&[], self.desired);
+        m.family(
             "goloadbalancer_autoscale_active_workers",
+            Kind::Gauge,
             "Active workers in the autoscaler's latest sample.",
-            "gauge",
-            self.active.to_string(),
-        );
-        gauge(
+        )
+        .sample(&[], self.active);
+        m.family(
             "goloadbalancer_autoscale_inflight_per_worker",
+            Kind::Gauge,
             "In-flight requests per active worker (latest sample).",
-            "gauge",
-            format!("{}", self.inflight_per_worker),
-        );
-        gauge(
+        )
+        .sample(&[], self.inflight_per_worker);
+        m.family(
             "goloadbalancer_autoscale_target_inflight",
+            Kind::Gauge,
             "Target in-flight requests per worker.",
-            "gauge",
-            format!("{}", self.target_inflight),
-        );
+        )
+        .sample(&[], self.target_inflight);
         if let Some(p) = self.p90_ms {
-            gauge(
+            m.family(
                 "goloadbalancer_autoscale_p90_ms",
+                Kind::Gauge,
                 "p90 latency (ms) of the latest sample.",
-                "gauge",
-                format!("{p}"),
-            );
+            )
+            .sample(&[], p);
         }
-        out.push_str(
-            "# HELP goloadbalancer_autoscale_actions_total Scaling actions by kind.\n\
-             # TYPE goloadbalancer_autoscale_actions_total counter\n",
-        );
-        out.push_str(&format!(
-            "goloadbalancer_autoscale_actions_total{{action=\"scale_out\"}} {}\n\
-             goloadbalancer_autoscale_actions_total{{action=\"scale_in\"}} {}\n\
-             goloadbalancer_autoscale_actions_total{{action=\"start_failed\"}} {}\n",
-            self.scale_outs, self.scale_ins, self.start_failures
-        ));
-        out
+        m.family(
+            "goloadbalancer_autoscale_actions_total",
+            Kind::Counter,
+            "Scaling actions by kind.",
+        )
+        .sample(&[("action", "scale_out")], self.scale_outs)
+        .sample(&[("action", "scale_in")], self.scale_ins)
+        .sample(&[("action", "start_failed")], self.start_failures);
     }
 }
 
@@ -726,6 +737,17 @@ mod tests {
             Decision::Hold => None,
             Decision::ScaleTo { target, .. } => Some(*target),
         }
+    }
+
+    /// Feeds `sample` at each of `times` (ms); the first decision that is not Hold, with its
+    /// time.
+    fn first_action(
+        a: &mut Autoscaler,
+        t0: Instant,
+        mut times: impl Iterator<Item = u64>,
+        sample: &Sample,
+    ) -> Option<(u64, usize)> {
+        times.find_map(|t| target(&a.observe(ms(t0, t), sample)).map(|n| (t, n)))
     }
 
     /// Feeds `sample` once a second from `from` to `to` (ms, inclusive); returns the decisions
@@ -965,25 +987,13 @@ mod tests {
         assert_eq!(st.start_failures, 1);
         assert_eq!(st.last_decision.unwrap().action, Action::StartFailed);
         // Backoff = cooldown (2 s) for the first failure: no scale-out before 3500 ms.
-        let mut first = None;
-        for t in (2000..=10_000).step_by(500) {
-            if let Some(n) = target(&a.observe(ms(t0, t), &s(1, 100))) {
-                first = Some((t, n));
-                break;
-            }
-        }
+        let first = first_action(&mut a, t0, (2000..=10_000).step_by(500), &s(1, 100));
         assert_eq!(first, Some((3500, 2)));
         // Second consecutive failure: 4 s; third: 8 s.
         let _ = a.report_start_failure(ms(t0, 4000));
         let _ = a.observe(ms(t0, 4000), &s(1, 100));
         assert_eq!(a.status().backoff_remaining_ms, 4000);
-        let mut first = None;
-        for t in (4000..=20_000).step_by(250) {
-            if let Some(n) = target(&a.observe(ms(t0, t), &s(1, 100))) {
-                first = Some((t, n));
-                break;
-            }
-        }
+        let first = first_action(&mut a, t0, (4000..=20_000).step_by(250), &s(1, 100));
         assert_eq!(first, Some((8000, 2)));
         let _ = a.report_start_failure(ms(t0, 8500));
         let _ = a.observe(ms(t0, 8500), &s(1, 100));
@@ -1031,13 +1041,7 @@ mod tests {
         assert_eq!(a.observe(ms(t0, 11_000), &s(2, 100)), Decision::Hold);
         assert_eq!(target(&a.observe(ms(t0, 11_500), &s(2, 100))), Some(3));
         // A worker that never comes up and is never reported: the wait lapses.
-        let mut first = None;
-        for t in (12_000..=120_000).step_by(500) {
-            if let Some(n) = target(&a.observe(ms(t0, t), &s(2, 100))) {
-                first = Some((t, n));
-                break;
-            }
-        }
+        let first = first_action(&mut a, t0, (12_000..=120_000).step_by(500), &s(2, 100));
         assert_eq!(
             first,
             Some((11_500 + MAX_SCALE_OUT_WAIT.as_millis() as u64, 4))
@@ -1162,7 +1166,9 @@ mod tests {
         assert_eq!(v["last_decision"]["action"], "scale_out");
         assert_eq!(v["last_decision"]["ago_ms"], 1000);
         assert_eq!(v["cooldown_remaining_ms"], 9000);
-        let text = a.status().prometheus();
+        let mut m = MetricsText::new();
+        a.status().write_metrics(&mut m);
+        let text = m.finish();
         assert!(text.contains("goloadbalancer_autoscale_desired_workers 2\n"));
         assert!(text.contains("goloadbalancer_autoscale_actions_total{action=\"scale_out\"} 1\n"));
     }

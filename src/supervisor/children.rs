@@ -1,136 +1,23 @@
-//! LB children: forking one onto an inherited listener, and the supervisor's end of its
-//! control channel (JSON lines over a unix socketpair).
+//! LB children: forking one onto an inherited listener, and the supervisor's record of each
+//! (its control channel is an `evloop::LineChannel` of the messages in `proxy::control`).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use mio::{Interest, Registry, Token};
+use mio::Token;
 use nix::unistd::Pid;
 
 use crate::config::ProxySettings;
+use crate::evloop::LineChannel;
 use crate::proxy::control::{BackendSpec, Down, Up};
 use crate::sys::signals::Signals;
 
-/// Longest control line accepted from a child; a longer one is a protocol error.
-const MAX_LINE: usize = 4 << 20;
-/// Most bytes queued towards a child that does not read; beyond it the child is replaced.
-const MAX_QUEUED: usize = 8 << 20;
-
-/// The supervisor's end of one child's control channel.
-#[derive(Debug)]
-pub struct ControlConn {
-    stream: mio::net::UnixStream,
-    /// Poll token of the stream.
-    pub token: Token,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    /// EOF or an error was seen: the child is gone or going.
-    pub closed: bool,
-}
-
-impl ControlConn {
-    /// Wraps and registers the supervisor's end.
-    pub fn new(stream: UnixStream, registry: &Registry, token: Token) -> io::Result<ControlConn> {
-        stream.set_nonblocking(true)?;
-        let mut stream = mio::net::UnixStream::from_std(stream);
-        registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(ControlConn {
-            stream,
-            token,
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-            closed: false,
-        })
-    }
-
-    /// Queues one message and writes what the socket takes now. Err: the child cannot keep up
-    /// or is gone.
-    pub fn send(&mut self, msg: &Down) -> io::Result<()> {
-        if self.closed {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "control closed"));
-        }
-        let mut line = serde_json::to_vec(msg).map_err(io::Error::other)?;
-        line.push(b'\n');
-        if self.wbuf.len() + line.len() > MAX_QUEUED {
-            return Err(io::Error::other("child does not read its control channel"));
-        }
-        self.wbuf.extend_from_slice(&line);
-        self.flush()
-    }
-
-    /// Writes queued bytes until the socket would block.
-    pub fn flush(&mut self) -> io::Result<()> {
-        while !self.wbuf.is_empty() {
-            match self.stream.write(&self.wbuf) {
-                Ok(0) => {
-                    self.closed = true;
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "control closed"));
-                }
-                Ok(n) => {
-                    self.wbuf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.closed = true;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads everything available and returns the complete messages; malformed lines are
-    /// returned as Err(text) so the caller can log them.
-    pub fn read(&mut self) -> Vec<Result<Up, String>> {
-        let mut buf = [0u8; 16384];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    self.closed = true;
-                    break;
-                }
-                Ok(n) => {
-                    self.rbuf.extend_from_slice(&buf[..n]);
-                    if self.rbuf.len() > MAX_LINE && !self.rbuf.contains(&b'\n') {
-                        self.closed = true;
-                        self.rbuf.clear();
-                        return vec![Err("control line too long".into())];
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closed = true;
-                    break;
-                }
-            }
-        }
-        let mut out = Vec::new();
-        while let Some(i) = self.rbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.rbuf.drain(..=i).collect();
-            let line = &line[..line.len() - 1];
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            out.push(serde_json::from_slice::<Up>(line).map_err(|e| {
-                format!(
-                    "{e}: {}",
-                    String::from_utf8_lossy(&line[..line.len().min(200)])
-                )
-            }));
-        }
-        out
-    }
-
-    /// Deregisters the stream (before dropping it).
-    pub fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.stream);
-    }
-}
+/// The supervisor's end of one child's control channel: receives `Up`, sends `Down` (the
+/// child's end is the same type with the directions swapped).
+pub type ControlChannel = LineChannel<Up, Down>;
 
 /// What a child is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,7 +51,9 @@ pub struct LbChild {
     /// Being replaced (reload): drained once its successor is forked.
     pub retiring: bool,
     /// Control channel.
-    pub conn: ControlConn,
+    pub conn: ControlChannel,
+    /// Poll token of the control channel.
+    pub token: Token,
     /// Running or draining.
     pub state: ChildState,
     /// When it was forked.

@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use mio::Token;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
-use super::children::{self, ChildMetrics, ChildStart, ChildState, ControlConn, LbChild};
+use super::children::{self, ChildMetrics, ChildStart, ChildState, ControlChannel, LbChild};
 use super::{Supervisor, autoscale};
 use crate::proxy::control::{Down, Up};
 use crate::sys::log::quote;
@@ -96,7 +95,11 @@ impl Supervisor {
             }
         };
         let token = self.token();
-        let conn = match ControlConn::new(ours, self.poll.registry(), token) {
+        let registered = ControlChannel::new(ours).and_then(|mut c| {
+            c.register(self.poll.registry(), token)?;
+            Ok(c)
+        });
+        let conn = match registered {
             Ok(c) => c,
             Err(e) => {
                 error!(
@@ -121,6 +124,7 @@ impl Supervisor {
             name,
             retiring: false,
             conn,
+            token,
             state: ChildState::Running,
             started: now,
             acked_seq: self.seq,
@@ -172,7 +176,7 @@ impl Supervisor {
 
     fn send_all(&mut self, msg: &Down) {
         for c in &mut self.children {
-            if c.conn.closed {
+            if c.conn.is_closed() {
                 continue;
             }
             if let Err(e) = c.conn.send(msg) {
@@ -306,11 +310,12 @@ impl Supervisor {
     }
 
     /// Readiness on a child's control socket.
-    pub(super) fn on_control(&mut self, token: Token) {
-        let Some(k) = self.children.iter().position(|c| c.conn.token == token) else {
+    pub(super) fn on_control(&mut self, ev: &mio::event::Event) {
+        let Some(k) = self.children.iter().position(|c| c.token == ev.token()) else {
             return;
         };
         let c = &mut self.children[k];
+        c.conn.note(ev);
         let _ = c.conn.flush();
         handle_messages(c, &mut self.latency);
     }
@@ -360,7 +365,7 @@ impl Supervisor {
                 quote(&reason)
             );
             self.desired_workers = target;
-            self.sync_worker_slots();
+            self.sync_worker_ports();
             self.drive_workers(now);
         }
     }
@@ -381,7 +386,7 @@ impl Supervisor {
 /// Takes in what a child sent: acks and metrics reports.
 fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
     let now = Instant::now();
-    for msg in c.conn.read() {
+    for msg in c.conn.receive() {
         match msg {
             Ok(Up::Ack { seq, ok, error }) => {
                 if !ok {
@@ -406,10 +411,15 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
                 });
                 c.metrics_at = Some(now);
             }
-            Err(e) => {
+            Err(bad) => {
                 c.bad_lines += 1;
                 if c.bad_lines == 1 {
-                    warn!("lb_control_bad_line", "lb={} error={}", c.index, quote(&e));
+                    warn!(
+                        "lb_control_bad_line",
+                        "lb={} error={}",
+                        c.index,
+                        quote(&bad.error)
+                    );
                 }
             }
         }

@@ -10,7 +10,7 @@ pub mod autoscale;
 mod children;
 mod lb;
 mod metrics;
-mod probe;
+mod prometheus;
 mod reload;
 mod render;
 mod status;
@@ -165,10 +165,10 @@ pub(crate) struct Supervisor {
     /// Per LB index: earliest next fork (backoff after a child crashed young) and restarts.
     lb_backoff: HashMap<usize, (Instant, u32)>,
     lb_restarts: u64,
-    workers: BTreeMap<u16, workers::WorkerSlot>,
+    workers: BTreeMap<u16, workers::WorkerPort>,
     desired_workers: usize,
     jobs: Vec<(Job, JobKind)>,
-    probes: HashMap<Token, probe::Probe>,
+    probes: HashMap<Token, workers::WorkerProbe>,
     next_token: usize,
     /// Last Down seq handed out.
     seq: u64,
@@ -199,6 +199,41 @@ pub(crate) struct Supervisor {
 /// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
     crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
+}
+
+/// `a,b,c`: the listeners' addresses for a log line.
+fn addr_list(listeners: &[LbListener]) -> String {
+    listeners
+        .iter()
+        .map(|l| l.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Binds every LB listener a config asks for (ids 0..).
+fn bind_lb_listeners(cfg: &Config) -> Result<Vec<LbListener>, String> {
+    lb_addrs(cfg)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            Ok(LbListener {
+                id: i as u64,
+                addr,
+                socket: bind_listener(addr)?,
+            })
+        })
+        .collect()
+}
+
+/// The loop's poll with the supervisor's signals registered on it.
+fn poll_with_signals() -> Result<(Poll, Signals), String> {
+    let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut signals =
+        Signals::new(&[SIGTERM, SIGINT, SIGHUP, SIGCHLD]).map_err(|e| format!("signals: {e}"))?;
+    signals
+        .register(poll.registry(), SIGNALS)
+        .map_err(|e| format!("signals: {e}"))?;
+    Ok((poll, signals))
 }
 
 /// The LB listener addresses a config asks for.
@@ -244,33 +279,16 @@ impl Supervisor {
         crate::worker::store::prepare(&db)?;
         let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
 
-        let mut listeners = Vec::new();
-        for (i, addr) in lb_addrs(&cfg)?.into_iter().enumerate() {
-            listeners.push(LbListener {
-                id: i as u64,
-                addr,
-                socket: bind_listener(addr)?,
-            });
-        }
+        let listeners = bind_lb_listeners(&cfg)?;
         let admin_addr = SocketAddr::new(cfg.admin_address, cfg.admin_port);
         let admin_socket = bind_listener(admin_addr).map_err(|e| format!("admin: {e}"))?;
-
-        let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-        let mut signals = Signals::new(&[SIGTERM, SIGINT, SIGHUP, SIGCHLD])
-            .map_err(|e| format!("signals: {e}"))?;
-        signals
-            .register(poll.registry(), SIGNALS)
-            .map_err(|e| format!("signals: {e}"))?;
+        let (poll, signals) = poll_with_signals()?;
         let admin = admin::Admin::new(admin_socket, poll.registry(), ADMIN)
             .map_err(|e| format!("admin: {e}"))?;
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
-            listeners
-                .iter()
-                .map(|l| l.addr.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            addr_list(&listeners),
             quote(&cfg.instance),
             quote(&config_path.display().to_string())
         );
@@ -415,7 +433,7 @@ impl Supervisor {
             "starting_workers",
             "count={} timeout_ms={}", self.desired_workers, self.cfg.worker_start_timeout_ms
         );
-        self.sync_worker_slots();
+        self.sync_worker_ports();
     }
 
     /// Runs a helper command; false (and logged) when it could not be spawned.
@@ -480,9 +498,9 @@ impl Supervisor {
                         self.answer_admin(p);
                     }
                 } else if self.probes.contains_key(&t) {
-                    self.advance_probe(t);
+                    self.on_probe_event(ev);
                 } else {
-                    self.on_control(t);
+                    self.on_control(ev);
                 }
             }
             let now = Instant::now();
@@ -532,7 +550,7 @@ impl Supervisor {
         self.poll_jobs(now);
         self.reap_children(now);
         self.reap_worker_processes();
-        self.advance_probes(now);
+        self.expire_probes(now);
         self.admin.expire(self.poll.registry(), now);
         match self.phase {
             Phase::Detecting | Phase::Preparing => {}
@@ -650,109 +668,15 @@ impl Supervisor {
     /// Acts on a finished docker call.
     fn on_job_done(&mut self, kind: JobKind, out: JobOutput) {
         match kind {
-            JobKind::DockerInfo => {
-                if matches!(self.phase, Phase::Stopping(_)) {
-                    return;
-                }
-                if out.success {
-                    self.use_docker(format!(
-                        "runtime: auto and docker info answered (engine {})",
-                        out.stdout.trim()
-                    ));
-                } else {
-                    self.use_runtime(
-                        Runtime::Process,
-                        format!("runtime: auto and docker info failed: {}", out.error_text()),
-                    );
-                }
-            }
-            JobKind::Leftovers => {
-                let ids: Vec<String> = crate::runtime::docker::parse_ps(&out.stdout)
-                    .into_iter()
-                    .map(|c| c.id)
-                    .collect();
-                if !out.success {
-                    self.fatal(format!("docker ps failed: {}", out.error_text()));
-                } else if ids.is_empty() {
-                    self.leftovers_done = true;
-                    self.maybe_docker_ready();
-                } else if let Some(Runtime::Docker(d)) = &self.runtime {
-                    info!(
-                        "removing_leftover_containers",
-                        "count={} ids={}",
-                        ids.len(),
-                        ids.iter()
-                            .map(|i| crate::runtime::docker::short_id(i))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    );
-                    let cmd = d.remove(&ids);
-                    self.spawn_job(
-                        cmd,
-                        JobKind::RemoveLeftovers,
-                        Instant::now() + DOCKER_CALL_TIMEOUT,
-                    );
-                }
-            }
+            JobKind::DockerInfo => self.on_docker_info(out),
+            JobKind::Leftovers => self.on_leftovers_listed(out),
             JobKind::RemoveLeftovers => {
-                if !out.success {
-                    warn!(
-                        "leftover_removal_failed",
-                        "error={}",
-                        quote(&out.error_text())
-                    );
-                }
+                log_job_failure("leftover_removal_failed", &out);
                 self.leftovers_done = true;
                 self.maybe_docker_ready();
             }
-            JobKind::ImageInspect => {
-                let Some(Runtime::Docker(d)) = self.runtime.clone() else {
-                    return;
-                };
-                if out.success {
-                    info!("worker_image_present", "image={}", d.image);
-                    self.image_ready = true;
-                    self.maybe_docker_ready();
-                    return;
-                }
-                let parent = std::env::temp_dir();
-                match crate::runtime::docker::prepare_context(&self.exe, &parent) {
-                    Ok(context) => {
-                        info!("building_worker_image", "image={}", d.image);
-                        notify::extend_timeout(DOCKER_BUILD_TIMEOUT + Duration::from_secs(10));
-                        let cmd = d.build(&context);
-                        if !self.spawn_job(
-                            cmd,
-                            JobKind::ImageBuild {
-                                context: context.clone(),
-                            },
-                            Instant::now() + DOCKER_BUILD_TIMEOUT,
-                        ) {
-                            let _ = std::fs::remove_dir_all(&context);
-                            self.fatal("docker build could not be started".into());
-                        }
-                    }
-                    Err(e) => self.fatal(format!("worker image build context: {e}")),
-                }
-            }
-            JobKind::ImageBuild { context } => {
-                let _ = std::fs::remove_dir_all(&context);
-                if out.success {
-                    info!("worker_image_built", "image_id={}", out.stdout.trim());
-                    self.image_ready = true;
-                    if let Some(Runtime::Docker(d)) = &self.runtime {
-                        let cmd = d.prune_images();
-                        self.spawn_job(
-                            cmd,
-                            JobKind::PruneImages,
-                            Instant::now() + DOCKER_CALL_TIMEOUT,
-                        );
-                    }
-                    self.maybe_docker_ready();
-                } else {
-                    self.fatal(format!("docker build failed: {}", out.error_text()));
-                }
-            }
+            JobKind::ImageInspect => self.on_image_inspected(out),
+            JobKind::ImageBuild { context } => self.on_image_built(&context, out),
             JobKind::ClearName { port, generation } => self.on_clear_name_done(port, generation),
             JobKind::Run { port, generation } => self.on_run_done(port, generation, out),
             JobKind::Stop { port, generation } => self.on_stop_done(port, generation, out),
@@ -763,41 +687,126 @@ impl Supervisor {
                 if out.success {
                     self.on_reconcile(started, &out.stdout);
                 } else {
-                    warn!("docker_ps_failed", "error={}", quote(&out.error_text()));
+                    log_job_failure("docker_ps_failed", &out);
                 }
             }
-            JobKind::SweepList => {
-                let Some(Runtime::Docker(d)) = &self.runtime else {
-                    return;
-                };
-                let ids: Vec<String> = crate::runtime::docker::parse_ps(&out.stdout)
-                    .into_iter()
-                    .map(|c| c.id)
-                    .collect();
-                if !ids.is_empty() {
-                    info!("removing_containers", "count={}", ids.len());
-                    let cmd = d.remove(&ids);
-                    self.spawn_job(
-                        cmd,
-                        JobKind::SweepRemove,
-                        Instant::now() + DOCKER_CALL_TIMEOUT,
-                    );
+            JobKind::SweepList => self.on_sweep_listed(out),
+            JobKind::PruneImages => log_job_failure("image_prune_failed", &out),
+            JobKind::SweepRemove => log_job_failure("container_removal_failed", &out),
+        }
+    }
+
+    /// `docker info` answered (runtime: auto): docker if it worked, else worker processes.
+    fn on_docker_info(&mut self, out: JobOutput) {
+        if matches!(self.phase, Phase::Stopping(_)) {
+            return;
+        }
+        if out.success {
+            self.use_docker(format!(
+                "runtime: auto and docker info answered (engine {})",
+                out.stdout.trim()
+            ));
+        } else {
+            self.use_runtime(
+                Runtime::Process,
+                format!("runtime: auto and docker info failed: {}", out.error_text()),
+            );
+        }
+    }
+
+    /// `docker ps` at start: removes what a previous run left.
+    fn on_leftovers_listed(&mut self, out: JobOutput) {
+        let ids = container_ids(&out);
+        if !out.success {
+            self.fatal(format!("docker ps failed: {}", out.error_text()));
+        } else if ids.is_empty() {
+            self.leftovers_done = true;
+            self.maybe_docker_ready();
+        } else if let Some(Runtime::Docker(d)) = &self.runtime {
+            info!(
+                "removing_leftover_containers",
+                "count={} ids={}",
+                ids.len(),
+                ids.iter()
+                    .map(|i| crate::runtime::docker::short_id(i))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let cmd = d.remove(&ids);
+            self.spawn_job(
+                cmd,
+                JobKind::RemoveLeftovers,
+                Instant::now() + DOCKER_CALL_TIMEOUT,
+            );
+        }
+    }
+
+    /// `docker image inspect`: the image is there, or it is built from a temp context.
+    fn on_image_inspected(&mut self, out: JobOutput) {
+        let Some(Runtime::Docker(d)) = self.runtime.clone() else {
+            return;
+        };
+        if out.success {
+            info!("worker_image_present", "image={}", d.image);
+            self.image_ready = true;
+            self.maybe_docker_ready();
+            return;
+        }
+        let parent = std::env::temp_dir();
+        match crate::runtime::docker::prepare_context(&self.exe, &parent) {
+            Ok(context) => {
+                info!("building_worker_image", "image={}", d.image);
+                notify::extend_timeout(DOCKER_BUILD_TIMEOUT + Duration::from_secs(10));
+                let cmd = d.build(&context);
+                if !self.spawn_job(
+                    cmd,
+                    JobKind::ImageBuild {
+                        context: context.clone(),
+                    },
+                    Instant::now() + DOCKER_BUILD_TIMEOUT,
+                ) {
+                    let _ = std::fs::remove_dir_all(&context);
+                    self.fatal("docker build could not be started".into());
                 }
             }
-            JobKind::PruneImages => {
-                if !out.success {
-                    warn!("image_prune_failed", "error={}", quote(&out.error_text()));
-                }
-            }
-            JobKind::SweepRemove => {
-                if !out.success {
-                    warn!(
-                        "container_removal_failed",
-                        "error={}",
-                        quote(&out.error_text())
-                    );
-                }
-            }
+            Err(e) => self.fatal(format!("worker image build context: {e}")),
+        }
+    }
+
+    /// `docker build` ended: its context goes; old images are pruned after a success.
+    fn on_image_built(&mut self, context: &Path, out: JobOutput) {
+        let _ = std::fs::remove_dir_all(context);
+        if !out.success {
+            self.fatal(format!("docker build failed: {}", out.error_text()));
+            return;
+        }
+        info!("worker_image_built", "image_id={}", out.stdout.trim());
+        self.image_ready = true;
+        if let Some(Runtime::Docker(d)) = &self.runtime {
+            let cmd = d.prune_images();
+            self.spawn_job(
+                cmd,
+                JobKind::PruneImages,
+                Instant::now() + DOCKER_CALL_TIMEOUT,
+            );
+        }
+        self.maybe_docker_ready();
+    }
+
+    /// Stop: `docker ps` by label listed what is left; it is removed.
+    fn on_sweep_listed(&mut self, out: JobOutput) {
+        let Some(Runtime::Docker(d)) = &self.runtime else {
+            return;
+        };
+        let ids = container_ids(&out);
+        if !ids.is_empty() {
+            info!("removing_containers", "count={}", ids.len());
+            let cmd = d.remove(&ids);
+            self.spawn_job(
+                cmd,
+                JobKind::SweepRemove,
+                Instant::now() + DOCKER_CALL_TIMEOUT,
+            );
         }
     }
 
@@ -837,8 +846,8 @@ impl Supervisor {
                 if self.children.is_empty() {
                     // Every worker goes: drained by the children already, stop directly.
                     self.desired_workers = 0;
-                    for slot in self.workers.values_mut() {
-                        slot.wanted = false;
+                    for worker in self.workers.values_mut() {
+                        worker.wanted = false;
                     }
                     let grace =
                         Duration::from_millis(self.cfg.drain_timeout_ms) + Duration::from_secs(15);
@@ -909,4 +918,19 @@ fn wait_job(job: &mut Job) -> JobOutput {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Logs a failed helper command under `event` (a failure that changes nothing else).
+fn log_job_failure(event: &str, out: &JobOutput) {
+    if !out.success {
+        warn!(event, "error={}", quote(&out.error_text()));
+    }
+}
+
+/// Container ids in a `docker ps` output.
+fn container_ids(out: &JobOutput) -> Vec<String> {
+    crate::runtime::docker::parse_ps(&out.stdout)
+        .into_iter()
+        .map(|c| c.id)
+        .collect()
 }

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::{LbListener, Supervisor, bind_listener, lb_addrs};
+use super::{LbListener, Supervisor, addr_list, bind_listener, lb_addrs};
 use crate::config::Config;
 use crate::sys::log::quote;
 use crate::sys::notify;
@@ -58,32 +58,8 @@ impl Supervisor {
 
     fn try_reload(&mut self) -> Result<Vec<String>, String> {
         let mut new = crate::config::load(&self.config_path).map_err(|e| e.to_string())?;
-        // What the running processes cannot take without a restart stays as it is.
-        let old = &self.cfg;
-        let mut kept = Vec::new();
-        macro_rules! keep {
-            ($field:ident, $key:literal) => {
-                if new.$field != old.$field {
-                    kept.push($key);
-                    new.$field = old.$field.clone();
-                }
-            };
-        }
-        keep!(instance, "instance");
-        keep!(runtime, "runtime");
-        keep!(stats_dir, "stats-dir");
-        keep!(worker_address, "worker-address");
-        keep!(worker_port, "worker-port");
-        keep!(admin_address, "admin-address");
-        keep!(admin_port, "admin-port");
-        if !kept.is_empty() {
-            warn!(
-                "reload_needs_restart",
-                "keys={} action=\"kept the running values; restart to change them\"",
-                kept.join(",")
-            );
-        }
-        if new.avg_delay != old.avg_delay || new.failure != old.failure {
+        keep_restart_only_keys(&self.cfg, &mut new);
+        if new.avg_delay != self.cfg.avg_delay || new.failure != self.cfg.failure {
             info!(
                 "reload_worker_settings",
                 "avg_delay={} failure={} applies_to=\"workers started from now on\"",
@@ -91,10 +67,30 @@ impl Supervisor {
                 new.failure
             );
         }
+        self.swap_listeners(&new)?;
 
-        // Listeners: keep every socket whose address stays, bind the new ones first; a bind
-        // error rejects the whole reload before anything changed.
-        let addrs = lb_addrs(&new)?;
+        let changed = changed_keys(&self.cfg, &new);
+        let replace_all = new.proxy.mode != self.cfg.proxy.mode;
+        let settings_changed = new.proxy != self.cfg.proxy;
+        let worker_changed = new.worker != self.cfg.worker;
+        self.cfg = new;
+        let now = Instant::now();
+        self.apply_worker_count(worker_changed, now);
+        self.mark_retiring_children(replace_all);
+        if settings_changed && !replace_all {
+            self.publish_settings();
+        }
+        self.ensure_children(now);
+        self.sync_worker_ports();
+        self.drive_workers(now);
+        self.publish_backends();
+        Ok(changed)
+    }
+
+    /// Listeners: keeps every socket whose address stays and binds the new ones first; a bind
+    /// error puts everything back and rejects the whole reload before anything changed.
+    fn swap_listeners(&mut self, new: &Config) -> Result<(), String> {
+        let addrs = lb_addrs(new)?;
         let order: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
         let first_new_id = self.next_listener_id;
         let mut old_listeners = std::mem::take(&mut self.listeners);
@@ -125,29 +121,19 @@ impl Supervisor {
             }
         }
         if !old_listeners.is_empty() {
-            info!(
-                "listeners_closed",
-                "addrs={}",
-                old_listeners
-                    .iter()
-                    .map(|l| l.addr.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
+            info!("listeners_closed", "addrs={}", addr_list(&old_listeners));
         }
         // Dropping our copies: children still serving them keep theirs until they drain.
         drop(old_listeners);
         self.listeners = next;
+        Ok(())
+    }
 
-        let changed = changed_keys(&self.cfg, &new);
-        let replace_all = new.proxy.mode != self.cfg.proxy.mode;
-        let settings_changed = new.proxy != self.cfg.proxy;
-        let worker_changed = new.worker != self.cfg.worker;
-        self.cfg = new;
-        let now = Instant::now();
+    /// The autoscaler takes the new config; a changed `worker` count wins over its target
+    /// (clamped to [min, max] when autoscaling).
+    fn apply_worker_count(&mut self, worker_changed: bool, now: Instant) {
         self.scaler.reconfigure(&self.cfg.autoscale);
         if worker_changed {
-            // The operator's new count wins (clamped to [min, max] when autoscaling).
             self.scaler.set_desired(now, self.cfg.worker);
             self.desired_workers = self.cfg.worker;
         }
@@ -162,9 +148,11 @@ impl Supervisor {
                 self.desired_workers = clamped;
             }
         }
+    }
 
-        // Children: those on a listener that changed, past the new pool size, or needing a
-        // new loop (mode) are replaced; the rest get the settings.
+    /// Children on a listener that changed, past the new pool size, or needing a new loop
+    /// (`replace_all`: mode) are marked retiring; `ensure_children` forks their successors.
+    fn mark_retiring_children(&mut self, replace_all: bool) {
         let pool = self.cfg.pool;
         let shared = self.cfg.shared_port;
         let ids: Vec<u64> = self.listeners.iter().map(|l| l.id).collect();
@@ -178,13 +166,33 @@ impl Supervisor {
                 c.retiring = true;
             }
         }
-        if settings_changed && !replace_all {
-            self.publish_settings();
-        }
-        self.ensure_children(now);
-        self.sync_worker_slots();
-        self.drive_workers(now);
-        self.publish_backends();
-        Ok(changed)
+    }
+}
+
+/// Keys the running processes cannot take without a restart keep their running values in
+/// `new` (logged once, listing them).
+fn keep_restart_only_keys(old: &Config, new: &mut Config) {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($field:ident, $key:literal) => {
+            if new.$field != old.$field {
+                kept.push($key);
+                new.$field = old.$field.clone();
+            }
+        };
+    }
+    keep!(instance, "instance");
+    keep!(runtime, "runtime");
+    keep!(stats_dir, "stats-dir");
+    keep!(worker_address, "worker-address");
+    keep!(worker_port, "worker-port");
+    keep!(admin_address, "admin-address");
+    keep!(admin_port, "admin-port");
+    if !kept.is_empty() {
+        warn!(
+            "reload_needs_restart",
+            "keys={} action=\"kept the running values; restart to change them\"",
+            kept.join(",")
+        );
     }
 }

@@ -1,24 +1,18 @@
 //! `/status` (JSON) and `/metrics` (Prometheus text exposition format) from the loop's state.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::time::Instant;
 
 use super::admin::{Pending, Route};
-use super::children::ChildState;
+use super::children::{ChildState, LbChild};
+use super::metrics::BackendView;
+use super::prometheus::{Kind, MetricsText};
 use super::status::{ChildStatus, Status, WorkerStatus};
-use super::workers::WorkerState;
+use super::workers::{WorkerPort, WorkerState};
 use super::{Phase, Supervisor};
 use crate::proxy::control::LATENCY_BUCKETS_MS;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-
-/// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 
 impl Supervisor {
     /// Renders and sends the answer to an admin request.
@@ -52,64 +46,12 @@ impl Supervisor {
         let workers = self
             .workers
             .values()
-            .map(|s| {
-                let view = s.id.as_ref().and_then(|id| views.get(id));
-                let health = match (s.state, view) {
-                    (WorkerState::Active | WorkerState::Draining { .. }, Some(v))
-                        if v.healthy_votes + v.unhealthy_votes > 0 =>
-                    {
-                        if v.unhealthy_votes == 0 {
-                            "healthy"
-                        } else {
-                            "unhealthy"
-                        }
-                    }
-                    // Not yet reported by a child: the supervisor's own check passed.
-                    (WorkerState::Active, _) => "healthy",
-                    (WorkerState::Probing { .. }, _) => "unhealthy",
-                    _ => "unknown",
-                };
-                let totals = view.map(|v| v.totals.clone()).unwrap_or_default();
-                WorkerStatus {
-                    id: s.id.clone().unwrap_or_default(),
-                    port: s.port,
-                    pid: s.process.as_ref().map(|c| c.id()),
-                    container: s.container.clone(),
-                    address: std::net::SocketAddr::new(self.cfg.worker_address, s.port).to_string(),
-                    state: s.state.name().to_string(),
-                    health: health.to_string(),
-                    in_flight: view.map(|v| v.in_flight).unwrap_or(0),
-                    responses: CLASSES
-                        .iter()
-                        .zip(totals.responses.iter())
-                        .map(|(k, v)| (k.to_string(), *v))
-                        .collect::<BTreeMap<_, _>>(),
-                    requests: totals.requests(),
-                    failures: totals.failures,
-                    restarts: s.restarts,
-                    last_error: s.last_error.clone(),
-                }
-            })
+            .map(|s| self.worker_status(s, s.id.as_ref().and_then(|id| views.get(id))))
             .collect();
         let children = self
             .children
             .iter()
-            .map(|c| ChildStatus {
-                name: c.name.clone(),
-                pid: c.pid.as_raw(),
-                listener: self
-                    .listeners
-                    .iter()
-                    .find(|l| l.id == c.listener_id)
-                    .map(|l| l.addr.to_string())
-                    .unwrap_or_else(|| "(closed)".into()),
-                state: match c.state {
-                    ChildState::Running => "running".into(),
-                    ChildState::Draining { .. } => "draining".into(),
-                },
-                connections: c.metrics.as_ref().map(|m| m.connections).unwrap_or(0),
-                uptime_s: now.duration_since(c.started).as_secs(),
-            })
+            .map(|c| self.child_status(c, now))
             .collect();
         Status {
             instance: self.cfg.instance.clone(),
@@ -141,162 +83,189 @@ impl Supervisor {
         }
     }
 
+    /// One worker port's entry in `/status`; `view` is what the children report about it.
+    fn worker_status(&self, s: &WorkerPort, view: Option<&BackendView>) -> WorkerStatus {
+        let health = match (s.state, view) {
+            (WorkerState::Active | WorkerState::Draining { .. }, Some(v))
+                if v.healthy_votes + v.unhealthy_votes > 0 =>
+            {
+                if v.unhealthy_votes == 0 {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+            }
+            // Not yet reported by a child: the supervisor's own check passed.
+            (WorkerState::Active, _) => "healthy",
+            (WorkerState::Probing { .. }, _) => "unhealthy",
+            _ => "unknown",
+        };
+        let totals = view.map(|v| v.totals.clone()).unwrap_or_default();
+        WorkerStatus {
+            id: s.id.clone().unwrap_or_default(),
+            port: s.port,
+            pid: s.process.as_ref().map(|c| c.id()),
+            container: s.container.clone(),
+            address: std::net::SocketAddr::new(self.cfg.worker_address, s.port).to_string(),
+            state: s.state.name().to_string(),
+            health: health.to_string(),
+            in_flight: view.map(|v| v.in_flight).unwrap_or(0),
+            responses: CLASSES
+                .iter()
+                .zip(totals.responses.iter())
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>(),
+            requests: totals.requests(),
+            failures: totals.failures,
+            restarts: s.restarts,
+            last_error: s.last_error.clone(),
+        }
+    }
+
+    /// One LB child's entry in `/status`.
+    fn child_status(&self, c: &LbChild, now: Instant) -> ChildStatus {
+        ChildStatus {
+            name: c.name.clone(),
+            pid: c.pid.as_raw(),
+            listener: self
+                .listeners
+                .iter()
+                .find(|l| l.id == c.listener_id)
+                .map(|l| l.addr.to_string())
+                .unwrap_or_else(|| "(closed)".into()),
+            state: match c.state {
+                ChildState::Running => "running".into(),
+                ChildState::Draining { .. } => "draining".into(),
+            },
+            connections: c.metrics.as_ref().map(|m| m.connections).unwrap_or(0),
+            uptime_s: now.duration_since(c.started).as_secs(),
+        }
+    }
+
     /// The `/metrics` text.
     pub(super) fn metrics_text(&self) -> String {
         let views = self.backend_views();
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_requests_total Responses sent to clients, by backend and status class."
+        let mut m = MetricsText::new();
+        write_backend_families(&mut m, &views);
+        self.write_worker_health(&mut m, &views);
+        self.write_supervisor_families(&mut m);
+        self.scaler.status().write_metrics(&mut m);
+        m.finish()
+    }
+
+    /// `goloadbalancer_backend_healthy`: per worker with an id.
+    fn write_worker_health(&self, m: &mut MetricsText, views: &BTreeMap<String, BackendView>) {
+        m.family(
+            "goloadbalancer_backend_healthy",
+            Kind::Gauge,
+            "1 when the worker is serving and every LB child sees it healthy.",
         );
-        let _ = writeln!(o, "# TYPE goloadbalancer_requests_total counter");
-        for (id, v) in &views {
-            for (class, n) in CLASSES.iter().zip(v.totals.responses.iter()) {
-                let _ = writeln!(
-                    o,
-                    "goloadbalancer_requests_total{{backend=\"{}\",class=\"{class}\"}} {n}",
-                    label(id)
-                );
-            }
-        }
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_backend_failures_total Connect failures, timeouts and broken responses, by backend."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_backend_failures_total counter");
-        for (id, v) in &views {
-            let _ = writeln!(
-                o,
-                "goloadbalancer_backend_failures_total{{backend=\"{}\"}} {}",
-                label(id),
-                v.totals.failures
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_request_duration_seconds Time from request to complete response, by backend."
-        );
-        let _ = writeln!(
-            o,
-            "# TYPE goloadbalancer_request_duration_seconds histogram"
-        );
-        for (id, v) in &views {
-            let mut cum = 0u64;
-            for (i, bound) in LATENCY_BUCKETS_MS.iter().enumerate() {
-                cum += v.totals.latency.get(i).copied().unwrap_or(0);
-                let _ = writeln!(
-                    o,
-                    "goloadbalancer_request_duration_seconds_bucket{{backend=\"{}\",le=\"{}\"}} {cum}",
-                    label(id),
-                    bound / 1000.0
-                );
-            }
-            let count: u64 = v.totals.latency.iter().sum();
-            let _ = writeln!(
-                o,
-                "goloadbalancer_request_duration_seconds_bucket{{backend=\"{}\",le=\"+Inf\"}} {count}",
-                label(id)
-            );
-            let _ = writeln!(
-                o,
-                "goloadbalancer_request_duration_seconds_sum{{backend=\"{}\"}} {}",
-                label(id),
-                v.totals.latency_sum_ms / 1000.0
-            );
-            let _ = writeln!(
-                o,
-                "goloadbalancer_request_duration_seconds_count{{backend=\"{}\"}} {count}",
-                label(id)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_backend_in_flight Requests in flight to a backend now."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_backend_in_flight gauge");
-        for (id, v) in &views {
-            let _ = writeln!(
-                o,
-                "goloadbalancer_backend_in_flight{{backend=\"{}\"}} {}",
-                label(id),
-                v.in_flight
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_backend_healthy 1 when the worker is serving and every LB child sees it healthy."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_backend_healthy gauge");
         for s in self.workers.values() {
             let Some(id) = &s.id else { continue };
             let v = views.get(id);
             let up = s.state == WorkerState::Active && v.is_none_or(|v| v.unhealthy_votes == 0);
-            let _ = writeln!(
-                o,
-                "goloadbalancer_backend_healthy{{backend=\"{}\",port=\"{}\"}} {}",
-                label(id),
-                s.port,
-                u8::from(up)
-            );
+            let port = s.port.to_string();
+            m.sample(&[("backend", id), ("port", &port)], u8::from(up));
         }
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_workers_desired Workers wanted (config or autoscaler)."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_workers_desired gauge");
-        let _ = writeln!(o, "goloadbalancer_workers_desired {}", self.desired_workers);
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_workers_actual Workers healthy and active."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_workers_actual gauge");
-        let _ = writeln!(o, "goloadbalancer_workers_actual {}", self.active_workers());
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_worker_restarts_total Workers replaced after dying or failing to start."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_worker_restarts_total counter");
-        let _ = writeln!(
-            o,
-            "goloadbalancer_worker_restarts_total {}",
-            self.workers.values().map(|s| s.restarts).sum::<u64>()
-        );
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_lb_children LB children running (not draining)."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_lb_children gauge");
+    }
+
+    /// The supervisor's own figures: workers, LB children, connections, reloads.
+    fn write_supervisor_families(&self, m: &mut MetricsText) {
+        m.family(
+            "goloadbalancer_workers_desired",
+            Kind::Gauge,
+            "Workers wanted (config or autoscaler).",
+        )
+        .sample(&[], self.desired_workers);
+        m.family(
+            "goloadbalancer_workers_actual",
+            Kind::Gauge,
+            "Workers healthy and active.",
+        )
+        .sample(&[], self.active_workers());
+        m.family(
+            "goloadbalancer_worker_restarts_total",
+            Kind::Counter,
+            "Workers replaced after dying or failing to start.",
+        )
+        .sample(&[], self.workers.values().map(|s| s.restarts).sum::<u64>());
         let running = self
             .children
             .iter()
             .filter(|c| c.state == ChildState::Running)
             .count();
-        let _ = writeln!(o, "goloadbalancer_lb_children {running}");
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_lb_child_restarts_total LB children re-forked after dying."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_lb_child_restarts_total counter");
-        let _ = writeln!(
-            o,
-            "goloadbalancer_lb_child_restarts_total {}",
-            self.lb_restarts
-        );
-        let _ = writeln!(
-            o,
-            "# HELP goloadbalancer_connections Client connections open across LB children."
-        );
-        let _ = writeln!(o, "# TYPE goloadbalancer_connections gauge");
+        m.family(
+            "goloadbalancer_lb_children",
+            Kind::Gauge,
+            "LB children running (not draining).",
+        )
+        .sample(&[], running);
+        m.family(
+            "goloadbalancer_lb_child_restarts_total",
+            Kind::Counter,
+            "LB children re-forked after dying.",
+        )
+        .sample(&[], self.lb_restarts);
         let conns: u64 = self
             .children
             .iter()
             .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
             .sum();
-        let _ = writeln!(o, "goloadbalancer_connections {conns}");
-        let _ = writeln!(o, "# HELP goloadbalancer_reloads_total Successful reloads.");
-        let _ = writeln!(o, "# TYPE goloadbalancer_reloads_total counter");
-        let _ = writeln!(o, "goloadbalancer_reloads_total {}", self.reloads);
-        o.push_str(&self.scaler.status().prometheus());
-        o
+        m.family(
+            "goloadbalancer_connections",
+            Kind::Gauge,
+            "Client connections open across LB children.",
+        )
+        .sample(&[], conns);
+        m.family(
+            "goloadbalancer_reloads_total",
+            Kind::Counter,
+            "Successful reloads.",
+        )
+        .sample(&[], self.reloads);
+    }
+}
+
+/// Per-backend families from the children's reports: responses, failures, latency, in flight.
+fn write_backend_families(m: &mut MetricsText, views: &BTreeMap<String, BackendView>) {
+    m.family(
+        "goloadbalancer_requests_total",
+        Kind::Counter,
+        "Responses sent to clients, by backend and status class.",
+    );
+    for (id, v) in views {
+        for (class, n) in CLASSES.iter().zip(v.totals.responses.iter()) {
+            m.sample(&[("backend", id), ("class", class)], n);
+        }
+    }
+    m.family(
+        "goloadbalancer_backend_failures_total",
+        Kind::Counter,
+        "Connect failures, timeouts and broken responses, by backend.",
+    );
+    for (id, v) in views {
+        m.sample(&[("backend", id)], v.totals.failures);
+    }
+    m.family(
+        "goloadbalancer_request_duration_seconds",
+        Kind::Histogram,
+        "Time from request to complete response, by backend.",
+    );
+    let bounds_s = LATENCY_BUCKETS_MS.map(|b| b / 1000.0);
+    for (id, v) in views {
+        m.histogram(
+            &[("backend", id)],
+            &bounds_s,
+            &v.totals.latency,
+            v.totals.latency_sum_ms / 1000.0,
+        );
+    }
+    m.family(
+        "goloadbalancer_backend_in_flight",
+        Kind::Gauge,
+        "Requests in flight to a backend now.",
+    );
+    for (id, v) in views {
+        m.sample(&[("backend", id)], v.in_flight);
     }
 }

@@ -93,7 +93,7 @@ pub struct WorkerStatus {
     pub requests: u64,
     /// Passive failures seen by the children.
     pub failures: u64,
-    /// Times this slot's worker was replaced after dying or failing to start.
+    /// Times this port's worker was replaced after dying or failing to start.
     pub restarts: u64,
     /// The last start error, if any.
     pub last_error: Option<String>,

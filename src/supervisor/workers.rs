@@ -1,4 +1,4 @@
-//! Workers: one slot per port, each a small state machine driven by the loop.
+//! Workers: one `WorkerPort` per port, each a small state machine driven by the loop.
 //!
 //! ```text
 //! Pending -> Launching (docker rm -f name, docker run) -> Probing (GET /healthz) -> Active
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mio::Token;
 
-use super::probe::{Probe, ProbeResult};
 use super::{JobKind, Phase, Supervisor};
+use crate::evloop::{HealthProbe, ProbeKind, ProbeStatus};
 use crate::proxy::control::{BackendSpec, BackendState};
 use crate::runtime::Runtime;
 use crate::runtime::docker::{self, RunSpec};
@@ -33,7 +33,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Extra time a stopping worker gets beyond the drain timeout before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Where a worker slot is.
+/// Where a worker port is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
     /// To be started at `not_before`.
@@ -73,10 +73,11 @@ impl WorkerState {
     }
 }
 
-/// One worker port.
+/// One worker port: the worker (process or container) started on it and where it stands.
+/// Not a slab entry nor a queued request: the supervisor keys these by port.
 #[derive(Debug)]
-pub struct WorkerSlot {
-    /// The port (the slot's key).
+pub struct WorkerPort {
+    /// The port (its key in the supervisor's map).
     pub port: u16,
     /// False once scaled away (or stopping): it is drained and stopped, not replaced.
     pub wanted: bool,
@@ -110,9 +111,9 @@ pub struct WorkerSlot {
     pub launched_at: Instant,
 }
 
-impl WorkerSlot {
-    fn new(port: u16, now: Instant) -> WorkerSlot {
-        WorkerSlot {
+impl WorkerPort {
+    fn new(port: u16, now: Instant) -> WorkerPort {
+        WorkerPort {
             port,
             wanted: true,
             state: WorkerState::Pending { not_before: now },
@@ -133,6 +134,18 @@ impl WorkerSlot {
     }
 }
 
+/// The supervisor's health check of a starting worker: it joins the backend set after a 200.
+#[derive(Debug)]
+pub struct WorkerProbe {
+    probe: HealthProbe,
+    /// The worker port it checks.
+    port: u16,
+    /// The launch generation it belongs to (a relaunch ignores older probes).
+    generation: u64,
+    /// Given up at this instant.
+    deadline: Instant,
+}
+
 fn backoff(failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(10);
     (FIRST_BACKOFF * 2u32.pow(exp)).min(MAX_BACKOFF)
@@ -146,17 +159,17 @@ impl Supervisor {
         (base..(base + n).min(65536)).map(|p| p as u16)
     }
 
-    /// Marks slots wanted or not according to `desired_workers`, creating missing ones.
-    pub(super) fn sync_worker_slots(&mut self) {
+    /// Marks worker ports wanted or not according to `desired_workers`, creating missing ones.
+    pub(super) fn sync_worker_ports(&mut self) {
         let now = Instant::now();
         let wanted: Vec<u16> = self.wanted_ports().collect();
-        for slot in self.workers.values_mut() {
-            slot.wanted = wanted.contains(&slot.port);
+        for worker in self.workers.values_mut() {
+            worker.wanted = wanted.contains(&worker.port);
         }
         for port in wanted {
             self.workers
                 .entry(port)
-                .or_insert_with(|| WorkerSlot::new(port, now));
+                .or_insert_with(|| WorkerPort::new(port, now));
         }
     }
 
@@ -209,20 +222,20 @@ impl Supervisor {
             .collect()
     }
 
-    /// One pass of every slot's state machine.
+    /// One pass of every worker port's state machine.
     pub(super) fn drive_workers(&mut self, now: Instant) {
-        self.sync_worker_slots();
+        self.sync_worker_ports();
         let stopping = matches!(self.phase, Phase::Stopping(_));
         let ports: Vec<u16> = self.workers.keys().copied().collect();
         for port in ports {
-            let Some(slot) = self.workers.get_mut(&port) else {
+            let Some(worker) = self.workers.get_mut(&port) else {
                 continue;
             };
-            let wanted = slot.wanted && !stopping;
-            match slot.state {
+            let wanted = worker.wanted && !stopping;
+            match worker.state {
                 WorkerState::Pending { not_before } => {
                     if !wanted {
-                        slot.state = WorkerState::Gone;
+                        worker.state = WorkerState::Gone;
                     } else if now >= not_before {
                         self.launch(port, now);
                     }
@@ -239,13 +252,14 @@ impl Supervisor {
                         let reason = format!(
                             "not healthy within {} ms{}",
                             self.cfg.worker_start_timeout_ms,
-                            slot.last_error
+                            worker
+                                .last_error
                                 .as_ref()
                                 .map(|e| format!(" (last check: {e})"))
                                 .unwrap_or_default()
                         );
                         self.start_failed(port, now, reason);
-                    } else if slot.probe.is_none() && now >= next_probe {
+                    } else if worker.probe.is_none() && now >= next_probe {
                         self.start_probe(port, now);
                     }
                 }
@@ -268,18 +282,18 @@ impl Supervisor {
                 }
                 WorkerState::Stopping { deadline } => {
                     if now >= deadline
-                        && !slot.killed
-                        && let Some(child) = slot.process.as_mut()
+                        && !worker.killed
+                        && let Some(child) = worker.process.as_mut()
                     {
                         warn!("worker_kill", "port={port} reason=\"stop timeout\"");
                         let _ = child.kill();
-                        slot.killed = true;
+                        worker.killed = true;
                     }
                 }
                 WorkerState::Gone => {
                     if wanted {
-                        slot.state = WorkerState::Pending {
-                            not_before: slot.retry_at.max(now),
+                        worker.state = WorkerState::Pending {
+                            not_before: worker.retry_at.max(now),
                         };
                     } else {
                         self.workers.remove(&port);
@@ -295,13 +309,13 @@ impl Supervisor {
             return;
         };
         let start_timeout = Duration::from_millis(self.cfg.worker_start_timeout_ms);
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        slot.generation += 1;
-        slot.killed = false;
-        slot.launched_at = now;
-        let generation = slot.generation;
+        worker.generation += 1;
+        worker.killed = false;
+        worker.launched_at = now;
+        let generation = worker.generation;
         match rt {
             Runtime::Process => {
                 let spec = ProcessSpec {
@@ -321,9 +335,9 @@ impl Supervisor {
                             process::worker_id(port),
                             child.id()
                         );
-                        slot.process = Some(child);
-                        slot.id = Some(process::worker_id(port));
-                        slot.state = WorkerState::Probing {
+                        worker.process = Some(child);
+                        worker.id = Some(process::worker_id(port));
+                        worker.state = WorkerState::Probing {
                             deadline: now + start_timeout,
                             next_probe: now + PROBE_EVERY,
                         };
@@ -332,7 +346,7 @@ impl Supervisor {
                 }
             }
             Runtime::Docker(d) => {
-                slot.state = WorkerState::Launching;
+                worker.state = WorkerState::Launching;
                 let cmd = d.remove(&[d.name(port)]);
                 if !self.spawn_job(
                     cmd,
@@ -352,14 +366,14 @@ impl Supervisor {
         let Some(Runtime::Docker(d)) = self.runtime.clone() else {
             return;
         };
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        if slot.generation != generation || slot.state != WorkerState::Launching {
+        if worker.generation != generation || worker.state != WorkerState::Launching {
             return;
         }
-        if !slot.wanted || stopping {
-            slot.state = WorkerState::Gone;
+        if !worker.wanted || stopping {
+            worker.state = WorkerState::Gone;
             return;
         }
         let spec = RunSpec {
@@ -383,10 +397,10 @@ impl Supervisor {
     pub(super) fn on_run_done(&mut self, port: u16, generation: u64, out: JobOutput) {
         let now = Instant::now();
         let start_timeout = Duration::from_millis(self.cfg.worker_start_timeout_ms);
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        if slot.generation != generation || slot.state != WorkerState::Launching {
+        if worker.generation != generation || worker.state != WorkerState::Launching {
             return;
         }
         let cid = out.stdout.lines().last().unwrap_or("").trim().to_string();
@@ -400,10 +414,10 @@ impl Supervisor {
             "worker_container_started",
             "port={port} id={short} container={cid}"
         );
-        slot.id = Some(short);
-        slot.container = Some(cid);
-        slot.container_since = Some(now);
-        slot.state = WorkerState::Probing {
+        worker.id = Some(short);
+        worker.container = Some(cid);
+        worker.container_since = Some(now);
+        worker.state = WorkerState::Probing {
             deadline: now + start_timeout,
             next_probe: now,
         };
@@ -418,10 +432,10 @@ impl Supervisor {
                 quote(&out.error_text())
             );
         }
-        let Some(slot) = self.workers.get(&port) else {
+        let Some(worker) = self.workers.get(&port) else {
             return;
         };
-        if slot.generation != generation {
+        if worker.generation != generation {
             return;
         }
         self.remove_container(port, Instant::now());
@@ -436,28 +450,28 @@ impl Supervisor {
                 quote(&out.error_text())
             );
         }
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        if slot.generation != generation || slot.state != WorkerState::Removing {
+        if worker.generation != generation || worker.state != WorkerState::Removing {
             return;
         }
         info!(
             "worker_removed",
             "port={port} id={}",
-            slot.id.as_deref().unwrap_or("-")
+            worker.id.as_deref().unwrap_or("-")
         );
-        slot.container = None;
-        slot.container_since = None;
-        slot.state = WorkerState::Gone;
+        worker.container = None;
+        worker.container_since = None;
+        worker.state = WorkerState::Gone;
     }
 
     /// `docker logs` of a container that did not come up: logged, then the container goes.
     pub(super) fn on_logs_done(&mut self, port: u16, generation: u64, out: JobOutput) {
-        let Some(slot) = self.workers.get(&port) else {
+        let Some(worker) = self.workers.get(&port) else {
             return;
         };
-        if slot.generation != generation || slot.state != WorkerState::Removing {
+        if worker.generation != generation || worker.state != WorkerState::Removing {
             return;
         }
         let text: Vec<&str> = out
@@ -470,7 +484,7 @@ impl Supervisor {
         warn!(
             "worker_container_output",
             "port={port} id={} output={}",
-            slot.id.as_deref().unwrap_or("-"),
+            worker.id.as_deref().unwrap_or("-"),
             quote(&text.join(" | "))
         );
         self.remove_container(port, Instant::now());
@@ -479,29 +493,29 @@ impl Supervisor {
     /// A start failed: log, clean up, retry after a backoff.
     fn start_failed(&mut self, port: u16, now: Instant, reason: String) {
         self.cancel_probe(port);
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        slot.failures += 1;
-        slot.restarts += 1;
-        let delay = backoff(slot.failures);
-        slot.retry_at = now + delay;
+        worker.failures += 1;
+        worker.restarts += 1;
+        let delay = backoff(worker.failures);
+        worker.retry_at = now + delay;
         warn!(
             "worker_start_failed",
             "port={port} id={} attempt={} error={} retry_in_ms={}",
-            slot.id.as_deref().unwrap_or("-"),
-            slot.failures,
+            worker.id.as_deref().unwrap_or("-"),
+            worker.failures,
             quote(&reason),
             delay.as_millis()
         );
-        slot.last_error = Some(reason);
-        if let Some(mut child) = slot.process.take() {
+        worker.last_error = Some(reason);
+        if let Some(mut child) = worker.process.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         // Docker: what the container said is lost with it, so read it first.
-        let logs = match (self.runtime.clone(), slot.container.clone()) {
-            (Some(Runtime::Docker(d)), Some(cid)) => Some((d.logs(&cid, 20), slot.generation)),
+        let logs = match (self.runtime.clone(), worker.container.clone()) {
+            (Some(Runtime::Docker(d)), Some(cid)) => Some((d.logs(&cid, 20), worker.generation)),
             _ => None,
         };
         let reading = logs.is_some_and(|(cmd, generation)| {
@@ -512,8 +526,8 @@ impl Supervisor {
             )
         });
         if reading {
-            if let Some(slot) = self.workers.get_mut(&port) {
-                slot.state = WorkerState::Removing;
+            if let Some(worker) = self.workers.get_mut(&port) {
+                worker.state = WorkerState::Removing;
             }
         } else {
             self.remove_container(port, now);
@@ -530,62 +544,64 @@ impl Supervisor {
         }
     }
 
-    /// Docker: `docker rm -f` of the slot's container (or its name) -> Removing.
+    /// Docker: `docker rm -f` of the worker's container (or its name) -> Removing.
     /// Process: nothing to remove -> Gone.
     fn remove_container(&mut self, port: u16, now: Instant) {
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
         match self.runtime.clone() {
             Some(Runtime::Docker(d)) => {
-                let target = slot.container.clone().unwrap_or_else(|| d.name(port));
-                let generation = slot.generation;
-                slot.state = WorkerState::Removing;
+                let target = worker.container.clone().unwrap_or_else(|| d.name(port));
+                let generation = worker.generation;
+                worker.state = WorkerState::Removing;
                 if !self.spawn_job(
                     d.remove(&[target]),
                     JobKind::Remove { port, generation },
                     now + super::DOCKER_CALL_TIMEOUT,
-                ) && let Some(slot) = self.workers.get_mut(&port)
+                ) && let Some(worker) = self.workers.get_mut(&port)
                 {
                     // Retried as a leftover/stray by the next reconcile or stop sweep.
-                    slot.container = None;
-                    slot.state = WorkerState::Gone;
+                    worker.container = None;
+                    worker.state = WorkerState::Gone;
                 }
             }
-            _ => slot.state = WorkerState::Gone,
+            _ => worker.state = WorkerState::Gone,
         }
     }
 
     /// A worker that was serving (or draining) died.
     fn worker_died(&mut self, port: u16, now: Instant, why: &str) {
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        match slot.state {
+        match worker.state {
             WorkerState::Probing { .. } => {
                 self.start_failed(port, now, format!("exited before healthy: {why}"));
             }
             WorkerState::Active | WorkerState::Draining { .. } => {
-                let was_active = slot.state == WorkerState::Active;
+                let was_active = worker.state == WorkerState::Active;
                 let stopping = matches!(self.phase, Phase::Stopping(_));
                 if was_active && !stopping {
                     warn!(
                         "worker_died",
                         "port={port} id={} reason={} action=replace",
-                        slot.id.as_deref().unwrap_or("-"),
+                        worker.id.as_deref().unwrap_or("-"),
                         quote(why)
                     );
-                    slot.restarts += 1;
+                    worker.restarts += 1;
                 } else {
                     info!("worker_exited", "port={port} reason={}", quote(why));
                 }
-                slot.retry_at = now;
+                worker.retry_at = now;
                 self.remove_container(port, now);
                 // Out of the backend set at once: the children stop sending to it.
                 self.publish_backends();
             }
-            WorkerState::Stopping { .. } if slot.process.is_none() && slot.container.is_none() => {
-                slot.state = WorkerState::Gone;
+            WorkerState::Stopping { .. }
+                if worker.process.is_none() && worker.container.is_none() =>
+            {
+                worker.state = WorkerState::Gone;
             }
             _ => {}
         }
@@ -594,67 +610,70 @@ impl Supervisor {
     /// Marks an active worker draining and tells the children.
     fn begin_drain(&mut self, port: u16, now: Instant) {
         let timeout = Duration::from_millis(self.cfg.drain_timeout_ms);
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
         info!(
             "worker_draining",
             "port={port} id={} timeout_ms={}",
-            slot.id.as_deref().unwrap_or("-"),
+            worker.id.as_deref().unwrap_or("-"),
             timeout.as_millis()
         );
-        slot.state = WorkerState::Draining {
+        worker.state = WorkerState::Draining {
             deadline: now + timeout,
         };
         self.publish_backends();
         let seq = self.seq;
-        if let Some(slot) = self.workers.get_mut(&port) {
-            slot.drain_seq = seq;
+        if let Some(worker) = self.workers.get_mut(&port) {
+            worker.drain_seq = seq;
         }
     }
 
     /// True when every child has applied the set that drains this worker and reports no
     /// request in flight to it.
     fn drained(&self, port: u16) -> bool {
-        let Some(slot) = self.workers.get(&port) else {
+        let Some(worker) = self.workers.get(&port) else {
             return true;
         };
-        let Some(id) = slot.id.as_deref() else {
+        let Some(id) = worker.id.as_deref() else {
             return true;
         };
-        self.children.iter().filter(|c| !c.conn.closed).all(|c| {
-            c.metrics_basis >= slot.drain_seq
-                && c.metrics.as_ref().is_some_and(|m| {
-                    m.backends
-                        .iter()
-                        .filter(|b| b.id == id)
-                        .all(|b| b.in_flight == 0)
-                })
-        })
+        self.children
+            .iter()
+            .filter(|c| !c.conn.is_closed())
+            .all(|c| {
+                c.metrics_basis >= worker.drain_seq
+                    && c.metrics.as_ref().is_some_and(|m| {
+                        m.backends
+                            .iter()
+                            .filter(|b| b.id == id)
+                            .all(|b| b.in_flight == 0)
+                    })
+            })
     }
 
     /// Tells the worker to stop (it drains and flushes its stats).
     fn stop_worker(&mut self, port: u16, now: Instant, why: &str) {
         let grace = Duration::from_millis(self.cfg.drain_timeout_ms) + STOP_GRACE;
         let rt = self.runtime.clone();
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
         info!(
             "worker_stopping",
             "port={port} id={} reason={}",
-            slot.id.as_deref().unwrap_or("-"),
+            worker.id.as_deref().unwrap_or("-"),
             quote(why)
         );
-        if let Some(child) = slot.process.as_ref() {
+        if let Some(child) = worker.process.as_ref() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            slot.state = WorkerState::Stopping {
+            worker.state = WorkerState::Stopping {
                 deadline: now + grace,
             };
-        } else if let (Some(Runtime::Docker(d)), Some(cid)) = (rt, slot.container.clone()) {
-            let generation = slot.generation;
-            slot.state = WorkerState::Stopping {
+        } else if let (Some(Runtime::Docker(d)), Some(cid)) = (rt, worker.container.clone()) {
+            let generation = worker.generation;
+            worker.state = WorkerState::Stopping {
                 deadline: now + grace,
             };
             let secs = self.cfg.drain_timeout_ms.div_ceil(1000).max(1);
@@ -666,7 +685,7 @@ impl Supervisor {
                 self.remove_container(port, now);
             }
         } else {
-            slot.state = WorkerState::Gone;
+            worker.state = WorkerState::Gone;
         }
         self.publish_backends();
     }
@@ -675,25 +694,25 @@ impl Supervisor {
     pub(super) fn reap_worker_processes(&mut self) {
         let now = Instant::now();
         let mut exited = Vec::new();
-        for slot in self.workers.values_mut() {
-            if let Some(child) = slot.process.as_mut()
+        for worker in self.workers.values_mut() {
+            if let Some(child) = worker.process.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                slot.process = None;
-                exited.push((slot.port, status));
+                worker.process = None;
+                exited.push((worker.port, status));
             }
         }
         for (port, status) in exited {
-            let Some(slot) = self.workers.get_mut(&port) else {
+            let Some(worker) = self.workers.get_mut(&port) else {
                 continue;
             };
-            if let WorkerState::Stopping { .. } = slot.state {
+            if let WorkerState::Stopping { .. } = worker.state {
                 info!(
                     "worker_stopped",
                     "port={port} status={}",
                     quote(&status.to_string())
                 );
-                slot.state = WorkerState::Gone;
+                worker.state = WorkerState::Gone;
             } else {
                 self.worker_died(port, now, &status.to_string());
             }
@@ -702,8 +721,8 @@ impl Supervisor {
 
     /// SIGKILL to every worker process (forced stop, stop timeout).
     pub(super) fn kill_worker_processes(&mut self) {
-        for slot in self.workers.values_mut() {
-            if let Some(mut child) = slot.process.take() {
+        for worker in self.workers.values_mut() {
+            if let Some(mut child) = worker.process.take() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -715,29 +734,31 @@ impl Supervisor {
         let token = self.token();
         let addr = std::net::SocketAddr::new(self.cfg.worker_address, port);
         let path = self.cfg.proxy.health_path.clone();
-        let Some(slot) = self.workers.get_mut(&port) else {
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        let WorkerState::Probing { deadline, .. } = slot.state else {
+        let WorkerState::Probing { deadline, .. } = worker.state else {
             return;
         };
-        let probe_deadline = (now + PROBE_TIMEOUT).min(deadline);
-        match Probe::start(
-            addr,
-            &path,
-            self.poll.registry(),
-            token,
-            port,
-            slot.generation,
-            probe_deadline,
-        ) {
-            Ok(p) => {
-                slot.probe = Some(token);
-                self.probes.insert(token, p);
+        let started =
+            HealthProbe::start(addr, ProbeKind::Http { path: &path }).and_then(|mut p| {
+                p.register(self.poll.registry(), token)?;
+                Ok(p)
+            });
+        match started {
+            Ok(probe) => {
+                worker.probe = Some(token);
+                let check = WorkerProbe {
+                    probe,
+                    port,
+                    generation: worker.generation,
+                    deadline: (now + PROBE_TIMEOUT).min(deadline),
+                };
+                self.probes.insert(token, check);
             }
             Err(e) => {
-                slot.last_error = Some(e.to_string());
-                slot.state = WorkerState::Probing {
+                worker.last_error = Some(e.to_string());
+                worker.state = WorkerState::Probing {
                     deadline,
                     next_probe: now + PROBE_EVERY,
                 };
@@ -746,67 +767,81 @@ impl Supervisor {
     }
 
     fn cancel_probe(&mut self, port: u16) {
-        if let Some(slot) = self.workers.get_mut(&port)
-            && let Some(t) = slot.probe.take()
+        if let Some(worker) = self.workers.get_mut(&port)
+            && let Some(t) = worker.probe.take()
             && let Some(mut p) = self.probes.remove(&t)
         {
-            p.deregister(self.poll.registry());
+            p.probe.deregister(self.poll.registry());
         }
     }
 
     /// Readiness on a probe's socket.
-    pub(super) fn advance_probe(&mut self, token: Token) {
+    pub(super) fn on_probe_event(&mut self, ev: &mio::event::Event) {
         let now = Instant::now();
-        let Some(p) = self.probes.get_mut(&token) else {
+        let Some(p) = self.probes.get_mut(&ev.token()) else {
             return;
         };
-        let result = p.advance(now);
-        if result == ProbeResult::Pending {
-            return;
+        let verdict = match p.probe.on_event(ev) {
+            ProbeStatus::Pending if now >= p.deadline => Err("timed out".to_string()),
+            ProbeStatus::Pending => return,
+            ProbeStatus::Status(200) => Ok(()),
+            ProbeStatus::Status(code) => Err(format!("status {code}")),
+            ProbeStatus::Connected => Err("connected without an answer".to_string()),
+            ProbeStatus::Failed(why) => Err(why),
+        };
+        self.probe_done(ev.token(), verdict, now);
+    }
+
+    /// Timer pass over the probes: those past their deadline fail.
+    pub(super) fn expire_probes(&mut self, now: Instant) {
+        let late: Vec<Token> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            self.probe_done(t, Err("timed out".to_string()), now);
         }
-        let (port, generation) = (p.port, p.generation);
-        if let Some(mut p) = self.probes.remove(&token) {
-            p.deregister(self.poll.registry());
-        }
-        let Some(slot) = self.workers.get_mut(&port) else {
+    }
+
+    /// A probe ended: the worker joins (`Ok`) or is probed again after [`PROBE_EVERY`].
+    fn probe_done(&mut self, token: Token, verdict: Result<(), String>, now: Instant) {
+        let Some(mut p) = self.probes.remove(&token) else {
             return;
         };
-        if slot.generation != generation || slot.probe != Some(token) {
-            return;
-        }
-        slot.probe = None;
-        let WorkerState::Probing { deadline, .. } = slot.state else {
+        p.probe.deregister(self.poll.registry());
+        let port = p.port;
+        let Some(worker) = self.workers.get_mut(&port) else {
             return;
         };
-        match result {
-            ProbeResult::Healthy => {
+        if worker.generation != p.generation || worker.probe != Some(token) {
+            return;
+        }
+        worker.probe = None;
+        let WorkerState::Probing { deadline, .. } = worker.state else {
+            return;
+        };
+        match verdict {
+            Ok(()) => {
                 info!(
                     "worker_healthy",
                     "port={port} id={} after_ms={}",
-                    slot.id.as_deref().unwrap_or("-"),
-                    now.duration_since(slot.launched_at).as_millis()
+                    worker.id.as_deref().unwrap_or("-"),
+                    now.duration_since(worker.launched_at).as_millis()
                 );
-                slot.state = WorkerState::Active;
-                slot.failures = 0;
-                slot.last_error = None;
+                worker.state = WorkerState::Active;
+                worker.failures = 0;
+                worker.last_error = None;
                 self.publish_backends();
             }
-            ProbeResult::Failed(e) => {
-                slot.last_error = Some(e);
-                slot.state = WorkerState::Probing {
+            Err(e) => {
+                worker.last_error = Some(e);
+                worker.state = WorkerState::Probing {
                     deadline,
                     next_probe: now + PROBE_EVERY,
                 };
             }
-            ProbeResult::Pending => {}
-        }
-    }
-
-    /// Timer pass over the probes (deadlines).
-    pub(super) fn advance_probes(&mut self, _now: Instant) {
-        let tokens: Vec<Token> = self.probes.keys().copied().collect();
-        for t in tokens {
-            self.advance_probe(t);
         }
     }
 
@@ -830,28 +865,28 @@ impl Supervisor {
         }
     }
 
-    /// Compares `docker ps` with the slots: replaces dead workers, removes strays.
+    /// Compares `docker ps` with the worker ports: replaces dead workers, removes strays.
     pub(super) fn on_reconcile(&mut self, started: Instant, stdout: &str) {
         let now = Instant::now();
         let listed = docker::parse_ps(stdout);
         let mut dead = Vec::new();
-        for slot in self.workers.values() {
-            let (Some(cid), Some(since)) = (&slot.container, slot.container_since) else {
+        for worker in self.workers.values() {
+            let (Some(cid), Some(since)) = (&worker.container, worker.container_since) else {
                 continue;
             };
             if since >= started {
                 continue;
             }
             if !matches!(
-                slot.state,
+                worker.state,
                 WorkerState::Probing { .. } | WorkerState::Active | WorkerState::Draining { .. }
             ) {
                 continue;
             }
             match listed.iter().find(|c| &c.id == cid) {
                 Some(c) if c.state == "running" => {}
-                Some(c) => dead.push((slot.port, format!("container {}", c.state))),
-                None => dead.push((slot.port, "container gone".to_string())),
+                Some(c) => dead.push((worker.port, format!("container {}", c.state))),
+                None => dead.push((worker.port, "container gone".to_string())),
             }
         }
         for (port, why) in dead {

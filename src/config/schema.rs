@@ -1,0 +1,390 @@
+//! The configuration schema: one table per section of config.yaml (top level, load-balancer
+//! settings, `autoscale:`). A row gives the key, its field, type and default, its doc line, how
+//! it is read from YAML and its range rule; `section!` (in `table.rs`) derives the struct, its
+//! `Default` and its key list from the row. Adding a key is adding a row here, plus its line in
+//! the README's tables and in config.yaml.
+//!
+//! Rules between keys (port ranges, autoscale bounds) are in `rules.rs`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use super::node::Node;
+use super::table::{MAX_TIMEOUT_MS, any_value, between, port, require, section, timeout};
+
+/// Most LB children.
+pub const MAX_POOL: u64 = 1024;
+/// Most workers (`worker`, `autoscale.min`, `autoscale.max`).
+pub const MAX_WORKERS: u64 = 10_000;
+/// Longest mean delay of /api/v1/hello (one hour).
+pub const MAX_AVG_DELAY_MS: u64 = 3_600_000;
+
+/// How LB children forward: HTTP/1.1 reverse proxy or plain TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+/// How a backend is chosen for each request (HTTP) or connection (TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+    LeastConnections,
+}
+
+/// Where workers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    Auto,
+    Docker,
+    Process,
+}
+
+const MODES: &[(&str, Mode)] = &[("http", Mode::Http), ("tcp", Mode::Tcp)];
+const BALANCES: &[(&str, Balance)] = &[
+    ("round-robin", Balance::RoundRobin),
+    ("weighted", Balance::Weighted),
+    ("least-connections", Balance::LeastConnections),
+];
+const RUNTIMES: &[(&str, RuntimeKind)] = &[
+    ("auto", RuntimeKind::Auto),
+    ("docker", RuntimeKind::Docker),
+    ("process", RuntimeKind::Process),
+];
+
+section! {
+    /// The whole configuration file. The seven keys of the original GoLoadBalancer come
+    /// first, with its values as defaults.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    pub struct Config {
+        /// Workers to start (with autoscale: the start count).
+        "worker" => worker: usize = 3, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// LB children to fork.
+        "pool" => pool: usize = 2, read Node::uint_as, rule between::<1, MAX_POOL, _>;
+        /// The SQLite stats database file (a file path, not a directory: the key keeps the original's name).
+        "stats-dir" => stats_dir: PathBuf = PathBuf::from("worker-stats.db"),
+            read |v| v.string().map(PathBuf::from), rule file_path;
+        /// Mean delay of /api/v1/hello in ms.
+        "avg-delay" => avg_delay: u64 = 500,
+            read Node::uint, rule between::<0, MAX_AVG_DELAY_MS, _>;
+        /// Failure rate of /api/v1/hello in percent, 0-100.
+        "failure" => failure: f64 = 12.0, read Node::float, rule percent;
+        /// First LB port; LB i listens on port+i.
+        "load-balancer-port" => load_balancer_port: u16 = 5050,
+            read port, rule between::<1, 65535, _>;
+        /// First worker port; worker i on port+i.
+        "worker-port" => worker_port: u16 = 6000, read port, rule between::<1, 65535, _>;
+        /// Name of this deployment, used in container names and labels.
+        "instance" => instance: String = "goloadbalancer".to_string(),
+            read Node::string, rule container_name;
+        /// Address the LB ports bind to.
+        "listen-address" => listen_address: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            read Node::ip, rule any_value;
+        /// Address workers listen on / docker publishes on.
+        "worker-address" => worker_address: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST),
+            read Node::ip, rule any_value;
+        /// All LB children accept on the single port `load-balancer-port`.
+        "shared-port" => shared_port: bool = false, read Node::boolean, rule any_value;
+        /// Where workers run: `auto`, `docker`, `process`.
+        "runtime" => runtime: RuntimeKind = RuntimeKind::Auto,
+            read |v| v.one_of(RUNTIMES), rule any_value;
+        /// Admin HTTP address.
+        "admin-address" => admin_address: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST),
+            read Node::ip, rule any_value;
+        /// Admin HTTP port.
+        "admin-port" => admin_port: u16 = 8404, read port, rule between::<1, 65535, _>;
+        /// Time in-flight requests get to finish on stop or drain.
+        "drain-timeout-ms" => drain_timeout_ms: u64 = 30_000, read Node::uint, rule timeout;
+        /// Time a new worker gets to pass its first health check.
+        "worker-start-timeout-ms" => worker_start_timeout_ms: u64 = 30_000,
+            read Node::uint, rule timeout;
+    }
+    nested {
+        /// The LB loop's settings (flattened: the keys sit at the top level of config.yaml).
+        #[serde(flatten)]
+        proxy: ProxySettings,
+        /// The autoscaler (`autoscale:` block).
+        autoscale: Autoscale,
+    }
+}
+
+section! {
+    /// Settings of one LB loop: everything it needs besides its listener and backend set.
+    /// Sent as-is over the control channel, so it stays plain data.
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct ProxySettings {
+        /// `http` (HTTP/1.1 reverse proxy) or `tcp` (plain TCP forwarding).
+        "mode" => mode: Mode = Mode::Http, read |v| v.one_of(MODES), rule any_value;
+        /// `round-robin`, `weighted`, `least-connections`.
+        "balance" => balance: Balance = Balance::RoundRobin,
+            read |v| v.one_of(BALANCES), rule any_value;
+        /// Client connections one LB loop holds at most; at the limit it stops accepting.
+        "max-connections" => max_connections: usize = 10_000,
+            read Node::uint_as, rule between::<1, 1_000_000, _>;
+        /// Time allowed for a client to send a complete request head, then 408.
+        "header-timeout-ms" => header_timeout_ms: u64 = 10_000, read Node::uint, rule timeout;
+        /// Idle keep-alive client connection is closed after this.
+        "idle-timeout-ms" => idle_timeout_ms: u64 = 60_000, read Node::uint, rule timeout;
+        /// Upstream connect deadline.
+        "connect-timeout-ms" => connect_timeout_ms: u64 = 2_000, read Node::uint, rule timeout;
+        /// Deadline for the upstream's response head, and between upstream reads; 504.
+        "response-timeout-ms" => response_timeout_ms: u64 = 30_000,
+            read Node::uint, rule timeout;
+        /// A tunnel (upgrade or TCP mode) with no traffic either way is closed after this.
+        "tunnel-timeout-ms" => tunnel_timeout_ms: u64 = 3_600_000,
+            read Node::uint, rule timeout;
+        /// Longest request line accepted, else 414.
+        "max-request-line" => max_request_line: usize = 8192,
+            read Node::uint_as, rule between::<16, { 1 << 20 }, _>;
+        /// Largest request head accepted, request line included, else 431.
+        "max-header-bytes" => max_header_bytes: usize = 32_768,
+            read Node::uint_as, rule between::<64, { 1 << 20 }, _>;
+        /// Most header fields accepted, else 431.
+        "max-headers" => max_headers: usize = 100,
+            read Node::uint_as, rule between::<1, 1024, _>;
+        /// Largest request body accepted, 0 = unlimited, else 413.
+        "max-body-bytes" => max_body_bytes: u64 = 0, read Node::uint, rule any_value;
+        /// Further backends tried after a connect failure.
+        "retries" => retries: u32 = 2, read Node::uint_as, rule between::<0, 100, _>;
+        /// Idle keep-alive upstream connections kept per backend.
+        "upstream-pool-size" => upstream_pool_size: usize = 256,
+            read Node::uint_as, rule between::<0, 100_000, _>;
+        /// Active health check request path.
+        "health-path" => health_path: String = "/healthz".to_string(),
+            read Node::string, rule request_path;
+        /// Active health check period.
+        "health-interval-ms" => health_interval_ms: u64 = 5_000, read Node::uint, rule timeout;
+        /// Active health check deadline.
+        "health-timeout-ms" => health_timeout_ms: u64 = 1_000, read Node::uint, rule timeout;
+        /// Consecutive successes to mark a backend up.
+        "health-rise" => health_rise: u32 = 2, read Node::uint_as, rule between::<1, 1000, _>;
+        /// Consecutive failures to mark a backend down.
+        "health-fall" => health_fall: u32 = 3, read Node::uint_as, rule between::<1, 1000, _>;
+    }
+}
+
+section! {
+    /// Autoscaler settings (`autoscale:` block).
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Autoscale {
+        /// When on, the worker count follows load between `min` and `max`; `worker` is the start count.
+        "enabled" => enabled: bool = false, read Node::boolean, rule any_value;
+        /// Fewest workers.
+        "min" => min: usize = 1, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// Most workers.
+        "max" => max: usize = 10, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// Target in-flight requests per worker.
+        "target-inflight" => target_inflight: f64 = 50.0, read Node::float, rule positive_target;
+        /// Optional p90 latency target in ms, 0 = not used.
+        "target-p90-ms" => target_p90_ms: u64 = 0,
+            read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;
+        /// How long a breach must last before acting.
+        "breach-ms" => breach_ms: u64 = 3_000,
+            read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;
+        /// Minimum time between two scaling actions.
+        "cooldown-ms" => cooldown_ms: u64 = 10_000,
+            read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;
+        /// Workers added or removed per action.
+        "step" => step: usize = 1, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+    }
+}
+
+/// Rule of `stats-dir`: a usable file path.
+#[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
+fn file_path(p: &PathBuf) -> Result<(), String> {
+    let bytes = p.as_os_str().as_encoded_bytes();
+    require(!bytes.is_empty() && !bytes.contains(&0), || {
+        "must be a file path, got an empty string".to_string()
+    })
+}
+
+/// Rule of `failure`: a percentage.
+fn percent(v: &f64) -> Result<(), String> {
+    require((0.0..=100.0).contains(v), || {
+        format!("must be between 0 and 100, got {v}")
+    })
+}
+
+/// Rule of `instance`: it names containers, so docker's name alphabet.
+fn container_name(s: &String) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    require(ok, || {
+        format!(
+            "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit (it names containers), got {s:?}"
+        )
+    })
+}
+
+/// Rule of `health-path`: a request target that fits on a request line.
+fn request_path(path: &String) -> Result<(), String> {
+    let ok = path.starts_with('/')
+        && path.len() <= 1024
+        && path.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    require(ok, || {
+        format!(
+            "must be a path starting with / without spaces or control characters (at most 1024 bytes), got {path:?}"
+        )
+    })
+}
+
+/// Rule of `autoscale.target-inflight`: a positive finite number.
+fn positive_target(v: &f64) -> Result<(), String> {
+    require(v.is_finite() && *v > 0.0 && *v <= 1e9, || {
+        format!("must be a number above 0 (at most 1000000000), got {v}")
+    })
+}
+
+impl Config {
+    /// Most workers that can exist at once: `worker`, or `autoscale.max` when autoscaling
+    /// may go above it. Worker i listens on `worker-port + i`.
+    pub fn worker_slots(&self) -> usize {
+        if self.autoscale.enabled {
+            self.worker.max(self.autoscale.max)
+        } else {
+            self.worker
+        }
+    }
+
+    /// First and last LB port (inclusive; one port with `shared-port`).
+    pub fn lb_ports(&self) -> (u32, u32) {
+        let n = if self.shared_port {
+            1
+        } else {
+            u32::try_from(self.pool.max(1)).unwrap_or(u32::MAX)
+        };
+        let first = u32::from(self.load_balancer_port);
+        (first, first.saturating_add(n - 1))
+    }
+
+    /// First and last port a worker may take (inclusive).
+    pub fn worker_ports(&self) -> (u32, u32) {
+        let n = u32::try_from(self.worker_slots().max(1)).unwrap_or(u32::MAX);
+        let first = u32::from(self.worker_port);
+        (first, first.saturating_add(n - 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::table::Section;
+
+    fn names<S: Section>() -> Vec<&'static str> {
+        S::names().collect()
+    }
+
+    #[test]
+    fn check_config_prints_the_table_keys_in_table_order() {
+        let printed = |v: serde_yaml_ng::Value| -> Vec<String> {
+            let map = v.as_mapping().unwrap().clone();
+            map.keys()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut top = names::<Config>();
+        top.extend(names::<ProxySettings>());
+        top.push("autoscale");
+        assert_eq!(
+            printed(serde_yaml_ng::to_value(Config::default()).unwrap()),
+            top
+        );
+        assert_eq!(
+            printed(serde_yaml_ng::to_value(Autoscale::default()).unwrap()),
+            names::<Autoscale>()
+        );
+    }
+
+    #[test]
+    fn key_names_are_unique_and_kebab_case() {
+        let mut top = names::<Config>();
+        top.extend(names::<ProxySettings>());
+        top.push("autoscale");
+        for list in [top, names::<Autoscale>()] {
+            let mut sorted = list.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), list.len(), "a key twice in {list:?}");
+            for k in list {
+                assert!(
+                    k.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "{k}"
+                );
+            }
+        }
+    }
+
+    /// The first key whose own rule rejects the section's value.
+    fn rejected<S: Section>(s: &S) -> Option<&'static str> {
+        S::KEYS
+            .iter()
+            .find(|k| (k.check)(s).is_err())
+            .map(|k| k.name)
+    }
+
+    #[test]
+    fn every_default_passes_its_own_rule() {
+        assert_eq!(rejected(&Config::default()), None);
+        assert_eq!(rejected(&ProxySettings::default()), None);
+        assert_eq!(rejected(&Autoscale::default()), None);
+    }
+
+    #[test]
+    fn rules_reject_out_of_range_values() {
+        // A rule can fail: one broken value per kind of rule.
+        let c = Config {
+            pool: 0,
+            ..Config::default()
+        };
+        assert_eq!(rejected(&c), Some("pool"));
+        let p = ProxySettings {
+            idle_timeout_ms: MAX_TIMEOUT_MS + 1,
+            ..ProxySettings::default()
+        };
+        assert_eq!(rejected(&p), Some("idle-timeout-ms"));
+        let a = Autoscale {
+            target_inflight: f64::INFINITY,
+            ..Autoscale::default()
+        };
+        assert_eq!(rejected(&a), Some("target-inflight"));
+    }
+
+    /// Whether config.yaml has a line setting `key` (commented out or not) at `indent`.
+    fn documented(reference: &str, indent: &str, key: &str) -> bool {
+        reference.lines().any(|l| {
+            let l = l.strip_prefix('#').unwrap_or(l);
+            let l = l.strip_prefix(' ').unwrap_or(l);
+            l.strip_prefix(indent)
+                .and_then(|l| l.strip_prefix(key))
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+    }
+
+    #[test]
+    fn every_key_is_in_the_shipped_config_yaml() {
+        let reference = include_str!("../../config.yaml");
+        for k in names::<Config>()
+            .into_iter()
+            .chain(names::<ProxySettings>())
+        {
+            assert!(documented(reference, "", k), "config.yaml lacks {k}");
+        }
+        assert!(documented(reference, "", "autoscale"));
+        for k in names::<Autoscale>() {
+            assert!(
+                documented(reference, "  ", k),
+                "config.yaml lacks autoscale {k}"
+            );
+        }
+    }
+}
