@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use mio::event::Event;
 use mio::net::TcpStream;
+use mio::{Registry, Token};
 
 use super::answer::PendingAnswer;
 use super::routes::{HEAD_LIMITS, READ_CHUNK, Request, Service};
@@ -171,9 +172,14 @@ impl Conn {
         }
     }
 
-    /// The socket (to register and deregister it).
-    pub fn sock_mut(&mut self) -> &mut TcpStream {
-        &mut self.sock.io
+    /// Registers the socket under `token` (once, read and write, edge-triggered).
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        self.sock.register(registry, token)
+    }
+
+    /// Deregisters the socket (before it is dropped).
+    pub fn deregister(&mut self, registry: &Registry) {
+        self.sock.deregister(registry);
     }
 
     /// Records an event's readiness.

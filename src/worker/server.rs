@@ -321,21 +321,15 @@ impl Worker {
         }
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream) {
+    fn add_conn(&mut self, sock: TcpStream) {
         let _ = sock.set_nodelay(true);
         let key = self.conns.reserve();
-        let interest = Interest::READABLE | Interest::WRITABLE;
+        let mut conn = Conn::new(sock, Instant::now(), self.draining());
         let token = key.token(FIRST_CONN);
-        if self
-            .poll
-            .registry()
-            .register(&mut sock, token, interest)
-            .is_err()
-        {
+        if conn.register(self.poll.registry(), token).is_err() {
             self.conns.remove(key);
             return;
         }
-        let conn = Conn::new(sock, Instant::now(), self.draining());
         if self.conns.put(key, conn).is_ok() {
             // Arm the idle deadline (a client that connects and sends nothing).
             self.mark_dirty(key);
@@ -343,7 +337,7 @@ impl Worker {
     }
 
     fn close_conn(&mut self, key: ConnKey, mut c: Conn) {
-        let _ = self.poll.registry().deregister(c.sock_mut());
+        c.deregister(self.poll.registry());
         for seq in c.pending_seqs() {
             self.svc.stats_waiting.remove(&seq);
         }
