@@ -89,11 +89,11 @@ pub fn run(opts: &Options, id: Option<&str>) -> Result<(), String> {
                 token => w.on_conn_event(token, ev),
             }
         }
-        w.advance_stop(Instant::now());
+        w.advance_stop();
         w.fire_timers(Instant::now());
         w.drive_dirty();
         w.sweep_timers();
-        if w.is_done(Instant::now()) {
+        if w.is_done() {
             break;
         }
     }
@@ -244,10 +244,13 @@ impl Worker {
     }
 
     /// Starts the drain once the grace period is over.
-    fn advance_stop(&mut self, now: Instant) {
-        if let Stop::Grace { until } = self.stop
-            && now >= until
-        {
+    fn advance_stop(&mut self) {
+        // The clock is read only while a grace period runs (this is called every turn).
+        let Stop::Grace { until } = self.stop else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= until {
             crate::info!(
                 "worker_draining",
                 "id={} connections={} timeout_ms={}",
@@ -260,14 +263,14 @@ impl Worker {
     }
 
     /// Whether the drain is over: no connection left, or its time is up.
-    fn is_done(&self, now: Instant) -> bool {
+    fn is_done(&self) -> bool {
         let Stop::Draining { deadline } = self.stop else {
             return false;
         };
         if self.conns.is_empty() {
             return true;
         }
-        if now >= deadline {
+        if Instant::now() >= deadline {
             crate::warn!(
                 "worker_drain_timeout",
                 "id={} connections_closed={}",
