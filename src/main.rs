@@ -24,7 +24,11 @@ commands:
   check-config [PATH]              validate a config file and print the effective settings
   status [--config PATH] [--admin ADDR]
                                    show the running supervisor's state (exit 1 if not running)
+  --version                        print the version
   help                             this text
+
+signals to `run`: SIGHUP reload the config, SIGTERM/SIGINT drain and stop,
+SIGUSR2 re-execute the (possibly replaced) binary on the same listeners (upgrade)
 ";
 
 /// Command-line arguments split into `--key value` pairs and positionals.
@@ -219,6 +223,10 @@ fn real_main() -> Result<i32, String> {
             let json = args.take("json").is_some();
             args.finish(0)?;
             Ok(supervisor::status_cmd(config, admin, json))
+        }
+        "--version" | "version" | "-V" => {
+            println!("goloadbalancer {}", supervisor::VERSION);
+            Ok(0)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

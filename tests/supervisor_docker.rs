@@ -64,3 +64,10 @@ fn docker_second_stop_signal_forces_and_removes_containers() {
         scenarios::second_signal_forces("d-force", "docker")
     });
 }
+
+#[test]
+fn docker_sigusr2_upgrade_under_load_keeps_the_containers() {
+    run("docker_upgrade", || {
+        scenarios::upgrade_under_load("d-upgrade", "docker")
+    });
+}

@@ -66,3 +66,13 @@ fn reload_replacing_children_under_load_loses_nothing() {
 fn a_second_stop_signal_forces() {
     scenarios::second_signal_forces("p-force", "process");
 }
+
+#[test]
+fn sigusr2_upgrade_under_load_loses_nothing() {
+    scenarios::upgrade_under_load("p-upgrade", "process");
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    scenarios::version_flag();
+}

@@ -675,6 +675,13 @@ impl Driver for DockerDriver {
         !self.jobs.is_empty()
     }
 
+    fn release(&mut self) {
+        self.watching = false;
+        self.events_watch = None;
+        self.kill_jobs();
+        self.tracked.clear();
+    }
+
     fn abandon(&mut self) {
         self.kill_jobs();
     }

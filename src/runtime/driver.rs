@@ -122,8 +122,13 @@ pub trait Driver {
     fn poll(&mut self, now: Instant) -> Vec<DriverEvent>;
     /// Stop, last step: removes anything of this instance left in the runtime.
     fn sweep(&mut self, now: Instant);
-    /// Whether runtime commands are still running (the stop waits for them).
+    /// Whether runtime commands are still running (the stop waits for them), or, after
+    /// [`Driver::release`], workers that are still our children.
     fn busy(&self) -> bool;
+    /// Upgrade: a new supervisor manages the workers from now on. Stop watching and
+    /// managing them without stopping any (a worker process that is our child keeps
+    /// [`Driver::busy`] true until the new supervisor has stopped it).
+    fn release(&mut self);
     /// Stop timeout: kills every worker and runtime command now.
     fn abandon(&mut self);
     /// Forced stop (second signal): kills and removes everything, blocking (bounded).

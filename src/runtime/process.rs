@@ -78,6 +78,15 @@ struct Running {
     stopping: bool,
 }
 
+/// A worker process of the supervisor this one replaced (upgrade): not our child, watched
+/// through /proc and signalled by pid.
+#[derive(Debug)]
+struct Foreign {
+    generation: u64,
+    pid: u32,
+    stopping: bool,
+}
+
 /// The process runtime as a [`Driver`]: slot `i` listens on `worker-port + i`.
 #[derive(Debug)]
 pub struct ProcessDriver {
@@ -86,7 +95,27 @@ pub struct ProcessDriver {
     address: IpAddr,
     base_port: u16,
     running: BTreeMap<u16, Running>,
+    /// The predecessor's workers (slot, pid), listed once at start.
+    predecessor: Vec<(u16, u32)>,
+    foreign: BTreeMap<u16, Foreign>,
+    /// Upgrade: our workers belong to the new supervisor now.
+    released: bool,
     events: Vec<DriverEvent>,
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn signal_pid(pid: u32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
 impl ProcessDriver {
@@ -98,7 +127,48 @@ impl ProcessDriver {
             address,
             base_port,
             running: BTreeMap::new(),
+            predecessor: Vec::new(),
+            foreign: BTreeMap::new(),
+            released: false,
             events: Vec::new(),
+        }
+    }
+
+    /// Upgrade: the previous supervisor's workers, offered for adoption by [`Driver::list`]
+    /// (as outdated: they die with their parent, so the fleet replaces them one by one).
+    pub fn with_predecessor(mut self, workers: Vec<(u16, u32)>) -> ProcessDriver {
+        self.predecessor = workers;
+        self
+    }
+
+    /// Predecessor workers that ended: stopped when asked, else a death.
+    fn watch_foreign(&mut self) {
+        let gone: Vec<u16> = self
+            .foreign
+            .iter()
+            .filter(|(_, f)| !pid_alive(f.pid))
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in gone {
+            let Some(f) = self.foreign.remove(&slot) else {
+                continue;
+            };
+            let generation = f.generation;
+            if f.stopping {
+                crate::info!(
+                    "worker_stopped",
+                    "slot={slot} pid={} predecessor=true",
+                    f.pid
+                );
+                self.events.push(DriverEvent::Stopped { slot, generation });
+            } else {
+                let why = format!("predecessor's worker pid {} exited", f.pid);
+                self.events.push(DriverEvent::Exited {
+                    slot,
+                    generation,
+                    why,
+                });
+            }
         }
     }
 
@@ -128,13 +198,47 @@ impl Driver for ProcessDriver {
     }
 
     fn list(&mut self, _now: Instant) {
-        // A previous run's worker processes died with it (PDEATHSIG): nothing to find.
-        self.events.push(DriverEvent::Listed(Ok(Vec::new())));
+        // A crashed run's worker processes died with it (PDEATHSIG); only an upgrade's
+        // predecessor hands its live ones over.
+        let found = std::mem::take(&mut self.predecessor)
+            .into_iter()
+            .filter(|(_, pid)| pid_alive(*pid))
+            .filter_map(|(slot, pid)| {
+                let port = self.port(slot)?;
+                Some(Existing {
+                    slot: Some(slot),
+                    placement: Some(Placement {
+                        id: worker_id(port),
+                        addr: SocketAddr::new(self.address, port),
+                        pid: Some(pid),
+                        container: None,
+                    }),
+                    handle: pid.to_string(),
+                    running: true,
+                    current: false,
+                })
+            })
+            .collect();
+        self.events.push(DriverEvent::Listed(Ok(found)));
     }
 
-    fn adopt(&mut self, _slot: u16, _generation: u64, _found: &Existing, _now: Instant) {}
+    fn adopt(&mut self, slot: u16, generation: u64, found: &Existing, _now: Instant) {
+        if let Some(pid) = found.placement.as_ref().and_then(|p| p.pid) {
+            let stopping = false;
+            let f = Foreign {
+                generation,
+                pid,
+                stopping,
+            };
+            self.foreign.insert(slot, f);
+        }
+    }
 
-    fn discard(&mut self, _found: &Existing, _now: Instant) {}
+    fn discard(&mut self, found: &Existing, _now: Instant) {
+        if let Some(pid) = found.placement.as_ref().and_then(|p| p.pid) {
+            signal_pid(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
 
     fn launch(&mut self, spec: &LaunchSpec, _now: Instant) {
         let (slot, generation) = (spec.slot, spec.generation);
@@ -190,6 +294,13 @@ impl Driver for ProcessDriver {
     }
 
     fn stop(&mut self, slot: u16, generation: u64, _grace: Duration, _now: Instant) {
+        if let Some(f) = self.foreign.get_mut(&slot)
+            && f.generation == generation
+        {
+            signal_pid(f.pid, nix::sys::signal::Signal::SIGTERM);
+            f.stopping = true;
+            return;
+        }
         match self.running.get_mut(&slot) {
             Some(r) if r.generation == generation => {
                 let pid = nix::unistd::Pid::from_raw(r.child.id() as i32);
@@ -201,6 +312,11 @@ impl Driver for ProcessDriver {
     }
 
     fn kill(&mut self, slot: u16, generation: u64) {
+        if let Some(f) = self.foreign.get(&slot)
+            && f.generation == generation
+        {
+            signal_pid(f.pid, nix::sys::signal::Signal::SIGKILL);
+        }
         if let Some(r) = self.running.get_mut(&slot)
             && r.generation == generation
         {
@@ -210,6 +326,15 @@ impl Driver for ProcessDriver {
     }
 
     fn remove(&mut self, slot: u16, generation: u64, _why: Removal, _now: Instant) {
+        if self
+            .foreign
+            .get(&slot)
+            .is_some_and(|f| f.generation == generation)
+            && let Some(f) = self.foreign.remove(&slot)
+            && pid_alive(f.pid)
+        {
+            signal_pid(f.pid, nix::sys::signal::Signal::SIGKILL);
+        }
         if self
             .running
             .get(&slot)
@@ -225,6 +350,7 @@ impl Driver for ProcessDriver {
     fn watch(&mut self, _now: Instant) {}
 
     fn poll(&mut self, _now: Instant) -> Vec<DriverEvent> {
+        self.watch_foreign();
         let mut exited = Vec::new();
         for (slot, r) in &mut self.running {
             if let Ok(Some(status)) = r.child.try_wait() {
@@ -254,7 +380,12 @@ impl Driver for ProcessDriver {
     fn sweep(&mut self, _now: Instant) {}
 
     fn busy(&self) -> bool {
-        false
+        self.released && !self.running.is_empty()
+    }
+
+    fn release(&mut self) {
+        self.released = true;
+        self.foreign.clear();
     }
 
     fn abandon(&mut self) {

@@ -37,7 +37,8 @@ struct Conn {
 /// The admin listener and its connections.
 #[derive(Debug)]
 pub struct Admin {
-    listener: TcpListener,
+    /// None once handed over to a new supervisor (upgrade).
+    listener: Option<TcpListener>,
     conns: HashMap<Token, Conn>,
 }
 
@@ -60,9 +61,23 @@ impl Admin {
         let mut listener = TcpListener::from_std(listener);
         registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Admin {
-            listener,
+            listener: Some(listener),
             conns: HashMap::new(),
         })
+    }
+
+    /// The listening socket and its address (handed to a new supervisor on upgrade).
+    pub fn listener(&self) -> Option<(std::os::fd::BorrowedFd<'_>, std::net::SocketAddr)> {
+        use std::os::fd::AsFd;
+        let l = self.listener.as_ref()?;
+        Some((l.as_fd(), l.local_addr().ok()?))
+    }
+
+    /// Stops accepting (the new supervisor answers from now on); open connections finish.
+    pub fn close_listener(&mut self, registry: &Registry) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = registry.deregister(&mut l);
+        }
     }
 
     /// Whether `token` is one of the admin connections.
@@ -72,8 +87,11 @@ impl Admin {
 
     /// Accepts every waiting connection; `next_token` hands out tokens.
     pub fn accept(&mut self, registry: &Registry, mut next_token: impl FnMut() -> Token) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
         loop {
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((mut stream, _)) => {
                     if self.conns.len() >= MAX_CONNS {
                         drop(stream);

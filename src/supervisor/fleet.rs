@@ -826,6 +826,7 @@ mod tests {
         fn busy(&self) -> bool {
             false
         }
+        fn release(&mut self) {}
         fn abandon(&mut self) {}
         fn force_cleanup(&mut self) {}
     }
@@ -857,6 +858,14 @@ mod tests {
             avg_delay: 1,
             failure: 0.0,
         }
+    }
+
+    fn removed(slot: u16, generation: u64) -> DriverEvent {
+        DriverEvent::Removed { slot, generation }
+    }
+
+    fn stopped(slot: u16, generation: u64) -> DriverEvent {
+        DriverEvent::Stopped { slot, generation }
     }
 
     fn placed(slot: u16, generation: u64) -> DriverEvent {
@@ -938,14 +947,7 @@ mod tests {
             1,
             "out of the set before removal ends"
         );
-        f.on_event(
-            DriverEvent::Removed {
-                slot: 1,
-                generation: 1,
-            },
-            now,
-            &mut d,
-        );
+        f.on_event(removed(1, 1), now, &mut d);
         f.drive(now, &mut d, &LB, false);
         f.drive(now, &mut d, &LB, false);
         assert_eq!(d.take(), vec![Call::Launch(1, 2)]);
@@ -997,23 +999,9 @@ mod tests {
         f.drive(now, &mut d, &caught_up, false);
         assert_eq!(d.take(), vec![Call::Stop(1, 1)]);
         assert_eq!(f.backend_set().len(), 1);
-        f.on_event(
-            DriverEvent::Stopped {
-                slot: 1,
-                generation: 1,
-            },
-            now,
-            &mut d,
-        );
+        f.on_event(stopped(1, 1), now, &mut d);
         assert_eq!(d.take(), vec![Call::Remove(1, 1, Removal::Normal)]);
-        f.on_event(
-            DriverEvent::Removed {
-                slot: 1,
-                generation: 1,
-            },
-            now,
-            &mut d,
-        );
+        f.on_event(removed(1, 1), now, &mut d);
         f.drive(now, &mut d, &LB, false);
         assert_eq!(f.workers().count(), 1);
     }
@@ -1061,14 +1049,7 @@ mod tests {
         f.on_event(failed, now, &mut d);
         assert_eq!(d.take(), vec![Call::Remove(0, 1, Removal::FailedStart)]);
         assert_eq!(f.take_start_failures(), vec![0]);
-        f.on_event(
-            DriverEvent::Removed {
-                slot: 0,
-                generation: 1,
-            },
-            now,
-            &mut d,
-        );
+        f.on_event(removed(0, 1), now, &mut d);
         f.drive(now, &mut d, &LB, false);
         f.drive(now + Duration::from_millis(100), &mut d, &LB, false);
         assert!(d.take().is_empty(), "waits for the backoff");

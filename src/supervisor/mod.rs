@@ -18,13 +18,14 @@ mod prometheus;
 mod reload;
 mod render;
 mod status;
+mod upgrade;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 
 use crate::config::{Config, RuntimeKind};
 use crate::runtime::docker_driver::DockerDriver;
@@ -37,6 +38,9 @@ use crate::sys::signals::Signals;
 use crate::{error, info, warn};
 
 pub use status::status_cmd;
+
+/// This build's version (`goloadbalancer --version`, `/status`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 const SIGNALS: Token = Token(0);
 const ADMIN: Token = Token(1);
@@ -55,6 +59,8 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
+    // First, while there is one thread: what a previous supervisor handed over (SIGUSR2).
+    let handover = upgrade::Handover::take_from_env();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
     notify::status("starting");
@@ -66,7 +72,7 @@ pub fn run(config: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
-    let mut sup = match Supervisor::new(path, cfg) {
+    let mut sup = match Supervisor::new(path, cfg, handover) {
         Ok(s) => s,
         Err(e) => {
             error!("start_failed", "error={}", quote(&e));
@@ -98,8 +104,10 @@ enum StopStep {
     DrainChildren { deadline: Instant },
     /// Workers are stopping (they flush their stats); killed at the deadline.
     StopWorkers { deadline: Instant },
-    /// The driver removes whatever is left of this instance.
+    /// The driver removes whatever is left of this instance (not after a handover).
     FinalSweep,
+    /// Upgrade: a new supervisor serves; our children drain, our workers are its now.
+    HandOver { deadline: Instant },
 }
 
 /// An LB listener bound by the supervisor and inherited by its children.
@@ -159,10 +167,18 @@ pub(crate) struct Supervisor {
     last_reload_error: Option<String>,
     /// When metrics were last sampled.
     last_sample: Option<Instant>,
+    /// SIGUSR2: the new supervisor this one is handing over to.
+    upgrade: Option<upgrade::Upgrade>,
+    /// What the supervisor this one replaced handed over (empty on a normal start).
+    handover: upgrade::Handover,
 }
 
-/// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
+/// The listener for `addr`: the one a previous supervisor handed over (upgrade), else bound
+/// (see `sys::net::bind_listener`), with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
+    if let Some(l) = crate::sys::inherit::take(addr) {
+        return Ok(l);
+    }
     crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
 }
 
@@ -193,8 +209,8 @@ fn bind_lb_listeners(cfg: &Config) -> Result<Vec<LbListener>, String> {
 /// The loop's poll with the supervisor's signals registered on it.
 fn poll_with_signals() -> Result<(Poll, Signals), String> {
     let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-    let mut signals =
-        Signals::new(&[SIGTERM, SIGINT, SIGHUP, SIGCHLD]).map_err(|e| format!("signals: {e}"))?;
+    let mut signals = Signals::new(&[SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2])
+        .map_err(|e| format!("signals: {e}"))?;
     signals
         .register(poll.registry(), SIGNALS)
         .map_err(|e| format!("signals: {e}"))?;
@@ -247,7 +263,11 @@ fn fleet_settings(cfg: &Config) -> fleet::FleetSettings {
 
 impl Supervisor {
     /// Start steps that cannot wait for the loop: database, listeners, signals.
-    fn new(config_path: PathBuf, cfg: Config) -> Result<Supervisor, String> {
+    fn new(
+        config_path: PathBuf,
+        cfg: Config,
+        handover: upgrade::Handover,
+    ) -> Result<Supervisor, String> {
         let db = absolute_db(&cfg.stats_dir)?;
         // Creates or migrates the database, then closes it: no connection (and no SQLite
         // thread) lives across a fork.
@@ -260,6 +280,12 @@ impl Supervisor {
         let (poll, signals) = poll_with_signals()?;
         let admin = admin::Admin::new(admin_socket, poll.registry(), ADMIN)
             .map_err(|e| format!("admin: {e}"))?;
+        for addr in crate::sys::inherit::close_rest() {
+            info!(
+                "inherited_listener_closed",
+                "addr={addr} reason=\"not in the config\""
+            );
+        }
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
@@ -295,6 +321,8 @@ impl Supervisor {
             reloads: 0,
             last_reload_error: None,
             last_sample: None,
+            upgrade: None,
+            handover,
         };
         sup.choose_runtime();
         Ok(sup)
@@ -351,7 +379,8 @@ impl Supervisor {
             self.db.clone(),
             self.cfg.worker_address,
             self.cfg.worker_port,
-        );
+        )
+        .with_predecessor(std::mem::take(&mut self.handover.workers));
         self.use_driver(Box::new(d), reason);
     }
 
@@ -478,6 +507,7 @@ impl Supervisor {
         for sig in signals.pending() {
             match sig {
                 SIGCHLD => {} // exits are collected in tick()
+                SIGUSR2 => self.begin_upgrade(),
                 SIGHUP => {
                     if self.phase == Phase::Running {
                         self.reload();
@@ -488,7 +518,12 @@ impl Supervisor {
                 }
                 SIGTERM | SIGINT => {
                     let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
-                    if self.stopping() {
+                    if let Phase::Stopping(StopStep::HandOver { .. }) = self.phase {
+                        // The workers are the new supervisor's: leave them, just go.
+                        warn!("forced_stop", "signal={name} during=handover");
+                        self.pool.kill_all("forced stop", self.poll.registry());
+                        std::process::exit(1);
+                    } else if self.stopping() {
                         // A second stop signal: the operator does not want to wait.
                         warn!("forced_stop", "signal={name}");
                         self.force_stop();
@@ -509,6 +544,7 @@ impl Supervisor {
             self.on_docker_info(out);
         }
         self.pump_driver(now);
+        self.poll_upgrade(now);
         self.pool.reap(now, self.stopping(), self.poll.registry());
         for (slot, generation, verdict) in self.probes.expire(self.poll.registry(), now) {
             self.fleet.on_probe(slot, generation, verdict, now);
@@ -667,6 +703,7 @@ impl Supervisor {
         let line = self.status_line();
         info!("ready", "status={}", quote(&line));
         notify::ready(&line);
+        self.handover.signal_ready();
         self.last_status_line = line;
         self.last_status_notify = now;
         if self.reload_pending {
@@ -803,6 +840,7 @@ impl Supervisor {
                     }
                 }
             }
+            StopStep::HandOver { deadline } => self.drive_hand_over(now, deadline),
             StopStep::FinalSweep => {}
         }
     }

@@ -57,6 +57,7 @@ impl Supervisor {
         Status {
             instance: self.cfg.instance.clone(),
             pid: std::process::id(),
+            version: super::VERSION.to_string(),
             state: self.phase_name().into(),
             uptime_s: now.duration_since(self.started).as_secs(),
             config: self.config_path.display().to_string(),

@@ -16,6 +16,9 @@ pub struct Status {
     pub instance: String,
     /// Supervisor pid.
     pub pid: u32,
+    /// Supervisor version (`goloadbalancer --version`).
+    #[serde(default)]
+    pub version: String,
     /// `starting`, `running`, `stopping`.
     pub state: String,
     /// Seconds since start.
@@ -149,8 +152,8 @@ pub fn fetch(addr: SocketAddr) -> Result<Status, String> {
 pub fn render_table(s: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "goloadbalancer {} ({}), pid {}, up {}s, runtime {}\n",
-        s.instance, s.state, s.pid, s.uptime_s, s.runtime
+        "goloadbalancer {} {} ({}), pid {}, up {}s, runtime {}\n",
+        s.version, s.instance, s.state, s.pid, s.uptime_s, s.runtime
     ));
     out.push_str(&format!(
         "workers {}/{} healthy, {:.1} req/s, {} requests, {} connections, {} reloads\n",

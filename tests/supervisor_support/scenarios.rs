@@ -645,3 +645,132 @@ pub fn second_signal_forces(name: &str, runtime: &'static str) {
     assert!(s.log_text().contains("event=forced_stop"));
     drop(slow);
 }
+
+/// Stops a supervisor the test did not start itself (the one an upgrade started) when
+/// dropped: SIGTERM, then SIGKILL if it is still there after 60 s.
+struct Successor(i64);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if self.0 <= 0 || !alive(self.0) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while alive(self.0) && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if alive(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
+/// SIGUSR2 under load with the binary in place: a new supervisor takes the listeners over
+/// (0 refused, 0 failed), reports its own pid and version, keeps the same worker ids (docker:
+/// the same containers; process: the workers restarted one at a time, drained first), and
+/// the old one exits.
+pub fn upgrade_under_load(name: &str, runtime: &'static str) {
+    const SIGUSR2: i32 = 12;
+    let s = Stack::start_ready(name, StackSpec::seed(runtime));
+    let old_pid = i64::from(s.pid());
+    let st = s.status();
+    let ids: BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    let old_worker_pids = worker_pids(&st);
+    let before: BTreeSet<String> = containers(&s.instance).into_iter().collect();
+    let load = Load::start(vec![s.lb(0), s.lb(1)], 4);
+    std::thread::sleep(Duration::from_millis(800));
+    let t0 = std::time::Instant::now();
+    s.signal(SIGUSR2);
+    let mut successor = Successor(0);
+    let mut took_over = None;
+    wait_until(
+        "the new supervisor serves alone",
+        Duration::from_secs(120),
+        || {
+            let Some(st) = s.try_status() else {
+                return false;
+            };
+            let pid = st["pid"].as_i64().unwrap_or(0);
+            if pid != old_pid && successor.0 == 0 {
+                successor.0 = pid;
+                took_over = Some(t0.elapsed());
+            }
+            let workers = st["workers"].as_array().cloned().unwrap_or_default();
+            let renewed = runtime != "process"
+                || worker_pids(&st)
+                    .iter()
+                    .all(|p| !old_worker_pids.contains(p));
+            let now_ids: BTreeSet<String> = workers
+                .iter()
+                .filter_map(|w| w["id"].as_str().map(str::to_string))
+                .collect();
+            pid != old_pid
+                && !alive(old_pid)
+                && st["state"] == "running"
+                && now_ids == ids
+                && workers.iter().all(|w| w["state"] == "active")
+                && renewed
+        },
+    );
+    let done = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = load.finish();
+    eprintln!(
+        "FIGURE upgrade ({runtime}): new supervisor answering /status after {:?}, old one gone \
+         and workers settled after {} ms; load {c:?}",
+        took_over.map(|d| d.as_millis()),
+        done.as_millis()
+    );
+    assert_eq!(c.refused, 0, "no refused connection: {:?}", c.errors);
+    assert_eq!(c.failed, 0, "no failed request: {:?}", c.errors);
+    assert!(c.ok > 50, "the load ran: {c:?}");
+    let st = s.try_status().expect("status");
+    assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
+    let after: BTreeSet<String> = st["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(after, ids, "the same worker ids serve");
+    if runtime == "docker" {
+        let now: BTreeSet<String> = containers(&s.instance).into_iter().collect();
+        assert_eq!(now, before, "the same containers, none recreated");
+    }
+    let out = Command::new(common::bin())
+        .args(["status", "--admin", &s.admin_port.to_string()])
+        .output()
+        .expect("status command");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("pid {}", successor.0)),
+        "status shows the new pid: {table}"
+    );
+    let log = s.log_text();
+    assert!(
+        log.contains("event=upgrade_handed_over"),
+        "{}",
+        s.log_tail()
+    );
+    for i in 0..6 {
+        hello(s.lb(i % 2)).expect("the new supervisor serves");
+    }
+}
+
+/// `goloadbalancer --version` prints the version.
+pub fn version_flag() {
+    let out = Command::new(common::bin())
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("goloadbalancer {}", env!("CARGO_PKG_VERSION"))
+    );
+}
