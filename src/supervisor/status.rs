@@ -48,6 +48,12 @@ pub struct Status {
     pub last_reload_error: Option<String>,
     /// Autoscaler status (`enabled: false` when off).
     pub autoscale: Option<serde_json::Value>,
+    /// The last 200 logged supervisor events, oldest first.
+    #[serde(default)]
+    pub events: Vec<super::events::Event>,
+    /// One point per second for the last 10 minutes.
+    #[serde(default)]
+    pub history: super::history::Series,
 }
 
 /// One LB child in `/status`.
@@ -93,6 +99,18 @@ pub struct WorkerStatus {
     pub requests: u64,
     /// Passive failures seen by the children.
     pub failures: u64,
+    /// Responses per second over the last ~10 s.
+    #[serde(default)]
+    pub requests_per_s: f64,
+    /// Share of 5xx among the responses of the last ~10 s (null without responses).
+    #[serde(default)]
+    pub share_5xx: Option<f64>,
+    /// Latency median over the last ~10 s, ms (null without responses).
+    #[serde(default)]
+    pub latency_p50_ms: Option<f64>,
+    /// Latency 99th percentile over the last ~10 s, ms (null without responses).
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
     /// Times this port's worker was replaced after dying or failing to start.
     pub restarts: u64,
     /// The last start error, if any.
