@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Saves a PNG screenshot of a running supervisor's dashboard (GET / on the admin port) with
-# headless Chromium, after letting the page poll /status for a few seconds.
-#
-#   scripts/dashboard-shot.sh [--admin HOST:PORT|PORT] [--size WIDTHxHEIGHT] [--out FILE]
-#
-# Defaults: --admin 127.0.0.1:8404, --size 1920x1080, --out dashboard.png.
-# A phone: --size 390x1600. Chromium: $CHROMIUM, else chromium, chromium-browser, google-chrome.
+# Saves a PNG screenshot of a running supervisor's dashboard; see usage below.
 set -euo pipefail
 
 admin=127.0.0.1:8404
@@ -13,7 +7,20 @@ size=1920x1080
 out=dashboard.png
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    cat <<'USAGE'
+usage: scripts/dashboard-shot.sh [--admin HOST:PORT|PORT] [--size WIDTHxHEIGHT] [--out FILE]
+
+Saves a PNG screenshot of a running supervisor's dashboard (GET / on the admin port) with
+headless Chromium, after the page has polled /status for a few seconds. Prints the PNG's path.
+
+  --admin   the admin endpoint (default 127.0.0.1:8404; a bare port means 127.0.0.1)
+  --size    the window (default 1920x1080; a phone: 390x1600)
+  --out     the file (default dashboard.png)
+
+Needs curl and Chromium ($CHROMIUM, else chromium, chromium-browser or google-chrome on PATH;
+Debian: apt-get install chromium). Exit 1 when the page does not answer or no PNG was
+written, 2 on bad usage.
+USAGE
 }
 
 while [ $# -gt 0 ]; do

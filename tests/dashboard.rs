@@ -253,6 +253,52 @@ fn headless_chromium_shows_every_worker_and_the_autoscaler_with_text_escaped() {
         dom.contains("&lt;b id=injected&gt;"),
         "logged markup not shown as text"
     );
+
+    // The screenshot script on the same instance, phone-sized.
+    let png = stack.dir.join("phone.png");
+    let o = Command::new(shot_script())
+        .args([
+            "--admin",
+            &stack.admin().to_string(),
+            "--size",
+            "390x1600",
+            "--out",
+        ])
+        .arg(&png)
+        .env("CHROMIUM", &browser)
+        .output()
+        .expect("run dashboard-shot.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&png).expect("png written");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+}
+
+fn shot_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dashboard-shot.sh")
+}
+
+#[test]
+fn shot_script_documents_itself_and_rejects_bad_usage() {
+    let help = Command::new(shot_script())
+        .arg("--help")
+        .output()
+        .expect("--help");
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.starts_with("usage: scripts/dashboard-shot.sh"),
+        "{text}"
+    );
+    for needle in ["--admin", "--size", "--out", "apt-get install chromium"] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+    for bad in [&["--bogus"][..], &["--size", "big"][..]] {
+        let o = Command::new(shot_script())
+            .args(bad)
+            .output()
+            .expect("bad usage");
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+    }
 }
 
 #[test]
