@@ -70,13 +70,17 @@ pub fn install() {
 }
 
 fn record(level: Level, event: &str, fields: &str) {
-    let time_ms = SystemTime::now()
+    if let Ok(mut ring) = RING.lock() {
+        ring.push(unix_ms(), level, event, fields);
+    }
+}
+
+/// Wall-clock now, ms since the Unix epoch (the time base of `/status`'s events and series).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    if let Ok(mut ring) = RING.lock() {
-        ring.push(time_ms, level, event, fields);
-    }
+        .unwrap_or(0)
 }
 
 /// The recorded events, oldest first.

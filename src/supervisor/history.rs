@@ -6,7 +6,7 @@
 //! the event ring like every other event.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,10 +108,7 @@ impl History {
         views: &BTreeMap<String, BackendView>,
         live: impl Iterator<Item = &'a str>,
     ) {
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let wall_ms = super::events::unix_ms();
         if self.points.len() >= SPAN {
             self.points.pop_front();
         }
