@@ -10,7 +10,10 @@
 mod admin;
 pub mod autoscale;
 mod children;
+mod dashboard;
+mod events;
 mod fleet;
+mod history;
 mod lb;
 mod metrics;
 mod probes;
@@ -61,6 +64,7 @@ pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
     // First, while there is one thread: what a previous supervisor handed over (SIGUSR2).
     let handover = upgrade::Handover::take_from_env();
+    events::install();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
     notify::status("starting");
@@ -171,6 +175,8 @@ pub(crate) struct Supervisor {
     upgrade: Option<upgrade::Upgrade>,
     /// What the supervisor this one replaced handed over (empty on a normal start).
     handover: upgrade::Handover,
+    /// Time series and per-worker recent figures for /status.
+    history: history::History,
 }
 
 /// The listener for `addr`: the one a previous supervisor handed over (upgrade), else bound
@@ -323,6 +329,7 @@ impl Supervisor {
             last_sample: None,
             upgrade: None,
             handover,
+            history: history::History::new(),
         };
         sup.choose_runtime();
         Ok(sup)
@@ -737,6 +744,18 @@ impl Supervisor {
         };
         let decision = self.scaler.observe(now, &sample);
         self.apply_scale(decision, now);
+        let point = history::Point {
+            desired: self.fleet.desired(),
+            active: sample.active_workers,
+            in_flight: sample.in_flight,
+            requests_per_s: self.rate.per_second(),
+            p90_ms: sample.p90_ms,
+        };
+        let live = self
+            .fleet
+            .workers()
+            .filter_map(|w| w.placement.as_ref().map(|p| p.id.as_str()));
+        self.history.record(now, point, &views, live);
     }
 
     /// Applies an autoscaler decision through the same path as a reload's worker count.

@@ -83,6 +83,8 @@ impl Supervisor {
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
             autoscale: serde_json::to_value(self.scaler.status()).ok(),
+            events: super::events::recent(),
+            history: self.history.series(),
         }
     }
 
@@ -109,6 +111,11 @@ impl Supervisor {
                 .as_deref()
                 .and_then(|d| d.planned_address(s.slot))
         });
+        let recent = s
+            .placement
+            .as_ref()
+            .and_then(|p| self.history.worker(&p.id))
+            .unwrap_or_default();
         WorkerStatus {
             id: s
                 .placement
@@ -129,6 +136,10 @@ impl Supervisor {
                 .collect::<BTreeMap<_, _>>(),
             requests: totals.requests(),
             failures: totals.failures,
+            requests_per_s: recent.requests_per_s,
+            share_5xx: recent.share_5xx,
+            latency_p50_ms: recent.p50_ms,
+            latency_p99_ms: recent.p99_ms,
             restarts: s.restarts,
             last_error: s.last_error.clone(),
         }
