@@ -76,3 +76,8 @@ fn sigusr2_upgrade_under_load_loses_nothing() {
 fn version_flag_prints_the_version() {
     scenarios::version_flag();
 }
+
+#[test]
+fn sigusr2_runs_the_binary_that_replaced_ours() {
+    scenarios::upgrade_to_a_new_binary("p-upgrade-new");
+}

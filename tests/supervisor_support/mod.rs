@@ -193,6 +193,8 @@ pub struct Stack {
     pub config: PathBuf,
     pub log: PathBuf,
     runs: u32,
+    /// The binary to run, when not the one cargo built (an upgrade test replaces it).
+    pub bin: Option<PathBuf>,
 }
 
 impl Stack {
@@ -216,6 +218,7 @@ impl Stack {
             config,
             log,
             runs: 0,
+            bin: None,
         };
         s.write_config(s.spec.workers, "");
         s
@@ -256,7 +259,10 @@ impl Stack {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(common::bin());
+        let mut cmd = match &self.bin {
+            Some(path) => Command::new(path),
+            None => Command::new(common::bin()),
+        };
         cmd.args(["run", "--config"])
             .arg(&self.config)
             .current_dir(self.dir.path())

@@ -675,8 +675,25 @@ impl Drop for Successor {
 /// the same containers; process: the workers restarted one at a time, drained first), and
 /// the old one exits.
 pub fn upgrade_under_load(name: &str, runtime: &'static str) {
+    upgrade(name, runtime, false);
+}
+
+/// SIGUSR2 after a new binary replaced the running one at its path (rename over it, as a
+/// package manager does): the new supervisor runs the new file.
+pub fn upgrade_to_a_new_binary(name: &str) {
+    upgrade(name, "process", true);
+}
+
+fn upgrade(name: &str, runtime: &'static str, new_binary: bool) {
     const SIGUSR2: i32 = 12;
-    let s = Stack::start_ready(name, StackSpec::seed(runtime));
+    let mut s = Stack::new(name, StackSpec::seed(runtime));
+    let path = s.dir.join("bin-goloadbalancer");
+    if new_binary {
+        std::fs::copy(common::bin(), &path).expect("copy the binary");
+        s.bin = Some(path.clone());
+    }
+    s.start();
+    s.wait_ready();
     let old_pid = i64::from(s.pid());
     let st = s.status();
     let ids: BTreeSet<String> = s.active_worker_ids().into_iter().collect();
@@ -684,6 +701,16 @@ pub fn upgrade_under_load(name: &str, runtime: &'static str) {
     let before: BTreeSet<String> = containers(&s.instance).into_iter().collect();
     let load = Load::start(vec![s.lb(0), s.lb(1)], 4);
     std::thread::sleep(Duration::from_millis(800));
+    if new_binary {
+        // A different file (trailing bytes do not change what the ELF runs), renamed over.
+        let next = s.dir.join("bin-goloadbalancer.new");
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.extend_from_slice(b"\nglb-upgrade-test\n");
+        std::fs::write(&next, bytes).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&next, &path).expect("rename");
+    }
     let t0 = std::time::Instant::now();
     s.signal(SIGUSR2);
     let mut successor = Successor(0);
@@ -757,6 +784,13 @@ pub fn upgrade_under_load(name: &str, runtime: &'static str) {
         "{}",
         s.log_tail()
     );
+    if new_binary {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", successor.0)).expect("exe");
+        assert_eq!(
+            exe, path,
+            "the new supervisor runs the new file (not a deleted one)"
+        );
+    }
     for i in 0..6 {
         hello(s.lb(i % 2)).expect("the new supervisor serves");
     }
