@@ -201,6 +201,27 @@ pub fn worker_killed(name: &str, runtime: &'static str) {
         killed_at.elapsed().as_millis()
     );
     if runtime == "docker" {
+        // From the supervisor's own event times: death seen -> replacement running -> healthy.
+        let at = |name: &str| {
+            after["events"].as_array().and_then(|evs| {
+                evs.iter()
+                    .rev()
+                    .find(|e| e["event"] == name)
+                    .and_then(|e| e["time_ms"].as_u64())
+            })
+        };
+        if let (Some(died), Some(started), Some(healthy)) = (
+            at("worker_container_died"),
+            at("worker_container_started"),
+            at("worker_healthy"),
+        ) {
+            eprintln!(
+                "FIGURE worker kill (docker): event -> replacement container started {} ms, \
+                 -> healthy {} ms",
+                started.saturating_sub(died),
+                healthy.saturating_sub(died)
+            );
+        }
         assert!(
             s.log_text().contains("source=events"),
             "the death was seen through docker events\n{}",
