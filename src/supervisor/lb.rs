@@ -532,3 +532,88 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::control::BackendMetrics;
+    use std::os::unix::net::UnixStream;
+
+    /// A pool with one child record over a socketpair (no fork): returns the child's end.
+    fn pool_with_child() -> (LbPool, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        let conn = ControlChannel::new(ours).expect("channel");
+        let mut pool = LbPool::new(Vec::new());
+        pool.children.push(LbChild {
+            pid: nix::unistd::Pid::from_raw(i32::MAX),
+            index: 0,
+            listener_id: 0,
+            name: "lb.0".into(),
+            retiring: false,
+            conn,
+            token: mio::Token(99),
+            state: ChildState::Running,
+            started: Instant::now(),
+            acked_seq: 0,
+            metrics_basis: 0,
+            metrics: None,
+            metrics_at: None,
+            bad_lines: 0,
+        });
+        (pool, theirs)
+    }
+
+    fn spec(id: &str, state: BackendState) -> BackendSpec {
+        BackendSpec {
+            id: id.into(),
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            weight: 1,
+            state,
+        }
+    }
+
+    fn report(pool: &mut LbPool, acked: u64, in_flight: u64) {
+        let c = &mut pool.children[0];
+        c.acked_seq = acked;
+        c.metrics_basis = acked;
+        c.metrics = Some(ChildMetrics {
+            connections: 0,
+            backends: vec![BackendMetrics {
+                id: "w1".into(),
+                in_flight,
+                responses: [0; 5],
+                failures: 0,
+                healthy: true,
+                latency: Vec::new(),
+                latency_sum_ms: 0.0,
+            }],
+        });
+    }
+
+    #[test]
+    fn an_unchanged_backend_set_is_not_sent_again() {
+        let (mut pool, _peer) = pool_with_child();
+        pool.publish_backends(vec![spec("w1", BackendState::Active)]);
+        assert_eq!(pool.seq(), 1);
+        pool.publish_backends(vec![spec("w1", BackendState::Active)]);
+        assert_eq!(pool.seq(), 1, "same set: no new seq");
+        pool.publish_backends(vec![spec("w1", BackendState::Draining)]);
+        assert_eq!(pool.seq(), 2);
+    }
+
+    #[test]
+    fn drained_needs_the_drain_seq_applied_and_nothing_in_flight() {
+        let (mut pool, _peer) = pool_with_child();
+        assert!(pool.serving());
+        report(&mut pool, 1, 0);
+        assert!(
+            !pool.drained("w1", 2),
+            "the child has not applied seq 2 yet"
+        );
+        report(&mut pool, 2, 3);
+        assert!(!pool.drained("w1", 2), "requests still in flight");
+        report(&mut pool, 2, 0);
+        assert!(pool.drained("w1", 2));
+        assert_eq!(pool.in_flight(&HashSet::from(["w1".to_string()])), 0);
+    }
+}
