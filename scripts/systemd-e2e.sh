@@ -115,84 +115,12 @@ dump_diagnostics() {
     cx ps -eo pid,ppid,user,stat,args 2>&1 | grep -v '\[' || true
 }
 
-# --- the Debian mirror: the machine's own ------------------------------------------------------
-# No mirror is written here: a machine behind a proxy or a local mirror already names it in its
-# apt sources, and a Debian mirror carries every release, so the host's serves bookworm too.
-
-# Prints "URI SUITE" for each enabled `deb` source with the component main, from the one-line
-# lists and the deb822 .sources files apt reads (apt-config gives their paths, so APT_CONFIG
-# points this at other files).
-apt_main_sources() {
-    local list="/etc/apt/sources.list" parts="/etc/apt/sources.list.d/" f
-    if command -v apt-config >/dev/null; then
-        # Sets list= and parts= (shell-quoted by apt-config).
-        eval "$(apt-config shell list Dir::Etc::sourcelist/f parts Dir::Etc::sourceparts/d 2>/dev/null)"
-    fi
-    for f in "$list" "$parts"*.list; do
-        [ -f "$f" ] || continue
-        # deb [options] URI SUITE COMPONENT...
-        awk '{ sub(/#.*/, "") }
-            $1 != "deb" { next }
-            {
-                i = 2
-                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i, $(i + 1); next }
-            }' "$f"
-    done
-    for f in "$parts"*.sources; do
-        [ -f "$f" ] || continue
-        # Paragraphs of "Field: value" lines; a line starting with blank continues the field.
-        awk 'BEGIN { RS = ""; FS = "\n" }
-            {
-                split("", v); key = ""
-                for (i = 1; i <= NF; i++) {
-                    if ($i ~ /^#/) continue
-                    if ($i ~ /^[ \t]/) { if (key != "") v[key] = v[key] " " $i; continue }
-                    p = index($i, ":"); if (!p) { key = ""; continue }
-                    key = tolower(substr($i, 1, p - 1)); v[key] = substr($i, p + 1)
-                }
-                if (tolower(v["enabled"]) ~ /^[ \t]*no/) next
-                if (" " v["types"] " " !~ /[ \t]deb[ \t]/) next
-                if (" " v["components"] " " !~ /[ \t]main[ \t]/) next
-                nu = split(v["uris"], u, /[ \t]+/); ns = split(v["suites"], s, /[ \t]+/)
-                for (a = 1; a <= nu; a++) for (b = 1; b <= ns; b++)
-                    if (u[a] != "" && s[b] != "") print u[a], s[b]
-            }' "$f"
-    done
-}
-
-# Prints the mirror for debootstrap: GLB_DEBIAN_MIRROR, else the URI of the host's source for
-# $suite, else of a source for another Debian release (a suite without "-" or "/", so not
-# -security or -updates, that debootstrap knows as Debian's: its script is `sid`). 1 if none.
-debian_mirror() {
-    if [ -n "${GLB_DEBIAN_MIRROR:-}" ]; then
-        echo "$GLB_DEBIAN_MIRROR"
-        return 0
-    fi
-    local sources uri s
-    sources="$(apt_main_sources)"
-    while read -r uri s; do
-        [ "$s" = "$suite" ] && { echo "$uri"; return 0; }
-    done <<<"$sources"
-    while read -r uri s; do
-        case "$uri" in http://*|https://*|file:/*) ;; *) continue ;; esac
-        case "$s" in ''|*-*|*/*) continue ;; esac
-        [ "$(readlink -f "${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts/$s" 2>/dev/null)" = \
-            "$(readlink -f "${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts/sid")" ] || continue
-        echo "$uri"
-        return 0
-    done <<<"$sources"
-    return 1
-}
-
-no_mirror() {
-    echo "systemd-e2e: no Debian mirror in this machine's apt sources (no enabled \`deb\` source" \
-        "with the component main for $suite or another Debian release); set GLB_DEBIAN_MIRROR=URI" >&2
-    exit 1
-}
+# --- the Debian mirror: the machine's own (scripts/lib/debian-mirror.sh) ----------------------
+# shellcheck source=scripts/lib/debian-mirror.sh
+. "$repo/scripts/lib/debian-mirror.sh"
 
 if [ $print_mirror = 1 ]; then
-    debian_mirror || no_mirror
+    debian_mirror "$suite" || no_mirror systemd-e2e "$suite"
     exit 0
 fi
 
@@ -222,14 +150,8 @@ log "root image $image"
 if [ $rebuild = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
     echo "systemd-e2e: cached, no debootstrap"
 else
-    if ! command -v debootstrap >/dev/null; then
-        command -v apt-get >/dev/null || fail "debootstrap not found (apt-get install debootstrap)"
-        echo "systemd-e2e: installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
-            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
-            fail "could not install debootstrap"
-    fi
-    mirror="$(debian_mirror)" || no_mirror
+    ensure_debootstrap || fail "debootstrap not found and not installable (apt-get install debootstrap)"
+    mirror="$(debian_mirror "$suite")" || no_mirror systemd-e2e "$suite"
     replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
     root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
     echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
