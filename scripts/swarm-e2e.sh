@@ -20,6 +20,7 @@ usage: scripts/swarm-e2e.sh [options]
                    and exit
   --list           list the runs whose node containers exist, and exit
   --no-overlay     no attachable overlay network for the service (and no overlay check)
+  --no-node-loss   skip the last step (the last node killed; swarm reschedules its task)
   --rebuild-root   rebuild the node root even when its image is cached
   --timeout S      stop (and clean up) after S seconds (default 900)
   -h, --help       this text
@@ -32,7 +33,9 @@ host-mode published ports, a tmpfs for the database, attached to an attachable o
 network), hello (from the host to <node address>:<published port> of every task, read from
 `docker inspect <task>` and `docker node inspect`) and overlay (from a container on node 2,
 `tasks.<service>` resolves to every task and each answers on its overlay address: what
-/worker/stats across nodes would use, docs/SCALING.md). The supervisor steps of `runtime: swarm` (load, reload, autoscale,
+/worker/stats across nodes would use, docs/SCALING.md), node lost (the last node container
+killed: the time until swarm marks it Down and until every task runs, and answers, on the
+surviving nodes). The supervisor steps of `runtime: swarm` (load, reload, autoscale,
 node lost, /worker/stats across nodes, clean stop) are not written yet: see supervisor_checks.
 
 Needs: root, a docker engine that accepts --cap-add ALL (without CAP_SYS_RESOURCE) and
@@ -51,6 +54,7 @@ down_run=""
 list_runs=0
 rebuild=0
 overlay=1
+lose_node=1
 budget=900
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +64,7 @@ while [ $# -gt 0 ]; do
         --down) down_run="${2:?--down needs a run id}"; shift 2 ;;
         --list) list_runs=1; shift ;;
         --no-overlay) overlay=0; shift ;;
+        --no-node-loss) lose_node=0; shift ;;
         --rebuild-root) rebuild=1; shift ;;
         --timeout) budget="${2:?--timeout needs seconds}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -522,6 +527,45 @@ if [ $overlay = 1 ]; then
     done <<<"$running"
     say "from $probe_node: tasks.$service = $(tr '\n' ' ' <<<"$peers")- every task answers on the overlay"
     phase_done "overlay"
+fi
+
+# --- a node lost, swarm alone ----------------------------------------------------------------------
+# What the supervisor's node-lost check will stand on: how long swarm takes to see a node gone
+# and to run its tasks elsewhere (no supervisor here: no load, no backend set).
+if [ $lose_node = 1 ]; then
+    victim="${nodes[-1]}"
+    log "node lost: docker kill $victim"
+    t_kill=$(date +%s%N)
+    docker kill "$victim" >/dev/null || fail "docker kill $victim"
+    down_ms=""
+    back_ms=""
+    for _ in $(seq 1 240); do
+        if [ -z "$down_ms" ] && mgr node ls --format '{{.Hostname}} {{.Status}}' 2>/dev/null | grep -qx "$victim Down"; then
+            down_ms=$((($(date +%s%N) - t_kill) / 1000000))
+            say "swarm marked $victim Down after ${down_ms} ms"
+        fi
+        if [ -n "$down_ms" ]; then
+            running="$(tasks 2>/dev/null || true)"
+            if [ "$(grep -c . <<<"$running")" = "$nodes_wanted" ] && ! grep -q " $victim\$" <<<"$running"; then
+                back_ms=$((($(date +%s%N) - t_kill) / 1000000))
+                break
+            fi
+        fi
+        sleep 0.5
+    done
+    [ -n "$down_ms" ] || fail "swarm never marked $victim Down"
+    [ -n "$back_ms" ] || fail "not $nodes_wanted running tasks on the surviving nodes after losing $victim: ${running:-none}"
+    while read -r task addr port cid host; do
+        body="$(curl -fsS --max-time 5 "http://$addr:$port/api/v1/hello" 2>/dev/null)" || body=""
+        case "$body" in
+            *"hello from container: $cid"*) ;;
+            *) fail "task $task on $host ($addr:$port) after the loss: ${body:-no answer}" ;;
+        esac
+    done <<<"$running"
+    say "$nodes_wanted tasks serving again on the surviving nodes ${back_ms} ms after the kill:"
+    while read -r line; do echo "  $line"; done <<<"$running"
+    figures+=("node-down-seen=${down_ms}ms" "capacity-back=${back_ms}ms")
+    phase_done "node-lost"
 fi
 
 # --- the supervisor against the swarm: not written yet --------------------------------------------
