@@ -73,7 +73,7 @@ while [ $# -gt 0 ]; do
 done
 case "$nodes_wanted" in [2-5]) ;; *) echo "swarm-e2e: --nodes must be 2..5" >&2; exit 2 ;; esac
 case "$budget" in ''|*[!0-9]*) echo "swarm-e2e: --timeout must be seconds" >&2; exit 2 ;; esac
-case "$down_run" in ''|[a-z0-9]*) ;; *) echo "swarm-e2e: bad run id $down_run" >&2; exit 2 ;; esac
+case "$down_run" in *[!a-z0-9]*) echo "swarm-e2e: bad run id $down_run (see --list)" >&2; exit 2 ;; esac
 
 suite="bookworm"
 # docker.io: dockerd, containerd, runc, the CLI; tini: the nodes' PID 1; iptables: dockerd's bridge and swarm's
