@@ -29,17 +29,18 @@ Steps, each printing its time: root image (debootstrap; cached as glb-swarm-node
 recipe>), boot (dockerd --storage-driver vfs answers in every node), swarm (init on node 1,
 the others join as workers), images (the worker image, FROM scratch + the binary +
 Dockerfile.worker, `docker save` on the host, `docker load` into each node), service (dnsrr,
-host-mode published ports, a tmpfs for the database, attached to an attachable overlay
-network), hello (from the host to <node address>:<published port> of every task, read from
-`docker inspect <task>` and `docker node inspect`) and overlay (from a container on node 2,
+host-mode published ports, the database on a node-local volume, attached to an attachable
+overlay network), hello (from the host to <node address>:<published port> of every task, read
+from `docker inspect <task>` and `docker node inspect`), overlay (from a container on node 2,
 `tasks.<service>` resolves to every task and each answers on its overlay address: what
 /worker/stats across nodes would use, docs/SCALING.md), node lost (the last node container
 killed: the time until swarm marks it Down and until every task runs, and answers, on the
-surviving nodes). The supervisor steps of `runtime: swarm` (load, reload, autoscale,
+surviving nodes) and stats (each node's /worker/stats counts exactly the hellos its tasks
+answered; the lost node's hellos are counted, not hidden). The supervisor steps of `runtime: swarm` (load, reload, autoscale,
 node lost, /worker/stats across nodes, clean stop) are not written yet: see supervisor_checks.
 
 Needs: root, a docker engine that accepts --cap-add ALL (without CAP_SYS_RESOURCE) and
---security-opt seccomp=unconfined, debootstrap (installed with apt-get when missing), curl, and
+--security-opt seccomp=unconfined, debootstrap (installed with apt-get when missing), curl, jq and
 for the first run a Debian mirror: the one this machine's apt uses, or GLB_DEBIAN_MIRROR=URI
 (see scripts/lib/debian-mirror.sh). Engines inside nodes listen on tcp://<node>:2375 without
 TLS, reachable only from this machine (the nodes' own bridge network).
@@ -218,6 +219,7 @@ dump_diagnostics() {
 # --- preflight --------------------------------------------------------------------------------
 command -v docker >/dev/null || fail "docker CLI not found"
 command -v curl >/dev/null || fail "curl not found (apt-get install curl)"
+command -v jq >/dev/null || fail "jq not found (apt-get install jq)"
 timeout 30 docker info >/dev/null 2>&1 || fail "no docker engine answers (docker info)"
 [ "$(id -u)" = 0 ] || fail "run as root (debootstrap and the root's ownership need it)"
 avail_mb="$(df -Pm "${TMPDIR:-/var/tmp}" | awk 'NR == 2 {print $4}')"
@@ -415,10 +417,20 @@ for node in "${nodes[@]}"; do
 done
 phase_done "images"
 
+# Hellos answered, by worker id (the task's container id): what each node's database must hold.
+declare -A answered=()
+# A hello body's worker id counted as answered; prints the id.
+count_hello() {
+    local id="${1##*container: }"
+    id="${id%%\"*}"
+    answered[$id]=$((${answered[$id]:-0} + 1))
+}
+
 # --- the service -------------------------------------------------------------------------------
 # dnsrr + host-mode published ports: no IPVS here, so no routing mesh and no VIP; and we want
 # every task reachable on its own anyway. No published port given: each task gets its own
-# from the node's ephemeral range, read back from the task.
+# from the node's ephemeral range, read back from the task. The database is on a node-local
+# named volume: the tasks of one node share one file (as the stats design has it).
 log "service"
 service="$(service_name "$run_id")"
 service_net=()
@@ -435,7 +447,7 @@ mgr service create --detach --quiet --name "$service" --label "$run_label=$run_i
     --no-resolve-image "${service_net[@]}" \
     --endpoint-mode dnsrr --replicas "$nodes_wanted" \
     --publish "mode=host,target=$worker_port" \
-    --mount type=tmpfs,target=/data \
+    --mount "type=volume,source=$service-stats,target=/data" \
     --stop-grace-period 10s \
     "$worker_image" --listen 0.0.0.0 --port "$worker_port" --db /data/worker-stats.db \
     --avg-delay 20 --failure 0 --drain-grace-ms 1000 --drain-timeout-ms 5000 >/dev/null ||
@@ -459,8 +471,10 @@ for _ in $(seq 1 120); do
     running="$(tasks 2>/dev/null || true)"
     if [ -z "$first_ms" ] && [ -n "$running" ]; then
         read -r _ addr port _ <<<"$running"
-        curl -fsS --max-time 1 -o /dev/null "http://$addr:$port/api/v1/hello" 2>/dev/null &&
+        if body="$(curl -fsS --max-time 1 "http://$addr:$port/api/v1/hello" 2>/dev/null)"; then
             first_ms=$((($(date +%s%N) - t_create) / 1000000))
+            count_hello "$body"
+        fi
     fi
     [ "$(grep -c . <<<"$running")" = "$nodes_wanted" ] && break
     sleep 0.5
@@ -481,7 +495,7 @@ while read -r task addr port cid host; do
         sleep 0.25
     done
     case "$body" in
-        *"hello from container: $cid"*) ;;
+        *"hello from container: $cid"*) count_hello "$body" ;;
         *) fail "task $task on $host ($addr:$port): expected a hello from container $cid, got: ${body:-nothing}" ;;
     esac
     seen_nodes[$host]=1
@@ -520,6 +534,7 @@ if [ $overlay = 1 ]; then
             *) fail "no hello from $peer:$worker_port over the overlay (from $probe_node): $body" ;;
         esac
         say "overlay $peer:$worker_port -> $body"
+        count_hello "$body"
         ids="$ids ${body##*container: }"
     done
     while read -r _ _ _ cid _; do
@@ -558,7 +573,7 @@ if [ $lose_node = 1 ]; then
     while read -r task addr port cid host; do
         body="$(curl -fsS --max-time 5 "http://$addr:$port/api/v1/hello" 2>/dev/null)" || body=""
         case "$body" in
-            *"hello from container: $cid"*) ;;
+            *"hello from container: $cid"*) count_hello "$body" ;;
             *) fail "task $task on $host ($addr:$port) after the loss: ${body:-no answer}" ;;
         esac
     done <<<"$running"
@@ -567,6 +582,44 @@ if [ $lose_node = 1 ]; then
     figures+=("node-down-seen=${down_ms}ms" "capacity-back=${back_ms}ms")
     phase_done "node-lost"
 fi
+
+# --- each node's database -----------------------------------------------------------------------
+# The premise of the stats design: a node's tasks share its file, so /worker/stats on any task
+# of a node counts exactly the hellos that node's tasks answered, and holds no other node's
+# worker. What a lost node's workers answered is in no surviving file: that is what the peer
+# copies of docs/SCALING.md are for; counted here, not hidden.
+log "stats: each node's database"
+declare -A in_files=()
+while read -r host; do
+    read -r _ addr port _ <<<"$(grep " $host\$" <<<"$running" | head -1)"
+    rows="$(curl -fsS --max-time 10 "http://$addr:$port/worker/stats" |
+        jq -r '.TotalRequests[] | to_entries[] | select(.key != "total") | "\(.key) \(.value)"')" ||
+        fail "GET /worker/stats from $addr:$port ($host) failed"
+    while read -r id n; do
+        [ -n "$id" ] || continue
+        [ -z "${in_files[$id]:-}" ] || fail "worker $id is in the files of two nodes"
+        in_files[$id]=$n
+        [ "$n" = "${answered[$id]:-0}" ] ||
+            fail "$host's /worker/stats counts $n hellos for $id, the script got ${answered[$id]:-0} from it"
+    done <<<"$rows"
+    while read -r _ _ _ cid _; do
+        [ -n "${in_files[$cid]:-}" ] || fail "task $cid on $host is not in its node's /worker/stats"
+    done < <(grep " $host\$" <<<"$running")
+    say "$host: $(tr '\n' ' ' <<<"$rows")(= the hellos the script got from each)"
+done < <(awk '{print $5}' <<<"$running" | sort -u)
+lost=0
+lost_ids=""
+for id in "${!answered[@]}"; do
+    if [ -z "${in_files[$id]:-}" ]; then
+        lost=$((lost + answered[$id]))
+        lost_ids="$lost_ids $id"
+    fi
+done
+if [ "$lost" -gt 0 ]; then
+    say "$lost hellos answered by$lost_ids (on the lost node) are in no surviving node's file"
+fi
+figures+=("hellos-lost-with-node=$lost")
+phase_done "stats"
 
 # --- the supervisor against the swarm: not written yet --------------------------------------------
 # TODO(issue 12): these checks need the `runtime: swarm` driver (on the runtime driver interface
