@@ -22,7 +22,7 @@ usage: scripts/swarm-e2e.sh [options]
   --no-overlay     no attachable overlay network for the service (and no overlay check)
   --no-node-loss   skip the last step (the last node killed; swarm reschedules its task)
   --rebuild-root   rebuild the node root even when its image is cached
-  --timeout S      stop (and clean up) after S seconds (default 900)
+  --timeout S      stop (and clean up) S seconds after the root image is ready (default 600)
   -h, --help       this text
 
 Steps, each printing its time: root image (debootstrap; cached as glb-swarm-node:<hash of its
@@ -42,7 +42,7 @@ node lost, /worker/stats across nodes, clean stop) are not written yet: see supe
 Needs: root, a docker engine that accepts --cap-add ALL (without CAP_SYS_RESOURCE) and
 --security-opt seccomp=unconfined, debootstrap (installed with apt-get when missing), curl, jq and
 for the first run a Debian mirror: the one this machine's apt uses, or GLB_DEBIAN_MIRROR=URI
-(see scripts/lib/debian-mirror.sh). Engines inside nodes listen on tcp://<node>:2375 without
+(see scripts/lib/debian-root.sh). Engines inside nodes listen on tcp://<node>:2375 without
 TLS, reachable only from this machine (the nodes' own bridge network).
 EOF
 }
@@ -56,7 +56,7 @@ list_runs=0
 rebuild=0
 overlay=1
 lose_node=1
-budget=900
+budget=600
 while [ $# -gt 0 ]; do
     case "$1" in
         --binary) binary="${2:?--binary needs a path}"; shift 2 ;;
@@ -170,11 +170,7 @@ cleanup() {
     set +e
     # The watchdog's sleep first (its parent is the watchdog, started here), then the watchdog.
     [ -n "$watchdog_pid" ] && { pkill -P "$watchdog_pid" sleep 2>/dev/null; kill "$watchdog_pid" 2>/dev/null; }
-    if [ -n "$root_dir" ]; then
-        # debootstrap mounts /proc and /sys in the root; an interrupted one leaves them there.
-        awk -v d="$root_dir/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
-        rm -rf "$root_dir" "$root_dir.log"
-    fi
+    [ -z "$root_dir" ] || remove_root
     [ -n "${context_dir:-}" ] && rm -rf "$context_dir"
     if [ -n "$run_id" ]; then
         if [ $keep = 1 ]; then
@@ -190,9 +186,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'say "stopped by a signal (or the --timeout of ${budget}s)"; exit 124' TERM
-# The watchdog: TERM to this script once the budget is spent; the trap then cleans up.
-(sleep "$budget" && kill -TERM $$) 2>/dev/null &
-watchdog_pid=$!
 
 # in NODE CMD...: a command inside a node container (bounded).
 in_node() { local n="$1"; shift; timeout 120 docker exec "$n" "$@"; }
@@ -225,8 +218,8 @@ timeout 30 docker info >/dev/null 2>&1 || fail "no docker engine answers (docker
 avail_mb="$(df -Pm "${TMPDIR:-/var/tmp}" | awk 'NR == 2 {print $4}')"
 [ "$avail_mb" -ge 2048 ] || fail "only ${avail_mb} MB free in ${TMPDIR:-/var/tmp}; the root needs ~1 GB to build"
 
-# shellcheck source=scripts/lib/debian-mirror.sh
-. "$repo/scripts/lib/debian-mirror.sh"
+# shellcheck source=scripts/lib/debian-root.sh
+. "$repo/scripts/lib/debian-root.sh"
 
 # --- the node root, cached as an image ----------------------------------------------------------
 # Everything that shapes the root feeds the image tag (as in systemd-e2e.sh): editing this
@@ -281,31 +274,17 @@ INIT
 recipe="$(declare -f prepare_root node_init) $suite $packages"
 image="glb-swarm-node:$(printf '%s' "$recipe" | sha256sum | cut -c1-12)"
 
-log "root image $image"
-if [ $rebuild = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    say "cached, no debootstrap"
-else
-    ensure_debootstrap || fail "debootstrap not found and not installable (apt-get install debootstrap)"
-    mirror="$(debian_mirror "$suite")" || no_mirror swarm-e2e "$suite"
-    replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
-    root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-swarm-root.XXXXXX")"
-    say "debootstrap $suite ($packages) from $mirror"
-    prepare_root "$root_dir" "$mirror"
-    tar -C "$root_dir" -c . |
-        docker import -c 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/sbin/glb-node-init"]' - "$image" >/dev/null ||
-        fail "docker import failed"
-    rm -rf "$root_dir"
-    root_dir=""
-    # Older roots of this script are dead weight.
-    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
-        docker rmi "$replaced" >/dev/null 2>&1 || true
-    fi
-    for old in $(docker images glb-swarm-node --format '{{.Repository}}:{{.Tag}}'); do
-        [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
-    done
-fi
+log "root image $image ($packages)"
+root_image swarm-e2e "$image" "$rebuild" prepare_root \
+    -c 'ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/sbin/glb-node-init"]' ||
+    fail "the root image was not built"
 say "$image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%d MB", $1 / 1048576}')"
 phase_done "root"
+
+# The watchdog, from here on (a first root build has its own bound, debootstrap's 900 s): TERM to
+# this script once the budget is spent; the trap then cleans up.
+(sleep "$budget" && kill -TERM $$) 2>/dev/null &
+watchdog_pid=$!
 
 # --- the worker image ---------------------------------------------------------------------------
 # Built as the supervisor builds it (FROM scratch + the static binary + Dockerfile.worker, the

@@ -93,7 +93,7 @@ cleanup() {
         docker ps -aq --filter "label=goloadbalancer.instance=$instance" | xargs -r docker rm -f >/dev/null 2>&1 || true
     fi
     [ -n "$db_dir" ] && [ $keep = 0 ] && rm -rf "$db_dir"
-    [ -n "$root_dir" ] && rm -rf "$root_dir"
+    [ -z "$root_dir" ] || remove_root
     exit $rc
 }
 trap cleanup EXIT
@@ -115,9 +115,9 @@ dump_diagnostics() {
     cx ps -eo pid,ppid,user,stat,args 2>&1 | grep -v '\[' || true
 }
 
-# --- the Debian mirror: the machine's own (scripts/lib/debian-mirror.sh) ----------------------
-# shellcheck source=scripts/lib/debian-mirror.sh
-. "$repo/scripts/lib/debian-mirror.sh"
+# --- the Debian mirror (the machine's own) and the root image: scripts/lib/debian-root.sh --------
+# shellcheck source=scripts/lib/debian-root.sh
+. "$repo/scripts/lib/debian-root.sh"
 
 if [ $print_mirror = 1 ]; then
     debian_mirror "$suite" || no_mirror systemd-e2e "$suite"
@@ -146,28 +146,10 @@ prepare_root() {
 recipe="$(declare -f prepare_root) $suite $packages"
 image="glb-systemd:$(printf '%s' "$recipe" | sha256sum | cut -c1-12)"
 
-log "root image $image"
-if [ $rebuild = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    echo "systemd-e2e: cached, no debootstrap"
-else
-    ensure_debootstrap || fail "debootstrap not found and not installable (apt-get install debootstrap)"
-    mirror="$(debian_mirror "$suite")" || no_mirror systemd-e2e "$suite"
-    replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
-    root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
-    echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
-    prepare_root "$root_dir" "$mirror"
-    tar -C "$root_dir" -c . | docker import -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' - "$image" >/dev/null ||
-        fail "docker import failed"
-    rm -rf "$root_dir"
-    root_dir=""
-    # Older roots of this script are dead weight (--rebuild-root leaves the old one untagged).
-    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
-        docker rmi "$replaced" >/dev/null 2>&1 || true
-    fi
-    for old in $(docker images glb-systemd --format '{{.Repository}}:{{.Tag}}'); do
-        [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
-    done
-fi
+log "root image $image ($packages)"
+root_image systemd-e2e "$image" "$rebuild" prepare_root -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' ||
+    fail "the root image was not built"
+
 phase_done "root image"
 
 # --- boot systemd with the least privilege that works -------------------------------------------

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Sourced by the scripts that build a Debian root with debootstrap (systemd-e2e.sh,
-# swarm-e2e.sh): the Debian mirror they take from this machine's apt sources, and debootstrap
-# itself. Defines functions only; the caller's `set -euo pipefail` applies.
+# Sourced by the scripts that boot a Debian root as a container (systemd-e2e.sh, swarm-e2e.sh):
+# the Debian mirror they take from this machine's apt sources, debootstrap itself, and the root
+# built once and cached as a docker image. Defines functions only; the caller's
+# `set -euo pipefail` applies.
 #
 # No mirror is written here: a machine behind a proxy or a local mirror already names it in its
 # apt sources, and a Debian mirror carries every release, so the host's serves bookworm too.
@@ -86,4 +87,44 @@ ensure_debootstrap() {
     echo "installing debootstrap" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+}
+
+# root_image NAME IMAGE REBUILD PREPARE [docker import options...]: makes the docker image IMAGE
+# (repo:tag) from a Debian root unless it exists and REBUILD is 0: the caller's `PREPARE DIR
+# MIRROR` debootstraps and shapes the root (with the caller's $suite), then `docker import` with
+# the options; older tags of the same repository are removed (dead weight). While it builds, the
+# root is in $root_dir, for the caller's EXIT trap to give to remove_root. 1 on a failure (the
+# reason on stderr); no mirror exits 1 (no_mirror).
+root_image() {
+    local name="$1" image="$2" rebuild="$3" prepare="$4" mirror replaced old
+    shift 4
+    if [ "$rebuild" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
+        echo "$name: cached, no debootstrap"
+        return 0
+    fi
+    ensure_debootstrap || { echo "$name: debootstrap not found and not installable (apt-get install debootstrap)" >&2; return 1; }
+    mirror="$(debian_mirror "$suite")" || no_mirror "$name" "$suite"
+    replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
+    root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/$name-root.XXXXXX")" || return 1
+    echo "$name: debootstrap $suite from $mirror"
+    "$prepare" "$root_dir" "$mirror" || return 1
+    tar -C "$root_dir" -c . | docker import "$@" - "$image" >/dev/null ||
+        { echo "$name: docker import failed" >&2; return 1; }
+    remove_root
+    # --rebuild-root leaves the old image untagged; other tags are older recipes.
+    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+        docker rmi "$replaced" >/dev/null 2>&1 || true
+    fi
+    for old in $(docker images "${image%%:*}" --format '{{.Repository}}:{{.Tag}}'); do
+        [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
+    done
+}
+
+# Removes $root_dir (if set) and its debootstrap log, first unmounting what an interrupted
+# debootstrap left mounted in it (/proc, /sys).
+remove_root() {
+    [ -n "${root_dir:-}" ] || return 0
+    awk -v d="$root_dir/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+    rm -rf "$root_dir" "$root_dir.log"
+    root_dir=""
 }
