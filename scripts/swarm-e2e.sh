@@ -20,7 +20,8 @@ usage: scripts/swarm-e2e.sh [options]
                    and exit
   --list           list the runs whose node containers exist, and exit
   --no-overlay     no attachable overlay network for the service (and no overlay check)
-  --no-node-loss   skip the last step (the last node killed; swarm reschedules its task)
+  --no-scale       skip the scaling step (docker service scale out to twice the nodes, back in)
+  --no-node-loss   skip the node-loss step (the last node killed; swarm reschedules its task)
   --rebuild-root   rebuild the node root even when its image is cached
   --timeout S      stop (and clean up) S seconds after the root image is ready (default 600)
   -h, --help       this text
@@ -33,7 +34,9 @@ host-mode published ports, the database on a node-local volume, attached to an a
 overlay network), hello (from the host to <node address>:<published port> of every task, read
 from `docker inspect <task>` and `docker node inspect`), overlay (from a container on node 2,
 `tasks.<service>` resolves to every task and each answers on its overlay address: what
-/worker/stats across nodes would use, docs/SCALING.md), node lost (the last node container
+/worker/stats across nodes would use, docs/SCALING.md), scale (`docker service scale` to twice
+the nodes and back: the time until all serve; a task being stopped is seen running with desired
+state remove and answering /healthz 503 during its drain grace), node lost (the last node container
 killed: the time until swarm marks it Down and until every task runs, and answers, on the
 surviving nodes) and stats (each node's /worker/stats counts exactly the hellos its tasks
 answered; the lost node's hellos are counted, not hidden). The supervisor steps of `runtime: swarm` (load, reload, autoscale,
@@ -56,6 +59,7 @@ list_runs=0
 rebuild=0
 overlay=1
 lose_node=1
+scale=1
 budget=600
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -66,6 +70,7 @@ while [ $# -gt 0 ]; do
         --list) list_runs=1; shift ;;
         --no-overlay) overlay=0; shift ;;
         --no-node-loss) lose_node=0; shift ;;
+        --no-scale) scale=0; shift ;;
         --rebuild-root) rebuild=1; shift ;;
         --timeout) budget="${2:?--timeout needs seconds}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -427,22 +432,51 @@ mgr service create --detach --quiet --name "$service" --label "$run_label=$run_i
     --endpoint-mode dnsrr --replicas "$nodes_wanted" \
     --publish "mode=host,target=$worker_port" \
     --mount "type=volume,source=$service-stats,target=/data" \
-    --stop-grace-period 10s \
+    --stop-grace-period 15s \
     "$worker_image" --listen 0.0.0.0 --port "$worker_port" --db /data/worker-stats.db \
-    --avg-delay 20 --failure 0 --drain-grace-ms 1000 --drain-timeout-ms 5000 >/dev/null ||
+    --avg-delay 20 --failure 0 --drain-grace-ms 4000 --drain-timeout-ms 5000 >/dev/null ||
     fail "docker service create failed"
 
-# Prints one line per running task: "TASK NODE_ADDR PUBLISHED_PORT CONTAINER_ID NODE_HOSTNAME".
-# This is the discovery the runtime driver does: the task's PortStatus and its node's address.
+# One line per task of the service that runs now: "TASK DESIRED NODE_ADDR PUBLISHED_PORT
+# CONTAINER_ID NODE_HOSTNAME" (port `-` when swarm no longer reports it). This is the discovery
+# the runtime driver does: the task's PortStatus and its node's address; four docker calls
+# however many tasks.
+running_tasks() {
+    local ids node_ids
+    ids="$(mgr service ps -q "$service")" || return 1
+    [ -n "$ids" ] || return 0
+    node_ids="$(mgr node ls -q)" || return 1
+    # shellcheck disable=SC2086 # lists of ids
+    awk 'NR == FNR { addr[$1] = $2; host[$1] = $3; next }
+        $4 == "running" { print $1, $3, addr[$2], (NF == 6 ? $5 : "-"), substr($NF, 1, 12), host[$2] }' \
+        <(mgr node inspect $node_ids --format '{{.ID}} {{.Status.Addr}} {{.Description.Hostname}}') \
+        <(mgr inspect $ids --format \
+            '{{.ID}} {{.NodeID}} {{.DesiredState}} {{.Status.State}} {{range .Status.PortStatus.Ports}}{{.PublishedPort}}{{end}} {{.Status.ContainerStatus.ContainerID}}')
+}
+
+# The serving set: tasks running with desired state running and a published port:
+# "TASK NODE_ADDR PUBLISHED_PORT CONTAINER_ID NODE_HOSTNAME".
 tasks() {
-    local task node_id state ports cid addr host
-    for task in $(mgr service ps -q --filter desired-state=running "$service"); do
-        read -r node_id state ports cid <<<"$(mgr inspect "$task" --format \
-            '{{.NodeID}} {{.Status.State}} {{range .Status.PortStatus.Ports}}{{.PublishedPort}}{{end}} {{.Status.ContainerStatus.ContainerID}}')"
-        if [ "$state" != running ] || [ -z "$ports" ]; then continue; fi
-        read -r addr host <<<"$(mgr node inspect "$node_id" --format '{{.Status.Addr}} {{.Description.Hostname}}')"
-        echo "$task $addr $ports ${cid:0:12} $host"
-    done
+    running_tasks | awk '$2 == "running" && $4 != "-" { print $1, $3, $4, $5, $6 }'
+}
+
+# Tasks swarm is stopping that still run (desired state `remove` on a scale-in, `shutdown` on an
+# update or a node drain): "TASK CONTAINER_ID". Their published port is no longer reported, so
+# the address is the one learned while they served (note_nodes), as the driver would keep it.
+leaving_tasks() {
+    running_tasks | awk '$2 != "running" { print $1, $5 }'
+}
+
+# Remembers the node of every worker and the address of every task listed in $1 (the output of
+# tasks).
+declare -A node_of=() addr_of=()
+note_nodes() {
+    local task addr port cid host
+    while read -r task addr port cid host; do
+        [ -n "$cid" ] || continue
+        node_of[$cid]=$host
+        addr_of[$task]="$addr:$port"
+    done <<<"$1"
 }
 running=""
 first_ms=""
@@ -461,6 +495,7 @@ done
 [ "$(grep -c . <<<"$running")" = "$nodes_wanted" ] || fail "not $nodes_wanted running tasks: ${running:-none}"
 say "tasks (task node-address published-port container node):"
 while read -r line; do echo "  $line"; done <<<"$running"
+note_nodes "$running"
 [ -n "$first_ms" ] && { say "first task served a hello ${first_ms} ms after docker service create"; figures+=("first-task-serving=${first_ms}ms"); }
 phase_done "service"
 
@@ -523,6 +558,62 @@ if [ $overlay = 1 ]; then
     phase_done "overlay"
 fi
 
+# --- scaling, swarm alone ---------------------------------------------------------------------------
+# `docker service scale` out and back in: the time until every task serves, and the premise of
+# the driver's draining (docs/SCALING.md): a task swarm stops shows a desired state other than
+# `running` while it still runs, and during the worker's --drain-grace-ms it answers /healthz 503 (still
+# serving hellos), so the LB can stop sending before it closes.
+# wait_serving N: waits (bounded) until N tasks run and each answers a hello; sets $running.
+wait_serving() {
+    local want="$1" ok task addr port cid host body
+    for _ in $(seq 1 120); do
+        running="$(tasks 2>/dev/null || true)"
+        if [ "$(grep -c . <<<"$running")" = "$want" ]; then
+            ok=1
+            while read -r task addr port cid host; do
+                body="$(curl -fsS --max-time 2 "http://$addr:$port/api/v1/hello" 2>/dev/null)" || { ok=0; break; }
+                count_hello "$body"
+            done <<<"$running"
+            [ $ok = 1 ] && { note_nodes "$running"; return 0; }
+        fi
+        sleep 0.5
+    done
+    return 1
+}
+if [ $scale = 1 ]; then
+    scaled=$((nodes_wanted * 2))
+    log "scale: $nodes_wanted -> $scaled -> $nodes_wanted (docker service scale)"
+    t0=$(date +%s%N)
+    mgr service scale --detach "$service=$scaled" >/dev/null || fail "docker service scale $service=$scaled"
+    wait_serving "$scaled" || fail "not $scaled tasks serving after the scale-out: ${running:-none}"
+    out_ms=$((($(date +%s%N) - t0) / 1000000))
+    say "$scaled tasks serving ${out_ms} ms after docker service scale"
+    t0=$(date +%s%N)
+    mgr service scale --detach "$service=$nodes_wanted" >/dev/null || fail "docker service scale $service=$nodes_wanted"
+    declare -A leaving=()
+    draining_503=0
+    for _ in $(seq 1 120); do
+        stopping="$(leaving_tasks 2>/dev/null || true)"
+        while read -r task cid; do
+            if [ -z "$cid" ] || [ -z "${addr_of[$task]:-}" ]; then continue; fi
+            leaving[$cid]=1
+            code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://${addr_of[$task]}/healthz" 2>/dev/null || true)"
+            [ "$code" = 503 ] && draining_503=$((draining_503 + 1))
+        done <<<"$stopping"
+        running="$(tasks 2>/dev/null || true)"
+        [ "$(grep -c . <<<"$running")" = "$nodes_wanted" ] && [ -z "$stopping" ] && break
+        sleep 0.2
+    done
+    in_ms=$((($(date +%s%N) - t0) / 1000000))
+    [ "$(grep -c . <<<"$running")" = "$nodes_wanted" ] || fail "not $nodes_wanted tasks after the scale-in: ${running:-none}"
+    [ "${#leaving[@]}" -gt 0 ] || fail "no task was seen stopping (desired state not running, still running)"
+    [ "$draining_503" -gt 0 ] || fail "no stopping task answered /healthz 503 during its drain grace"
+    say "scale-in: ${#leaving[@]} tasks seen stopping while running, /healthz 503 from them $draining_503 times; $nodes_wanted left after ${in_ms} ms"
+    wait_serving "$nodes_wanted" || fail "the $nodes_wanted tasks left do not all serve"
+    figures+=("scale-out=${out_ms}ms" "scale-in=${in_ms}ms")
+    phase_done "scale"
+fi
+
 # --- a node lost, swarm alone ----------------------------------------------------------------------
 # What the supervisor's node-lost check will stand on: how long swarm takes to see a node gone
 # and to run its tasks elsewhere (no supervisor here: no load, no backend set).
@@ -556,6 +647,7 @@ if [ $lose_node = 1 ]; then
             *) fail "task $task on $host ($addr:$port) after the loss: ${body:-no answer}" ;;
         esac
     done <<<"$running"
+    note_nodes "$running"
     say "$nodes_wanted tasks serving again on the surviving nodes ${back_ms} ms after the kill:"
     while read -r line; do echo "  $line"; done <<<"$running"
     figures+=("node-down-seen=${down_ms}ms" "capacity-back=${back_ms}ms")
@@ -586,17 +678,27 @@ while read -r host; do
     done < <(grep " $host\$" <<<"$running")
     say "$host: $(tr '\n' ' ' <<<"$rows")(= the hellos the script got from each)"
 done < <(awk '{print $5}' <<<"$running" | sort -u)
+# A worker missing from every file read: fine only when its node is the lost one, or has no
+# running task left to read its file through (counted apart).
 lost=0
 lost_ids=""
+unread=0
+serving_nodes=" $(awk '{print $5}' <<<"$running" | sort -u | tr '\n' ' ')"
 for id in "${!answered[@]}"; do
-    if [ -z "${in_files[$id]:-}" ]; then
+    [ -z "${in_files[$id]:-}" ] || continue
+    if [ -n "${victim:-}" ] && [ "${node_of[$id]:-}" = "$victim" ]; then
         lost=$((lost + answered[$id]))
         lost_ids="$lost_ids $id"
+    elif [[ "$serving_nodes" == *" ${node_of[$id]:-?} "* ]]; then
+        fail "worker $id (node ${node_of[$id]}) answered ${answered[$id]} hellos and is in no file of its node"
+    else
+        unread=$((unread + answered[$id]))
     fi
 done
 if [ "$lost" -gt 0 ]; then
     say "$lost hellos answered by$lost_ids (on the lost node) are in no surviving node's file"
 fi
+[ "$unread" = 0 ] || say "$unread hellos answered on nodes with no running task left (their files not read)"
 figures+=("hellos-lost-with-node=$lost")
 phase_done "stats"
 
