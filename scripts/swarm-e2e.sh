@@ -15,7 +15,9 @@ usage: scripts/swarm-e2e.sh [options]
                    release build if there is one, else the debug build, else cargo build)
   --nodes N        swarm nodes, 2..5 (default 3); node 1 is the manager
   --keep           leave the cluster up at the end, failed or not, and print how to reach it
-                   (for developing the swarm runtime driver); remove it with --down RUNID
+                   (for developing the swarm runtime driver); remove it with --down RUNID.
+                   The node-loss step leaves the last node dead: add --no-node-loss to keep
+                   every node
   --down RUNID     remove what the run RUNID left (service, swarm, node containers, network)
                    and exit
   --list           list the runs whose node containers exist, and exit
