@@ -22,8 +22,10 @@ commands:
   proxy --listen ADDR --backend ADDR [--backend ADDR ...] [--config PATH] [--KEY VALUE ...]
                                    one LB loop in the foreground; any config key is a flag
   check-config [PATH]              validate a config file and print the effective settings
-  status [--config PATH] [--admin ADDR]
-                                   show the running supervisor's state (exit 1 if not running)
+  status [--config PATH] [--admin ADDR] [--json] [--watch]
+                                   show the running supervisor's state (exit 1 if not running);
+                                   --watch: again every second until Ctrl-C (exit 1 after 10 s
+                                   without an answer); the live page: http://<admin>/
   help                             this text
 ";
 
@@ -213,12 +215,13 @@ fn real_main() -> Result<i32, String> {
             Ok(config::check_config_cmd(pos.first().map(PathBuf::from)))
         }
         "status" => {
-            let mut args = Args::parse(rest, &["json"])?;
+            let mut args = Args::parse(rest, &["json", "watch"])?;
             let config = args.take("config").map(PathBuf::from);
             let admin = args.take("admin");
             let json = args.take("json").is_some();
+            let watch = args.take("watch").is_some();
             args.finish(0)?;
-            Ok(supervisor::status_cmd(config, admin, json))
+            Ok(supervisor::status_cmd(config, admin, json, watch))
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -8,6 +8,9 @@
 mod admin;
 pub mod autoscale;
 mod children;
+mod dashboard;
+mod events;
+mod history;
 mod lb;
 mod metrics;
 mod prometheus;
@@ -55,6 +58,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
+    events::install();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
     notify::status("starting");
@@ -194,6 +198,8 @@ pub(crate) struct Supervisor {
     scaler: autoscale::Autoscaler,
     /// p90 of the requests completed between two samples.
     latency: autoscale::LatencyWindow,
+    /// Time series and per-worker recent figures for /status.
+    history: history::History,
 }
 
 /// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
@@ -337,6 +343,7 @@ impl Supervisor {
             last_sample: None,
             scaler: autoscale::Autoscaler::new(&cfg_autoscale),
             latency: autoscale::LatencyWindow::new(),
+            history: history::History::new(),
         };
         sup.choose_runtime();
         Ok(sup)
