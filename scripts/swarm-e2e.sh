@@ -321,6 +321,10 @@ if ! docker image inspect "$worker_image" >/dev/null 2>&1; then
     context_dir=""
 fi
 say "$worker_image from $binary"
+# One tag per binary: older ones are dead weight (a run that uses one has loaded it already).
+for old in $(docker images glb-swarm-worker --format '{{.Repository}}:{{.Tag}}'); do
+    [ "$old" = "$worker_image" ] || docker rmi "$old" >/dev/null 2>&1 || true
+done
 phase_done "worker-image"
 
 # --- boot the nodes ----------------------------------------------------------------------------
