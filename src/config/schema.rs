@@ -266,6 +266,26 @@ impl Config {
         (first, first.saturating_add(n - 1))
     }
 
+    /// The LB listener addresses, in LB index order (one with `shared-port`).
+    pub fn lb_addresses(&self) -> Vec<std::net::SocketAddr> {
+        let (first, last) = self.lb_ports();
+        (first..=last)
+            .filter_map(|p| u16::try_from(p).ok())
+            .map(|p| std::net::SocketAddr::new(self.listen_address, p))
+            .collect()
+    }
+
+    /// Every address the supervisor listens on: the LB listeners, then the admin endpoint
+    /// (what a systemd socket unit must list, `check-config --listen-addresses`).
+    pub fn listen_addresses(&self) -> Vec<std::net::SocketAddr> {
+        let mut all = self.lb_addresses();
+        all.push(std::net::SocketAddr::new(
+            self.admin_address,
+            self.admin_port,
+        ));
+        all
+    }
+
     /// First and last port a worker may take (inclusive).
     pub fn worker_ports(&self) -> (u32, u32) {
         let n = u32::try_from(self.worker_slots().max(1)).unwrap_or(u32::MAX);

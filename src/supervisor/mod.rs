@@ -55,6 +55,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
+    take_passed_sockets();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
     notify::status("starting");
@@ -196,9 +197,24 @@ pub(crate) struct Supervisor {
     latency: autoscale::LatencyWindow,
 }
 
-/// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
+/// Socket activation: keeps the listening sockets systemd passed (for `bind_listener`) and
+/// removes `LISTEN_*` from the environment. First thing, while there is one thread.
+fn take_passed_sockets() {
+    let (passed, mut rejected) = crate::sys::activation::take_passed();
+    let count = passed.len();
+    rejected.extend(crate::sys::net::adopt_passed(passed));
+    if count > 0 {
+        info!("sockets_passed", "count={count}");
+    }
+    for why in rejected {
+        warn!("passed_fd_ignored", "reason={}", quote(&why));
+    }
+}
+
+/// The listener for `addr` (see `sys::net::listener_for`: the inherited one, else bound),
+/// with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
-    crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
+    crate::sys::net::listener_for(addr).map_err(|e| format!("bind {addr}: {e}"))
 }
 
 /// `a,b,c`: the listeners' addresses for a log line.
@@ -238,14 +254,7 @@ fn poll_with_signals() -> Result<(Poll, Signals), String> {
 
 /// The LB listener addresses a config asks for.
 fn lb_addrs(cfg: &Config) -> Result<Vec<SocketAddr>, String> {
-    let n = if cfg.shared_port { 1 } else { cfg.pool.max(1) };
-    (0..n)
-        .map(|i| {
-            let port = u16::try_from(usize::from(cfg.load_balancer_port) + i)
-                .map_err(|_| format!("load-balancer-port + {i} is past 65535"))?;
-            Ok(SocketAddr::new(cfg.listen_address, port))
-        })
-        .collect()
+    Ok(cfg.lb_addresses())
 }
 
 /// The stats database as an absolute path with a canonical directory (containers mount that
@@ -285,6 +294,14 @@ impl Supervisor {
         let (poll, signals) = poll_with_signals()?;
         let admin = admin::Admin::new(admin_socket, poll.registry(), ADMIN)
             .map_err(|e| format!("admin: {e}"))?;
+        let unused = crate::sys::net::close_unclaimed();
+        if !unused.is_empty() {
+            warn!(
+                "passed_sockets_unused",
+                "sockets={} action=\"closed; re-run install.sh to write goloadbalancer.socket from the config\"",
+                unused.join(",")
+            );
+        }
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
