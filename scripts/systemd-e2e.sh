@@ -371,6 +371,22 @@ cx systemctl daemon-reload
 phase_done "install"
 
 show() { cx systemctl show goloadbalancer -p "$1" --value; }
+# Least privilege: every LB child of the supervisor $1 has no supplementary group, no
+# capability (CapEff/CapPrm/CapAmb 0) and no_new_privs, whatever the supervisor holds.
+check_lb_children_unprivileged() {
+    local pids pid st
+    pids="$(cx ps -o pid=,args= --ppid "$1" | awk '/ run /{print $1}')"
+    [ -n "$pids" ] || fail "no LB child under the supervisor $1"
+    for pid in $pids; do
+        st="$(cx cat "/proc/$pid/status")"
+        grep -qE '^Groups:\s*$' <<<"$st" || fail "LB child $pid has groups: $(grep ^Groups <<<"$st")"
+        for cap in CapEff CapPrm CapAmb CapInh; do
+            grep -qE "^$cap:\s*0+$" <<<"$st" || fail "LB child $pid: $(grep "^$cap" <<<"$st")"
+        done
+        grep -qE '^NoNewPrivs:\s*1$' <<<"$st" || fail "LB child $pid: no NoNewPrivs"
+    done
+    echo "systemd-e2e: LB children $(tr '\n' ' ' <<<"$pids")have no groups, no capabilities, NoNewPrivs 1 (supervisor: $(cx grep -E '^(Groups|CapEff)' "/proc/$1/status" | tr -s '\t\n' '  '))"
+}
 
 log "systemctl start"
 timeout 150 docker exec "$container" systemctl start goloadbalancer || fail "systemctl start failed"
@@ -380,6 +396,7 @@ echo "systemd-e2e: active, MainPID $main_pid, status: $(show StatusText)"
 [ "$(cx ps -o user= -p "$main_pid" | tr -d ' ')" = goloadbalancer ] ||
     fail "the supervisor does not run as goloadbalancer"
 [ "$(show WatchdogUSec)" = 4s ] || fail "WatchdogUSec is $(show WatchdogUSec), not 4s"
+check_lb_children_unprivileged "$main_pid"
 for port in 5050 5051; do
     body="$(cx curl -fsS --max-time 10 "http://127.0.0.1:$port/api/v1/hello")" ||
         fail "GET :$port/api/v1/hello failed"
@@ -696,6 +713,18 @@ YAML
         case "$body" in *"hello from container: "*) ;; *) fail "unexpected body: $body" ;; esac
     done
     echo "systemd-e2e: hardened unit as user goloadbalancer started 2 worker containers; LB ports answer"
+    # The supervisor keeps the docker group; its LB children do not.
+    cx grep -E "^Groups:.*\b$docker_gid\b" "/proc/$main_pid/status" >/dev/null ||
+        fail "the supervisor lacks the docker group ($docker_gid)"
+    check_lb_children_unprivileged "$main_pid"
+    # Worker containers: the service user, no capability, read-only, bounded.
+    svc_uid="$(cx id -u goloadbalancer)"
+    for id in $(docker ps -q --filter "label=goloadbalancer.instance=$instance"); do
+        got="$(docker inspect -f '{{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}}' "$id")"
+        [ "$got" = "$svc_uid:$(cx id -g goloadbalancer) [ALL] [no-new-privileges] true 256 268435456" ] ||
+            fail "worker container $id is not hardened: $got"
+    done
+    echo "systemd-e2e: worker containers run as $svc_uid, cap-drop ALL, no-new-privileges, read-only, pids 256, 256 MiB"
     # Reload under load: one more container, no failed request.
     ok=0
     bad=0

@@ -167,6 +167,15 @@ fn unit_keeps_state_in_the_state_directory_and_is_hardened() {
     ] {
         assert_eq!(one(&unit, &format!("Service.{key}")), want, "{key}");
     }
+    // Capabilities: binding low ports, and CAP_SETGID so LB children can drop the docker group.
+    assert_eq!(
+        one(&unit, "Service.AmbientCapabilities"),
+        "CAP_NET_BIND_SERVICE CAP_SETGID"
+    );
+    assert_eq!(
+        one(&unit, "Service.CapabilityBoundingSet"),
+        "CAP_NET_BIND_SERVICE CAP_SETGID"
+    );
     // The docker group comes from install.sh's drop-in, only where it exists: naming a
     // missing group here would make the unit fail to start (216/GROUP).
     assert!(!unit.contains_key("Service.SupplementaryGroups"));

@@ -159,6 +159,10 @@ pub(crate) struct Supervisor {
     runtime_reason: String,
     exe: PathBuf,
     db: PathBuf,
+    /// `user`, resolved at start.
+    user: crate::sys::privilege::Account,
+    /// What LB children switch to: `user` when we run as root, else none (they keep our uid).
+    child_account: Option<crate::sys::privilege::Account>,
     listeners: Vec<LbListener>,
     next_listener_id: u64,
     admin: admin::Admin,
@@ -283,6 +287,12 @@ impl Supervisor {
     /// Start steps that cannot wait for the loop: database, listeners, signals.
     fn new(config_path: PathBuf, cfg: Config) -> Result<Supervisor, String> {
         let db = absolute_db(&cfg.stats_dir)?;
+        // A relative stats-dir is only known here (check-config checks absolute ones).
+        crate::sys::privilege::check_database_dir(db.parent().unwrap_or(Path::new("/")))
+            .map_err(|e| format!("stats-dir: {e}"))?;
+        let user =
+            crate::sys::privilege::lookup_user(&cfg.user).map_err(|e| format!("user: {e}"))?;
+        let child_account = crate::sys::privilege::child_account(&user);
         // Creates or migrates the database, then closes it: no connection (and no SQLite
         // thread) lives across a fork.
         crate::worker::store::prepare(&db)?;
@@ -325,6 +335,8 @@ impl Supervisor {
             runtime_reason: String::new(),
             exe,
             db,
+            user,
+            child_account,
             listeners,
             next_listener_id,
             admin,
@@ -405,9 +417,22 @@ impl Supervisor {
                 return;
             }
         };
+        let user = match crate::sys::privilege::prepare_container_database(&self.db, &self.user) {
+            Ok(ids) => ids,
+            Err(e) if self.cfg.runtime == RuntimeKind::Auto => {
+                let why = format!("runtime: auto and no container may use the database: {e}");
+                self.use_runtime(Runtime::Process, why);
+                return;
+            }
+            Err(e) => {
+                self.fatal(format!("stats-dir: {e}"));
+                return;
+            }
+        };
         let d = crate::runtime::docker::Docker {
             instance: self.cfg.instance.clone(),
             image: crate::runtime::docker::image_tag(hash),
+            user,
         };
         self.use_runtime(Runtime::Docker(d), reason);
     }

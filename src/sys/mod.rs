@@ -5,4 +5,5 @@ pub mod activation;
 pub mod log;
 pub mod net;
 pub mod notify;
+pub mod privilege;
 pub mod signals;
