@@ -631,6 +631,11 @@ cx /opt/glb-src/scripts/install.sh --uninstall || fail "install.sh --uninstall f
 if cx systemctl cat goloadbalancer.service >/dev/null 2>&1; then fail "unit still known after uninstall"; fi
 cx test ! -e /usr/local/bin/goloadbalancer || fail "binary left after uninstall"
 cx test -f /etc/goloadbalancer/config.yaml || fail "uninstall removed the edited config"
+cx test -d /var/lib/goloadbalancer || fail "uninstall removed the state directory"
+cx /opt/glb-src/scripts/install.sh --uninstall --purge || fail "install.sh --uninstall --purge failed"
+cx test ! -e /etc/goloadbalancer || fail "--purge left /etc/goloadbalancer"
+cx test ! -e /var/lib/goloadbalancer || fail "--purge left /var/lib/goloadbalancer"
+echo "systemd-e2e: uninstall keeps the edited config and the database; --purge removes them"
 phase_done "uninstall"
 
 log "docker runtime under the hardened unit"

@@ -799,3 +799,50 @@ fn at_max_connections_the_next_client_waits_for_a_free_slot() {
         200
     );
 }
+
+#[test]
+fn a_body_that_arrives_late_is_read_then_answered() {
+    let dir = TempDir::new("worker-late-body");
+    let (mut w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-late",
+        &[
+            "--avg-delay",
+            "0",
+            "--failure",
+            "0",
+            "--drain-timeout-ms",
+            "5000",
+        ],
+    );
+    let head = b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n";
+    // `Connection: close` with the body in a later segment: the body is still read, then the
+    // request is answered (with `Connection: close`) and the connection closed.
+    let mut s = connect(addr);
+    s.write_all(head).unwrap();
+    s.write_all(b"Connection: close\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"abcd").unwrap();
+    let mut pending = Vec::new();
+    let r = read_response(&mut s, &mut pending, false).expect("answered once the body came");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(common::read_to_close(&mut s).is_empty());
+    // A drain that starts while a body is in flight lets that body finish, answers the
+    // request (the last answer says `Connection: close`) and reads no request after it.
+    let mut s = connect(addr);
+    s.write_all(head).unwrap();
+    s.write_all(b"\r\nab").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    w.signal(15);
+    std::thread::sleep(Duration::from_millis(200));
+    s.write_all(b"cdGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut pending = Vec::new();
+    let r = read_response(&mut s, &mut pending, false).expect("answered during the drain");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(pending.is_empty());
+    assert!(common::read_to_close(&mut s).is_empty());
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0));
+}

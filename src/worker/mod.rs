@@ -1,7 +1,11 @@
 //! The worker: `/api/v1/hello` after a random delay, `/worker/stats` from the shared SQLite
-//! database, `/healthz`; one mio loop (`server`), one stats store thread (`store`).
+//! database, `/healthz`; one mio loop (`server`) driving connections (`conn`) whose requests
+//! are routed (`routes`) to queued answers (`answer`), one stats store thread (`store`).
 
+mod answer;
+mod conn;
 pub mod delay;
+mod routes;
 mod server;
 pub mod store;
 

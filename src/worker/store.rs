@@ -398,86 +398,110 @@ impl WriterCtx {
         let mut stop_deadline: Option<Instant> = None;
         let mut next_flush = Instant::now() + self.flush_every;
         loop {
-            let (waiters, stop) = {
-                let mut inbox = lock(&self.shared.inbox);
-                loop {
-                    let now = Instant::now();
-                    if inbox.stop || !inbox.stats_waiters.is_empty() {
-                        break;
-                    }
-                    let has_work = !inbox.pending.is_empty() || !unsaved.is_empty();
-                    if has_work && now >= next_flush {
-                        break;
-                    }
-                    let wait = if has_work {
-                        next_flush - now
-                    } else {
-                        // Idle: nothing to write; wake up now and then to keep the loop simple.
-                        Duration::from_secs(1)
-                    };
-                    inbox = self
-                        .shared
-                        .wake
-                        .wait_timeout(inbox, wait)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                    if inbox.pending.is_empty() && unsaved.is_empty() {
-                        next_flush = Instant::now() + self.flush_every;
-                    }
-                }
-                unsaved.add(&std::mem::take(&mut inbox.pending));
-                (std::mem::take(&mut inbox.stats_waiters), inbox.stop)
-            };
+            let (waiters, stop) = self.wait_for_work(&mut unsaved, &mut next_flush);
             next_flush = Instant::now() + self.flush_every;
             if !unsaved.is_empty() {
-                match commit(&self.conn, &self.worker, &unsaved) {
-                    Ok(()) => unsaved = Delta::default(),
-                    Err(e) => {
-                        // Kept in `unsaved` and retried next round: never dropped.
-                        let now = Instant::now();
-                        if last_error_log.is_none_or(|t| now - t > Duration::from_secs(5)) {
-                            last_error_log = Some(now);
-                            crate::warn!(
-                                "stats_commit_failed",
-                                "db={} unsaved_requests={} error={}",
-                                crate::sys::log::quote(&self.path.display().to_string()),
-                                unsaved.successes + unsaved.failures,
-                                crate::sys::log::quote(&describe(&e))
-                            );
-                        }
-                        if !is_busy(&e) {
-                            // Not a lock: do not spin on a broken disk.
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
+                self.commit_unsaved(&mut unsaved, &mut last_error_log);
             }
             if !waiters.is_empty() {
-                let answer: Result<Arc<str>, String> = read_rows(&self.conn)
-                    .map(|rows| Arc::from(stats_json(&rows)))
-                    .map_err(|e| describe(&e));
-                {
-                    let mut answers = lock(&self.shared.answers);
-                    answers.extend(waiters.into_iter().map(|k| (k, answer.clone())));
-                }
-                (self.notify)();
+                self.answer_stats(waiters);
             }
-            if stop {
-                let pending_empty = lock(&self.shared.inbox).pending.is_empty();
-                if unsaved.is_empty() && pending_empty {
-                    return Ok(());
-                }
-                let deadline = *stop_deadline.get_or_insert(Instant::now() + STOP_RETRY);
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "stats database {}: {} requests not saved after retrying for {}s",
-                        self.path.display(),
-                        unsaved.successes + unsaved.failures,
-                        STOP_RETRY.as_secs()
-                    ));
-                }
+            if stop && let Some(result) = self.stop_result(&unsaved, &mut stop_deadline) {
+                return result;
             }
         }
+    }
+
+    /// Waits until there is something to do (a flush due, stats requests, the stop); moves
+    /// the recorded counters into `unsaved` and returns the stats waiters and the stop flag.
+    fn wait_for_work(&self, unsaved: &mut Delta, next_flush: &mut Instant) -> (Vec<u64>, bool) {
+        let mut inbox = lock(&self.shared.inbox);
+        loop {
+            let now = Instant::now();
+            if inbox.stop || !inbox.stats_waiters.is_empty() {
+                break;
+            }
+            let has_work = !inbox.pending.is_empty() || !unsaved.is_empty();
+            if has_work && now >= *next_flush {
+                break;
+            }
+            let wait = if has_work {
+                *next_flush - now
+            } else {
+                // Idle: nothing to write; wake up now and then to keep the loop simple.
+                Duration::from_secs(1)
+            };
+            inbox = self
+                .shared
+                .wake
+                .wait_timeout(inbox, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            if inbox.pending.is_empty() && unsaved.is_empty() {
+                *next_flush = Instant::now() + self.flush_every;
+            }
+        }
+        unsaved.add(&std::mem::take(&mut inbox.pending));
+        (std::mem::take(&mut inbox.stats_waiters), inbox.stop)
+    }
+
+    /// Commits `unsaved`; on failure keeps it for the next round (never dropped) and logs at
+    /// most every 5 s.
+    fn commit_unsaved(&self, unsaved: &mut Delta, last_error_log: &mut Option<Instant>) {
+        let Err(e) = commit(&self.conn, &self.worker, unsaved) else {
+            *unsaved = Delta::default();
+            return;
+        };
+        let now = Instant::now();
+        if last_error_log.is_none_or(|t| now - t > Duration::from_secs(5)) {
+            *last_error_log = Some(now);
+            crate::warn!(
+                "stats_commit_failed",
+                "db={} unsaved_requests={} error={}",
+                crate::sys::log::quote(&self.path.display().to_string()),
+                unsaved.successes + unsaved.failures,
+                crate::sys::log::quote(&describe(&e))
+            );
+        }
+        if !is_busy(&e) {
+            // Not a lock: do not spin on a broken disk.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Reads every row and hands the JSON (or the error) to each waiting stats request.
+    fn answer_stats(&self, waiters: Vec<u64>) {
+        let answer: Result<Arc<str>, String> = read_rows(&self.conn)
+            .map(|rows| Arc::from(stats_json(&rows)))
+            .map_err(|e| describe(&e));
+        {
+            let mut answers = lock(&self.shared.answers);
+            answers.extend(waiters.into_iter().map(|k| (k, answer.clone())));
+        }
+        (self.notify)();
+    }
+
+    /// Once stopping: Some(Ok) when everything is saved, Some(Err) when it could not be
+    /// within `STOP_RETRY`, None to keep retrying.
+    fn stop_result(
+        &self,
+        unsaved: &Delta,
+        stop_deadline: &mut Option<Instant>,
+    ) -> Option<Result<(), String>> {
+        let pending_empty = lock(&self.shared.inbox).pending.is_empty();
+        if unsaved.is_empty() && pending_empty {
+            return Some(Ok(()));
+        }
+        let deadline = *stop_deadline.get_or_insert(Instant::now() + STOP_RETRY);
+        if Instant::now() >= deadline {
+            return Some(Err(format!(
+                "stats database {}: {} requests not saved after retrying for {}s",
+                self.path.display(),
+                unsaved.successes + unsaved.failures,
+                STOP_RETRY.as_secs()
+            )));
+        }
+        None
     }
 }
 
