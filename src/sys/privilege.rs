@@ -95,7 +95,7 @@ pub fn drop_in_child(to: Option<&Account>) -> Result<Dropped, String> {
         }
         Err(e) => return Err(format!("setgroups([]): {e}")),
     }
-    drop_bounding_set(&mut dropped, to.is_some())?;
+    drop_bounding_set(to.is_some())?;
     // Ambient capabilities would survive an exec; clear them (EINVAL: kernel without them).
     // SAFETY: prctl with integer arguments only.
     unsafe {
@@ -122,8 +122,8 @@ pub fn drop_in_child(to: Option<&Account>) -> Result<Dropped, String> {
 
 /// Removes every capability from the bounding set. Needs CAP_SETPCAP: root has it; a
 /// non-root child does not, and needs none here (with no_new_privs and empty sets no exec can
-/// raise a capability), so EPERM is noted, not fatal, unless `must` (root).
-fn drop_bounding_set(dropped: &mut Dropped, must: bool) -> Result<(), String> {
+/// raise a capability), so EPERM is fine unless `must` (root).
+fn drop_bounding_set(must: bool) -> Result<(), String> {
     for cap in 0..64 {
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
@@ -133,12 +133,8 @@ fn drop_bounding_set(dropped: &mut Dropped, must: bool) -> Result<(), String> {
         match nix::errno::Errno::last() {
             // Past the last capability this kernel knows.
             nix::errno::Errno::EINVAL => return Ok(()),
-            nix::errno::Errno::EPERM if !must => {
-                dropped
-                    .kept
-                    .push("capability bounding set (no CAP_SETPCAP)".into());
-                return Ok(());
-            }
+            // Not worth a warning: see above.
+            nix::errno::Errno::EPERM if !must => return Ok(()),
             e => return Err(format!("PR_CAPBSET_DROP({cap}): {e}")),
         }
     }
