@@ -215,6 +215,38 @@ fn take_passed_sockets() {
     }
 }
 
+/// Closes (and logs) the passed sockets no listener took: the socket unit lists an address
+/// the config does not.
+fn close_unclaimed_sockets() {
+    let unused = crate::sys::net::close_unclaimed();
+    if !unused.is_empty() {
+        warn!(
+            "passed_sockets_unused",
+            "sockets={} action=\"closed; re-run install.sh to write goloadbalancer.socket from the config\"",
+            unused.join(",")
+        );
+    }
+}
+
+/// `user` resolved, and the account LB children switch to (`user` when we are root). Also
+/// checks the database's resolved directory (check-config can only check an absolute one).
+fn accounts(
+    cfg: &Config,
+    db: &Path,
+) -> Result<
+    (
+        crate::sys::privilege::Account,
+        Option<crate::sys::privilege::Account>,
+    ),
+    String,
+> {
+    crate::sys::privilege::check_database_dir(db.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| format!("stats-dir: {e}"))?;
+    let user = crate::sys::privilege::lookup_user(&cfg.user).map_err(|e| format!("user: {e}"))?;
+    let child = crate::sys::privilege::child_account(&user);
+    Ok((user, child))
+}
+
 /// The listener for `addr` (see `sys::net::listener_for`: the inherited one, else bound),
 /// with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -287,12 +319,7 @@ impl Supervisor {
     /// Start steps that cannot wait for the loop: database, listeners, signals.
     fn new(config_path: PathBuf, cfg: Config) -> Result<Supervisor, String> {
         let db = absolute_db(&cfg.stats_dir)?;
-        // A relative stats-dir is only known here (check-config checks absolute ones).
-        crate::sys::privilege::check_database_dir(db.parent().unwrap_or(Path::new("/")))
-            .map_err(|e| format!("stats-dir: {e}"))?;
-        let user =
-            crate::sys::privilege::lookup_user(&cfg.user).map_err(|e| format!("user: {e}"))?;
-        let child_account = crate::sys::privilege::child_account(&user);
+        let (user, child_account) = accounts(&cfg, &db)?;
         // Creates or migrates the database, then closes it: no connection (and no SQLite
         // thread) lives across a fork.
         crate::worker::store::prepare(&db)?;
@@ -304,14 +331,7 @@ impl Supervisor {
         let (poll, signals) = poll_with_signals()?;
         let admin = admin::Admin::new(admin_socket, poll.registry(), ADMIN)
             .map_err(|e| format!("admin: {e}"))?;
-        let unused = crate::sys::net::close_unclaimed();
-        if !unused.is_empty() {
-            warn!(
-                "passed_sockets_unused",
-                "sockets={} action=\"closed; re-run install.sh to write goloadbalancer.socket from the config\"",
-                unused.join(",")
-            );
-        }
+        close_unclaimed_sockets();
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
