@@ -29,6 +29,7 @@ use crate::runtime::Runtime;
 use crate::runtime::job::{Job, JobOutput};
 use crate::sys::log::quote;
 use crate::sys::notify;
+use crate::sys::privilege::Account;
 use crate::sys::signals::Signals;
 use crate::{error, info, warn};
 
@@ -160,9 +161,9 @@ pub(crate) struct Supervisor {
     exe: PathBuf,
     db: PathBuf,
     /// `user`, resolved at start.
-    user: crate::sys::privilege::Account,
+    user: Account,
     /// What LB children switch to: `user` when we run as root, else none (they keep our uid).
-    child_account: Option<crate::sys::privilege::Account>,
+    child_account: Option<Account>,
     listeners: Vec<LbListener>,
     next_listener_id: u64,
     admin: admin::Admin,
@@ -230,16 +231,7 @@ fn close_unclaimed_sockets() {
 
 /// `user` resolved, and the account LB children switch to (`user` when we are root). Also
 /// checks the database's resolved directory (check-config can only check an absolute one).
-fn accounts(
-    cfg: &Config,
-    db: &Path,
-) -> Result<
-    (
-        crate::sys::privilege::Account,
-        Option<crate::sys::privilege::Account>,
-    ),
-    String,
-> {
+fn accounts(cfg: &Config, db: &Path) -> Result<(Account, Option<Account>), String> {
     crate::sys::privilege::check_database_dir(db.parent().unwrap_or(Path::new("/")))
         .map_err(|e| format!("stats-dir: {e}"))?;
     let user = crate::sys::privilege::lookup_user(&cfg.user).map_err(|e| format!("user: {e}"))?;
