@@ -10,6 +10,7 @@ mod support;
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::*;
 
@@ -79,6 +80,13 @@ fn lb_children_have_no_groups_no_capabilities_and_cannot_reach_docker() {
     let root = nix::unistd::geteuid().is_root();
     let nobody = goloadbalancer::sys::privilege::lookup_user("nobody").expect("nobody");
     for pid in children {
+        // /status lists a child from its fork; it has dropped once it says it started.
+        let started = format!("event=lb_child_started pid={pid} ");
+        wait_until(
+            "the LB child logged its start",
+            Duration::from_secs(10),
+            || s.log_text().contains(&started),
+        );
         let st = proc_status(pid);
         let uid = ids(&st["Uid"]);
         let gid = ids(&st["Gid"]);
