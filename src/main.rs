@@ -25,8 +25,10 @@ commands:
   check-config --listen-addresses [PATH]
                                    the addresses the supervisor listens on, one per line
                                    (what install.sh writes into goloadbalancer.socket)
-  status [--config PATH] [--admin ADDR]
-                                   show the running supervisor's state (exit 1 if not running)
+  status [--config PATH] [--admin ADDR] [--json] [--watch]
+                                   show the running supervisor's state (exit 1 if not running);
+                                   --watch: again every second until Ctrl-C (exit 1 after 10 s
+                                   without an answer); the live page: http://<admin>/
   help                             this text
 ";
 
@@ -222,12 +224,13 @@ fn real_main() -> Result<i32, String> {
             }
         }
         "status" => {
-            let mut args = Args::parse(rest, &["json"])?;
+            let mut args = Args::parse(rest, &["json", "watch"])?;
             let config = args.take("config").map(PathBuf::from);
             let admin = args.take("admin");
             let json = args.take("json").is_some();
+            let watch = args.take("watch").is_some();
             args.finish(0)?;
-            Ok(supervisor::status_cmd(config, admin, json))
+            Ok(supervisor::status_cmd(config, admin, json, watch))
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -1,5 +1,6 @@
 //! The admin endpoint: a small non-blocking HTTP/1.1 server in the supervisor's loop serving
-//! `GET /status` (JSON) and `GET /metrics` (Prometheus text). One request per connection.
+//! `GET /status` (JSON), `GET /metrics` (Prometheus text) and `GET /` (the dashboard page,
+//! answered here: it is static). One request per connection.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -166,16 +167,18 @@ impl Admin {
                 None
             }
             Parsed::Request { method, path } => {
-                let route = match path.split('?').next().unwrap_or("") {
-                    "/status" => Route::Status,
-                    "/metrics" => Route::Metrics,
+                let path = path.split('?').next().unwrap_or("");
+                let route = match path {
+                    "/status" => Some(Route::Status),
+                    "/metrics" => Some(Route::Metrics),
+                    "/" => None,
                     _ => {
                         self.respond(
                             registry,
                             token,
                             404,
                             "text/plain",
-                            b"not found: try /status or /metrics\n".to_vec(),
+                            b"not found: try /, /status or /metrics\n".to_vec(),
                         );
                         return None;
                     }
@@ -184,14 +187,22 @@ impl Admin {
                     self.respond(registry, token, 405, "text/plain", b"only GET\n".to_vec());
                     return None;
                 }
+                let Some(route) = route else {
+                    let page = super::dashboard::PAGE.as_bytes().to_vec();
+                    let (ctype, headers) =
+                        (super::dashboard::CONTENT_TYPE, super::dashboard::HEADERS);
+                    self.respond_with(registry, token, 200, ctype, headers, page);
+                    return None;
+                };
                 Some(Pending { token, route })
             }
         }
     }
 
-    /// Sends a rendered answer (200) to a pending request.
+    /// Sends a rendered answer (200, never cached: it is live state) to a pending request.
     pub fn answer(&mut self, registry: &Registry, token: Token, content_type: &str, body: Vec<u8>) {
-        self.respond(registry, token, 200, content_type, body);
+        let no_store = "Cache-Control: no-store\r\n";
+        self.respond_with(registry, token, 200, content_type, no_store, body);
     }
 
     fn respond(
@@ -202,11 +213,29 @@ impl Admin {
         ctype: &str,
         body: Vec<u8>,
     ) {
+        self.respond_with(registry, token, status, ctype, "", body);
+    }
+
+    /// `respond` with `extra` header lines (each ending in CRLF) after the standard ones.
+    fn respond_with(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        status: u16,
+        ctype: &str,
+        extra: &str,
+        body: Vec<u8>,
+    ) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         let head_only = conn.inbuf.starts_with(b"HEAD ");
         let mut out = crate::http::response::simple(status, ctype, &body, true);
+        if let Some(blank) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            // Before the blank line that ends the head.
+            let at = blank + 2;
+            out.splice(at..at, extra.bytes());
+        }
         if head_only {
             // Same head, no body.
             let end = out

@@ -351,6 +351,15 @@ impl Supervisor {
         };
         let decision = self.scaler.observe(now, &sample);
         self.apply_scale(decision, now);
+        let point = super::history::Point {
+            desired: self.desired_workers,
+            active: sample.active_workers,
+            in_flight: sample.in_flight,
+            requests_per_s: self.rate.per_second(),
+            p90_ms: sample.p90_ms,
+        };
+        let live = self.workers.values().filter_map(|w| w.id.as_deref());
+        self.history.record(now, point, &views, live);
     }
 
     /// Applies an autoscaler decision through the same path as a reload's worker count.

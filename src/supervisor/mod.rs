@@ -8,6 +8,9 @@
 mod admin;
 pub mod autoscale;
 mod children;
+mod dashboard;
+mod events;
+mod history;
 mod lb;
 mod metrics;
 mod prometheus;
@@ -56,6 +59,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
+    events::install();
     take_passed_sockets();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
@@ -200,6 +204,8 @@ pub(crate) struct Supervisor {
     scaler: autoscale::Autoscaler,
     /// p90 of the requests completed between two samples.
     latency: autoscale::LatencyWindow,
+    /// Time series and per-worker recent figures for /status.
+    history: history::History,
 }
 
 /// Socket activation: keeps the listening sockets systemd passed (for `bind_listener`) and
@@ -378,6 +384,7 @@ impl Supervisor {
             last_sample: None,
             scaler: autoscale::Autoscaler::new(&cfg_autoscale),
             latency: autoscale::LatencyWindow::new(),
+            history: history::History::new(),
         };
         sup.choose_runtime();
         Ok(sup)

@@ -80,6 +80,8 @@ impl Supervisor {
             reloads: self.reloads,
             last_reload_error: self.last_reload_error.clone(),
             autoscale: serde_json::to_value(self.scaler.status()).ok(),
+            events: super::events::recent(),
+            history: self.history.series(),
         }
     }
 
@@ -101,6 +103,10 @@ impl Supervisor {
             _ => "unknown",
         };
         let totals = view.map(|v| v.totals.clone()).unwrap_or_default();
+        let recent =
+            s.id.as_deref()
+                .and_then(|id| self.history.worker(id))
+                .unwrap_or_default();
         WorkerStatus {
             id: s.id.clone().unwrap_or_default(),
             port: s.port,
@@ -117,6 +123,10 @@ impl Supervisor {
                 .collect::<BTreeMap<_, _>>(),
             requests: totals.requests(),
             failures: totals.failures,
+            requests_per_s: recent.requests_per_s,
+            share_5xx: recent.share_5xx,
+            latency_p50_ms: recent.p50_ms,
+            latency_p99_ms: recent.p99_ms,
             restarts: s.restarts,
             last_error: s.last_error.clone(),
         }

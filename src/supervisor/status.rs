@@ -48,6 +48,12 @@ pub struct Status {
     pub last_reload_error: Option<String>,
     /// Autoscaler status (`enabled: false` when off).
     pub autoscale: Option<serde_json::Value>,
+    /// The last 200 logged supervisor events, oldest first.
+    #[serde(default)]
+    pub events: Vec<super::events::Event>,
+    /// One point per second for the last 10 minutes.
+    #[serde(default)]
+    pub history: super::history::Series,
 }
 
 /// One LB child in `/status`.
@@ -93,6 +99,18 @@ pub struct WorkerStatus {
     pub requests: u64,
     /// Passive failures seen by the children.
     pub failures: u64,
+    /// Responses per second over the last ~10 s.
+    #[serde(default)]
+    pub requests_per_s: f64,
+    /// Share of 5xx among the responses of the last ~10 s (null without responses).
+    #[serde(default)]
+    pub share_5xx: Option<f64>,
+    /// Latency median over the last ~10 s, ms (null without responses).
+    #[serde(default)]
+    pub latency_p50_ms: Option<f64>,
+    /// Latency 99th percentile over the last ~10 s, ms (null without responses).
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
     /// Times this port's worker was replaced after dying or failing to start.
     pub restarts: u64,
     /// The last start error, if any.
@@ -210,7 +228,8 @@ pub fn render_table(s: &Status) -> String {
 }
 
 /// `goloadbalancer status`: 0 when the supervisor answered, 1 when it is not running.
-pub fn status_cmd(config: Option<PathBuf>, admin: Option<String>, json: bool) -> i32 {
+/// `watch`: redraw every second (see [`watch`]).
+pub fn status_cmd(config: Option<PathBuf>, admin: Option<String>, json: bool, watch: bool) -> i32 {
     let addr = match admin_addr(config, admin) {
         Ok(a) => a,
         Err(e) => {
@@ -218,24 +237,101 @@ pub fn status_cmd(config: Option<PathBuf>, admin: Option<String>, json: bool) ->
             return 2;
         }
     };
-    match fetch(addr) {
-        Ok(s) => {
-            if json {
-                match serde_json::to_string_pretty(&s) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("goloadbalancer status: {e}");
-                        return 1;
-                    }
-                }
-            } else {
-                print!("{}", render_table(&s));
-            }
-            0
-        }
+    let status = match fetch(addr) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("goloadbalancer status: not running ({e})");
-            1
+            return 1;
+        }
+    };
+    if watch {
+        return self::watch(addr, status, json);
+    }
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("goloadbalancer status: {e}");
+                return 1;
+            }
+        }
+    } else {
+        print!("{}", render_table(&status));
+    }
+    0
+}
+
+/// How long `status --watch` rides through an instance that does not answer (a restart)
+/// before it gives up with exit code 1.
+const WATCH_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// `status --watch`: the table again every second until Ctrl-C (the screen cleared with ANSI
+/// when stdout is a terminal; tables one after the other when it is not), or with `json` one
+/// compact document per line. While the instance does not answer, the last table stays with
+/// a line saying since when; after [`WATCH_GIVE_UP`] of silence it exits 1.
+fn watch(addr: SocketAddr, first: Status, json: bool) -> i32 {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut last = first;
+    let mut silent_since: Option<(std::time::Instant, String)> = None;
+    loop {
+        let mut frame = String::new();
+        if json {
+            frame.push_str(&serde_json::to_string(&last).unwrap_or_default());
+            frame.push('\n');
+        } else {
+            if tty {
+                // Cursor home, clear screen.
+                frame.push_str("\x1b[H\x1b[2J");
+            }
+            frame.push_str(&render_table(&last));
+            match &silent_since {
+                Some((_, e)) => frame.push_str(&format!("\nNOT ANSWERING ({e}); retrying\n")),
+                None => frame.push_str(&format!(
+                    "\n{addr} at {} UTC, every 1 s; Ctrl-C to stop\n",
+                    clock_utc()
+                )),
+            }
+            if !tty {
+                frame.push('\n');
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(frame.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
+            // The reader went away (a closed pipe): nothing left to show.
+            return 0;
+        }
+        drop(out);
+        std::thread::sleep(Duration::from_secs(1));
+        match fetch(addr) {
+            Ok(s) => {
+                last = s;
+                silent_since = None;
+            }
+            Err(e) => {
+                let since = silent_since
+                    .as_ref()
+                    .map_or_else(std::time::Instant::now, |s| s.0);
+                if since.elapsed() >= WATCH_GIVE_UP {
+                    eprintln!("goloadbalancer status: stopped answering ({e})");
+                    return 1;
+                }
+                silent_since = Some((since, e));
+            }
         }
     }
+}
+
+/// Wall-clock time of day, `HH:MM:SS`, UTC.
+fn clock_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }

@@ -15,7 +15,8 @@ pub enum Level {
 }
 
 impl Level {
-    fn name(self) -> &'static str {
+    /// `error`, `warning`, `info`, `debug`.
+    pub fn name(self) -> &'static str {
         match self {
             Level::Error => "error",
             Level::Warning => "warning",
@@ -48,6 +49,19 @@ fn new_logger(role: &str) -> Logger {
     }
 }
 
+/// Sees every line (but debug ones) as `(level, event, fields)`; see [`set_hook`].
+pub type Hook = fn(Level, &str, &str);
+
+/// The hook and the pid of the process that installed it.
+static HOOK: OnceLock<(u32, Hook)> = OnceLock::new();
+
+/// Installs `hook` for this process (the supervisor's event ring). Only the installing process
+/// calls it: a forked child shares the memory but not the pid, so its lines stay out. Later
+/// calls are ignored.
+pub fn set_hook(hook: Hook) {
+    let _ = HOOK.set((std::process::id(), hook));
+}
+
 static ROLE_OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// Changes the role after a fork (the child is single-threaded, so the lock is free).
@@ -72,6 +86,12 @@ pub fn write(level: Level, event: &str, fields: Arguments<'_>) {
     }
     line.push_str(&format!("role={role} level={} event={event}", level.name()));
     let rest = fields.to_string();
+    if level != Level::Debug
+        && let Some((pid, hook)) = HOOK.get()
+        && *pid == std::process::id()
+    {
+        hook(level, event, &rest);
+    }
     if !rest.is_empty() {
         line.push(' ');
         line.push_str(&rest);
