@@ -83,6 +83,7 @@ impl Supervisor {
                 backends: backends.clone(),
                 settings,
                 drain_timeout_ms,
+                account: self.child_account.as_ref(),
             },
             &mut self.signals,
         );

@@ -32,6 +32,7 @@ use crate::runtime::Runtime;
 use crate::runtime::job::{Job, JobOutput};
 use crate::sys::log::quote;
 use crate::sys::notify;
+use crate::sys::privilege::Account;
 use crate::sys::signals::Signals;
 use crate::{error, info, warn};
 
@@ -59,6 +60,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
     events::install();
+    take_passed_sockets();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
     notify::status("starting");
@@ -162,6 +164,10 @@ pub(crate) struct Supervisor {
     runtime_reason: String,
     exe: PathBuf,
     db: PathBuf,
+    /// `user`, resolved at start.
+    user: Account,
+    /// What LB children switch to: `user` when we run as root, else none (they keep our uid).
+    child_account: Option<Account>,
     listeners: Vec<LbListener>,
     next_listener_id: u64,
     admin: admin::Admin,
@@ -202,9 +208,47 @@ pub(crate) struct Supervisor {
     history: history::History,
 }
 
-/// Binds a listener (see `sys::net::bind_listener`), with the address in the error.
+/// Socket activation: keeps the listening sockets systemd passed (for `bind_listener`) and
+/// removes `LISTEN_*` from the environment. First thing, while there is one thread.
+fn take_passed_sockets() {
+    let (passed, mut rejected) = crate::sys::activation::take_passed();
+    let count = passed.len();
+    rejected.extend(crate::sys::net::adopt_passed(passed));
+    if count > 0 {
+        info!("sockets_passed", "count={count}");
+    }
+    for why in rejected {
+        warn!("passed_fd_ignored", "reason={}", quote(&why));
+    }
+}
+
+/// Closes (and logs) the passed sockets no listener took: the socket unit lists an address
+/// the config does not.
+fn close_unclaimed_sockets() {
+    let unused = crate::sys::net::close_unclaimed();
+    if !unused.is_empty() {
+        warn!(
+            "passed_sockets_unused",
+            "sockets={} action=\"closed; re-run install.sh to write goloadbalancer.socket from the config\"",
+            unused.join(",")
+        );
+    }
+}
+
+/// `user` resolved, and the account LB children switch to (`user` when we are root). Also
+/// checks the database's resolved directory (check-config can only check an absolute one).
+fn accounts(cfg: &Config, db: &Path) -> Result<(Account, Option<Account>), String> {
+    crate::sys::privilege::check_database_dir(db.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| format!("stats-dir: {e}"))?;
+    let user = crate::sys::privilege::lookup_user(&cfg.user).map_err(|e| format!("user: {e}"))?;
+    let child = crate::sys::privilege::child_account(&user);
+    Ok((user, child))
+}
+
+/// The listener for `addr` (see `sys::net::listener_for`: the inherited one, else bound),
+/// with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
-    crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
+    crate::sys::net::listener_for(addr).map_err(|e| format!("bind {addr}: {e}"))
 }
 
 /// `a,b,c`: the listeners' addresses for a log line.
@@ -244,14 +288,7 @@ fn poll_with_signals() -> Result<(Poll, Signals), String> {
 
 /// The LB listener addresses a config asks for.
 fn lb_addrs(cfg: &Config) -> Result<Vec<SocketAddr>, String> {
-    let n = if cfg.shared_port { 1 } else { cfg.pool.max(1) };
-    (0..n)
-        .map(|i| {
-            let port = u16::try_from(usize::from(cfg.load_balancer_port) + i)
-                .map_err(|_| format!("load-balancer-port + {i} is past 65535"))?;
-            Ok(SocketAddr::new(cfg.listen_address, port))
-        })
-        .collect()
+    Ok(cfg.lb_addresses())
 }
 
 /// The stats database as an absolute path with a canonical directory (containers mount that
@@ -280,6 +317,7 @@ impl Supervisor {
     /// Start steps that cannot wait for the loop: database, listeners, signals.
     fn new(config_path: PathBuf, cfg: Config) -> Result<Supervisor, String> {
         let db = absolute_db(&cfg.stats_dir)?;
+        let (user, child_account) = accounts(&cfg, &db)?;
         // Creates or migrates the database, then closes it: no connection (and no SQLite
         // thread) lives across a fork.
         crate::worker::store::prepare(&db)?;
@@ -291,6 +329,7 @@ impl Supervisor {
         let (poll, signals) = poll_with_signals()?;
         let admin = admin::Admin::new(admin_socket, poll.registry(), ADMIN)
             .map_err(|e| format!("admin: {e}"))?;
+        close_unclaimed_sockets();
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
@@ -314,6 +353,8 @@ impl Supervisor {
             runtime_reason: String::new(),
             exe,
             db,
+            user,
+            child_account,
             listeners,
             next_listener_id,
             admin,
@@ -395,9 +436,22 @@ impl Supervisor {
                 return;
             }
         };
+        let user = match crate::sys::privilege::prepare_container_database(&self.db, &self.user) {
+            Ok(ids) => ids,
+            Err(e) if self.cfg.runtime == RuntimeKind::Auto => {
+                let why = format!("runtime: auto and no container may use the database: {e}");
+                self.use_runtime(Runtime::Process, why);
+                return;
+            }
+            Err(e) => {
+                self.fatal(format!("stats-dir: {e}"));
+                return;
+            }
+        };
         let d = crate::runtime::docker::Docker {
             instance: self.cfg.instance.clone(),
             image: crate::runtime::docker::image_tag(hash),
+            user,
         };
         self.use_runtime(Runtime::Docker(d), reason);
     }

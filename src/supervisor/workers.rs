@@ -383,6 +383,8 @@ impl Supervisor {
             avg_delay: self.cfg.avg_delay,
             failure: self.cfg.failure,
             drain_timeout_ms: self.cfg.drain_timeout_ms,
+            pids_limit: self.cfg.worker_pids_limit,
+            memory_mb: self.cfg.worker_memory_mb,
         };
         if !self.spawn_job(
             d.run(&spec),
