@@ -208,7 +208,7 @@ else
 # Written by scripts/chaos.sh for one run.
 worker: 2
 pool: 2
-stats-dir: $work/worker-stats.db
+stats-dir: $work/db/worker-stats.db
 avg-delay: 100
 failure: 0
 load-balancer-port: $lb_port

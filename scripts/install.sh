@@ -11,6 +11,10 @@ usage: scripts/install.sh [options]
 Installs (as root):
   PREFIX/bin/goloadbalancer                          the binary (PREFIX: /usr/local)
   /etc/systemd/system/goloadbalancer.service         the unit
+  /etc/systemd/system/goloadbalancer.socket          its listening sockets (socket activation):
+                                                     ListenStream= lines for the LB ports and
+                                                     the admin port of the installed config,
+                                                     rewritten on every install
   /etc/systemd/system/goloadbalancer.service.d/10-docker.conf
                                                      SupplementaryGroups=docker, only where
                                                      the docker group exists
@@ -33,8 +37,9 @@ options:
   -h, --help      this text
 
 After installing:
-  systemctl enable --now goloadbalancer     start now and at boot
+  systemctl enable --now goloadbalancer     start now and at boot (sockets too)
   systemctl reload goloadbalancer           re-read config.yaml, no request fails
+  systemctl restart goloadbalancer          new process; the sockets stay open, nothing refused
   journalctl -u goloadbalancer -p warning   warnings and errors only
 EOF
 }
@@ -82,6 +87,7 @@ fi
 bin_path="$prefix/bin/goloadbalancer"
 unit_dir="/etc/systemd/system"
 unit="$unit_dir/goloadbalancer.service"
+socket_unit="$unit_dir/goloadbalancer.socket"
 dropin_dir="$unit_dir/goloadbalancer.service.d"
 docker_dropin="$dropin_dir/10-docker.conf"
 conf_dir="/etc/goloadbalancer"
@@ -147,9 +153,10 @@ has_docker_group() {
 
 do_uninstall() {
     if systemd_running; then
-        systemctl disable --now goloadbalancer.service 2>/dev/null || true
+        systemctl disable --now goloadbalancer.service goloadbalancer.socket 2>/dev/null || true
     fi
     remove "$unit"
+    remove "$socket_unit"
     remove "$docker_dropin"
     rmdir "$root$dropin_dir" 2>/dev/null || true
     remove "$bin_path"
@@ -175,9 +182,40 @@ do_uninstall() {
     fi
     if systemd_running; then
         systemctl daemon-reload
-        systemctl reset-failed goloadbalancer.service 2>/dev/null || true
+        systemctl reset-failed goloadbalancer.service goloadbalancer.socket 2>/dev/null || true
     fi
     say "uninstalled (the user goloadbalancer is kept: files may still belong to it)"
+}
+
+# Writes the socket unit: the shipped one with its ListenStream= lines replaced by the
+# addresses the installed config listens on (the binary computes them, so pool, shared-port
+# and the admin address count exactly as the supervisor counts them). With a config that does
+# not load, the shipped lines stay (the warning above says why). Sets socket_changed.
+socket_changed=0
+write_socket_unit() {
+    local addrs=""
+    if addrs="$("$binary" check-config --listen-addresses "$root$conf" 2>/dev/null)" && [ -n "$addrs" ]; then
+        # Plain bash (no awk: /usr/bin/awk is an /etc/alternatives link on Debian).
+        local line done=0 list
+        mapfile -t list <<<"$addrs"
+        while IFS= read -r line; do
+            case "$line" in
+                ListenStream=*)
+                    [ $done = 1 ] || printf 'ListenStream=%s\n' "${list[@]}"
+                    done=1 ;;
+                *) printf '%s\n' "$line" ;;
+            esac
+        done <"$repo/systemd/goloadbalancer.socket" >"$tmp/socket"
+    else
+        say "WARNING: the socket unit keeps the shipped addresses ($conf does not load)"
+        cp "$repo/systemd/goloadbalancer.socket" "$tmp/socket"
+    fi
+    sed -i -e "s#file:///usr/local/share/doc/goloadbalancer#file://${doc_dir// /%%20}#g" "$tmp/socket"
+    if ! [ -f "$root$socket_unit" ] || ! cmp -s "$tmp/socket" "$root$socket_unit"; then
+        socket_changed=1
+    fi
+    put "$tmp/socket" "$socket_unit" 0644
+    say "sockets: $(grep '^ListenStream=' "$tmp/socket" | cut -d= -f2 | paste -sd' ')"
 }
 
 find_binary() {
@@ -193,7 +231,7 @@ find_binary() {
 }
 
 do_install() {
-    for f in systemd/goloadbalancer.service config.yaml README.md; do
+    for f in systemd/goloadbalancer.service systemd/goloadbalancer.socket config.yaml README.md; do
         [ -f "$repo/$f" ] || { echo "install.sh: $repo/$f is missing (run from a checkout)" >&2; exit 1; }
     done
     find_binary
@@ -242,6 +280,8 @@ do_install() {
         say "WARNING: $conf does not pass check-config with the new binary:"
         sed 's/^/    /' "$tmp/check" >&2
     fi
+    write_socket_unit
+
 
     if [ $staged = 1 ]; then
         say "staged under $root: no user created, systemctl not called"
@@ -259,7 +299,9 @@ do_install() {
     if systemd_running; then
         systemctl daemon-reload
         say "systemctl daemon-reload done"
-        if systemctl is-active --quiet goloadbalancer.service; then
+        if [ "$socket_changed" = 1 ] && systemctl is-active --quiet goloadbalancer.socket; then
+            say "the listen addresses changed: systemctl stop goloadbalancer.service goloadbalancer.socket && systemctl start goloadbalancer.socket goloadbalancer.service"
+        elif systemctl is-active --quiet goloadbalancer.service; then
             say "goloadbalancer is running the old binary: systemctl restart goloadbalancer"
         else
             say "start it with: systemctl enable --now goloadbalancer"

@@ -93,7 +93,7 @@ cleanup() {
         docker ps -aq --filter "label=goloadbalancer.instance=$instance" | xargs -r docker rm -f >/dev/null 2>&1 || true
     fi
     [ -n "$db_dir" ] && [ $keep = 0 ] && rm -rf "$db_dir"
-    [ -n "$root_dir" ] && rm -rf "$root_dir"
+    [ -z "$root_dir" ] || remove_root
     exit $rc
 }
 trap cleanup EXIT
@@ -115,84 +115,12 @@ dump_diagnostics() {
     cx ps -eo pid,ppid,user,stat,args 2>&1 | grep -v '\[' || true
 }
 
-# --- the Debian mirror: the machine's own ------------------------------------------------------
-# No mirror is written here: a machine behind a proxy or a local mirror already names it in its
-# apt sources, and a Debian mirror carries every release, so the host's serves bookworm too.
-
-# Prints "URI SUITE" for each enabled `deb` source with the component main, from the one-line
-# lists and the deb822 .sources files apt reads (apt-config gives their paths, so APT_CONFIG
-# points this at other files).
-apt_main_sources() {
-    local list="/etc/apt/sources.list" parts="/etc/apt/sources.list.d/" f
-    if command -v apt-config >/dev/null; then
-        # Sets list= and parts= (shell-quoted by apt-config).
-        eval "$(apt-config shell list Dir::Etc::sourcelist/f parts Dir::Etc::sourceparts/d 2>/dev/null)"
-    fi
-    for f in "$list" "$parts"*.list; do
-        [ -f "$f" ] || continue
-        # deb [options] URI SUITE COMPONENT...
-        awk '{ sub(/#.*/, "") }
-            $1 != "deb" { next }
-            {
-                i = 2
-                if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i, $(i + 1); next }
-            }' "$f"
-    done
-    for f in "$parts"*.sources; do
-        [ -f "$f" ] || continue
-        # Paragraphs of "Field: value" lines; a line starting with blank continues the field.
-        awk 'BEGIN { RS = ""; FS = "\n" }
-            {
-                split("", v); key = ""
-                for (i = 1; i <= NF; i++) {
-                    if ($i ~ /^#/) continue
-                    if ($i ~ /^[ \t]/) { if (key != "") v[key] = v[key] " " $i; continue }
-                    p = index($i, ":"); if (!p) { key = ""; continue }
-                    key = tolower(substr($i, 1, p - 1)); v[key] = substr($i, p + 1)
-                }
-                if (tolower(v["enabled"]) ~ /^[ \t]*no/) next
-                if (" " v["types"] " " !~ /[ \t]deb[ \t]/) next
-                if (" " v["components"] " " !~ /[ \t]main[ \t]/) next
-                nu = split(v["uris"], u, /[ \t]+/); ns = split(v["suites"], s, /[ \t]+/)
-                for (a = 1; a <= nu; a++) for (b = 1; b <= ns; b++)
-                    if (u[a] != "" && s[b] != "") print u[a], s[b]
-            }' "$f"
-    done
-}
-
-# Prints the mirror for debootstrap: GLB_DEBIAN_MIRROR, else the URI of the host's source for
-# $suite, else of a source for another Debian release (a suite without "-" or "/", so not
-# -security or -updates, that debootstrap knows as Debian's: its script is `sid`). 1 if none.
-debian_mirror() {
-    if [ -n "${GLB_DEBIAN_MIRROR:-}" ]; then
-        echo "$GLB_DEBIAN_MIRROR"
-        return 0
-    fi
-    local sources uri s
-    sources="$(apt_main_sources)"
-    while read -r uri s; do
-        [ "$s" = "$suite" ] && { echo "$uri"; return 0; }
-    done <<<"$sources"
-    while read -r uri s; do
-        case "$uri" in http://*|https://*|file:/*) ;; *) continue ;; esac
-        case "$s" in ''|*-*|*/*) continue ;; esac
-        [ "$(readlink -f "${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts/$s" 2>/dev/null)" = \
-            "$(readlink -f "${DEBOOTSTRAP_DIR:-/usr/share/debootstrap}/scripts/sid")" ] || continue
-        echo "$uri"
-        return 0
-    done <<<"$sources"
-    return 1
-}
-
-no_mirror() {
-    echo "systemd-e2e: no Debian mirror in this machine's apt sources (no enabled \`deb\` source" \
-        "with the component main for $suite or another Debian release); set GLB_DEBIAN_MIRROR=URI" >&2
-    exit 1
-}
+# --- the Debian mirror (the machine's own) and the root image: scripts/lib/debian-root.sh --------
+# shellcheck source=scripts/lib/debian-root.sh
+. "$repo/scripts/lib/debian-root.sh"
 
 if [ $print_mirror = 1 ]; then
-    debian_mirror || no_mirror
+    debian_mirror "$suite" || no_mirror systemd-e2e "$suite"
     exit 0
 fi
 
@@ -218,34 +146,10 @@ prepare_root() {
 recipe="$(declare -f prepare_root) $suite $packages"
 image="glb-systemd:$(printf '%s' "$recipe" | sha256sum | cut -c1-12)"
 
-log "root image $image"
-if [ $rebuild = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    echo "systemd-e2e: cached, no debootstrap"
-else
-    if ! command -v debootstrap >/dev/null; then
-        command -v apt-get >/dev/null || fail "debootstrap not found (apt-get install debootstrap)"
-        echo "systemd-e2e: installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 ||
-            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } ||
-            fail "could not install debootstrap"
-    fi
-    mirror="$(debian_mirror)" || no_mirror
-    replaced="$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)"
-    root_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-e2e-root.XXXXXX")"
-    echo "systemd-e2e: debootstrap $suite ($packages) from $mirror"
-    prepare_root "$root_dir" "$mirror"
-    tar -C "$root_dir" -c . | docker import -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' - "$image" >/dev/null ||
-        fail "docker import failed"
-    rm -rf "$root_dir"
-    root_dir=""
-    # Older roots of this script are dead weight (--rebuild-root leaves the old one untagged).
-    if [ -n "$replaced" ] && [ "$replaced" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
-        docker rmi "$replaced" >/dev/null 2>&1 || true
-    fi
-    for old in $(docker images glb-systemd --format '{{.Repository}}:{{.Tag}}'); do
-        [ "$old" = "$image" ] || docker rmi "$old" >/dev/null 2>&1 || true
-    done
-fi
+log "root image $image ($packages)"
+root_image systemd-e2e "$image" "$rebuild" prepare_root -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' ||
+    fail "the root image was not built"
+
 phase_done "root image"
 
 # --- boot systemd with the least privilege that works -------------------------------------------
@@ -371,6 +275,22 @@ cx systemctl daemon-reload
 phase_done "install"
 
 show() { cx systemctl show goloadbalancer -p "$1" --value; }
+# Least privilege: every LB child of the supervisor $1 has no supplementary group, no
+# capability (CapEff/CapPrm/CapAmb 0) and no_new_privs, whatever the supervisor holds.
+check_lb_children_unprivileged() {
+    local pids pid st
+    pids="$(cx ps -o pid=,args= --ppid "$1" | awk '/ run /{print $1}')"
+    [ -n "$pids" ] || fail "no LB child under the supervisor $1"
+    for pid in $pids; do
+        st="$(cx cat "/proc/$pid/status")"
+        grep -qE '^Groups:\s*$' <<<"$st" || fail "LB child $pid has groups: $(grep ^Groups <<<"$st")"
+        for cap in CapEff CapPrm CapAmb CapInh; do
+            grep -qE "^$cap:\s*0+$" <<<"$st" || fail "LB child $pid: $(grep "^$cap" <<<"$st")"
+        done
+        grep -qE '^NoNewPrivs:\s*1$' <<<"$st" || fail "LB child $pid: no NoNewPrivs"
+    done
+    echo "systemd-e2e: LB children $(tr '\n' ' ' <<<"$pids")have no groups, no capabilities, NoNewPrivs 1 (supervisor: $(cx grep -E '^(Groups|CapEff)' "/proc/$1/status" | tr -s '\t\n' '  '))"
+}
 
 log "systemctl start"
 timeout 150 docker exec "$container" systemctl start goloadbalancer || fail "systemctl start failed"
@@ -380,30 +300,56 @@ echo "systemd-e2e: active, MainPID $main_pid, status: $(show StatusText)"
 [ "$(cx ps -o user= -p "$main_pid" | tr -d ' ')" = goloadbalancer ] ||
     fail "the supervisor does not run as goloadbalancer"
 [ "$(show WatchdogUSec)" = 4s ] || fail "WatchdogUSec is $(show WatchdogUSec), not 4s"
+check_lb_children_unprivileged "$main_pid"
 for port in 5050 5051; do
     body="$(cx curl -fsS --max-time 10 "http://127.0.0.1:$port/api/v1/hello")" ||
         fail "GET :$port/api/v1/hello failed"
     case "$body" in *"hello from"*) ;; *) fail "unexpected body on :$port: $body" ;; esac
 done
 echo "systemd-e2e: both LB ports answer"
+# Socket activation: the service pulled in goloadbalancer.socket and adopted its three sockets
+# (two LB ports, admin) rather than binding them.
+[ "$(cx systemctl is-active goloadbalancer.socket)" = active ] || fail "goloadbalancer.socket is not active"
+inherited="$(cx journalctl -u goloadbalancer --no-pager -o cat | grep -c 'event=listener_inherited' || true)"
+[ "$inherited" = 3 ] || fail "$inherited listener_inherited events at start, expected 3 (2 LB ports + admin)"
+echo "systemd-e2e: the supervisor took its 3 listeners from goloadbalancer.socket"
 phase_done "start"
 
 log "systemctl reload under load"
 # Four curl loops (two per LB port) run until told to stop; each counts 200s and the rest.
 docker exec -i "$container" tee /opt/glb/load.sh >/dev/null <<'LOAD'
 #!/bin/bash
-port=$1; ok=0; bad=0
+port=$1; ok=0; bad=0; refused=0
 while [ ! -e /opt/glb/stop ]; do
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 15 "http://127.0.0.1:$port/api/v1/hello")
-    if [ "$code" = 200 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "$port $code" >>/opt/glb/bad; fi
+    rc=$?
+    # curl exit 7: the connection was refused.
+    [ "$rc" = 7 ] && refused=$((refused + 1))
+    if [ "$code" = 200 ]; then ok=$((ok + 1)); else bad=$((bad + 1)); echo "$port $code curl-exit=$rc" >>/opt/glb/bad; fi
 done
-echo "$ok $bad" >"/opt/glb/result.$port.$$"
+echo "$ok $bad $refused" >"/opt/glb/result.$port.$$"
 LOAD
 cx chmod +x /opt/glb/load.sh
-cx rm -f /opt/glb/stop /opt/glb/bad
-for port in 5050 5050 5051 5051; do
-    docker exec -d "$container" /opt/glb/load.sh "$port"
-done
+# Starts the four loops (two per LB port).
+start_load() {
+    cx rm -f /opt/glb/stop /opt/glb/bad
+    cx_sh 'rm -f /opt/glb/result.*'
+    local port
+    for port in 5050 5050 5051 5051; do
+        docker exec -d "$container" /opt/glb/load.sh "$port"
+    done
+}
+# Stops them and sums their counts into load_ok, load_bad, load_refused.
+finish_load() {
+    cx touch /opt/glb/stop
+    for _ in $(seq 1 60); do
+        [ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] && break
+        sleep 0.5
+    done
+    [ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
+    read -r load_ok load_bad load_refused <<<"$(cx_sh 'cat /opt/glb/result.*' | awk '{o += $1; b += $2; r += $3} END {print o, b, r}')"
+}
+start_load
 sleep 2
 # A real change: one more worker.
 cx sed -i 's/^worker: 2$/worker: 3/' /etc/goloadbalancer/config.yaml
@@ -446,13 +392,8 @@ echo "systemd-e2e: LB children $old_children-> $new_children"
 [ "$(show MainPID)" = "$main_pid" ] || fail "the main process changed across a reload"
 # Keep the load going past the watchdog timeout: a missing WATCHDOG=1 would get it killed.
 sleep 5
-cx touch /opt/glb/stop
-for _ in $(seq 1 60); do
-    [ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] && break
-    sleep 0.5
-done
-[ "$(cx_sh 'ls /opt/glb/result.* 2>/dev/null | wc -l')" = 4 ] || fail "not every load loop finished"
-read -r ok bad <<<"$(cx_sh 'cat /opt/glb/result.*' | awk '{o += $1; b += $2} END {print o, b}')"
+finish_load
+ok=$load_ok bad=$load_bad
 echo "systemd-e2e: load across both reloads: $ok ok, $bad failed"
 if [ "$bad" != 0 ]; then
     cx_sh 'sort /opt/glb/bad | uniq -c' || true
@@ -480,6 +421,31 @@ done
 cx cp /opt/glb/config.good /etc/goloadbalancer/config.yaml
 echo "systemd-e2e: the rejected reload is an error in the journal; still serving with the old config"
 phase_done "broken reload"
+
+log "systemctl restart under load: the sockets stay open (socket activation)"
+# The old supervisor drains (in-flight requests finish), stops its workers and exits; the new
+# one starts workers and forks LB children on the same sockets. Meanwhile the kernel queues
+# new connections on the sockets systemd holds: none is refused, none fails.
+start_load
+sleep 2
+timeout 150 docker exec "$container" systemctl restart goloadbalancer || fail "systemctl restart failed"
+[ "$(cx systemctl is-active goloadbalancer)" = active ] || fail "not active after restart"
+restarted_pid="$(show MainPID)"
+[ "$restarted_pid" != "$main_pid" ] || fail "systemctl restart kept MainPID $main_pid"
+sleep 3
+finish_load
+echo "systemd-e2e: load across systemctl restart: $load_ok ok, $load_bad failed, $load_refused refused (MainPID $main_pid -> $restarted_pid)"
+if [ "$load_bad" != 0 ] || [ "$load_refused" != 0 ]; then
+    cx_sh 'sort /opt/glb/bad | uniq -c' || true
+    fail "$load_bad requests failed ($load_refused refused) across systemctl restart"
+fi
+[ "$load_ok" -ge 40 ] || fail "only $load_ok requests ran: the load did not span the restart"
+inherited="$(cx journalctl -u goloadbalancer --no-pager -o cat "_PID=$restarted_pid" | grep -c 'event=listener_inherited' || true)"
+[ "$inherited" = 3 ] || fail "the restarted supervisor adopted $inherited sockets, expected 3"
+cx journalctl -u goloadbalancer --no-pager -o cat "_PID=$main_pid" | grep 'event=stopped exit_code=0' >/dev/null ||
+    fail "the old supervisor (pid $main_pid) did not stop cleanly"
+main_pid="$restarted_pid"
+phase_done "restart"
 
 log "journal"
 journal="$(cx journalctl -u goloadbalancer -p info --no-pager -o cat)"
@@ -536,7 +502,15 @@ if cx pgrep -a goloadbalancer; then fail "goloadbalancer processes left after sy
 # The restarted supervisor logged its own clean end (drained, workers stopped, exit 0).
 cx journalctl -u goloadbalancer --no-pager -o cat "_PID=$new_pid" | grep 'event=stopped exit_code=0' >/dev/null ||
     fail "no event=stopped exit_code=0 from the supervisor (pid $new_pid) in the journal"
-echo "systemd-e2e: stopped cleanly, nothing left running"
+# The socket unit outlives a stop of the service alone (a new connection would start it
+# again); stopping it closes the ports.
+[ "$(cx systemctl is-active goloadbalancer.socket)" = active ] || fail "goloadbalancer.socket stopped with the service"
+cx systemctl stop goloadbalancer.socket
+if cx curl -sS --max-time 5 -o /dev/null http://127.0.0.1:5050/ 2>/dev/null; then
+    fail "port 5050 still answers after stopping the service and its socket"
+fi
+[ "$(cx systemctl is-active goloadbalancer || true)" = inactive ] || fail "a connection after the stop started the service"
+echo "systemd-e2e: stopped cleanly, nothing left running; with the socket stopped the ports are closed"
 phase_done "stop"
 
 log "systemctl start with a broken config fails once, without a restart loop"
@@ -648,6 +622,18 @@ YAML
         case "$body" in *"hello from container: "*) ;; *) fail "unexpected body: $body" ;; esac
     done
     echo "systemd-e2e: hardened unit as user goloadbalancer started 2 worker containers; LB ports answer"
+    # The supervisor keeps the docker group; its LB children do not.
+    cx grep -E "^Groups:.*\b$docker_gid\b" "/proc/$main_pid/status" >/dev/null ||
+        fail "the supervisor lacks the docker group ($docker_gid)"
+    check_lb_children_unprivileged "$main_pid"
+    # Worker containers: the service user, no capability, read-only, bounded.
+    svc_uid="$(cx id -u goloadbalancer)"
+    for id in $(docker ps -q --filter "label=goloadbalancer.instance=$instance"); do
+        got="$(docker inspect -f '{{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.ReadonlyRootfs}} {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}}' "$id")"
+        [ "$got" = "$svc_uid:$(cx id -g goloadbalancer) [ALL] [no-new-privileges] true 256 268435456" ] ||
+            fail "worker container $id is not hardened: $got"
+    done
+    echo "systemd-e2e: worker containers run as $svc_uid, cap-drop ALL, no-new-privileges, read-only, pids 256, 256 MiB"
     # Reload under load: one more container, no failed request.
     ok=0
     bad=0

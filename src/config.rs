@@ -73,6 +73,25 @@ pub fn check_config_cmd(path: Option<PathBuf>) -> i32 {
     }
 }
 
+/// `goloadbalancer check-config --listen-addresses [PATH]`: one `address:port` line per
+/// socket the supervisor listens on (LB listeners, then admin; IPv6 in brackets), the form a
+/// systemd `ListenStream=` takes; exit 0, or the error and exit 2.
+pub fn listen_addresses_cmd(path: Option<PathBuf>) -> i32 {
+    let path = default_path(path);
+    match load(&path) {
+        Ok(config) => {
+            for addr in config.listen_addresses() {
+                println!("{addr}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +151,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn listen_addresses_are_the_lb_ports_then_admin() {
+        let c = load_text("pool: 3\nload-balancer-port: 7000\nadmin-port: 7100\n").unwrap();
+        let shown: Vec<String> = c.listen_addresses().iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "0.0.0.0:7000",
+                "0.0.0.0:7001",
+                "0.0.0.0:7002",
+                "127.0.0.1:7100"
+            ]
+        );
+        let c = load_text("pool: 3\nshared-port: true\nlisten-address: \"::1\"\n").unwrap();
+        let shown: Vec<String> = c.listen_addresses().iter().map(|a| a.to_string()).collect();
+        assert_eq!(shown, ["[::1]:5050", "127.0.0.1:8404"]);
     }
 
     #[test]

@@ -22,6 +22,9 @@ commands:
   proxy --listen ADDR --backend ADDR [--backend ADDR ...] [--config PATH] [--KEY VALUE ...]
                                    one LB loop in the foreground; any config key is a flag
   check-config [PATH]              validate a config file and print the effective settings
+  check-config --listen-addresses [PATH]
+                                   the addresses the supervisor listens on, one per line
+                                   (what install.sh writes into goloadbalancer.socket)
   status [--config PATH] [--admin ADDR] [--json] [--watch]
                                    show the running supervisor's state (exit 1 if not running);
                                    --watch: again every second until Ctrl-C (exit 1 after 10 s
@@ -214,9 +217,15 @@ fn real_main() -> Result<i32, String> {
             &[],
         )?)?)),
         "check-config" => {
-            let args = Args::parse(rest, &[])?;
+            let mut args = Args::parse(rest, &["listen-addresses"])?;
+            let addresses = args.take("listen-addresses").is_some();
             let pos = args.finish(1)?;
-            Ok(config::check_config_cmd(pos.first().map(PathBuf::from)))
+            let path = pos.first().map(PathBuf::from);
+            if addresses {
+                Ok(config::listen_addresses_cmd(path))
+            } else {
+                Ok(config::check_config_cmd(path))
+            }
         }
         "status" => {
             let mut args = Args::parse(rest, &["json", "watch"])?;

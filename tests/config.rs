@@ -693,3 +693,53 @@ fn readme_documents_every_key_with_its_default() {
     effective.sort();
     assert_eq!(documented, effective);
 }
+
+#[test]
+fn database_in_a_system_directory_is_refused_with_its_line() {
+    for (name, dir) in [
+        ("cfg-db-root", "/"),
+        ("cfg-db-etc", "/etc"),
+        ("cfg-db-var", "/var"),
+    ] {
+        let db = format!("{}/stats.db", dir.trim_end_matches('/'));
+        rejects(
+            name,
+            &seed_with("stats-dir", &format!("stats-dir: {db}")),
+            &format!(
+                ":3: stats-dir: the database's directory {dir} is a system directory, and it is \
+                 bind-mounted into every worker container: give the database a directory of its \
+                 own, e.g. /var/lib/goloadbalancer/worker-stats.db"
+            ),
+        );
+    }
+    rejects(
+        "cfg-db-usr",
+        &format!("{SEED}stats-dir: /usr/lib/glb/stats.db\n")
+            .replace("stats-dir: worker-stats.db\n", ""),
+        ":7: stats-dir: the database's directory /usr/lib/glb is a system directory, and it is \
+         bind-mounted into every worker container: give the database a directory of its own, \
+         e.g. /var/lib/goloadbalancer/worker-stats.db",
+    );
+    let dir = TempDir::new("cfg-db-own");
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        seed_with("stats-dir", "stats-dir: /var/lib/glb/stats.db"),
+    )
+    .expect("write");
+    assert_eq!(check_config(&path).code, Some(0));
+}
+
+#[test]
+fn user_must_exist_and_be_unprivileged() {
+    rejects(
+        "cfg-user-missing",
+        &format!("{SEED}user: no-such-user-glb\n"),
+        ":8: user: no user \"no-such-user-glb\" in /etc/passwd",
+    );
+    rejects(
+        "cfg-user-root",
+        &format!("{SEED}user: root\n"),
+        ":8: user: must be an unprivileged user, got \"root\" (uid 0, gid 0)",
+    );
+}

@@ -1,6 +1,7 @@
 //! The operator scripts (scripts/load.sh, scripts/chaos.sh): their --help, their usage errors,
-//! and their short (--quick) runs against the real binary; and the Debian mirror
-//! scripts/systemd-e2e.sh takes from the machine's apt sources. A run whose tool is missing is
+//! and their short (--quick) runs against the real binary; the Debian mirror
+//! scripts/systemd-e2e.sh takes from the machine's apt sources; and scripts/swarm-e2e.sh's
+//! --help and usage errors (its cluster is run by hand: it needs root and minutes). A run whose tool is missing is
 //! skipped with the reason printed (.ci/run installs curl, wrk and jq).
 
 mod common;
@@ -118,6 +119,37 @@ fn chaos_help_documents_steps_and_tools() {
         "apt-get install",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[test]
+fn swarm_e2e_help_documents_steps_and_options() {
+    let o = run("swarm-e2e.sh", &["--help"], Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    assert!(text.starts_with("usage: scripts/swarm-e2e.sh"), "{text}");
+    for needle in [
+        "--keep",
+        "--down RUNID",
+        "--timeout",
+        "--nodes",
+        "glb-swarm-node:",
+        "dnsrr",
+        "host-mode published ports",
+        "supervisor_checks",
+        "GLB_DEBIAN_MIRROR",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+    for (args, error) in [
+        (&["--nodes", "9"][..], "--nodes must be 2..5"),
+        (&["--timeout", "soon"][..], "--timeout must be seconds"),
+        (&["--down", "../x"][..], "bad run id"),
+        (&["--bogus"][..], "unknown option --bogus"),
+    ] {
+        let o = run("swarm-e2e.sh", args, Duration::from_secs(20));
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(error), "{args:?}: {}", stderr(&o));
     }
 }
 

@@ -66,6 +66,7 @@ fn tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
 
 const BIN: &str = "usr/local/bin/goloadbalancer";
 const UNIT: &str = "etc/systemd/system/goloadbalancer.service";
+const SOCKET: &str = "etc/systemd/system/goloadbalancer.socket";
 const DROPIN: &str = "etc/systemd/system/goloadbalancer.service.d/10-docker.conf";
 const CONF: &str = "etc/goloadbalancer/config.yaml";
 const CONF_DEFAULT: &str = "etc/goloadbalancer/config.yaml.default";
@@ -89,7 +90,7 @@ fn staged_install_is_complete_idempotent_and_reversible() {
     let names: Vec<&str> = t1.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        [CONF, CONF_DEFAULT, UNIT, BIN, SYSUSERS, DOC],
+        [CONF, CONF_DEFAULT, UNIT, SOCKET, BIN, SYSUSERS, DOC],
         "exactly these files (no docker group in the staged root, so no drop-in)"
     );
     assert_eq!(t1[BIN].0, 0o755);
@@ -101,6 +102,12 @@ fn staged_install_is_complete_idempotent_and_reversible() {
     assert_eq!(
         t1[UNIT].1,
         std::fs::read(repo_file("systemd/goloadbalancer.service")).expect("unit")
+    );
+    // The shipped config's addresses are the shipped socket unit's.
+    assert_eq!(t1[SOCKET].0, 0o644);
+    assert_eq!(
+        t1[SOCKET].1,
+        std::fs::read(repo_file("systemd/goloadbalancer.socket")).expect("socket unit")
     );
     let shipped = std::fs::read(repo_file("config.yaml")).expect("config.yaml");
     assert_eq!(t1[CONF].1, shipped);
@@ -123,11 +130,26 @@ fn staged_install_is_complete_idempotent_and_reversible() {
 
     // An edited config is never overwritten; the shipped default is beside it.
     let conf = root.join(CONF);
-    let edited = b"# mine\nworker: 1\npool: 1\n";
+    let edited = b"# mine\nworker: 1\npool: 3\nload-balancer-port: 7000\nadmin-port: 7100\n";
     std::fs::write(&conf, edited).expect("edit config");
     let third = install_ok(&args);
     assert!(third.contains("kept your edited /etc/goloadbalancer/config.yaml"));
     assert_eq!(std::fs::read(&conf).expect("config"), edited);
+    // The socket unit follows the installed config's ports.
+    let socket = std::fs::read_to_string(root.join(SOCKET)).expect("socket unit");
+    let listen: Vec<&str> = socket
+        .lines()
+        .filter(|l| l.starts_with("ListenStream="))
+        .collect();
+    assert_eq!(
+        listen,
+        [
+            "ListenStream=0.0.0.0:7000",
+            "ListenStream=0.0.0.0:7001",
+            "ListenStream=0.0.0.0:7002",
+            "ListenStream=127.0.0.1:7100"
+        ]
+    );
     assert_eq!(
         std::fs::read(root.join(CONF_DEFAULT)).expect("default"),
         shipped
@@ -367,9 +389,9 @@ fn real_install_with_spaces_then_uninstall_purge_removes_everything_and_reloads(
     assert_eq!(
         uninstall,
         [
-            "systemctl disable --now goloadbalancer.service",
+            "systemctl disable --now goloadbalancer.service goloadbalancer.socket",
             "systemctl daemon-reload",
-            "systemctl reset-failed goloadbalancer.service"
+            "systemctl reset-failed goloadbalancer.service goloadbalancer.socket"
         ]
     );
     assert!(

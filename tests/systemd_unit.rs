@@ -92,9 +92,13 @@ fn unit_passes_systemd_analyze_verify() {
         text.replace("/usr/local/bin/goloadbalancer", common::bin()),
     )
     .expect("write unit copy");
+    // The socket unit beside it (the service wants it; verify loads it from the same dir).
+    let socket = dir.join("goloadbalancer.socket");
+    std::fs::copy(repo_file("systemd/goloadbalancer.socket"), &socket).expect("socket copy");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
+        .arg(&socket)
         .output()
         .expect("run systemd-analyze");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -163,10 +167,50 @@ fn unit_keeps_state_in_the_state_directory_and_is_hardened() {
     ] {
         assert_eq!(one(&unit, &format!("Service.{key}")), want, "{key}");
     }
+    // Capabilities: binding low ports, and CAP_SETGID so LB children can drop the docker group.
+    assert_eq!(
+        one(&unit, "Service.AmbientCapabilities"),
+        "CAP_NET_BIND_SERVICE CAP_SETGID"
+    );
+    assert_eq!(
+        one(&unit, "Service.CapabilityBoundingSet"),
+        "CAP_NET_BIND_SERVICE CAP_SETGID"
+    );
     // The docker group comes from install.sh's drop-in, only where it exists: naming a
     // missing group here would make the unit fail to start (216/GROUP).
     assert!(!unit.contains_key("Service.SupplementaryGroups"));
     assert_eq!(one(&unit, "Install.WantedBy"), "multi-user.target");
+}
+
+#[test]
+fn socket_unit_listens_where_the_shipped_config_does_and_the_service_wants_it() {
+    let text = std::fs::read_to_string(repo_file("systemd/goloadbalancer.socket")).expect("socket");
+    let socket = parse_unit(&text);
+    let config = goloadbalancer::config::load(&repo_file("config.yaml")).expect("config.yaml");
+    let want: Vec<String> = config
+        .listen_addresses()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(socket["Socket.ListenStream"], want);
+    assert_eq!(one(&socket, "Install.WantedBy"), "sockets.target");
+    // Same name as the service: it activates it, and the service gets its fds.
+    assert!(!socket.contains_key("Socket.Service"));
+    assert!(!socket.contains_key("Socket.Accept"));
+    let unit = parse_unit(&unit_text());
+    // Wanted, not required: without the socket unit the supervisor binds its ports itself.
+    assert!(
+        unit["Unit.Wants"]
+            .iter()
+            .any(|w| w == "goloadbalancer.socket")
+    );
+    assert!(!unit.contains_key("Unit.Requires"));
+    assert!(
+        unit["Unit.After"]
+            .iter()
+            .any(|w| w.split_whitespace().any(|u| u == "goloadbalancer.socket"))
+    );
+    assert_eq!(one(&unit, "Install.Also"), "goloadbalancer.socket");
 }
 
 #[test]

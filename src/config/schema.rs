@@ -104,6 +104,15 @@ section! {
         /// Time a new worker gets to pass its first health check.
         "worker-start-timeout-ms" => worker_start_timeout_ms: u64 = 30_000,
             read Node::uint, rule timeout;
+        /// The unprivileged user LB children (and, with a directory of their own, worker
+        /// containers) run as when the supervisor runs as root.
+        "user" => user: String = "nobody".to_string(), read Node::string, rule existing_user;
+        /// Most processes and threads in one worker container (`docker run --pids-limit`).
+        "worker-pids-limit" => worker_pids_limit: u64 = 256,
+            read Node::uint, rule between::<8, 1_000_000, _>;
+        /// Memory of one worker container in MiB (`docker run --memory`, no swap).
+        "worker-memory-mb" => worker_memory_mb: u64 = 256,
+            read Node::uint, rule between::<16, 1_048_576, _>;
     }
     nested {
         /// The LB loop's settings (flattened: the keys sit at the top level of config.yaml).
@@ -195,13 +204,25 @@ section! {
     }
 }
 
-/// Rule of `stats-dir`: a usable file path.
+/// Rule of `stats-dir`: a usable file path, and (when absolute; a relative one is checked at
+/// start, against the working directory) not directly in `/` or a system directory: worker
+/// containers bind-mount its directory.
 #[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
 fn file_path(p: &PathBuf) -> Result<(), String> {
     let bytes = p.as_os_str().as_encoded_bytes();
     require(!bytes.is_empty() && !bytes.contains(&0), || {
         "must be a file path, got an empty string".to_string()
-    })
+    })?;
+    match p.parent() {
+        Some(dir) if p.is_absolute() => crate::sys::privilege::check_database_dir(dir),
+        _ => Ok(()),
+    }
+}
+
+/// Rule of `user`: an unprivileged account in /etc/passwd.
+#[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
+fn existing_user(name: &String) -> Result<(), String> {
+    crate::sys::privilege::lookup_user(name).map(|_| ())
 }
 
 /// Rule of `failure`: a percentage.
@@ -264,6 +285,26 @@ impl Config {
         };
         let first = u32::from(self.load_balancer_port);
         (first, first.saturating_add(n - 1))
+    }
+
+    /// The LB listener addresses, in LB index order (one with `shared-port`).
+    pub fn lb_addresses(&self) -> Vec<std::net::SocketAddr> {
+        let (first, last) = self.lb_ports();
+        (first..=last)
+            .filter_map(|p| u16::try_from(p).ok())
+            .map(|p| std::net::SocketAddr::new(self.listen_address, p))
+            .collect()
+    }
+
+    /// Every address the supervisor listens on: the LB listeners, then the admin endpoint
+    /// (what a systemd socket unit must list, `check-config --listen-addresses`).
+    pub fn listen_addresses(&self) -> Vec<std::net::SocketAddr> {
+        let mut all = self.lb_addresses();
+        all.push(std::net::SocketAddr::new(
+            self.admin_address,
+            self.admin_port,
+        ));
+        all
     }
 
     /// First and last port a worker may take (inclusive).

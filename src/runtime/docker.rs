@@ -21,6 +21,8 @@ pub struct Docker {
     pub instance: String,
     /// `goloadbalancer-worker:<hash>`.
     pub image: String,
+    /// uid:gid the containers run as (never root; see `sys::privilege::prepare_container_database`).
+    pub user: (u32, u32),
 }
 
 /// Everything a worker container is started with.
@@ -38,6 +40,10 @@ pub struct RunSpec {
     pub failure: f64,
     /// Time the worker gives in-flight requests on SIGTERM.
     pub drain_timeout_ms: u64,
+    /// `--pids-limit` (`worker-pids-limit`).
+    pub pids_limit: u64,
+    /// `--memory`, MiB (`worker-memory-mb`); swap is not allowed on top.
+    pub memory_mb: u64,
 }
 
 fn docker() -> Command {
@@ -139,14 +145,21 @@ impl Docker {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let uid = nix::unistd::getuid();
-        let gid = nix::unistd::getgid();
+        let (uid, gid) = self.user;
+        let memory = format!("{}m", spec.memory_mb);
         let mut cmd = docker();
         cmd.args(["run", "-d", "--name", &self.name(spec.port)])
             .args(["--label", &format!("{LABEL_INSTANCE}={}", self.instance)])
             .args(["--label", &format!("{LABEL_PORT}={}", spec.port)])
-            // Same uid as the supervisor, so the shared database files stay ours.
+            // The owner of the database files, never root.
             .args(["--user", &format!("{uid}:{gid}")])
+            // A worker parses untrusted bytes: no capability, no way to gain one, nothing
+            // writable but the database's directory, bounded processes and memory.
+            .args(["--cap-drop", "ALL"])
+            .args(["--security-opt", "no-new-privileges"])
+            .arg("--read-only")
+            .args(["--pids-limit", &spec.pids_limit.to_string()])
+            .args(["--memory", &memory, "--memory-swap", &memory])
             .args(["--restart", "no"])
             .arg("-v")
             .arg(format!("{}:{}", dir.display(), dir.display()))
@@ -324,6 +337,7 @@ mod tests {
         let d = Docker {
             instance: "glbt".into(),
             image: "goloadbalancer-worker:000000000000".into(),
+            user: (999, 998),
         };
         let cmd = d.run(&RunSpec {
             port: 6001,
@@ -332,6 +346,8 @@ mod tests {
             avg_delay: 5,
             failure: 0.0,
             drain_timeout_ms: 1000,
+            pids_limit: 64,
+            memory_mb: 128,
         });
         let args: Vec<String> = cmd
             .get_args()
@@ -345,5 +361,21 @@ mod tests {
         assert!(joined.contains("-p 127.0.0.1:6001:6001"));
         assert!(joined.contains("--listen 0.0.0.0 --port 6001"));
         assert!(joined.contains("--db /var/lib/glb/stats.db"));
+        for hardening in [
+            "--user 999:998",
+            "--cap-drop ALL",
+            "--security-opt no-new-privileges",
+            "--read-only",
+            "--pids-limit 64",
+            "--memory 128m --memory-swap 128m",
+        ] {
+            assert!(joined.contains(hardening), "{hardening} missing: {joined}");
+        }
+        // The image comes after every option.
+        let image = args
+            .iter()
+            .position(|a| a.starts_with("goloadbalancer-worker:"));
+        let last_option = args.iter().rposition(|a| a == "-p");
+        assert!(image > last_option, "{joined}");
     }
 }

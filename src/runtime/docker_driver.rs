@@ -94,6 +94,9 @@ pub struct DockerDriver {
     watching: bool,
     last_reconcile: Instant,
     reconcile_running: bool,
+    /// `worker-pids-limit`, `worker-memory-mb`.
+    pids_limit: u64,
+    memory_mb: u64,
 }
 
 impl DockerDriver {
@@ -121,7 +124,16 @@ impl DockerDriver {
             watching: false,
             last_reconcile: Instant::now(),
             reconcile_running: false,
+            pids_limit: crate::config::Config::default().worker_pids_limit,
+            memory_mb: crate::config::Config::default().worker_memory_mb,
         }
+    }
+
+    /// The containers' `--pids-limit` and `--memory` (MiB).
+    pub fn with_limits(mut self, pids_limit: u64, memory_mb: u64) -> DockerDriver {
+        self.pids_limit = pids_limit;
+        self.memory_mb = memory_mb;
+        self
     }
 
     fn port(&self, slot: u16) -> Option<u16> {
@@ -315,6 +327,8 @@ impl DockerDriver {
             avg_delay: spec.avg_delay,
             failure: spec.failure,
             drain_timeout_ms: spec.drain_timeout_ms,
+            pids_limit: self.pids_limit,
+            memory_mb: self.memory_mb,
         };
         let cmd = self.cli.run(&run);
         if !self.spawn(cmd, Step::Run { slot, generation }, now + CALL_TIMEOUT) {

@@ -24,6 +24,7 @@ impl EventsWatch {
     /// the supervisor (PDEATHSIG), so a killed supervisor leaves no watcher behind.
     pub fn start(mut cmd: Command) -> io::Result<EventsWatch> {
         crate::sys::notify::forget_for_children(&mut cmd);
+        crate::sys::privilege::no_ambient_caps_on_exec(&mut cmd);
         cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -96,6 +96,7 @@ impl Job {
         let stdout = scratch_file()?;
         let stderr = scratch_file()?;
         crate::sys::notify::forget_for_children(&mut cmd);
+        crate::sys::privilege::no_ambient_caps_on_exec(&mut cmd);
         // Own process group: a terminal's Ctrl-C must not kill a docker call half-way.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd

@@ -52,6 +52,7 @@ pub fn spawn(spec: &ProcessSpec<'_>) -> std::io::Result<Child> {
         // children), which stops the workers only after the children have drained.
         .process_group(0);
     crate::sys::notify::forget_for_children(&mut cmd);
+    crate::sys::privilege::no_ambient_caps_on_exec(&mut cmd);
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (prctl, getppid).

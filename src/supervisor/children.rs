@@ -13,6 +13,8 @@ use nix::unistd::Pid;
 use crate::config::ProxySettings;
 use crate::evloop::LineChannel;
 use crate::proxy::control::{BackendSpec, Down, Up};
+use crate::sys::log::quote;
+use crate::sys::privilege::Account;
 use crate::sys::signals::Signals;
 
 /// The supervisor's end of one child's control channel: receives `Up`, sends `Down` (the
@@ -83,6 +85,8 @@ pub struct ChildStart<'a> {
     pub settings: ProxySettings,
     /// Drain timeout on SIGTERM or control EOF.
     pub drain_timeout_ms: u64,
+    /// The account to switch to (the supervisor runs as root), or None to keep its uid.
+    pub account: Option<&'a Account>,
 }
 
 /// Number of threads this process has (fork is only safe with one).
@@ -131,27 +135,45 @@ fn child_main(
         std::env::remove_var("WATCHDOG_USEC");
         std::env::remove_var("WATCHDOG_PID");
     }
-    // A child without its supervisor holds ports the restarted supervisor needs and cannot
-    // learn about backend changes: it dies with it.
-    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
-        || nix::unistd::getppid() != parent
-    {
-        // SAFETY: _exit is always safe; it skips destructors we must not run here.
-        unsafe { nix::libc::_exit(1) };
-    }
     crate::sys::log::set_role(&start.name);
     // Unregister the supervisor's signal handlers before its wake socket's fd is closed.
     drop(signals.take());
     let listen_fd = start.listener.as_raw_fd();
     let control_fd = control.as_raw_fd();
     close_fds_except(&[0, 1, 2, listen_fd, control_fd]);
+    // Before the first client byte: no groups (docker's is root-equivalent), no capability,
+    // `user` when the supervisor is root, and no way back (no_new_privs).
+    let dropped = match crate::sys::privilege::drop_in_child(start.account) {
+        Ok(d) => d,
+        Err(e) => {
+            crate::error!("privilege_drop_failed", "error={}", quote(&e));
+            // SAFETY: _exit is always safe; it skips destructors we must not run here.
+            unsafe { nix::libc::_exit(1) };
+        }
+    };
+    if !dropped.kept.is_empty() {
+        crate::warn!(
+            "privileges_kept",
+            "kept={}",
+            quote(&dropped.kept.join("; "))
+        );
+    }
+    // A child without its supervisor holds ports the restarted supervisor needs and cannot
+    // learn about backend changes: it dies with it. Set after the drop: changing uid clears it.
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid() != parent
+    {
+        // SAFETY: _exit is always safe; it skips destructors we must not run here.
+        unsafe { nix::libc::_exit(1) };
+    }
     // SAFETY: the fd stays open (kept above) and this copy of the supervisor's memory never
     // drops its own TcpListener (the child ends in _exit), so the fd has exactly one owner.
     let listener = unsafe { TcpListener::from_raw_fd(listen_fd) };
     crate::info!(
         "lb_child_started",
-        "pid={} listen={}",
+        "pid={} uid={} listen={}",
         std::process::id(),
+        nix::unistd::getuid(),
         listener
             .local_addr()
             .map(|a| a.to_string())

@@ -34,6 +34,8 @@ pub struct ForkCtx<'a> {
     pub tokens: &'a mut Tokens,
     /// The supervisor's signals.
     pub signals: &'a mut Option<Signals>,
+    /// The account a child switches to after fork (none: it keeps ours).
+    pub account: Option<&'a crate::sys::privilege::Account>,
 }
 
 /// Listeners and the LB children serving them.
@@ -209,6 +211,7 @@ impl LbPool {
                 backends: backends.to_vec(),
                 settings: cfg.proxy.clone(),
                 drain_timeout_ms: cfg.drain_timeout_ms,
+                account: ctx.account,
             },
             ctx.signals,
         );

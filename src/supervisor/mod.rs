@@ -37,6 +37,7 @@ use crate::runtime::job::{Job, JobOutput};
 use crate::runtime::process::ProcessDriver;
 use crate::sys::log::quote;
 use crate::sys::notify;
+use crate::sys::privilege::Account;
 use crate::sys::signals::Signals;
 use crate::{error, info, warn};
 
@@ -62,9 +63,11 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// `goloadbalancer run`: returns the process exit code.
 pub fn run(config: Option<PathBuf>) -> i32 {
     crate::sys::log::init("supervisor");
-    // First, while there is one thread: what a previous supervisor handed over (SIGUSR2).
-    let handover = upgrade::Handover::take_from_env();
     events::install();
+    // While there is one thread: what a previous supervisor handed over (SIGUSR2), and what
+    // systemd passed (socket activation).
+    let handover = upgrade::Handover::take_from_env();
+    take_passed_sockets();
     // Early, before any fork: systemd shows it during a slow start, and it pins us as the
     // process that talks to NOTIFY_SOCKET.
     notify::status("starting");
@@ -155,6 +158,10 @@ pub(crate) struct Supervisor {
     detect: Option<Job>,
     exe: PathBuf,
     db: PathBuf,
+    /// `user`, resolved at start.
+    user: Account,
+    /// What LB children switch to: `user` when we run as root, else none (they keep our uid).
+    child_account: Option<Account>,
     pool: lb::LbPool,
     fleet: fleet::Fleet,
     probes: probes::Probes,
@@ -179,13 +186,56 @@ pub(crate) struct Supervisor {
     history: history::History,
 }
 
-/// The listener for `addr`: the one a previous supervisor handed over (upgrade), else bound
-/// (see `sys::net::bind_listener`), with the address in the error.
+/// Socket activation: keeps the listening sockets systemd passed (for `bind_listener`) and
+/// removes `LISTEN_*` from the environment. First thing, while there is one thread.
+fn take_passed_sockets() {
+    let (passed, mut rejected) = crate::sys::activation::take_passed();
+    let count = passed.len();
+    rejected.extend(crate::sys::net::adopt_passed(passed));
+    if count > 0 {
+        info!("sockets_passed", "count={count}");
+    }
+    for why in rejected {
+        warn!("passed_fd_ignored", "reason={}", quote(&why));
+    }
+}
+
+/// Closes (and logs) the passed sockets no listener took: the socket unit lists an address
+/// the config does not. Likewise the ones a previous supervisor handed over (upgrade).
+fn close_unclaimed_sockets() {
+    let unused = crate::sys::net::close_unclaimed();
+    if !unused.is_empty() {
+        warn!(
+            "passed_sockets_unused",
+            "sockets={} action=\"closed; re-run install.sh to write goloadbalancer.socket from the config\"",
+            unused.join(",")
+        );
+    }
+    for addr in crate::sys::inherit::close_rest() {
+        info!(
+            "inherited_listener_closed",
+            "addr={addr} reason=\"not in the config\""
+        );
+    }
+}
+
+/// `user` resolved, and the account LB children switch to (`user` when we are root). Also
+/// checks the database's resolved directory (check-config can only check an absolute one).
+fn accounts(cfg: &Config, db: &Path) -> Result<(Account, Option<Account>), String> {
+    crate::sys::privilege::check_database_dir(db.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| format!("stats-dir: {e}"))?;
+    let user = crate::sys::privilege::lookup_user(&cfg.user).map_err(|e| format!("user: {e}"))?;
+    let child = crate::sys::privilege::child_account(&user);
+    Ok((user, child))
+}
+
+/// The listener for `addr`: the one a previous supervisor handed over (upgrade), else the one
+/// systemd passed, else bound (see `sys::net::listener_for`), with the address in the error.
 fn bind_listener(addr: SocketAddr) -> Result<TcpListener, String> {
     if let Some(l) = crate::sys::inherit::take(addr) {
         return Ok(l);
     }
-    crate::sys::net::bind_listener(addr).map_err(|e| format!("bind {addr}: {e}"))
+    crate::sys::net::listener_for(addr).map_err(|e| format!("bind {addr}: {e}"))
 }
 
 /// `a,b,c`: the listeners' addresses for a log line.
@@ -225,14 +275,7 @@ fn poll_with_signals() -> Result<(Poll, Signals), String> {
 
 /// The LB listener addresses a config asks for.
 fn lb_addrs(cfg: &Config) -> Result<Vec<SocketAddr>, String> {
-    let n = if cfg.shared_port { 1 } else { cfg.pool.max(1) };
-    (0..n)
-        .map(|i| {
-            let port = u16::try_from(usize::from(cfg.load_balancer_port) + i)
-                .map_err(|_| format!("load-balancer-port + {i} is past 65535"))?;
-            Ok(SocketAddr::new(cfg.listen_address, port))
-        })
-        .collect()
+    Ok(cfg.lb_addresses())
 }
 
 /// The stats database as an absolute path with a canonical directory (containers mount that
@@ -275,6 +318,7 @@ impl Supervisor {
         handover: upgrade::Handover,
     ) -> Result<Supervisor, String> {
         let db = absolute_db(&cfg.stats_dir)?;
+        let (user, child_account) = accounts(&cfg, &db)?;
         // Creates or migrates the database, then closes it: no connection (and no SQLite
         // thread) lives across a fork.
         crate::worker::store::prepare(&db)?;
@@ -286,12 +330,7 @@ impl Supervisor {
         let (poll, signals) = poll_with_signals()?;
         let admin = admin::Admin::new(admin_socket, poll.registry(), ADMIN)
             .map_err(|e| format!("admin: {e}"))?;
-        for addr in crate::sys::inherit::close_rest() {
-            info!(
-                "inherited_listener_closed",
-                "addr={addr} reason=\"not in the config\""
-            );
-        }
+        close_unclaimed_sockets();
         info!(
             "listening",
             "lb={} admin={admin_addr} instance={} config={}",
@@ -315,6 +354,8 @@ impl Supervisor {
             detect: None,
             exe,
             db,
+            user,
+            child_account,
             pool: lb::LbPool::new(listeners),
             probes: probes::Probes::default(),
             admin,
@@ -399,9 +440,22 @@ impl Supervisor {
                 return;
             }
         };
+        let user = match crate::sys::privilege::prepare_container_database(&self.db, &self.user) {
+            Ok(ids) => ids,
+            Err(e) if self.cfg.runtime == RuntimeKind::Auto => {
+                let why = format!("runtime: auto and no container may use the database: {e}");
+                self.use_process(why);
+                return;
+            }
+            Err(e) => {
+                self.fatal(format!("stats-dir: {e}"));
+                return;
+            }
+        };
         let cli = crate::runtime::docker::Docker {
             instance: self.cfg.instance.clone(),
             image: crate::runtime::docker::image_tag(hash),
+            user,
         };
         let d = DockerDriver::new(
             cli,
@@ -409,7 +463,8 @@ impl Supervisor {
             self.db.clone(),
             self.cfg.worker_address,
             self.cfg.worker_port,
-        );
+        )
+        .with_limits(self.cfg.worker_pids_limit, self.cfg.worker_memory_mb);
         self.use_driver(Box::new(d), reason);
     }
 
@@ -684,6 +739,7 @@ impl Supervisor {
             registry: self.poll.registry(),
             tokens: &mut self.tokens,
             signals: &mut self.signals,
+            account: self.child_account.as_ref(),
         };
         self.pool
             .ensure_children(now, &self.cfg, &backends, &mut ctx);

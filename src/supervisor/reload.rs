@@ -169,6 +169,7 @@ fn keep_restart_only_keys(old: &Config, new: &mut Config) {
     keep!(worker_port, "worker-port");
     keep!(admin_address, "admin-address");
     keep!(admin_port, "admin-port");
+    keep!(user, "user");
     if !kept.is_empty() {
         warn!(
             "reload_needs_restart",

@@ -1,7 +1,113 @@
-//! Listening sockets, bound the same way by every role.
+//! Listening sockets, bound the same way by every role, and the sockets this process
+//! inherited (systemd socket activation): `listener_for(addr)` is the one way the supervisor
+//! gets a listener, inherited when one matches, else bound.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+
+use super::activation::PassedFd;
+
+/// An inherited listening socket, by the address it is bound to.
+#[derive(Debug)]
+struct Inherited {
+    addr: SocketAddr,
+    name: String,
+    socket: TcpListener,
+    /// Handed out at least once by `listener_for`.
+    claimed: bool,
+}
+
+/// The inherited listeners. The originals stay here for the process's life (a copy is handed
+/// out), so a port a reload closes and a later reload asks for again is found again: systemd
+/// keeps its own copy bound, so binding it ourselves would fail with EADDRINUSE.
+static INHERITED: Mutex<Vec<Inherited>> = Mutex::new(Vec::new());
+
+fn inherited() -> std::sync::MutexGuard<'static, Vec<Inherited>> {
+    INHERITED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The listener for `addr`: a copy of the inherited socket bound to exactly that address if
+/// there is one (logged as `listener_inherited`), else a new one from [`bind_listener`].
+pub fn listener_for(addr: SocketAddr) -> io::Result<TcpListener> {
+    let mut list = inherited();
+    if let Some(entry) = list.iter_mut().find(|e| e.addr == addr) {
+        let copy = entry.socket.try_clone()?;
+        if !entry.claimed {
+            crate::info!("listener_inherited", "addr={addr} name={}", entry.name);
+        }
+        entry.claimed = true;
+        return Ok(copy);
+    }
+    drop(list);
+    bind_listener(addr)
+}
+
+/// Keeps every passed fd that is a listening TCP socket for [`listener_for`] (made
+/// non-blocking, with the deepest accept queue); closes the others. Returns one line per fd
+/// closed, saying why.
+pub fn adopt_passed(passed: Vec<PassedFd>) -> Vec<String> {
+    let mut rejected = Vec::new();
+    let mut list = inherited();
+    for p in passed {
+        match listening_tcp(&p.fd) {
+            Ok(addr) => {
+                let socket = TcpListener::from(p.fd);
+                if let Err(e) = socket.set_nonblocking(true) {
+                    rejected.push(format!("{} ({addr}): non-blocking: {e}", p.name));
+                    continue;
+                }
+                // listen() again only deepens the queue the socket unit gave it.
+                let _ = nix::sys::socket::listen(&socket, nix::sys::socket::Backlog::MAXCONN);
+                list.push(Inherited {
+                    addr,
+                    name: p.name,
+                    socket,
+                    claimed: false,
+                });
+            }
+            Err(why) => rejected.push(format!("{}: {why}", p.name)),
+        }
+    }
+    rejected
+}
+
+/// Closes the inherited sockets no [`listener_for`] asked for (the socket unit lists an
+/// address the config no longer has); returns their addresses and names.
+pub fn close_unclaimed() -> Vec<String> {
+    let mut list = inherited();
+    let mut closed = Vec::new();
+    list.retain(|e| {
+        if !e.claimed {
+            closed.push(format!("{}({})", e.addr, e.name));
+        }
+        e.claimed
+    });
+    closed
+}
+
+/// The address of a listening TCP socket; Err says what else the fd is.
+fn listening_tcp(fd: &OwnedFd) -> Result<SocketAddr, String> {
+    use nix::sys::socket::{SockType, SockaddrStorage, getsockname, getsockopt, sockopt};
+    let kind = getsockopt(fd, sockopt::SockType).map_err(|e| format!("not a socket: {e}"))?;
+    if kind != SockType::Stream {
+        return Err(format!("a {kind:?} socket, not a stream"));
+    }
+    if !getsockopt(fd, sockopt::AcceptConn).map_err(|e| e.to_string())? {
+        return Err("a stream socket that is not listening".into());
+    }
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_fd().as_raw_fd();
+    let addr: SockaddrStorage = getsockname(raw).map_err(|e| e.to_string())?;
+    if let Some(v4) = addr.as_sockaddr_in() {
+        Ok(SocketAddr::V4((*v4).into()))
+    } else if let Some(v6) = addr.as_sockaddr_in6() {
+        Ok(SocketAddr::V6((*v6).into()))
+    } else {
+        Err(format!("not an IP socket ({addr})"))
+    }
+}
 
 /// Binds a non-blocking, close-on-exec listener with SO_REUSEADDR and the deepest accept queue
 /// the kernel allows (std's is 128: a burst of thousands of connects, or the moment an LB child

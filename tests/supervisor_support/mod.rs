@@ -233,7 +233,7 @@ impl Stack {
              admin-port: {admin}\ndrain-timeout-ms: {drain}\nworker-start-timeout-ms: {start}\n\
              health-interval-ms: 1000\n{extra}\n{more}\n",
             pool = self.spec.pool,
-            db = self.dir.join("stats.db").display(),
+            db = self.db().display(),
             delay = self.spec.avg_delay,
             lb = self.lb_port,
             wp = self.worker_port,
@@ -298,6 +298,12 @@ impl Stack {
                     && s["children"].as_array().map(|c| c.len() as u64) == Some(pool)
             },
         );
+    }
+
+    /// The stats database: in a directory of its own, which the supervisor creates (running
+    /// as root, it hands that directory to the containers' unprivileged user).
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("db/stats.db")
     }
 
     /// The supervisor's pid.
@@ -412,6 +418,14 @@ impl Drop for Stack {
             remove_containers(&self.instance);
         }
     }
+}
+
+/// The LB children's pids in a /status document.
+pub fn child_pids(status: &serde_json::Value) -> Vec<i64> {
+    status["children"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["pid"].as_i64()).collect())
+        .unwrap_or_default()
 }
 
 /// One hello request on a fresh connection: Ok(worker id) or Err(what went wrong).

@@ -22,13 +22,6 @@ fn worker_field(status: &serde_json::Value, port: u64, key: &str) -> serde_json:
         .unwrap_or(serde_json::Value::Null)
 }
 
-fn child_pids(status: &serde_json::Value) -> Vec<i64> {
-    status["children"]
-        .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["pid"].as_i64()).collect())
-        .unwrap_or_default()
-}
-
 fn worker_pids(status: &serde_json::Value) -> Vec<i64> {
     status["workers"]
         .as_array()
@@ -411,7 +404,12 @@ pub fn outdated_container_replaced(name: &str) {
     let cmd: Vec<String> = serde_json::from_str(&args).expect("cmd");
     let name_c = docker_out(&["inspect", "--format", "{{.Name}}", &cid]);
     let user = docker_out(&["inspect", "--format", "{{.Config.User}}", &cid]);
-    let db_dir = s.dir.path().canonicalize().expect("dir");
+    let db_dir = s
+        .db()
+        .parent()
+        .expect("db dir")
+        .canonicalize()
+        .expect("dir");
     docker_out(&["rm", "-f", &cid]);
     let mut run: Vec<String> = [
         "run",
@@ -511,7 +509,7 @@ pub fn sigterm(name: &str, runtime: &'static str) {
         );
     }
     assert!(c.ok > 0);
-    let (total, ok) = stats_from_db(&s.dir.join("stats.db"));
+    let (total, ok) = stats_from_db(&s.db());
     assert_eq!(
         (total, ok),
         (c.ok, c.ok),
