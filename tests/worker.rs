@@ -846,3 +846,38 @@ fn a_body_that_arrives_late_is_read_then_answered() {
     assert!(common::read_to_close(&mut s).is_empty());
     assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// The worker's line about a request carries its `X-Request-Id` (debug level), so
+/// `journalctl -g <id>` finds the worker's side of an exchange the proxy logged.
+#[test]
+fn request_id_is_in_the_workers_log() {
+    let dir = TempDir::new("worker-request-id");
+    let (_w, addr, lines) = worker_support::start_worker_logged(
+        &dir.join("s.db"),
+        "t-rid",
+        &["--avg-delay", "0", "--failure", "0"],
+        &[("GLB_DEBUG", "1")],
+    );
+    let id = "rid-7f3a9c-abc";
+    let raw = format!("GET /api/v1/hello HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\n\r\n");
+    assert_eq!(raw_request(addr, raw.as_bytes()).unwrap().status, 200);
+    let raw = "GET /nope HTTP/1.1\r\nHost: t\r\nX-Request-Id: has space\r\n\r\n";
+    assert_eq!(raw_request(addr, raw.as_bytes()).unwrap().status, 404);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let wanted = format!("request_id={id} status=200");
+    loop {
+        let seen = lines.lock().unwrap().clone();
+        let found = seen
+            .iter()
+            .any(|l| l.contains("event=worker_request") && l.contains(&wanted));
+        let invalid = seen.iter().any(|l| l.contains("request_id=- status=404"));
+        if found && invalid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker_request line with {wanted}: {seen:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -12,10 +12,12 @@
 pub mod chunked;
 pub mod fields;
 pub mod request;
+pub mod request_id;
 pub mod response;
 pub mod rewrite;
 
 pub use chunked::{ChunkError, ChunkLimits, ChunkedDecoder, Progress};
 pub use fields::{Field, Framing, Span};
 pub use request::{HeadError, Limits, Method, RequestHead, parse_request_head};
+pub use request_id::RequestId;
 pub use response::{ResponseError, ResponseHead, parse_response_head};

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use crate::config::ProxySettings;
 
+pub mod access_log;
 mod backends;
 mod buffer;
 pub mod control;

@@ -78,13 +78,7 @@ pub fn write(level: Level, event: &str, fields: Arguments<'_>) {
     if level == Level::Debug && !logger.debug {
         return;
     }
-    let role_override = ROLE_OVERRIDE.lock().ok().and_then(|r| r.clone());
-    let role = role_override.as_deref().unwrap_or(&logger.role);
-    let mut line = String::with_capacity(128);
-    if logger.journal {
-        line.push_str(&format!("<{}>", level as u8));
-    }
-    line.push_str(&format!("role={role} level={} event={event}", level.name()));
+    let mut line = prefix(level, event);
     let rest = fields.to_string();
     if level != Level::Debug
         && let Some((pid, hook)) = HOOK.get()
@@ -101,6 +95,20 @@ pub fn write(level: Level, event: &str, fields: Arguments<'_>) {
     line.push('\n');
     // One write per line so lines from several processes sharing stderr do not interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// The start of a line: `[<N>]role=<role> level=<level> event=<event>` (the access log
+/// computes it once and writes its own lines in batches).
+pub fn prefix(level: Level, event: &str) -> String {
+    let logger = LOGGER.get_or_init(|| new_logger("goloadbalancer"));
+    let role_override = ROLE_OVERRIDE.lock().ok().and_then(|r| r.clone());
+    let role = role_override.as_deref().unwrap_or(&logger.role);
+    let mut line = String::with_capacity(128);
+    if logger.journal {
+        line.push_str(&format!("<{}>", level as u8));
+    }
+    line.push_str(&format!("role={role} level={} event={event}", level.name()));
+    line
 }
 
 /// Quotes a value for a `key=value` field when it holds spaces, quotes or is empty.

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::http::RequestId;
 use crate::http::response::{ConnectionHeader, json_error_body, write_simple};
 
 /// What a request is answered with, and whether that answer can be written yet.
@@ -41,6 +42,8 @@ pub struct PendingAnswer {
     pub head_only: bool,
     /// HTTP/1.0 request (a kept-alive answer must say `Connection: keep-alive`).
     pub http10: bool,
+    /// The request's `X-Request-Id`, written in the worker's line about it.
+    pub request_id: Option<RequestId>,
 }
 
 impl PendingAnswer {
@@ -56,6 +59,7 @@ impl PendingAnswer {
             },
             head_only: false,
             http10: false,
+            request_id: None,
         }
     }
 
@@ -73,6 +77,35 @@ impl PendingAnswer {
         match self.answer {
             Answer::Hello { success, .. } => Some(success),
             _ => None,
+        }
+    }
+
+    /// The status this answer is written with (0 while a stats answer is pending).
+    pub fn status(&self) -> u16 {
+        match &self.answer {
+            Answer::Hello { success: true, .. } => 200,
+            Answer::Hello { success: false, .. } => 500,
+            Answer::StatsPending => 0,
+            Answer::Json { status, .. } => *status,
+        }
+    }
+
+    /// Logs the answered request at debug level (`journalctl -g <request id>` finds it); a
+    /// 5xx the worker did not draw on purpose is a warning.
+    pub fn log_answered(&self, worker: &str, now: Instant) {
+        let status = self.status();
+        let ms = now.saturating_duration_since(self.start).as_secs_f64() * 1000.0;
+        let rid = self.request_id.as_ref().map_or("-", RequestId::as_str);
+        if status >= 500 && self.hello_outcome().is_none() {
+            crate::warn!(
+                "worker_request_failed",
+                "id={worker} request_id={rid} status={status} ms={ms:.1}"
+            );
+        } else {
+            crate::debug!(
+                "worker_request",
+                "id={worker} request_id={rid} status={status} ms={ms:.1}"
+            );
         }
     }
 
@@ -196,6 +229,7 @@ mod tests {
             },
             head_only: false,
             http10: true,
+            request_id: None,
         }
     }
 

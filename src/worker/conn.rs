@@ -279,6 +279,7 @@ impl Conn {
             };
             let close = matches!(self.state, ConnState::Closing) && self.queue.is_empty();
             answer.write_to(&mut self.out, &svc.hello, close);
+            answer.log_answered(&svc.id, now);
             if let Some(success) = answer.hello_outcome() {
                 svc.store
                     .record(success, now.saturating_duration_since(answer.start));
@@ -448,6 +449,7 @@ impl Conn {
                 let mut answer = svc.error(now, 413, "request body too large");
                 answer.head_only = req.head_only;
                 answer.http10 = req.http10;
+                answer.request_id = req.request_id;
                 return self.refuse(answer);
             }
             Framing::Length(n) => Some(BodyLeft::Length(n)),

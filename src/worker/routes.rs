@@ -9,7 +9,8 @@ use super::answer::{Answer, HelloBodies, PendingAnswer, error_body};
 use super::delay::DelayModel;
 use super::server::{ConnKey, Timer, Timers};
 use super::store::Store;
-use crate::http::{Framing, Limits, Method, RequestHead};
+use crate::http::request_id::REQUEST_ID_FIELD;
+use crate::http::{Framing, Limits, Method, RequestHead, RequestId};
 
 /// Request-head limits of the worker: its requests are tiny, so smaller than the proxy's.
 pub const HEAD_LIMITS: Limits = Limits {
@@ -41,6 +42,8 @@ pub struct Request {
     pub http10: bool,
     pub body: Framing,
     pub expect_continue: bool,
+    /// The client's (or the proxy's) `X-Request-Id` when valid, for the worker's log lines.
+    pub request_id: Option<RequestId>,
 }
 
 impl Request {
@@ -60,6 +63,9 @@ impl Request {
             http10: head.version == 0,
             body: head.framing,
             expect_continue: head.expect_continue,
+            request_id: head
+                .header(buf, REQUEST_ID_FIELD)
+                .and_then(RequestId::from_client),
         }
     }
 
@@ -161,6 +167,7 @@ impl Service {
             answer,
             head_only: req.head_only,
             http10: req.http10,
+            request_id: req.request_id,
         }
     }
 

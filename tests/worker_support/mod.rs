@@ -16,6 +16,20 @@ pub const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
 /// returns it and its address, read from its `worker_started` log line; the rest of its log
 /// is passed on to the test's stderr.
 pub fn start_worker(db: &Path, id: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let (p, addr, _) = start_worker_logged(db, id, extra, &[]);
+    (p, addr)
+}
+
+/// Every log line a worker wrote so far.
+pub type LogLines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// [`start_worker`] with extra environment, also keeping every line of its log.
+pub fn start_worker_logged(
+    db: &Path,
+    id: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr, LogLines) {
     use std::io::BufRead;
     let mut p = Proc::start_cmd(
         &format!("worker {id}"),
@@ -24,9 +38,12 @@ pub fn start_worker(db: &Path, id: &str, extra: &[&str]) -> (Proc, SocketAddr) {
             .arg("--db")
             .arg(db)
             .args(extra)
+            .envs(env.iter().copied())
             .stderr(std::process::Stdio::piped()),
     );
     let stderr = p.child.stderr.take().expect("piped stderr");
+    let lines = LogLines::default();
+    let kept = lines.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
@@ -42,13 +59,16 @@ pub fn start_worker(db: &Path, id: &str, extra: &[&str]) -> (Proc, SocketAddr) {
             {
                 let _ = tx.send(addr);
             }
+            if let Ok(mut l) = kept.lock() {
+                l.push(line);
+            }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("worker {id} did not log worker_started within 30 s"));
     wait_for_port(addr, Duration::from_secs(10));
-    (p, addr)
+    (p, addr, lines)
 }
 
 /// The /worker/stats body, parsed.

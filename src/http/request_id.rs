@@ -1,0 +1,152 @@
+//! `X-Request-Id`: a client's id kept when it is valid (bounded, visible ASCII), else one
+//! generated from 128 random bits. Held inline (no allocation per request): the proxy forwards
+//! it, echoes it and logs it; the worker logs it.
+
+use std::fmt;
+
+/// The request id field's name.
+pub const REQUEST_ID_FIELD: &str = "X-Request-Id";
+/// Longest client-sent id kept; a longer (or otherwise invalid) one is replaced.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// A request id, valid by construction: 1..=[`MAX_REQUEST_ID`] visible ASCII bytes.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; MAX_REQUEST_ID],
+}
+
+impl RequestId {
+    /// The client's id when it is valid: 1 to 128 bytes, each visible ASCII (0x21..=0x7e;
+    /// no space, no control byte, nothing a log line would have to escape but `"` and `\`).
+    pub fn from_client(value: &[u8]) -> Option<RequestId> {
+        if !is_valid(value) {
+            return None;
+        }
+        let mut bytes = [0u8; MAX_REQUEST_ID];
+        bytes[..value.len()].copy_from_slice(value);
+        Some(RequestId {
+            len: value.len() as u8,
+            bytes,
+        })
+    }
+
+    /// A new id: 128 random bits as 32 lowercase hex digits.
+    pub fn generate() -> RequestId {
+        RequestId::from_bits(rand::random::<u128>())
+    }
+
+    /// The id spelling `bits` as 32 lowercase hex digits.
+    pub fn from_bits(mut bits: u128) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0u8; MAX_REQUEST_ID];
+        for b in bytes[..32].iter_mut().rev() {
+            *b = HEX[(bits & 0xf) as usize];
+            bits >>= 4;
+        }
+        RequestId { len: 32, bytes }
+    }
+
+    /// The client's id from a header value when valid, else a generated one.
+    pub fn kept_or_generated(client: Option<&[u8]>) -> RequestId {
+        client
+            .and_then(RequestId::from_client)
+            .unwrap_or_else(RequestId::generate)
+    }
+
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// The id as text (always ASCII).
+    pub fn as_str(&self) -> &str {
+        // Valid by construction: visible ASCII only.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.as_str())
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &RequestId) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RequestId {}
+
+/// Whether `value` may be kept as a request id.
+pub fn is_valid(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID
+        && value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_kept_when_valid() {
+        let id = RequestId::from_client(b"abc-123_XYZ.~").unwrap();
+        assert_eq!(id.as_str(), "abc-123_XYZ.~");
+        let long = [b'a'; MAX_REQUEST_ID];
+        assert_eq!(RequestId::from_client(&long).unwrap().as_bytes(), &long[..]);
+    }
+
+    #[test]
+    fn invalid_client_ids_are_refused() {
+        for bad in [
+            &b""[..],
+            b"has space",
+            b"tab\there",
+            b"nul\0",
+            b"del\x7f",
+            b"\xc3\xa9t\xc3\xa9",
+            &[b'a'; MAX_REQUEST_ID + 1][..],
+        ] {
+            assert!(RequestId::from_client(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_are_32_lowercase_hex_digits() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.as_bytes().len(), 32);
+            assert!(
+                id.as_bytes()
+                    .iter()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        assert_eq!(
+            RequestId::from_bits(0xab).as_str(),
+            format!("{:032x}", 0xab)
+        );
+        assert_eq!(RequestId::from_bits(u128::MAX).as_str(), "f".repeat(32));
+    }
+
+    #[test]
+    fn kept_or_generated_replaces_only_invalid_ids() {
+        assert_eq!(RequestId::kept_or_generated(Some(b"k1")).as_str(), "k1");
+        assert_eq!(
+            RequestId::kept_or_generated(Some(b"a b")).as_bytes().len(),
+            32
+        );
+        assert_eq!(RequestId::kept_or_generated(None).as_bytes().len(), 32);
+    }
+}

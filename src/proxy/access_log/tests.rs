@@ -1,0 +1,206 @@
+use super::*;
+
+fn settings(
+    mode: AccessLogMode,
+    format: AccessLogFormat,
+    path: Option<PathBuf>,
+) -> AccessLogSettings {
+    AccessLogSettings {
+        mode,
+        format,
+        sample: 1,
+        path,
+    }
+}
+
+fn record<'a>(id: &'a RequestId) -> AccessRecord<'a> {
+    AccessRecord {
+        client: "127.0.0.1:40000".parse().unwrap(),
+        method: b"GET",
+        target: b"/api/v1/hello?a=b",
+        version: Some(1),
+        status: 502,
+        worker: "w-1",
+        bytes_in: 78,
+        bytes_out: 160,
+        queued: None,
+        connect: Some(Duration::from_millis(2)),
+        response_head: Some(Duration::from_millis(30)),
+        total: Duration::from_millis(33),
+        retries: 1,
+        request_id: Some(id),
+        termination: Termination::WorkerBroke,
+        phase: Phase::ResponseHead,
+    }
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("glb-access-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("access.log")
+}
+
+#[test]
+fn key_value_line_has_every_field() {
+    let id = RequestId::from_bits(0xabc);
+    let mut line = String::new();
+    write_key_value(
+        &mut line,
+        "role=lb.0 level=info event=access",
+        Duration::from_millis(1_700_000_000_123),
+        &record(&id),
+    );
+    assert!(
+        line.starts_with("role=lb.0 level=info event=access time=2023-11-14T22:13:20.123Z "),
+        "{line}"
+    );
+    for field in [
+        "client=127.0.0.1:40000",
+        "method=\"GET\"",
+        "target=\"/api/v1/hello?a=b\"",
+        "version=HTTP/1.1",
+        "status=502",
+        "worker=w-1",
+        "bytes_in=78",
+        "bytes_out=160",
+        "queued_ms=-",
+        "connect_ms=2",
+        "response_ms=30",
+        "total_ms=33",
+        "retries=1",
+        "request_id=00000000000000000000000000000abc",
+        "termination=worker_broke",
+        "phase=response_head",
+    ] {
+        assert!(
+            line.split(' ').any(|f| f == field),
+            "{field} missing in {line}"
+        );
+    }
+}
+
+#[test]
+fn json_line_parses_with_the_same_fields() {
+    let id = RequestId::from_client(b"client-7").unwrap();
+    let mut line = String::new();
+    write_json(&mut line, Duration::from_secs(0), &record(&id));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+    assert_eq!(v["status"], 502);
+    assert_eq!(v["worker"], "w-1");
+    assert_eq!(v["queued_ms"], serde_json::Value::Null);
+    assert_eq!(v["total_ms"], 33);
+    assert_eq!(v["request_id"], "client-7");
+    assert_eq!(v["termination"], "worker_broke");
+    assert_eq!(v["phase"], "response_head");
+}
+
+#[test]
+fn targets_are_escaped_and_cut() {
+    let mut out = String::new();
+    write_escaped(&mut out, b"/a b\"c\\d\x01\xff");
+    assert_eq!(out, "/a\\x20b\\x22c\\x5cd\\x01\\xff");
+    let mut long = String::new();
+    write_escaped(&mut long, &[b'a'; MAX_LOGGED_TARGET + 10]);
+    assert_eq!(long.len(), MAX_LOGGED_TARGET + 3);
+    assert!(long.ends_with("..."));
+}
+
+#[test]
+fn modes_choose_lines() {
+    let now = Instant::now();
+    let path = temp_path("modes");
+    let mut off = AccessLog::open(
+        settings(
+            AccessLogMode::Off,
+            AccessLogFormat::KeyValue,
+            Some(path.clone()),
+        ),
+        now,
+    )
+    .unwrap();
+    assert!(!off.wants(true));
+    let mut errors = AccessLog::open(
+        settings(
+            AccessLogMode::Errors,
+            AccessLogFormat::KeyValue,
+            Some(path.clone()),
+        ),
+        now,
+    )
+    .unwrap();
+    assert!(errors.wants(true) && !errors.wants(false));
+    let mut s = settings(
+        AccessLogMode::All,
+        AccessLogFormat::KeyValue,
+        Some(path.clone()),
+    );
+    s.sample = 10;
+    let mut sampled = AccessLog::open(s, now).unwrap();
+    let kept = (0..100).filter(|_| sampled.wants(false)).count();
+    assert_eq!(kept, 10);
+    assert!(sampled.wants(true));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn lines_are_batched_until_the_tick_and_reopened_after_a_rename() {
+    let now = Instant::now();
+    let path = temp_path("reopen");
+    let mut log = AccessLog::open(
+        settings(
+            AccessLogMode::All,
+            AccessLogFormat::KeyValue,
+            Some(path.clone()),
+        ),
+        now,
+    )
+    .unwrap();
+    let id = RequestId::generate();
+    log.record(&record(&id), now);
+    assert_eq!(
+        std::fs::read(&path).unwrap().len(),
+        0,
+        "written before its tick"
+    );
+    log.tick(now + FLUSH_EVERY / 2);
+    assert_eq!(std::fs::read(&path).unwrap().len(), 0);
+    log.tick(now + FLUSH_EVERY);
+    let first = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(first.lines().count(), 1);
+    assert!(first.contains(id.as_str()));
+
+    let rotated = path.with_extension("log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    log.reopen(now).unwrap();
+    log.record(&record(&id), now);
+    log.flush(now);
+    assert_eq!(std::fs::read_to_string(&rotated).unwrap(), first);
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    assert_eq!(log.dropped(), 0);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn a_full_batch_drops_and_counts_instead_of_growing() {
+    let now = Instant::now();
+    // /dev/full: every write fails with ENOSPC, as a full disk does.
+    let mut log = AccessLog::open(
+        settings(
+            AccessLogMode::All,
+            AccessLogFormat::KeyValue,
+            Some(PathBuf::from("/dev/full")),
+        ),
+        now,
+    )
+    .unwrap();
+    let id = RequestId::generate();
+    for _ in 0..2_000 {
+        log.record(&record(&id), now);
+        assert!(log.pending.len() < MAX_PENDING + 1024);
+    }
+    log.flush(now);
+    assert!(log.pending.is_empty());
+    assert_eq!(log.dropped(), 2_000);
+}
