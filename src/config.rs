@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 
 pub use read::{ConfigError, parse_and_check};
 pub use rules::Violation;
-pub use schema::{Autoscale, Balance, Config, Mode, ProxySettings, RuntimeKind};
+pub use schema::{
+    AccessLogFormat, AccessLogMode, Autoscale, Balance, Config, Mode, ProxySettings, RuntimeKind,
+};
 
 /// Loads and validates `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -45,6 +45,38 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// Which requests get an access-log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLogMode {
+    /// None.
+    Off,
+    /// 4xx and 5xx answers and exchanges that ended early.
+    Errors,
+    /// Every request (sampled with `access-log-sample`).
+    All,
+}
+
+/// How an access-log line is spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessLogFormat {
+    /// `key=value`, as every other log line.
+    KeyValue,
+    /// One JSON object per line.
+    Json,
+}
+
+const ACCESS_LOG_MODES: &[(&str, AccessLogMode)] = &[
+    ("off", AccessLogMode::Off),
+    ("errors", AccessLogMode::Errors),
+    ("all", AccessLogMode::All),
+];
+const ACCESS_LOG_FORMATS: &[(&str, AccessLogFormat)] = &[
+    ("key-value", AccessLogFormat::KeyValue),
+    ("json", AccessLogFormat::Json),
+];
+
 const MODES: &[(&str, Mode)] = &[("http", Mode::Http), ("tcp", Mode::Tcp)];
 const BALANCES: &[(&str, Balance)] = &[
     ("round-robin", Balance::RoundRobin),
@@ -148,6 +180,18 @@ section! {
         /// A tunnel (upgrade or TCP mode) with no traffic either way is closed after this.
         "tunnel-timeout-ms" => tunnel_timeout_ms: u64 = 3_600_000,
             read Node::uint, rule timeout;
+        /// Access log: `off`, `errors` (4xx/5xx and exchanges ended early) or `all`.
+        "access-log" => access_log: AccessLogMode = AccessLogMode::Errors,
+            read |v| v.one_of(ACCESS_LOG_MODES), rule any_value;
+        /// Access-log lines as `key-value` (like every log line) or `json`.
+        "access-log-format" => access_log_format: AccessLogFormat = AccessLogFormat::KeyValue,
+            read |v| v.one_of(ACCESS_LOG_FORMATS), rule any_value;
+        /// With `access-log: all`, one successful request in this many gets a line.
+        "access-log-sample" => access_log_sample: u32 = 1,
+            read Node::uint_as, rule between::<1, 1_000_000, _>;
+        /// Append access-log lines to this file (reopened on SIGUSR1); empty: stderr/journal.
+        "access-log-path" => access_log_path: PathBuf = PathBuf::new(),
+            read |v| v.string().map(PathBuf::from), rule log_path;
         /// Longest request line accepted, else 414.
         "max-request-line" => max_request_line: usize = 8192,
             read Node::uint_as, rule between::<16, { 1 << 20 }, _>;
@@ -217,6 +261,15 @@ fn file_path(p: &PathBuf) -> Result<(), String> {
         Some(dir) if p.is_absolute() => crate::sys::privilege::check_database_dir(dir),
         _ => Ok(()),
     }
+}
+
+/// Rule of `access-log-path`: empty (stderr) or an absolute or relative file path.
+#[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
+fn log_path(p: &PathBuf) -> Result<(), String> {
+    let bytes = p.as_os_str().as_encoded_bytes();
+    require(!bytes.contains(&0) && !bytes.ends_with(b"/"), || {
+        format!("must be a file path, got {}", p.display())
+    })
 }
 
 /// Rule of `user`: an unprivileged account in /etc/passwd.

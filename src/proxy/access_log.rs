@@ -12,27 +12,8 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use crate::config::{AccessLogFormat, AccessLogMode};
 use crate::http::RequestId;
-
-/// Which requests get a line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessLogMode {
-    /// None.
-    Off,
-    /// 4xx and 5xx answers and exchanges that ended early (the default).
-    Errors,
-    /// Every request (sampled with `access-log-sample`).
-    All,
-}
-
-/// How a line is spelled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessLogFormat {
-    /// `key=value`, as every other log line.
-    KeyValue,
-    /// One JSON object per line.
-    Json,
-}
 
 /// What the access log is told at start.
 #[derive(Clone, Debug)]
@@ -43,6 +24,19 @@ pub struct AccessLogSettings {
     pub sample: u32,
     /// A file to append to instead of stderr (the journal under systemd).
     pub path: Option<PathBuf>,
+}
+
+impl AccessLogSettings {
+    /// The access-log keys of an LB loop's settings.
+    pub fn of(settings: &crate::config::ProxySettings) -> AccessLogSettings {
+        let path = &settings.access_log_path;
+        AccessLogSettings {
+            mode: settings.access_log,
+            format: settings.access_log_format,
+            sample: settings.access_log_sample,
+            path: (!path.as_os_str().is_empty()).then(|| path.clone()),
+        }
+    }
 }
 
 /// Who ended an exchange, and how; spelled out in the line (`termination=`).
