@@ -104,10 +104,7 @@ impl HealthProbe {
     /// Moves what can move now (cheap to call without new readiness) and reports.
     pub fn advance(&mut self) -> ProbeStatus {
         if !self.connected {
-            if !self.sock.writable && !self.sock.readable {
-                return ProbeStatus::Pending;
-            }
-            match self.sock.connect_done() {
+            match self.sock.poll_connect() {
                 Ok(true) => self.connected = true,
                 Ok(false) => return ProbeStatus::Pending,
                 Err(e) => return ProbeStatus::Failed(e.to_string()),

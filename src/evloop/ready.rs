@@ -206,7 +206,7 @@ impl<S: Stream> Sock<S> {
 impl Sock<mio::net::TcpStream> {
     /// Whether a non-blocking connect has completed: Ok(true) connected, Ok(false) still in
     /// progress (a spurious wake-up), Err the connect failed.
-    pub fn connect_done(&mut self) -> io::Result<bool> {
+    fn connect_done(&mut self) -> io::Result<bool> {
         if let Some(e) = self.io.take_error()? {
             return Err(e);
         }
@@ -215,6 +215,21 @@ impl Sock<mio::net::TcpStream> {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Advances a non-blocking connect on readiness (the one connect-completion step of
+    /// every loop): Ok(true) connected, Ok(false) still in progress (readiness is forgotten
+    /// until the next edge, so a spurious wake-up does not spin), Err the connect failed.
+    pub fn poll_connect(&mut self) -> io::Result<bool> {
+        if !self.writable && !self.readable {
+            return Ok(false);
+        }
+        let done = self.connect_done()?;
+        if !done {
+            self.readable = false;
+            self.writable = false;
+        }
+        Ok(done)
     }
 }
 

@@ -6,20 +6,30 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 
 use super::backends::Backends;
 use super::buffer::BufPool;
 use super::health::HealthCheck;
 use super::http_session::HttpSession;
-use super::sock::Sock;
+use super::relay::TcpSock;
 use super::tcp_session::TcpSession;
-use super::timer::Timers;
 use crate::config::ProxySettings;
+use crate::evloop::{Deadline, DeadlineHeap, Sock};
 use crate::http::Limits;
 
 /// Tokens below this are reserved for the loop itself.
 pub const FIRST_SLOT_TOKEN: usize = 8;
+
+/// What a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKey {
+    /// A slab entry (session, health check) with its generation, so a reused slot ignores
+    /// deadlines armed by its previous occupant.
+    Slot(usize, u32),
+    /// Next active health check of backend `index` (generation of the backend slot).
+    Health(usize, u32),
+}
 
 /// What a slab entry (one registered socket, or its owner) is.
 pub enum Slot {
@@ -37,6 +47,18 @@ pub enum Slot {
     Pooled(Box<UpConn>),
     /// An active health check.
     Health(Box<HealthCheck>),
+}
+
+impl Slot {
+    /// The deadline of the session or check in this entry.
+    pub fn deadline(&self) -> Option<&Deadline> {
+        match self {
+            Slot::Http(h) => Some(h.deadline()),
+            Slot::Tcp(t) => Some(t.deadline()),
+            Slot::Health(hc) => Some(hc.deadline()),
+            _ => None,
+        }
+    }
 }
 
 /// The loop's slab: stable indices (tokens) and a generation per index for timers.
@@ -82,6 +104,11 @@ impl Slab {
         self.slots.get_mut(i)
     }
 
+    /// The entry at `i`.
+    pub fn get(&self, i: usize) -> Option<&Slot> {
+        self.slots.get(i)
+    }
+
     /// Replaces the entry at `i` without freeing it.
     pub fn set(&mut self, i: usize, slot: Slot) -> Slot {
         std::mem::replace(&mut self.slots[i], slot)
@@ -111,7 +138,7 @@ pub fn token_of(i: usize) -> Token {
 /// An upstream connection: its socket, slab index and backend.
 pub struct UpConn {
     /// The socket and its readiness.
-    pub sock: Sock,
+    pub sock: TcpSock,
     /// Its slab index (token), stable for the connection's life.
     pub slot: usize,
     /// Index into the backend list.
@@ -133,7 +160,7 @@ pub struct Core {
     /// Free buffers.
     pub bufs: BufPool,
     /// Deadlines.
-    pub timers: Timers,
+    pub timers: DeadlineHeap<TimerKey>,
     /// Current settings.
     pub settings: ProxySettings,
     /// Head limits derived from the settings.
@@ -158,7 +185,7 @@ impl Core {
             slab: Slab::new(),
             backends,
             bufs: BufPool::new(1024),
-            timers: Timers::default(),
+            timers: DeadlineHeap::new(),
             limits: Limits::from_settings(&settings),
             max_body: settings.max_body_bytes,
             settings,
@@ -199,19 +226,16 @@ impl Core {
             }
         }
         let addr = self.backends.list[backend].addr;
-        let mut s = TcpStream::connect(addr)?;
+        let s = TcpStream::connect(addr)?;
         let _ = s.set_nodelay(true);
+        let mut sock = Sock::new(s);
         let slot = self.slab.insert(Slot::Upstream(owner));
-        if let Err(e) = self.registry.register(
-            &mut s,
-            token_of(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = sock.register(&self.registry, token_of(slot)) {
             self.slab.remove(slot);
             return Err(e);
         }
         Ok(UpConn {
-            sock: Sock::new(s),
+            sock,
             slot,
             backend,
             connected: false,

@@ -1,21 +1,17 @@
 //! Active health checks, run inside the loop on non-blocking sockets: every
-//! `health-interval-ms` per backend, `GET health-path` (HTTP mode; a 2xx or 3xx status line
-//! passes) or a bare connect (TCP mode), bounded by `health-timeout-ms`. `health-rise`
+//! `health-interval-ms` per backend, `GET health-path` (HTTP mode; a 2xx or 3xx final status
+//! passes) or a bare connect (TCP mode), bounded by `health-timeout-ms`. The probe itself is
+//! the kit's (`evloop::HealthProbe`); this file schedules it and applies the verdict. `health-rise`
 //! consecutive passes bring a down backend up, `health-fall` consecutive failures take an up
 //! backend down.
 
-use std::io::Write;
 use std::time::Instant;
 
-use mio::Interest;
 use mio::event::Event;
-use mio::net::TcpStream;
 
-use super::buffer::Buf;
-use super::core::{Core, Slot, token_of};
-use super::sock::{ReadResult, Sock};
-use super::timer::{Deadline, TimerKey};
+use super::core::{Core, Slot, TimerKey, token_of};
 use crate::config::Mode;
+use crate::evloop::{Deadline, HealthProbe, ProbeKind, ProbeStatus};
 
 /// One check in progress.
 pub struct HealthCheck {
@@ -23,11 +19,7 @@ pub struct HealthCheck {
     backend_gen: u32,
     slot: usize,
     generation: u32,
-    sock: Sock,
-    connected: bool,
-    request: Vec<u8>,
-    sent: usize,
-    reply: Buf,
+    probe: HealthProbe,
     deadline: Deadline,
 }
 
@@ -37,13 +29,15 @@ pub fn schedule_first(core: &mut Core, backend: usize) {
     let spread = core.settings.health_interval_ms.clamp(1, 1000);
     let delay = rand::random::<u64>() % spread;
     let at = core.after_ms(delay);
-    core.timers.add(at, TimerKey::Health(backend, b.generation));
+    core.timers
+        .push(at, TimerKey::Health(backend, b.generation));
 }
 
 fn schedule_next(core: &mut Core, backend: usize) {
     let b = &core.backends.list[backend];
     let at = core.after_ms(core.settings.health_interval_ms.max(1));
-    core.timers.add(at, TimerKey::Health(backend, b.generation));
+    core.timers
+        .push(at, TimerKey::Health(backend, b.generation));
 }
 
 /// The check timer of `backend` fired: start a check unless one runs or the backend left.
@@ -57,9 +51,14 @@ pub fn start(core: &mut Core, backend: usize, backend_gen: u32) {
     if b.check_slot.is_some() {
         return;
     }
-    let addr = b.addr;
-    let mut s = match TcpStream::connect(addr) {
-        Ok(s) => s,
+    let kind = match core.settings.mode {
+        Mode::Http => ProbeKind::Http {
+            path: &core.settings.health_path,
+        },
+        Mode::Tcp => ProbeKind::Connect,
+    };
+    let mut probe = match HealthProbe::start(b.addr, kind) {
+        Ok(p) => p,
         Err(e) => {
             outcome(core, backend, false, &e.to_string());
             schedule_next(core, backend);
@@ -68,35 +67,17 @@ pub fn start(core: &mut Core, backend: usize, backend_gen: u32) {
     };
     // Reserved now, filled below once the check exists.
     let slot = core.slab.insert(Slot::Taken);
-    if core
-        .registry
-        .register(
-            &mut s,
-            token_of(slot),
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .is_err()
-    {
+    if probe.register(&core.registry, token_of(slot)).is_err() {
         core.slab.remove(slot);
         schedule_next(core, backend);
         return;
     }
-    let mut request = Vec::new();
-    let _ = write!(
-        request,
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: goloadbalancer-health\r\nConnection: close\r\n\r\n",
-        core.settings.health_path, addr
-    );
     let mut hc = HealthCheck {
         backend,
         backend_gen,
         slot,
         generation: core.slab.gen_of(slot),
-        sock: Sock::new(s),
-        connected: false,
-        request,
-        sent: 0,
-        reply: core.bufs.get(),
+        probe,
         deadline: Deadline::none(),
     };
     let at = core.after_ms(core.settings.health_timeout_ms.max(1));
@@ -130,19 +111,32 @@ fn outcome(core: &mut Core, backend: usize, ok: bool, why: &str) {
     }
 }
 
-/// What a check step concluded.
-enum Verdict {
-    Pending,
-    Pass,
-    Fail(String),
+/// Pass on a completed connect or a 2xx/3xx final status; None while pending.
+fn verdict(status: ProbeStatus) -> Option<Result<(), String>> {
+    match status {
+        ProbeStatus::Pending => None,
+        ProbeStatus::Connected => Some(Ok(())),
+        ProbeStatus::Status(code) if (200..400).contains(&code) => Some(Ok(())),
+        ProbeStatus::Status(code) => Some(Err(format!("status {code}"))),
+        ProbeStatus::Failed(why) => Some(Err(why)),
+    }
 }
 
 impl HealthCheck {
-    /// Readiness on the check's socket; returns false once the check is over (slot freed).
+    /// The check's deadline.
+    pub fn deadline(&self) -> &Deadline {
+        &self.deadline
+    }
+
+    /// Readiness on the check's socket; None once the check is over (slot freed).
     pub fn event(mut self: Box<Self>, core: &mut Core, ev: &Event) -> Option<Box<Self>> {
-        self.sock.note(ev);
-        let v = self.step(core);
-        self.conclude(core, v)
+        match verdict(self.probe.on_event(ev)) {
+            None => Some(self),
+            Some(v) => {
+                (*self).conclude(core, v);
+                None
+            }
+        }
     }
 
     /// The check's deadline fired.
@@ -154,81 +148,32 @@ impl HealthCheck {
         {
             return Some(self);
         }
-        self.conclude(core, Verdict::Fail("timeout".into()))
+        (*self).conclude(core, Err("timeout".into()));
+        None
     }
 
-    fn conclude(self: Box<Self>, core: &mut Core, v: Verdict) -> Option<Box<Self>> {
-        let (ok, why) = match v {
-            Verdict::Pending => return Some(self),
-            Verdict::Pass => (true, String::new()),
-            Verdict::Fail(why) => (false, why),
-        };
+    fn conclude(self, core: &mut Core, v: Result<(), String>) {
         let HealthCheck {
             backend,
             backend_gen,
             slot,
-            reply,
+            mut probe,
             ..
-        } = *self;
-        core.bufs.put(reply);
+        } = self;
+        probe.deregister(&core.registry);
         core.slab.remove(slot);
         if let Some(b) = core.backends.list.get_mut(backend)
             && b.generation == backend_gen
         {
             b.check_slot = None;
             if b.admin != super::backends::Admin::Removed {
+                let (ok, why) = match v {
+                    Ok(()) => (true, String::new()),
+                    Err(why) => (false, why),
+                };
                 outcome(core, backend, ok, &why);
                 schedule_next(core, backend);
             }
         }
-        None
-    }
-
-    fn step(&mut self, core: &mut Core) -> Verdict {
-        if !self.connected {
-            if !self.sock.writable && !self.sock.readable {
-                return Verdict::Pending;
-            }
-            match self.sock.connect_done() {
-                Ok(true) => self.connected = true,
-                Ok(false) => return Verdict::Pending,
-                Err(e) => return Verdict::Fail(e.to_string()),
-            }
-            if core.settings.mode == Mode::Tcp {
-                return Verdict::Pass;
-            }
-        }
-        while self.sent < self.request.len() && self.sock.writable {
-            match self.sock.write_some(&self.request[self.sent..]) {
-                Ok(n) => self.sent += n,
-                Err(e) => return Verdict::Fail(e.to_string()),
-            }
-        }
-        while self.sock.readable && self.reply.room() > 0 {
-            match self.sock.read_into(&mut self.reply) {
-                Ok(ReadResult::Data) => {}
-                Ok(ReadResult::Blocked) => break,
-                Ok(ReadResult::Eof) => {
-                    return status_verdict(self.reply.data())
-                        .unwrap_or_else(|| Verdict::Fail("closed before a status line".into()));
-                }
-                Err(e) => return Verdict::Fail(e.to_string()),
-            }
-        }
-        status_verdict(self.reply.data()).unwrap_or(Verdict::Pending)
-    }
-}
-
-/// Pass on a 2xx/3xx status line, fail on anything else; None until a full line arrived.
-fn status_verdict(reply: &[u8]) -> Option<Verdict> {
-    let end = reply.iter().position(|&b| b == b'\n')?;
-    let line = String::from_utf8_lossy(&reply[..end]);
-    let mut parts = line.split_ascii_whitespace();
-    let version = parts.next().unwrap_or("");
-    let code: u16 = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
-    if version.starts_with("HTTP/1.") && (200..400).contains(&code) {
-        Some(Verdict::Pass)
-    } else {
-        Some(Verdict::Fail(format!("status {code}")))
     }
 }

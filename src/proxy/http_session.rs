@@ -14,7 +14,6 @@
 //! write side and discards input until the client closes (lingering close, so a client still
 //! sending does not get a reset that destroys the response).
 
-use std::io::Read;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -22,14 +21,12 @@ use mio::event::Event;
 
 use super::backends::Tried;
 use super::buffer::{BUF_SIZE, Buf};
-use super::core::{Core, UpConn};
-use super::sock::{Half, ReadResult, Sock};
-use super::timer::{Deadline, TimerKey};
+use super::core::{Core, TimerKey, UpConn};
+use super::relay::{self, Half, TcpSock};
+use crate::evloop::linger::{self, Discard};
+use crate::evloop::{Deadline, ReadResult};
 use crate::http::rewrite::{self, ClientResponse, ConnectionOut, UpstreamRequest};
 use crate::http::{self, ChunkLimits, ChunkedDecoder, Framing, RequestHead};
-
-/// How long a closing connection may take to read our last response and close.
-const LINGER_MS: u64 = 2000;
 
 /// What the loop should do with a session after it ran.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,7 +51,7 @@ enum Progress {
 /// The client side of a session: what lives as long as the connection.
 struct Client {
     slot: usize,
-    sock: Sock,
+    sock: TcpSock,
     peer: IpAddr,
     /// Bytes read from the client, not yet forwarded or parsed.
     cin: Option<Buf>,
@@ -214,7 +211,7 @@ impl Client {
         let Some(out) = self.cout.as_mut() else {
             return Ok(false);
         };
-        let moved = self.sock.flush(out).map_err(|_| ())?;
+        let moved = relay::flush(&mut self.sock, out).map_err(|_| ())?;
         core.bufs.put_if_empty(&mut self.cout);
         Ok(moved)
     }
@@ -231,10 +228,10 @@ impl Client {
 
 impl HttpSession {
     /// A session for an accepted client socket in slab slot `slot`.
-    pub fn new(core: &mut Core, slot: usize, sock: mio::net::TcpStream, peer: IpAddr) -> Self {
+    pub fn new(core: &mut Core, slot: usize, sock: TcpSock, peer: IpAddr) -> Self {
         let mut c = Client {
             slot,
-            sock: Sock::new(sock),
+            sock,
             peer,
             cin: None,
             cout: None,
@@ -247,6 +244,11 @@ impl HttpSession {
             c,
             state: State::Head { clock: true },
         }
+    }
+
+    /// The session's deadline.
+    pub fn deadline(&self) -> &Deadline {
+        &self.c.deadline
     }
 
     /// Readiness on the client socket.
@@ -392,8 +394,8 @@ impl HttpSession {
             }
             cin.grow(cap.max(2 * BUF_SIZE));
         }
-        match c.sock.read_into(cin) {
-            Ok(ReadResult::Data) => {
+        match relay::read_into(&mut c.sock, cin) {
+            Ok(ReadResult::Data(_)) => {
                 if !clock {
                     clock = true;
                     c.set_deadline(core, core.settings.header_timeout_ms);
@@ -441,7 +443,7 @@ fn fail(c: &mut Client, core: &mut Core, status: u16) -> (State, Progress) {
         core,
         &http::response::simple(status, "text/plain", body.as_bytes(), true),
     );
-    c.set_deadline(core, LINGER_MS);
+    c.set_deadline(core, linger::LINGER_MS);
     (State::Closing { shut: false }, Progress::Moved)
 }
 
@@ -450,24 +452,17 @@ fn step_closing(c: &mut Client, core: &mut Core, mut shut: bool) -> (State, Prog
         return (State::Closing { shut }, p);
     }
     if !shut {
-        if c.sock.s.shutdown(std::net::Shutdown::Write).is_err() {
+        if c.sock.shutdown_write().is_err() {
             return (State::Closing { shut }, Progress::Close);
         }
         shut = true;
         core.bufs.put_opt(&mut c.cin);
     }
     // Lingering close: discard what the client still sends until it closes or time runs out.
-    let mut sink = [0u8; 4096];
-    while c.sock.readable {
-        match c.sock.s.read(&mut sink) {
-            Ok(0) => return (State::Closing { shut }, Progress::Close),
-            Ok(_) => {}
-            Err(e) if super::sock::would_block(&e) => c.sock.readable = false,
-            Err(e) if super::sock::interrupted(&e) => {}
-            Err(_) => return (State::Closing { shut }, Progress::Close),
-        }
+    match linger::discard_input(&mut c.sock) {
+        Discard::Closed => (State::Closing { shut }, Progress::Close),
+        Discard::Open => (State::Closing { shut }, Progress::Idle),
     }
-    (State::Closing { shut }, Progress::Idle)
 }
 
 /// Picks a backend not tried yet and connects to it (pooled connection unless `fresh`);
@@ -630,20 +625,13 @@ impl Exchange {
     fn step(mut self, c: &mut Client, core: &mut Core) -> (State, Progress) {
         let mut moved = false;
         if !self.up.connected {
-            if !self.up.sock.writable && !self.up.sock.readable {
-                return (State::Exchange(self), Progress::Idle);
-            }
-            match self.up.sock.connect_done() {
+            match self.up.sock.poll_connect() {
                 Ok(true) => {
                     self.up.connected = true;
                     moved = true;
                     c.set_deadline(core, core.settings.response_timeout_ms);
                 }
-                Ok(false) => {
-                    self.up.sock.writable = false;
-                    self.up.sock.readable = false;
-                    return (State::Exchange(self), Progress::Idle);
-                }
+                Ok(false) => return (State::Exchange(self), Progress::Idle),
                 Err(e) => {
                     core.eject(self.up.backend, &e.to_string());
                     return self.retry(c, core, true);
@@ -775,7 +763,7 @@ impl Exchange {
         }
         if let Some(head) = x.head.as_ref() {
             while x.head_sent < head.len() && up.writable {
-                match up.write_some(&head.data()[x.head_sent..]) {
+                match up.write(&head.data()[x.head_sent..]) {
                     Ok(n) => {
                         x.head_sent += n;
                         moved |= n > 0;
@@ -812,7 +800,7 @@ impl Exchange {
                 BodyLeft::Done | BodyLeft::Close => {}
             }
             if x.body_ready > 0 && up.writable {
-                match up.write_some(&cin.data()[..x.body_ready]) {
+                match up.write(&cin.data()[..x.body_ready]) {
                     Ok(n) if n > 0 => {
                         cin.consume(n);
                         x.body_ready -= n;
@@ -842,8 +830,8 @@ impl Exchange {
             // More body to read from the client, if there is room (else backpressure).
             let cin = c.cin.get_or_insert_with(|| core.bufs.get());
             if c.sock.readable && cin.len() == x.body_ready && cin.room() > 0 {
-                match c.sock.read_into(cin) {
-                    Ok(ReadResult::Data) => step = true,
+                match relay::read_into(&mut c.sock, cin) {
+                    Ok(ReadResult::Data(_)) => step = true,
                     Ok(ReadResult::Blocked) => {}
                     // The client vanished mid-request: nothing can be answered.
                     Ok(ReadResult::Eof) | Err(_) => return Err(0),
@@ -865,8 +853,8 @@ impl Exchange {
             if uin.room() == 0 {
                 break;
             }
-            match self.up.sock.read_into(uin) {
-                Ok(ReadResult::Data) => moved = true,
+            match relay::read_into(&mut self.up.sock, uin) {
+                Ok(ReadResult::Data(_)) => moved = true,
                 Ok(ReadResult::Eof) => {
                     self.x.up_eof = true;
                     moved = true;
@@ -1105,7 +1093,7 @@ impl Exchange {
         core.backends.list[self.up.backend].record(x.status, x.started, core.now);
         self.release(core, reusable);
         if close_client {
-            c.set_deadline(core, LINGER_MS);
+            c.set_deadline(core, linger::LINGER_MS);
             return (State::Closing { shut: false }, Progress::Moved);
         }
         let pipelined = c.cin.as_ref().is_some_and(|b| !b.is_empty());

@@ -2,8 +2,10 @@
 //!
 //! Map: `server` (the loop, tokens, control channel, drain), `core` (slab and shared state),
 //! `http_session` (client connection state machine), `tcp_session` (L4 mode), `backends`
-//! (set, balancing, metrics), `health` (active checks), `sock` (readiness and relay),
-//! `buffer` (pooled buffers), `timer` (deadlines). HTTP parsing and head rewriting come from `crate::http`.
+//! (set, balancing, metrics), `health` (active checks), `relay` (buffered socket I/O and
+//! the one-direction relay), `buffer` (pooled buffers). Sockets, deadlines, the lingering
+//! close, the control channel and the health probe come from the loop kit
+//! (`crate::evloop`); HTTP parsing and head rewriting from `crate::http`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
@@ -18,10 +20,9 @@ pub mod control;
 mod core;
 mod health;
 mod http_session;
+mod relay;
 mod server;
-mod sock;
 mod tcp_session;
-mod timer;
 
 /// `goloadbalancer proxy` arguments: listener, backends, and config keys given as flags.
 #[derive(Clone, Debug)]

@@ -2,24 +2,23 @@
 //! channel and signals; every other token is a slab index (client socket, upstream socket,
 //! pooled connection or health check). Reading `run` tells everything the loop serves.
 
-use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
-use mio::net::{TcpListener, UnixStream as MioUnixStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use super::LoopInputs;
 use super::backends::{Admin, Backends};
 use super::control::{Down, Up};
-use super::core::{Core, FIRST_SLOT_TOKEN, Slot, token_of};
+use super::core::{Core, FIRST_SLOT_TOKEN, Slot, TimerKey, token_of};
 use super::health;
 use super::http_session::{Flow, HttpSession};
 use super::tcp_session::TcpSession;
-use super::timer::TimerKey;
 use crate::config::Mode;
+use crate::evloop::{BadLine, LineChannel, Sock};
 use crate::sys::signals::Signals;
 
 const LISTENER: Token = Token(0);
@@ -33,19 +32,11 @@ const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
-/// Longest control line accepted (a backend set of thousands fits easily).
-const MAX_CONTROL_LINE: usize = 4 * 1024 * 1024;
 /// Unsent control output beyond which metrics reports are skipped (the supervisor is stuck).
 const MAX_CONTROL_BACKLOG: usize = 1024 * 1024;
 
-/// The supervisor end of the control channel.
-struct Control {
-    sock: MioUnixStream,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    writable: bool,
-    eof: bool,
-}
+/// This end of the control channel: receives from the supervisor, sends up to it.
+type Control = LineChannel<Down, Up>;
 
 /// One LB loop.
 pub struct Server {
@@ -74,7 +65,11 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let control = match inputs.control {
-            Some(s) => Some(Control::new(s, &poll)?),
+            Some(s) => {
+                let mut ctl = Control::new(s)?;
+                ctl.register(poll.registry(), CONTROL)?;
+                Some(ctl)
+            }
             None => None,
         };
         let mut signals = Signals::new(&[SIGTERM, SIGINT])?;
@@ -189,10 +184,7 @@ impl Server {
         let Some(deadline) = self.drain_deadline else {
             return false;
         };
-        let flushed = self
-            .control
-            .as_ref()
-            .is_none_or(|c| c.wbuf.is_empty() || c.eof);
+        let flushed = self.control.as_ref().is_none_or(|c| c.queued() == 0);
         if self.core.connections == 0 && flushed {
             return true;
         }
@@ -211,19 +203,11 @@ impl Server {
     fn accept(&mut self) {
         while self.listening && self.core.connections < self.core.settings.max_connections {
             match self.listener.accept() {
-                Ok((mut sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let mut sock = Sock::new(stream);
                     let slot = self.core.slab.insert(Slot::Taken);
-                    if self
-                        .core
-                        .registry
-                        .register(
-                            &mut sock,
-                            token_of(slot),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
+                    if sock.register(&self.core.registry, token_of(slot)).is_err() {
                         self.core.slab.remove(slot);
                         continue;
                     }
@@ -331,6 +315,7 @@ impl Server {
     }
 
     fn run_timers(&mut self) {
+        self.sweep_timers();
         while let Some((at, key)) = self.core.timers.pop_due(self.core.now) {
             match key {
                 TimerKey::Slot(i, generation) => {
@@ -357,6 +342,30 @@ impl Server {
                 TimerKey::Health(b, generation) => health::start(&mut self.core, b, generation),
             }
         }
+    }
+
+    /// Drops the deadline entries nobody can use any more once the heap has doubled (closed
+    /// connections' entries would otherwise stay for a whole timeout).
+    fn sweep_timers(&mut self) {
+        let Core {
+            timers,
+            slab,
+            backends,
+            ..
+        } = &mut self.core;
+        timers.sweep(|at, key| match *key {
+            TimerKey::Slot(i, generation) => {
+                slab.gen_of(i) == generation
+                    && slab
+                        .get(i)
+                        .and_then(Slot::deadline)
+                        .is_some_and(|d| d.is_armed_at(at))
+            }
+            TimerKey::Health(b, generation) => backends
+                .list
+                .get(b)
+                .is_some_and(|b| b.generation == generation && b.admin != Admin::Removed),
+        });
     }
 
     /// Stops accepting and closes idle connections; the loop exits once the rest finished or
@@ -407,18 +416,18 @@ impl Server {
         let Some(ctl) = self.control.as_mut() else {
             return;
         };
-        if ev.is_writable() {
-            ctl.writable = true;
+        ctl.note(ev);
+        for msg in ctl.receive() {
+            self.handle_down(msg);
         }
-        if !(ev.is_readable() || ev.is_read_closed() || ev.is_error()) {
-            return;
-        }
-        let lines = ctl.read_lines();
-        let eof = ctl.eof;
-        for line in lines {
-            self.handle_down(&line);
-        }
-        if eof {
+        self.check_control();
+    }
+
+    /// A closed control channel (EOF, error, over-long line) is dropped and starts a drain:
+    /// the supervisor is gone or no longer understood.
+    fn check_control(&mut self) {
+        if let Some(mut ctl) = self.control.take_if(|c| c.is_closed()) {
+            ctl.deregister(self.poll.registry());
             crate::info!(
                 "control_closed",
                 "name={} action=drain",
@@ -428,23 +437,19 @@ impl Server {
         }
     }
 
-    fn handle_down(&mut self, line: &[u8]) {
-        let msg: Down = match serde_json::from_slice(line) {
+    fn handle_down(&mut self, msg: Result<Down, BadLine>) {
+        let msg = match msg {
             Ok(m) => m,
-            Err(e) => {
-                let seq = serde_json::from_slice::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
-                    .unwrap_or(0);
+            Err(bad) => {
                 crate::warn!(
                     "control_bad_message",
                     "error={}",
-                    crate::sys::log::quote(&e.to_string())
+                    crate::sys::log::quote(&bad.error)
                 );
                 self.send_up(&Up::Ack {
-                    seq,
+                    seq: bad.seq.unwrap_or(0),
                     ok: false,
-                    error: Some(e.to_string()),
+                    error: Some(bad.error),
                 });
                 return;
             }
@@ -508,10 +513,14 @@ impl Server {
 
     fn send_up(&mut self, msg: &Up) {
         if let Some(ctl) = self.control.as_mut()
-            && let Ok(mut line) = serde_json::to_vec(msg)
+            && let Err(e) = ctl.send(msg)
+            && !ctl.is_closed()
         {
-            line.push(b'\n');
-            ctl.wbuf.extend_from_slice(&line);
+            crate::warn!(
+                "control_send_failed",
+                "error={}",
+                crate::sys::log::quote(&e.to_string())
+            );
         }
     }
 
@@ -519,7 +528,7 @@ impl Server {
         let Some(ctl) = self.control.as_ref() else {
             return;
         };
-        if ctl.wbuf.len() > MAX_CONTROL_BACKLOG {
+        if ctl.queued() > MAX_CONTROL_BACKLOG {
             return;
         }
         let msg = Up::Metrics {
@@ -530,9 +539,13 @@ impl Server {
     }
 
     fn flush_control(&mut self) {
-        if let Some(ctl) = self.control.as_mut() {
-            ctl.flush();
+        if let Some(ctl) = self.control.as_mut()
+            && !ctl.is_closed()
+        {
+            // A failed write closes the channel (checked below).
+            let _ = ctl.flush();
         }
+        self.check_control();
     }
 }
 
@@ -540,69 +553,4 @@ impl Server {
 enum SessionRef<'a> {
     Http(&'a mut HttpSession),
     Tcp(&'a mut TcpSession),
-}
-
-impl Control {
-    fn new(s: UnixStream, poll: &Poll) -> io::Result<Control> {
-        s.set_nonblocking(true)?;
-        let mut sock = MioUnixStream::from_std(s);
-        poll.registry()
-            .register(&mut sock, CONTROL, Interest::READABLE | Interest::WRITABLE)?;
-        Ok(Control {
-            sock,
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-            writable: true,
-            eof: false,
-        })
-    }
-
-    /// Reads what is available; returns the complete lines.
-    fn read_lines(&mut self) -> Vec<Vec<u8>> {
-        let mut tmp = [0u8; 16384];
-        loop {
-            match self.sock.read(&mut tmp) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.rbuf.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.eof = true;
-                    break;
-                }
-            }
-        }
-        let mut lines = Vec::new();
-        while let Some(nl) = self.rbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.rbuf.drain(..=nl).collect();
-            let line = line.trim_ascii();
-            if !line.is_empty() {
-                lines.push(line.to_vec());
-            }
-        }
-        if self.rbuf.len() > MAX_CONTROL_LINE {
-            crate::warn!("control_line_too_long", "bytes={}", self.rbuf.len());
-            self.rbuf.clear();
-        }
-        lines
-    }
-
-    fn flush(&mut self) {
-        while self.writable && !self.wbuf.is_empty() && !self.eof {
-            match self.sock.write(&self.wbuf) {
-                Ok(n) => {
-                    self.wbuf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.eof = true;
-                    self.wbuf.clear();
-                }
-            }
-        }
-    }
 }

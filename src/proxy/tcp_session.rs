@@ -8,16 +8,16 @@ use std::time::Instant;
 use mio::event::Event;
 
 use super::backends::Tried;
-use super::core::{Core, UpConn};
+use super::core::{Core, TimerKey, UpConn};
 use super::http_session::Flow;
-use super::sock::{Half, Sock};
-use super::timer::{Deadline, TimerKey};
+use super::relay::{Half, TcpSock};
+use crate::evloop::Deadline;
 
 /// A TCP-mode client connection.
 pub struct TcpSession {
     slot: usize,
     generation: u32,
-    client: Sock,
+    client: TcpSock,
     up: Option<UpConn>,
     tried: Tried,
     c2u: Half,
@@ -28,11 +28,11 @@ pub struct TcpSession {
 impl TcpSession {
     /// Starts relaying `sock` (in slab slot `slot`); None when no backend can be tried (the
     /// caller closes the client at once).
-    pub fn new(core: &mut Core, slot: usize, sock: mio::net::TcpStream) -> Option<TcpSession> {
+    pub fn new(core: &mut Core, slot: usize, client: TcpSock) -> Option<TcpSession> {
         let mut s = TcpSession {
             slot,
             generation: core.slab.gen_of(slot),
-            client: Sock::new(sock),
+            client,
             up: None,
             tried: Tried::default(),
             c2u: Half::new(None),
@@ -86,6 +86,11 @@ impl TcpSession {
         }
     }
 
+    /// The session's deadline.
+    pub fn deadline(&self) -> &Deadline {
+        &self.deadline
+    }
+
     /// Readiness on the client socket.
     pub fn client_event(&mut self, core: &mut Core, ev: &Event) -> Flow {
         self.client.note(ev);
@@ -126,19 +131,12 @@ impl TcpSession {
                 return Flow::Close;
             };
             if !up.connected {
-                if !up.sock.writable && !up.sock.readable {
-                    return Flow::Keep;
-                }
-                match up.sock.connect_done() {
+                match up.sock.poll_connect() {
                     Ok(true) => {
                         up.connected = true;
                         self.set_deadline(core, core.settings.tunnel_timeout_ms);
                     }
-                    Ok(false) => {
-                        up.sock.writable = false;
-                        up.sock.readable = false;
-                        return Flow::Keep;
-                    }
+                    Ok(false) => return Flow::Keep,
                     Err(e) => {
                         let b = up.backend;
                         core.eject(b, &e.to_string());
