@@ -148,6 +148,17 @@ pub struct AccessRecord<'a> {
 }
 
 impl AccessRecord<'_> {
+    /// The durations written, by key, in ms (`None`: that phase was not reached).
+    fn durations_ms(&self) -> [(&'static str, Option<u128>); 4] {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis());
+        [
+            ("queued_ms", ms(self.queued)),
+            ("connect_ms", ms(self.connect)),
+            ("response_ms", ms(self.response_head)),
+            ("total_ms", Some(self.total.as_millis())),
+        ]
+    }
+
     /// Whether `errors` mode logs it: a 4xx/5xx answer, or an exchange that did not end done.
     pub fn is_error(&self) -> bool {
         self.status >= 400 || self.termination != Termination::Done
@@ -367,10 +378,6 @@ fn write_escaped(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn ms(d: Option<Duration>) -> Option<u128> {
-    d.map(|d| d.as_millis())
-}
-
 fn write_key_value(out: &mut String, prefix: &str, unix: Duration, r: &AccessRecord<'_>) {
     out.push_str(prefix);
     out.push_str(" time=");
@@ -389,20 +396,12 @@ fn write_key_value(out: &mut String, prefix: &str, unix: Duration, r: &AccessRec
     let _ = write!(out, " status={} worker=", r.status);
     out.push_str(if r.worker.is_empty() { "-" } else { r.worker });
     let _ = write!(out, " bytes_in={} bytes_out={}", r.bytes_in, r.bytes_out);
-    for (key, value) in [
-        ("queued_ms", ms(r.queued)),
-        ("connect_ms", ms(r.connect)),
-        ("response_ms", ms(r.response_head)),
-        ("total_ms", Some(r.total.as_millis())),
-    ] {
+    for (key, value) in r.durations_ms() {
         match value {
-            Some(v) => {
-                let _ = write!(out, " {key}={v}");
-            }
-            None => {
-                let _ = write!(out, " {key}=-");
-            }
+            Some(v) => write!(out, " {key}={v}"),
+            None => write!(out, " {key}=-"),
         }
+        .unwrap_or(());
     }
     let _ = write!(out, " retries={} request_id=", r.retries);
     match r.request_id {
@@ -439,20 +438,12 @@ fn write_json(out: &mut String, unix: Duration, r: &AccessRecord<'_>) {
         r.bytes_in,
         r.bytes_out
     );
-    for (key, value) in [
-        ("queued_ms", ms(r.queued)),
-        ("connect_ms", ms(r.connect)),
-        ("response_ms", ms(r.response_head)),
-        ("total_ms", Some(r.total.as_millis())),
-    ] {
+    for (key, value) in r.durations_ms() {
         match value {
-            Some(v) => {
-                let _ = write!(out, ",\"{key}\":{v}");
-            }
-            None => {
-                let _ = write!(out, ",\"{key}\":null");
-            }
+            Some(v) => write!(out, ",\"{key}\":{v}"),
+            None => write!(out, ",\"{key}\":null"),
         }
+        .unwrap_or(());
     }
     let _ = write!(out, ",\"retries\":{},\"request_id\":", r.retries);
     match r.request_id {
