@@ -17,6 +17,7 @@ pub mod control;
 mod core;
 mod health;
 mod http_session;
+pub mod policy;
 mod server;
 mod sock;
 mod tcp_session;
