@@ -23,9 +23,9 @@ pub struct WorkerLimit {
 
 impl WorkerLimit {
     /// The limit from the setting (0 = unlimited).
-    pub fn new(max_conn_per_worker: usize) -> WorkerLimit {
+    pub fn new(max_conn_per_worker: u32) -> WorkerLimit {
         WorkerLimit {
-            max: u64::try_from(max_conn_per_worker).unwrap_or(u64::MAX),
+            max: u64::from(max_conn_per_worker),
         }
     }
 
