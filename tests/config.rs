@@ -381,6 +381,122 @@ fn counts_and_timeouts() {
 }
 
 #[test]
+fn traffic_management_ranges() {
+    let cases = [
+        (
+            "max-conn-per-worker: 1000001\n",
+            ":1: max-conn-per-worker: must be between 0 and 1000000, got 1000001",
+        ),
+        (
+            "worker: 3\nqueue-size: 2000000\n",
+            ":2: queue-size: must be between 0 and 1000000, got 2000000",
+        ),
+        (
+            "queue-timeout-ms: 0\n",
+            ":1: queue-timeout-ms: must be between 1 and 604800000, got 0",
+        ),
+        (
+            "slow-start-ms: 604800001\n",
+            ":1: slow-start-ms: must be between 0 and 604800000, got 604800001",
+        ),
+        (
+            "eject-consecutive-5xx: 1001\n",
+            ":1: eject-consecutive-5xx: must be between 0 and 1000, got 1001",
+        ),
+        (
+            "eject-ms: 0\n",
+            ":1: eject-ms: must be between 1 and 604800000, got 0",
+        ),
+        (
+            "max-ejection-percent: 101\n",
+            ":1: max-ejection-percent: must be between 0 and 100, got 101",
+        ),
+        (
+            "retry-budget-percent: 150\n",
+            ":1: retry-budget-percent: must be between 0 and 100, got 150",
+        ),
+        (
+            "retry-budget-percent: -1\n",
+            ":1: retry-budget-percent: must not be negative, got -1",
+        ),
+        (
+            "body-timeout-ms: 0\n",
+            ":1: body-timeout-ms: must be between 1 and 604800000, got 0",
+        ),
+        (
+            "allowed-upgrades: web socket\n",
+            ":1: allowed-upgrades: must be protocol names separated by commas, like \"websocket,h2c\" (empty: none), got \"web socket\"",
+        ),
+        (
+            "allowed-upgrades: websocket,,h2c\n",
+            ":1: allowed-upgrades: must be protocol names separated by commas, like \"websocket,h2c\" (empty: none), got \"websocket,,h2c\"",
+        ),
+        (
+            "max-interim-responses: 0\n",
+            ":1: max-interim-responses: must be between 1 and 1000, got 0",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        rejects(&format!("cfg-traffic-{i}"), text, expected);
+    }
+    // The widest and narrowest accepted values.
+    let out = accepted(
+        "cfg-traffic-ok",
+        "max-conn-per-worker: 1\nqueue-size: 0\nslow-start-ms: 0\nmax-ejection-percent: 100\nretry-budget-percent: 0\nallowed-upgrades: \"\"\nmax-interim-responses: 1000\n",
+    );
+    for line in [
+        "max-conn-per-worker: 1",
+        "queue-size: 0",
+        "max-ejection-percent: 100",
+        "retry-budget-percent: 0",
+        "allowed-upgrades: ''",
+        "max-interim-responses: 1000",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn traffic_management_flags_are_checked_like_the_file() {
+    // `goloadbalancer proxy --KEY VALUE`: same rule, same message, exit 2 before binding.
+    for (flag, value, expected) in [
+        (
+            "--max-ejection-percent",
+            "101",
+            "goloadbalancer proxy: --max-ejection-percent: must be between 0 and 100, got 101\n",
+        ),
+        (
+            "--queue-timeout-ms",
+            "0",
+            "goloadbalancer proxy: --queue-timeout-ms: must be between 1 and 604800000, got 0\n",
+        ),
+        (
+            "--allowed-upgrades",
+            "h2c;x",
+            "goloadbalancer proxy: --allowed-upgrades: must be protocol names separated by commas, like \"websocket,h2c\" (empty: none), got \"h2c;x\"\n",
+        ),
+    ] {
+        let out = Command::new(common::bin())
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:1",
+                "--backend",
+                "127.0.0.1:2",
+            ])
+            .args([flag, value])
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .expect("run proxy");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected, "{flag}");
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+    }
+}
+
+#[test]
 fn ports() {
     rejects(
         "cfg-port-big",

@@ -219,6 +219,39 @@ section! {
         "health-rise" => health_rise: u32 = 2, read Node::uint_as, rule between::<1, 1000, _>;
         /// Consecutive failures to mark a backend down.
         "health-fall" => health_fall: u32 = 3, read Node::uint_as, rule between::<1, 1000, _>;
+        // Traffic management (issue 13): limits, queue, slow start, ejection, retry budget,
+        // and the data-path bounds from its review. Compact types (u32 counts, Box<str>):
+        // the struct travels inline in the control channel's `Down::Settings`.
+        /// Requests one worker holds at once, 0 = unlimited; beyond it requests wait in the queue.
+        "max-conn-per-worker" => max_conn_per_worker: u32 = 0,
+            read Node::uint_as, rule between::<0, 1_000_000, _>;
+        /// Requests that may wait for a worker slot per LB child; beyond it 503 with Retry-After.
+        "queue-size" => queue_size: u32 = 1024,
+            read Node::uint_as, rule between::<0, 1_000_000, _>;
+        /// Longest wait in the queue, then 503 with Retry-After.
+        "queue-timeout-ms" => queue_timeout_ms: u64 = 5_000, read Node::uint, rule timeout;
+        /// A worker turning healthy ramps from 10% to its full share over this, 0 = off.
+        "slow-start-ms" => slow_start_ms: u64 = 0,
+            read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;
+        /// Consecutive 5xx answers that eject a worker, 0 = off.
+        "eject-consecutive-5xx" => eject_consecutive_5xx: u32 = 0,
+            read Node::uint_as, rule between::<0, 1000, _>;
+        /// Length of a first ejection; doubled on each repeat (at most 300 s).
+        "eject-ms" => eject_ms: u64 = 30_000, read Node::uint, rule timeout;
+        /// Most workers ejected at once, in percent of the set (rounded down).
+        "max-ejection-percent" => max_ejection_percent: u32 = 50,
+            read Node::uint_as, rule between::<0, 100, _>;
+        /// Retries allowed, in percent of the last 10 s of requests (plus 10 a second).
+        "retry-budget-percent" => retry_budget_percent: u32 = 20,
+            read Node::uint_as, rule between::<0, 100, _>;
+        /// Whole-request-body deadline from the end of the head, then 408.
+        "body-timeout-ms" => body_timeout_ms: u64 = 60_000, read Node::uint, rule timeout;
+        /// `Upgrade` protocols tunnelled after a 101, comma-separated; empty = none.
+        "allowed-upgrades" => allowed_upgrades: Box<str> = "websocket".into(),
+            read |v| v.string().map(String::into_boxed_str), rule upgrade_list;
+        /// Most 1xx interim responses forwarded for one request, then 502.
+        "max-interim-responses" => max_interim_responses: u32 = 8,
+            read Node::uint_as, rule between::<1, 1000, _>;
     }
 }
 
@@ -311,11 +344,46 @@ fn request_path(path: &String) -> Result<(), String> {
     })
 }
 
+/// Rule of `allowed-upgrades`: protocol names (RFC 9110 tokens, an optional `/version`)
+/// separated by commas, or nothing at all.
+fn upgrade_list<S: AsRef<str> + ?Sized>(list: &S) -> Result<(), String> {
+    let list = list.as_ref();
+    use crate::http::fields::{is_token, trim_ows};
+    let protocol = |item: &[u8]| {
+        let item = trim_ows(item);
+        let mut parts = item.splitn(2, |&b| b == b'/');
+        parts.all(is_token)
+    };
+    let ok = list.len() <= 1024
+        && (list.trim().is_empty() || list.as_bytes().split(|&b| b == b',').all(protocol));
+    require(ok, || {
+        format!(
+            "must be protocol names separated by commas, like \"websocket,h2c\" (empty: none), got {list:?}"
+        )
+    })
+}
+
 /// Rule of `autoscale.target-inflight`: a positive finite number.
 fn positive_target(v: &f64) -> Result<(), String> {
     require(v.is_finite() && *v > 0.0 && *v <= 1e9, || {
         format!("must be a number above 0 (at most 1000000000), got {v}")
     })
+}
+
+impl ProxySettings {
+    /// Whether `allowed-upgrades` lets `protocol` (one item of a request's `Upgrade` list,
+    /// `name[/version]`) be tunnelled: its name is listed (ASCII case-insensitive) with no
+    /// version, or with the same version.
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        fn name(p: &[u8]) -> &[u8] {
+            p.split(|&b| b == b'/').next().unwrap_or(p)
+        }
+        let protocol = crate::http::fields::trim_ows(protocol);
+        crate::http::fields::list_items(self.allowed_upgrades.as_bytes()).any(|allowed| {
+            allowed.eq_ignore_ascii_case(protocol)
+                || (!allowed.contains(&b'/') && allowed.eq_ignore_ascii_case(name(protocol)))
+        })
+    }
 }
 
 impl Config {
@@ -451,6 +519,34 @@ mod tests {
             ..Autoscale::default()
         };
         assert_eq!(rejected(&a), Some("target-inflight"));
+    }
+
+    #[test]
+    fn allowed_upgrades_list() {
+        let p = ProxySettings::default();
+        assert!(p.allows_upgrade(b"websocket"));
+        assert!(p.allows_upgrade(b" WebSocket "));
+        assert!(p.allows_upgrade(b"websocket/13"));
+        assert!(!p.allows_upgrade(b"h2c"));
+        assert!(!p.allows_upgrade(b""));
+        let p = ProxySettings {
+            allowed_upgrades: "websocket, foo/2".into(),
+            ..ProxySettings::default()
+        };
+        assert!(p.allows_upgrade(b"FOO/2"));
+        assert!(!p.allows_upgrade(b"foo/3"));
+        assert!(!p.allows_upgrade(b"foo"));
+        let none = ProxySettings {
+            allowed_upgrades: "".into(),
+            ..ProxySettings::default()
+        };
+        assert!(!none.allows_upgrade(b"websocket"));
+        for ok in ["", "websocket", "websocket,h2c", " h2c , websocket/13 "] {
+            assert_eq!(upgrade_list(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["web socket", "websocket,,h2c", "a/b/c", "/1", "x\u{1}"] {
+            assert!(upgrade_list(bad).is_err(), "{bad:?}");
+        }
     }
 
     /// Whether config.yaml has a line setting `key` (commented out or not) at `indent`.

@@ -20,6 +20,7 @@ pub mod control;
 mod core;
 mod health;
 mod http_session;
+pub mod policy;
 mod relay;
 mod server;
 mod tcp_session;

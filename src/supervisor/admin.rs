@@ -1,6 +1,10 @@
 //! The admin endpoint: a small non-blocking HTTP/1.1 server in the supervisor's loop serving
 //! `GET /status` (JSON), `GET /metrics` (Prometheus text) and `GET /` (the dashboard page,
 //! answered here: it is static). One request per connection.
+//!
+//! Idle connections cannot lock it out (issue 13, defect 7): a connection gets
+//! `REQUEST_DEADLINE` to send its request, and when `MAX_CONNS` are open a new one closes the
+//! oldest connection still waiting for its request, instead of being turned away.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -11,10 +15,13 @@ use mio::{Interest, Registry, Token};
 
 /// Largest request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
-/// Time a client gets to send its request and read the answer.
-const CONN_DEADLINE: Duration = Duration::from_secs(10);
-/// Most admin connections open at once; beyond it new ones are closed at once.
-const MAX_CONNS: usize = 64;
+/// Time a client gets to send its request head (tools and the dashboard send it at once).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+/// Time a client gets to read the answer.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+/// Most admin connections open at once; at the limit a new one displaces the oldest waiting
+/// for its request (see `make_room`).
+const MAX_CONNS: usize = 256;
 
 /// What the loop should answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +38,8 @@ struct Conn {
     inbuf: Vec<u8>,
     out: Vec<u8>,
     written: usize,
+    /// When it was accepted (the oldest waiting one makes room for a new one).
+    opened: Instant,
     deadline: Instant,
     answered: bool,
 }
@@ -94,9 +103,9 @@ impl Admin {
         loop {
             match listener.accept() {
                 Ok((mut stream, _)) => {
+                    let now = Instant::now();
                     if self.conns.len() >= MAX_CONNS {
-                        drop(stream);
-                        continue;
+                        make_room(&mut self.conns, registry);
                     }
                     let token = next_token();
                     if registry
@@ -112,7 +121,8 @@ impl Admin {
                             inbuf: Vec::new(),
                             out: Vec::new(),
                             written: 0,
-                            deadline: Instant::now() + CONN_DEADLINE,
+                            opened: now,
+                            deadline: now + REQUEST_DEADLINE,
                             answered: false,
                         },
                     );
@@ -264,6 +274,7 @@ impl Admin {
         }
         conn.out = out;
         conn.answered = true;
+        conn.deadline = Instant::now() + ANSWER_DEADLINE;
         self.flush(registry, token);
     }
 
@@ -284,10 +295,7 @@ impl Admin {
     }
 
     fn close(&mut self, registry: &Registry, token: Token) {
-        if let Some(mut conn) = self.conns.remove(&token) {
-            let _ = registry.deregister(&mut conn.stream);
-            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-        }
+        close_conn(&mut self.conns, registry, token);
     }
 
     /// Closes connections past their deadline.
@@ -301,6 +309,28 @@ impl Admin {
         for t in late {
             self.close(registry, t);
         }
+    }
+}
+
+fn close_conn(conns: &mut HashMap<Token, Conn>, registry: &Registry, token: Token) {
+    if let Some(mut conn) = conns.remove(&token) {
+        let _ = registry.deregister(&mut conn.stream);
+        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Closes one connection to make room for a new one: the oldest still waiting for its
+/// request (an idle one holds nothing anyone waits for), else the oldest of all.
+fn make_room(conns: &mut HashMap<Token, Conn>, registry: &Registry) {
+    let oldest = |waiting: bool| {
+        conns
+            .iter()
+            .filter(|(_, c)| !waiting || !c.answered)
+            .min_by_key(|(_, c)| c.opened)
+            .map(|(t, _)| *t)
+    };
+    if let Some(t) = oldest(true).or_else(|| oldest(false)) {
+        close_conn(conns, registry, t);
     }
 }
 
