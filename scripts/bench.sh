@@ -9,7 +9,7 @@ usage: scripts/bench.sh [options]
 
 Starts two fast backends (nginx answering a 6-byte body when nginx is installed, else
 `goloadbalancer worker --avg-delay 0 --failure 0`), then puts each proxy in front of them in
-turn, one process / one thread each:
+turn, one process / one thread each (N with --pool N):
   glb      goloadbalancer proxy (release build), round-robin, upstream-pool-size 512
   haproxy  HAProxy, nbthread 1, mode http, roundrobin, http-reuse always   (when installed)
   nginx    nginx, worker_processes 1, upstream keepalive 512                (when installed)
@@ -18,8 +18,10 @@ none of them reconnects per request at 512 client connections)
   direct   wrk straight at one backend (the ceiling)
 For each, at each connection count: wrk req/s, p50 and p99 latency, the proxy's CPU time
 per request (utime+stime from /proc, the figure least disturbed by noisy neighbours) and
-its RSS; then RSS per idle connection with N idle keep-alive connections (each sent one
-request, then stays open). Each measurement is repeated and the median reported.
+its RSS; and RSS per idle connection with N idle keep-alive connections (each sent one
+request, then stays open), twice: cold (the proxy's first clients, before any load) and warm
+(after the wrk runs, once the proxy's RSS has settled), each read 3 s after the last
+connection was answered. Each wrk measurement is repeated and the median reported.
 
 options:
   -c, --connections LIST  wrk connection counts, comma-separated (default 64,512)
@@ -32,6 +34,10 @@ options:
                           (process runtime, 2 workers at avg-delay 0, failure 0, one LB
                           child) measured as proxy "stack" at /api/v1/hello, and the other
                           proxies in front of the same two worker processes
+      --pool N            N load balancers (implies --full-stack): `pool: N` with
+                          `shared-port: true`, HAProxy with nbthread N, nginx with N
+                          worker processes; reports each process's (thread's) share of
+                          the proxy's CPU time in every run (SHARE lines)
       --no-build          use the existing release binary
       --bin PATH          use this goloadbalancer binary (implies --no-build; figures
                           from a debug build are not performance figures)
@@ -39,7 +45,8 @@ options:
 
 The last lines are machine-readable:
   RESULT proxy=.. conns=.. rps=.. p50_ms=.. p99_ms=.. cpu_us_per_req=.. rss_kib=..
-  IDLE proxy=.. conns=.. rss_per_conn_bytes=..
+  IDLE proxy=.. conns=.. rss_per_conn_bytes=.. when=cold|warm base_rss_kib=..
+  SHARE proxy=.. conns=.. shares=P1,P2,.. (percent of the proxy's CPU time, --pool only)
 exit status: 0 ok, 1 a run failed (errors or no requests), 2 usage or a missing tool.
 
 tools: bash, awk, python3, wrk (required); haproxy, nginx (optional comparisons).
@@ -58,6 +65,7 @@ reps=3
 idle=10000
 only=""
 full=0
+pool=1
 build=1
 bin=""
 while [ $# -gt 0 ]; do
@@ -69,6 +77,7 @@ while [ $# -gt 0 ]; do
     --only) only="${2:?}"; shift 2 ;;
     --quick) conns_list=64; duration=2; reps=1; idle=1000; shift ;;
     --full-stack) full=1; shift ;;
+    --pool) pool="${2:?}"; full=1; shift 2 ;;
     --no-build) build=0; shift ;;
     --bin) bin="${2:?}"; build=0; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -144,7 +153,8 @@ for _ in range(200):
     cat >"$work/config.yaml" <<EOF
 # Written by scripts/bench.sh --full-stack for one run.
 worker: 2
-pool: 1
+pool: $pool
+shared-port: $([ "$pool" -gt 1 ] && echo true || echo false)
 stats-dir: $work/worker-stats.db
 avg-delay: 0
 failure: 0
@@ -194,7 +204,8 @@ wait_port "$b1"
 wait_port "$b2"
 
 # --- proxies -------------------------------------------------------------------------------
-# Each start_* sets `port` and `ppids` (the PIDs whose CPU and RSS count as the proxy's).
+# Each start_* sets `port`, `ppids` (the PIDs whose CPU and RSS count as the proxy's) and
+# `units` (the /proc stat files of the processes or threads that proxy: the SHARE figures).
 # Run in this shell (not in $(...)): the background processes must not hold a pipe open.
 # The stack's LB child: a forked child of the supervisor still running `run`.
 start_stack() {
@@ -207,6 +218,8 @@ start_stack() {
         fi
     done
     [ "${#ppids[@]}" -gt 0 ] || die "no LB child found under the supervisor ($sup)"
+    units=()
+    for c in "${ppids[@]}"; do units+=("/proc/$c/stat"); done
 }
 
 start_glb() {
@@ -215,6 +228,7 @@ start_glb() {
         --max-connections 20000 --upstream-pool-size 512 >"$work/glb.log" 2>&1 &
     pids+=($!)
     ppids=($!)
+    units=("/proc/$!/stat")
     wait_port "$port"
 }
 
@@ -226,7 +240,7 @@ start_haproxy() {
     port=$(free_port)
     cat >"$work/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $pool
     # HAProxy wants two descriptors per connection: as many as the descriptor limit allows.
     maxconn $haproxy_maxconn
 defaults
@@ -250,13 +264,14 @@ EOF
     pids+=($!)
     ppids=($!)
     wait_port "$port"
+    units=("/proc/$!/task/"*/stat)
 }
 
 start_nginx() {
     port=$(free_port)
     mkdir -p "$work/nginx"
     cat >"$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes $pool;
 daemon off;
 pid $work/nginx/nginx.pid;
 error_log stderr error;
@@ -288,6 +303,8 @@ EOF
     wait_port "$port"
     # The worker does the proxying; count master and workers.
     read -r -a ppids <<<"$master $(pgrep -P "$master" | tr '\n' ' ')"
+    units=()
+    for c in "${ppids[@]:1}"; do units+=("/proc/$c/stat"); done
 }
 
 cpu_ticks() {
@@ -298,6 +315,15 @@ cpu_ticks() {
         t=$((t + $(awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
     done
     echo "$t"
+}
+
+# utime+stime of each unit (a /proc stat file), space-separated.
+unit_ticks() {
+    local f
+    for f in "${units[@]}"; do
+        awk '{sub(/^.*\) /, ""); printf "%d ", $12 + $13}' "$f" 2>/dev/null || printf '0 '
+    done
+    echo
 }
 
 rss_kib() {
@@ -330,12 +356,14 @@ failed=0
 measure() {
     local port=$1 c=$2
     shift 2
-    local before after out requests rps p50 p99 errors cpu
+    local before after out requests rps p50 p99 errors cpu units_before
     before=$(cpu_ticks "$@")
+    units_before=$(unit_ticks)
     local threads=2
     [ "$c" -lt 2 ] && threads=1
     out=$(wrk -t"$threads" -c"$c" -d"${duration}s" --latency "http://127.0.0.1:$port$path" 2>&1) || true
     after=$(cpu_ticks "$@")
+    echo "$units_before|$(unit_ticks)" >>"$work/unit-samples"
     requests=$(awk '/requests in/ {print $1}' <<<"$out")
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -351,8 +379,23 @@ measure() {
     echo "$rps $p50 $p99 $cpu $(rss_kib "$@")" >>"$work/samples"
 }
 
+# Each unit's share of the CPU time in $work/unit-samples (lines "before|after"), in percent,
+# comma-separated.
+unit_shares() {
+    awk -F'|' '{
+        n = split($1, b, " "); split($2, a, " ")
+        for (i = 1; i <= n; i++) d[i] += a[i] - b[i]
+        if (n > units) units = n
+    } END {
+        for (i = 1; i <= units; i++) t += d[i]
+        for (i = 1; i <= units; i++) printf "%s%.1f", (i > 1 ? "," : ""), (t > 0 ? 100 * d[i] / t : 0)
+        print ""
+    }' "$work/unit-samples"
+}
+
 # Opens `n` keep-alive connections to `port`, one request each, holds them while the
-# proxy's RSS is read, and prints the RSS growth per connection in bytes.
+# proxy's RSS is read (3 s after the last answer: the figure is what an idle connection
+# costs, not the burst of opening them), and prints "bytes-per-connection base-rss-kib".
 idle_cost() {
     local port=$1 n=$2
     shift 2
@@ -391,13 +434,12 @@ EOF
         sleep 0.1
     done
     if [ -e "$work/idle.ready" ]; then
-        sleep 0.5
+        sleep 3
         local after
         after=$(rss_kib "$@")
-        awk -v a="$after" -v b="$base" -v n="$n" 'BEGIN { printf "%d\n", (a - b) * 1024 / n }'
+        awk -v a="$after" -v b="$base" -v n="$n" 'BEGIN { printf "%d %d\n", (a - b) * 1024 / n, b }'
     else
-        echo "-"
-        failed=1
+        echo "- $base"
     fi
     touch "$work/idle.done"
     wait "$client" 2>/dev/null || true
@@ -410,6 +452,19 @@ echo "wrk: ${duration}s per run, connections $conns_list, $reps repetitions (med
 printf '%-8s %6s %10s %9s %9s %12s %9s\n' proxy conns "req/s" "p50 ms" "p99 ms" "cpu us/req" "rss KiB"
 results=()
 idles=()
+shares=()
+
+# Appends the IDLE line of the current proxy, `when` = cold or warm.
+idle_figure() {
+    [ "$idle" -gt 0 ] || return 0
+    local when=$1 n=$idle per base
+    if [ "$proxy" = haproxy ] && [ "$n" -gt $((haproxy_maxconn - 100)) ]; then
+        n=$((haproxy_maxconn - 100))
+    fi
+    read -r per base <<<"$(idle_cost "$port" "$n" "${ppids[@]}")"
+    if [ "$per" = "-" ]; then failed=1; fi
+    idles+=("IDLE proxy=$proxy conns=$n rss_per_conn_bytes=$per when=$when base_rss_kib=$base")
+}
 IFS=, read -r -a conns_arr <<<"$conns_list"
 IFS=, read -r -a only_arr <<<"$only"
 for proxy in "${only_arr[@]}"; do
@@ -418,13 +473,14 @@ for proxy in "${only_arr[@]}"; do
     glb) start_glb ;;
     haproxy) has haproxy || { echo "haproxy: not installed, skipped"; continue; }; start_haproxy ;;
     nginx) has nginx || { echo "nginx: not installed, skipped"; continue; }; start_nginx ;;
-    direct) port=$b1; ppids=() ;;
+    direct) port=$b1; ppids=(); units=() ;;
     *) die "unknown proxy $proxy" ;;
     esac
+    if [ "$proxy" != direct ]; then idle_figure cold; fi
     # Warm-up: connections, pools, caches.
     wrk -t1 -c8 -d1s "http://127.0.0.1:$port$path" >/dev/null 2>&1 || true
     for c in "${conns_arr[@]}"; do
-        rm -f "$work/samples"
+        rm -f "$work/samples" "$work/unit-samples"
         for _ in $(seq 1 "$reps"); do
             measure "$port" "$c" "${ppids[@]}"
         done
@@ -438,15 +494,14 @@ for proxy in "${only_arr[@]}"; do
         fi
         printf '%-8s %6s %10.0f %9s %9s %12s %9s\n' "$proxy" "$c" "$rps" "$p50" "$p99" "$cpu" "$rss"
         results+=("RESULT proxy=$proxy conns=$c rps=$rps p50_ms=$p50 p99_ms=$p99 cpu_us_per_req=$cpu rss_kib=$rss")
-    done
-    if [ "$proxy" != direct ] && [ "$idle" -gt 0 ]; then
-        n=$idle
-        if [ "$proxy" = haproxy ] && [ "$n" -gt $((haproxy_maxconn - 100)) ]; then
-            n=$((haproxy_maxconn - 100))
+        if [ "$pool" -gt 1 ] && [ "$proxy" != direct ]; then
+            shares+=("SHARE proxy=$proxy conns=$c shares=$(unit_shares)")
         fi
-        per=$(idle_cost "$port" "$n" "${ppids[@]}")
-        [ "$per" = "-" ] && failed=1
-        idles+=("IDLE proxy=$proxy conns=$n rss_per_conn_bytes=$per")
+    done
+    if [ "$proxy" != direct ]; then
+        # Warm: the RSS settles first (spare buffers trimmed after a quiet second).
+        sleep 3
+        idle_figure warm
     fi
     if [ "$proxy" != direct ] && [ "$proxy" != stack ]; then
         for p in "${ppids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -456,8 +511,15 @@ done
 echo
 for i in "${idles[@]}"; do
     set -- $i
-    printf 'idle: %-8s %s -> %s per connection\n' "${2#proxy=}" "${3#conns=}" "${4#rss_per_conn_bytes=}"
+    printf 'idle: %-8s %-4s %s -> %s B per connection (base %s KiB)\n' "${2#proxy=}" "${5#when=}" \
+        "${3#conns=}" "${4#rss_per_conn_bytes=}" "${6#base_rss_kib=}"
+done
+for i in "${shares[@]}"; do
+    set -- $i
+    printf 'share: %-8s %5s connections: %s %% of its CPU time per process/thread\n' \
+        "${2#proxy=}" "${3#conns=}" "${4#shares=}"
 done
 for r in "${results[@]}"; do echo "$r"; done
 for i in "${idles[@]}"; do echo "$i"; done
+for i in "${shares[@]}"; do echo "$i"; done
 exit "$failed"

@@ -2,6 +2,7 @@
 //! has bytes in flight; an idle keep-alive connection holds none.
 
 use std::io::{self, Read};
+use std::time::{Duration, Instant};
 
 /// Size of a pooled buffer: one TCP read or write worth of data, as in HAProxy and sozu.
 pub const BUF_SIZE: usize = 16 * 1024;
@@ -114,10 +115,24 @@ impl Buf {
     }
 }
 
-/// Free buffers kept for reuse, bounded so a burst does not pin memory forever.
+/// How often `trim` looks at the pool's traffic.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// Spares kept through a quiet second: enough for a trickle (health checks, a few clients)
+/// without touching the allocator.
+const QUIET_SPARES: usize = 4;
+
+/// Free buffers kept for reuse, bounded so a burst does not pin memory forever: the spares a
+/// burst leaves are freed after the first quiet second (`trim`), and the freed pages handed
+/// back to the kernel.
 pub struct BufPool {
     free: Vec<Box<[u8]>>,
     max_free: usize,
+    /// Buffers handed out since the last trim window began.
+    taken: usize,
+    /// The current window saw more traffic than the quiet spares cover.
+    busy: bool,
+    /// Start of the next trim window.
+    next_trim: Option<Instant>,
 }
 
 impl BufPool {
@@ -126,11 +141,15 @@ impl BufPool {
         BufPool {
             free: Vec::new(),
             max_free,
+            taken: 0,
+            busy: false,
+            next_trim: None,
         }
     }
 
     /// An empty buffer of [`BUF_SIZE`].
     pub fn get(&mut self) -> Buf {
+        self.taken += 1;
         let mem = self
             .free
             .pop()
@@ -158,7 +177,48 @@ impl BufPool {
             self.put_opt(slot);
         }
     }
+
+    /// Called from the loop's periodic tick (cheap when called more often): once a second
+    /// with little traffic follows a busy one, frees the spares beyond [`QUIET_SPARES`] and
+    /// asks the allocator to return its free pages to the kernel. Returns whether it trimmed.
+    pub fn trim(&mut self, now: Instant) -> bool {
+        let due = *self.next_trim.get_or_insert(now + TRIM_EVERY);
+        if now < due {
+            return false;
+        }
+        self.next_trim = Some(now + TRIM_EVERY);
+        let quiet = self.taken <= QUIET_SPARES;
+        self.taken = 0;
+        if !quiet {
+            self.busy = true;
+            return false;
+        }
+        let had_burst = std::mem::take(&mut self.busy);
+        if !had_burst && self.free.len() <= QUIET_SPARES {
+            return false;
+        }
+        self.free.truncate(QUIET_SPARES);
+        self.free.shrink_to_fit();
+        release_free_pages();
+        true
+    }
 }
+
+/// Hands the allocator's free pages back to the kernel. glibc keeps freed 16 KiB blocks (below
+/// its mmap threshold) in the heap, resident, until asked: without this, RSS after a burst
+/// would stay at its peak.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_pages() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; the loop is the only
+    // thread of an LB child, and the allocator is thread-safe anyway.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators (musl's mallocng) unmap freed pages themselves.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_pages() {}
 
 #[cfg(test)]
 mod tests {
@@ -191,5 +251,30 @@ mod tests {
         assert_eq!(b.data(), b"abc");
         pool.put(b);
         assert!(pool.free.is_empty());
+    }
+
+    #[test]
+    fn spares_are_trimmed_after_a_quiet_second_only() {
+        let mut pool = BufPool::new(64);
+        let t0 = Instant::now();
+        assert!(!pool.trim(t0), "the first call only starts the window");
+        let burst: Vec<Buf> = (0..40).map(|_| pool.get()).collect();
+        burst.into_iter().for_each(|b| pool.put(b));
+        assert_eq!(pool.free.len(), 40);
+        assert!(!pool.trim(t0 + TRIM_EVERY / 2), "not due yet");
+        assert!(
+            !pool.trim(t0 + TRIM_EVERY),
+            "a busy window keeps its spares"
+        );
+        assert_eq!(pool.free.len(), 40);
+        let b = pool.get();
+        pool.put(b);
+        assert!(
+            pool.trim(t0 + TRIM_EVERY * 2),
+            "a quiet window after the burst"
+        );
+        assert_eq!(pool.free.len(), QUIET_SPARES);
+        assert!(!pool.trim(t0 + TRIM_EVERY * 3), "nothing left to trim");
+        assert_eq!(pool.free.len(), QUIET_SPARES);
     }
 }

@@ -160,6 +160,7 @@ impl Server {
             if self.core.now >= self.next_metrics {
                 self.next_metrics = self.core.now + METRICS_EVERY;
                 self.send_metrics();
+                self.core.bufs.trim(self.core.now);
             }
             self.flush_control();
         }

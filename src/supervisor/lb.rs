@@ -45,6 +45,10 @@ pub struct LbPool {
     pub listeners: Vec<LbListener>,
     /// Next listener id (a reload's new listeners get fresh ids).
     pub next_listener_id: u64,
+    /// With `shared-port`: the listening socket of each LB index past 0, in one SO_REUSEPORT
+    /// group with the port's listener (index 0 uses that one). Kept across child restarts, so
+    /// a successor accepts what queued while its predecessor was replaced.
+    members: Vec<GroupMember>,
     children: Vec<LbChild>,
     /// Per LB index: earliest next fork (backoff after a child crashed young) and restarts.
     backoff: HashMap<usize, (Instant, u32)>,
@@ -56,6 +60,14 @@ pub struct LbPool {
     retired: Retired,
     /// p90 of the requests completed between two samples.
     latency: autoscale::LatencyWindow,
+}
+
+/// One LB index's own socket in a shared port's group.
+#[derive(Debug)]
+struct GroupMember {
+    index: usize,
+    listener_id: u64,
+    socket: std::net::TcpListener,
 }
 
 impl LbView for LbPool {
@@ -85,6 +97,7 @@ impl LbPool {
         LbPool {
             next_listener_id: listeners.len() as u64,
             listeners,
+            members: Vec::new(),
             children: Vec::new(),
             backoff: HashMap::new(),
             restarts: 0,
@@ -171,6 +184,7 @@ impl LbPool {
             }
             self.fork(i, li, now, cfg, backends, ctx);
         }
+        self.leave_unused_members(cfg);
         // Successors exist now: the children they replace stop accepting and drain.
         let retiring: Vec<usize> = self
             .children
@@ -204,10 +218,15 @@ impl LbPool {
         };
         let listener_id = listener.id;
         let addr = listener.addr;
+        let socket = if cfg.shared_port && i > 0 {
+            self.member_socket(i, li)
+        } else {
+            &listener.socket
+        };
         let result = children::fork_child(
             ChildStart {
                 name: name.clone(),
-                listener: &listener.socket,
+                listener: socket,
                 backends: backends.to_vec(),
                 settings: cfg.proxy.clone(),
                 drain_timeout_ms: cfg.drain_timeout_ms,
@@ -262,6 +281,64 @@ impl LbPool {
             metrics_at: None,
             bad_lines: 0,
         });
+    }
+
+    /// The socket of LB index `i` (> 0) on shared listener `li`: its group member, joined on
+    /// first use; the listener itself when joining fails (its children then share one queue).
+    fn member_socket(&mut self, i: usize, li: usize) -> &std::net::TcpListener {
+        let listener = &self.listeners[li];
+        let known = self
+            .members
+            .iter()
+            .position(|m| m.index == i && m.listener_id == listener.id);
+        let k = match known {
+            Some(k) => k,
+            None => match crate::sys::net::join_port_group(&listener.socket) {
+                Ok(socket) => {
+                    info!("port_group_joined", "lb={i} listen={}", listener.addr);
+                    self.members.push(GroupMember {
+                        index: i,
+                        listener_id: listener.id,
+                        socket,
+                    });
+                    self.members.len() - 1
+                }
+                Err(e) => {
+                    warn!(
+                        "port_group_failed",
+                        "lb={i} listen={} error={} action=\"share the listener\"",
+                        listener.addr,
+                        quote(&e.to_string())
+                    );
+                    return &listener.socket;
+                }
+            },
+        };
+        &self.members[k].socket
+    }
+
+    /// Takes out of the port group the members no LB index of `cfg` uses any more (pool
+    /// shrunk, port moved, shared-port off): at once, so nothing queues on a socket whose
+    /// child is draining.
+    fn leave_unused_members(&mut self, cfg: &Config) {
+        let current = self.listeners.first().map(|l| l.id);
+        let (keep, leave): (Vec<_>, Vec<_>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| cfg.shared_port && m.index < cfg.pool && Some(m.listener_id) == current);
+        self.members = keep;
+        for m in leave {
+            info!("port_group_left", "lb={}", m.index);
+            crate::sys::net::leave_port_group(m.socket);
+        }
+    }
+
+    /// Closes our copies of the listeners (stop, upgrade): the ports close once the children
+    /// holding them exit, and the group members leave their group at once.
+    pub fn close_listeners(&mut self) {
+        self.listeners.clear();
+        for m in self.members.drain(..) {
+            crate::sys::net::leave_port_group(m.socket);
+        }
     }
 
     /// Sends the backend set to every child when it changed.

@@ -876,7 +876,7 @@ impl Supervisor {
         self.pool.drain_all(timeout, deadline);
         // Our copies of the LB listeners go now: each port closes as soon as its children
         // have drained, instead of queueing connections nobody will accept.
-        self.pool.listeners.clear();
+        self.pool.close_listeners();
         if let Some(mut job) = self.detect.take() {
             job.kill();
         }

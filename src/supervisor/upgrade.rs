@@ -264,7 +264,7 @@ impl Supervisor {
         let timeout = self.cfg.drain_timeout_ms;
         let drain = Duration::from_millis(timeout) + Duration::from_secs(2);
         self.pool.drain_all(timeout, now + drain);
-        self.pool.listeners.clear();
+        self.pool.close_listeners();
         if let Some(d) = self.driver.as_mut() {
             d.release();
         }

@@ -113,6 +113,31 @@ fn listening_tcp(fd: &OwnedFd) -> Result<SocketAddr, String> {
 /// the kernel allows (std's is 128: a burst of thousands of connects, or the moment an LB child
 /// is being replaced, would otherwise meet SYN retransmits instead of a queue).
 pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// Another listening socket on `first`'s address, in one SO_REUSEPORT group with it: the
+/// kernel spreads new connections over the group's members by a hash of the client's address
+/// and port, so each LB child of a shared port accepts from its own queue (no thundering
+/// herd, an even spread). `first` gets SO_REUSEPORT now; Linux lets a listening socket join
+/// this way, including one systemd bound (same uid).
+pub fn join_port_group(first: &TcpListener) -> io::Result<TcpListener> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(first, sockopt::ReusePort, &true)?;
+    bind_with(first.local_addr()?, true)
+}
+
+/// Takes a member out of its port group at once (shutdown unhashes it, for every process
+/// holding it: no new connection is queued on it), then closes our copy. Connections still
+/// queued and not accepted are reset, or moved to another member when the host sets
+/// `net.ipv4.tcp_migrate_req=1`.
+pub fn leave_port_group(member: TcpListener) {
+    use nix::sys::socket::{Shutdown, shutdown};
+    use std::os::fd::AsRawFd;
+    let _ = shutdown(member.as_raw_fd(), Shutdown::Read);
+}
+
+fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use nix::sys::socket::{
         AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, bind, listen,
         setsockopt, socket, sockopt,
@@ -130,6 +155,9 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         None,
     )?;
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if reuse_port {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
     match addr {
         SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
         SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
@@ -146,5 +174,31 @@ mod tests {
         let l = super::bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let err = l.accept().expect_err("no pending connection");
         assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_port_group_spreads_connections_and_a_member_leaves_at_once() {
+        let first = super::bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let second = super::join_port_group(&first).expect("join");
+        let addr = first.local_addr().expect("addr");
+        assert_eq!(second.local_addr().expect("addr"), addr);
+        let accepted = |l: &std::net::TcpListener| std::iter::from_fn(|| l.accept().ok()).count();
+        let clients: Vec<_> = (0..64)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (a, b) = (accepted(&first), accepted(&second));
+        assert_eq!(a + b, clients.len());
+        assert!(a > 0 && b > 0, "both members get connections: {a}/{b}");
+        super::leave_port_group(second);
+        let more: Vec<_> = (0..16)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(
+            accepted(&first),
+            more.len(),
+            "the one left takes every new one"
+        );
     }
 }
