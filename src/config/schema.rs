@@ -220,8 +220,7 @@ section! {
         /// Consecutive failures to mark a backend down.
         "health-fall" => health_fall: u32 = 3, read Node::uint_as, rule between::<1, 1000, _>;
         // Traffic management (issue 13): limits, queue, slow start, ejection, retry budget,
-        // and the data-path bounds from its review. Compact types (u32 counts, Box<str>):
-        // the struct travels inline in the control channel's `Down::Settings`.
+        // and the data-path bounds from its review. Compact types (u32 counts, Box<str>).
         /// Requests one worker holds at once, 0 = unlimited; beyond it requests wait in the queue.
         "max-conn-per-worker" => max_conn_per_worker: u32 = 0,
             read Node::uint_as, rule between::<0, 1_000_000, _>;

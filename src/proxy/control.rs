@@ -43,8 +43,11 @@ pub enum Down {
         seq: u64,
         backends: Vec<BackendSpec>,
     },
-    /// New settings for the loop.
-    Settings { seq: u64, settings: ProxySettings },
+    /// New settings for the loop (boxed: the settings outweigh every other message).
+    Settings {
+        seq: u64,
+        settings: Box<ProxySettings>,
+    },
     /// Stop accepting, finish in-flight requests (bounded by `timeout_ms`), then exit 0.
     Drain { seq: u64, timeout_ms: u64 },
 }

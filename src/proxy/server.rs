@@ -492,7 +492,7 @@ impl Server {
                     });
                     return;
                 }
-                self.core.set_settings(settings);
+                self.core.set_settings(*settings);
                 self.send_up(&Up::Ack {
                     seq,
                     ok: true,

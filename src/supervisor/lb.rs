@@ -373,7 +373,7 @@ impl LbPool {
         let seq = self.next_seq();
         let msg = Down::Settings {
             seq,
-            settings: settings.clone(),
+            settings: Box::new(settings.clone()),
         };
         self.send_all(&msg);
     }
