@@ -484,6 +484,27 @@ fn connect_any(core: &mut Core, owner: usize, tried: &mut Tried, fresh: bool) ->
     }
 }
 
+/// Whether the request's upgrade may become a tunnel: every protocol it offers is in
+/// `allowed-upgrades` (so whatever the backend picks is allowed). Any other upgrade request is
+/// forwarded as a plain request (Upgrade and `Connection: upgrade` stripped), as a server
+/// ignoring the field would answer it (RFC 9110 7.8): h2c clients fall back to HTTP/1.1.
+fn upgrade_allowed(core: &Core, req: &RequestHead, cin: Option<&Buf>) -> bool {
+    let (Some(offer), Some(cin)) = (req.upgrade, cin) else {
+        return false;
+    };
+    let offer = offer.get(cin.data());
+    let mut items = http::fields::list_items(offer).peekable();
+    let allowed = items.peek().is_some() && items.all(|p| core.settings.allows_upgrade(p));
+    if !allowed {
+        crate::debug!(
+            "upgrade_stripped",
+            "upgrade={}",
+            crate::sys::log::quote(&String::from_utf8_lossy(offer))
+        );
+    }
+    allowed
+}
+
 fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, Progress) {
     c.served += 1;
     if let Framing::Length(n) = req.framing
@@ -498,7 +519,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         idempotent: req.is_idempotent(),
         framing: req.framing,
         keep_alive: req.keep_alive,
-        upgrade: req.upgrade.is_some(),
+        upgrade: upgrade_allowed(core, &req, c.cin.as_ref()),
     };
     let mut tried = Tried::default();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
@@ -890,7 +911,16 @@ impl Exchange {
             };
             core.scratch.clear();
             if resp.is_switching_protocols() {
-                if !x.req.upgrade {
+                // A 101 to a request we sent without Upgrade, or to a protocol not allowed
+                // (the backend must pick one offered, all of which were allowed).
+                let switched_to = resp.upgrade.map_or(&b""[..], |u| u.get(uin.data()));
+                if !x.req.upgrade || !core.settings.allows_upgrade(switched_to) {
+                    crate::warn!(
+                        "upstream_bad_upgrade",
+                        "backend={} upgrade={}",
+                        crate::sys::log::quote(&core.backends.list[self.up.backend].id),
+                        crate::sys::log::quote(&String::from_utf8_lossy(switched_to))
+                    );
                     return Err(());
                 }
                 rewrite::write_client_response(
