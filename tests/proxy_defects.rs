@@ -96,3 +96,39 @@ fn a_101_to_a_protocol_not_allowed_is_502() {
     .unwrap();
     assert_eq!(r.status, 502);
 }
+
+/// Reads responses until a final one; returns the number of interim ones and the final.
+fn read_final(s: &mut std::net::TcpStream) -> (usize, common::Response) {
+    let mut pending = Vec::new();
+    let mut interims = 0;
+    loop {
+        let r = read_response(s, &mut pending, false).unwrap();
+        if r.status >= 200 {
+            return (interims, r);
+        }
+        interims += 1;
+    }
+}
+
+#[test]
+fn interim_responses_are_capped_then_502() {
+    let b = Backend::start(|_| {
+        let mut steps: Vec<Step> = (0..50)
+            .map(|_| Step::Send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n".to_vec()))
+            .collect();
+        steps.push(Step::Send(response(200, "final")));
+        steps
+    });
+    let (_p, addr) = one(&b, &["--max-interim-responses", "3"]);
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (interims, r) = read_final(&mut s);
+    assert_eq!((interims, r.status), (3, 502));
+
+    // Within the cap they all go through.
+    let (_p2, addr2) = one(&b, &["--max-interim-responses", "60"]);
+    let mut s = connect(addr2);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (interims, r) = read_final(&mut s);
+    assert_eq!((interims, r.status, r.text().as_str()), (50, 200, "final"));
+}

@@ -137,6 +137,8 @@ struct Ex {
     resp_keep_alive: bool,
     /// An interim (1xx) response already went to the client: no retry any more.
     interim_sent: bool,
+    /// Interim responses received so far (capped by `max-interim-responses`).
+    interims: u32,
     close_client: bool,
     up_eof: bool,
     /// Writing to the upstream failed; a response may still be readable.
@@ -567,6 +569,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
             status: 0,
             resp_keep_alive: false,
             interim_sent: false,
+            interims: 0,
             close_client: false,
             up_eof: false,
             up_write_failed: false,
@@ -943,6 +946,17 @@ impl Exchange {
                 return Ok(HeadOutcome::Upgrade);
             }
             if resp.is_interim() {
+                // Bounded: an endless stream of 1xx would grow the client's output forever.
+                x.interims += 1;
+                if x.interims > core.settings.max_interim_responses {
+                    crate::warn!(
+                        "upstream_bad_response",
+                        "backend={} reason=\"more than {} interim responses\"",
+                        crate::sys::log::quote(&core.backends.list[self.up.backend].id),
+                        core.settings.max_interim_responses
+                    );
+                    return Err(());
+                }
                 // Relayed to HTTP/1.1 clients only (RFC 9110 15.2).
                 if x.req.minor == 1 {
                     rewrite::write_client_response(
