@@ -132,3 +132,42 @@ fn interim_responses_are_capped_then_502() {
     let (interims, r) = read_final(&mut s);
     assert_eq!((interims, r.status, r.text().as_str()), (50, 200, "final"));
 }
+
+/// `200 OK` whose head carries `n` bytes of one extra field.
+fn big_head(n: usize) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "a".repeat(n)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn response_heads_up_to_max_header_bytes_pass_larger_ones_are_502_at_once() {
+    let b = Backend::start(|req| {
+        let n: usize = req.target.trim_start_matches('/').parse().unwrap_or(0);
+        vec![Step::Send(big_head(n))]
+    });
+    // A response timeout far beyond the client's read deadline: a 504 cannot pass for a 502.
+    let (_p, addr) = one(
+        &b,
+        &[
+            "--response-timeout-ms",
+            "600000",
+            "--max-header-bytes",
+            "65536",
+        ],
+    );
+    for n in [100, 20_000, 60_000] {
+        let r = raw_request(
+            addr,
+            format!("GET /{n} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "head with {n} bytes");
+        assert_eq!(r.header("x-big").map(str::len), Some(n));
+        assert_eq!(r.text(), "ok");
+    }
+    let r = raw_request(addr, b"GET /70000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(r.status, 502);
+}

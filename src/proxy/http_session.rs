@@ -154,6 +154,8 @@ enum HeadOutcome {
     Final,
     /// A 101 to an upgrade request: the exchange becomes a tunnel.
     Upgrade,
+    /// No complete head in a full buffer: it grew (up to `max-header-bytes`), read again.
+    Grew,
 }
 
 /// A tunnel after a 101: client bytes go up through `c2u`, upstream bytes down through `u2c`.
@@ -681,6 +683,7 @@ impl Exchange {
                     let t = self.into_tunnel(c, core);
                     return (State::Tunnel(t), Progress::Moved);
                 }
+                Ok(HeadOutcome::Grew) => moved = true,
                 Ok(_) => {}
                 Err(()) => {
                     core.backends.list[self.up.backend].failures += 1;
@@ -901,6 +904,12 @@ impl Exchange {
             };
             let resp = match http::parse_response_head(uin.data(), x.req.is_head, &core.limits) {
                 Ok(Some(r)) => r,
+                Ok(None) if uin.room() == 0 && uin.capacity() <= core.limits.max_header_bytes => {
+                    // A head larger than one buffer: grow up to the head limit (beyond it
+                    // the parser says HeadTooLarge, so a full buffer never waits here).
+                    uin.grow(core.limits.max_header_bytes + 1);
+                    return Ok(HeadOutcome::Grew);
+                }
                 Ok(None) => return Ok(HeadOutcome::Pending),
                 Err(e) => {
                     crate::warn!(
