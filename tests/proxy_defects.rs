@@ -171,3 +171,88 @@ fn response_heads_up_to_max_header_bytes_pass_larger_ones_are_502_at_once() {
     let r = raw_request(addr, b"GET /70000 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(r.status, 502);
 }
+
+/// `goloadbalancer proxy` with its stderr in `log` (to check what it blamed).
+fn proxy_logged(
+    backends: &[String],
+    extra: &[&str],
+    log: &std::path::Path,
+) -> (common::Proc, std::net::SocketAddr) {
+    let port = common::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(["proxy", "--listen", &addr.to_string()]);
+    for b in backends {
+        cmd.args(["--backend", b]);
+    }
+    cmd.args(extra)
+        .env("GLB_DEBUG", "1")
+        .stderr(std::fs::File::create(log).unwrap());
+    let p = common::Proc::start_cmd("proxy", &mut cmd);
+    common::wait_for_port(addr, std::time::Duration::from_secs(10));
+    (p, addr)
+}
+
+#[test]
+fn a_client_stalling_mid_body_gets_408_and_the_backend_is_not_blamed() {
+    let dir = common::TempDir::new("stall body");
+    let log = dir.join("proxy.log");
+    let b = Backend::ok("fine");
+    let (_p, addr) = proxy_logged(
+        &[b.arg()],
+        &["--response-timeout-ms", "300", "--retries", "0"],
+        &log,
+    );
+    let mut s = connect(addr);
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhalf!")
+        .unwrap();
+    let mut pending = Vec::new();
+    assert_eq!(
+        read_response(&mut s, &mut pending, false).unwrap().status,
+        408
+    );
+    // The backend is still up and serves the next request.
+    let r = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "fine"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("upstream_timeout"),
+        "backend blamed:\n{text}"
+    );
+    assert!(!text.contains("backend_down"), "backend blamed:\n{text}");
+}
+
+#[test]
+fn a_body_trickling_past_body_timeout_gets_408() {
+    let b = Backend::ok("fine");
+    // Every byte comes well within the response timeout, the whole body does not within
+    // body-timeout-ms.
+    let (_p, addr) = one(
+        &b,
+        &["--response-timeout-ms", "5000", "--body-timeout-ms", "600"],
+    );
+    let mut s = connect(addr);
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        .unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        if s.write_all(b"x").is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        s.set_nonblocking(true).unwrap();
+        let mut peek = [0u8; 1];
+        let got = s.peek(&mut peek);
+        s.set_nonblocking(false).unwrap();
+        if matches!(got, Ok(n) if n > 0) {
+            let mut pending = Vec::new();
+            answered = Some(read_response(&mut s, &mut pending, false).unwrap().status);
+            break;
+        }
+    }
+    assert_eq!(answered, Some(408));
+    assert!(
+        b.requests().is_empty(),
+        "no complete request reached the backend"
+    );
+}

@@ -73,6 +73,8 @@ struct ReqInfo {
     framing: Framing,
     keep_alive: bool,
     upgrade: bool,
+    /// `Expect: 100-continue`: the client may wait for a 100 before sending its body.
+    expect_continue: bool,
 }
 
 /// What is left of a message body.
@@ -144,6 +146,9 @@ struct Ex {
     /// Writing to the upstream failed; a response may still be readable.
     up_write_failed: bool,
     started: Instant,
+    /// The whole request body must have arrived by then (`body-timeout-ms`, from the end of
+    /// the head): a client trickling a byte at a time cannot hold a slot forever.
+    body_deadline: Instant,
 }
 
 /// What parsing response heads led to.
@@ -311,6 +316,15 @@ impl HttpSession {
                 if !ex.up.connected {
                     core.eject(ex.up.backend, "connect timeout");
                     ex.retry(&mut self.c, core, true)
+                } else if matches!(ex.x.resp, Resp::Head) && ex.x.waits_on_client(&self.c) {
+                    // The client stopped in the middle of its body (or ran out of
+                    // body-timeout-ms): its fault, not the backend's.
+                    crate::debug!(
+                        "client_body_timeout",
+                        "backend={}",
+                        crate::sys::log::quote(&core.backends.list[ex.up.backend].id)
+                    );
+                    ex.abort(&mut self.c, core, 408)
                 } else if matches!(ex.x.resp, Resp::Head) {
                     core.backends.list[ex.up.backend].failures += 1;
                     crate::warn!(
@@ -524,6 +538,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         framing: req.framing,
         keep_alive: req.keep_alive,
         upgrade: upgrade_allowed(core, &req, c.cin.as_ref()),
+        expect_continue: req.expect_continue,
     };
     let mut tried = Tried::default();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
@@ -576,15 +591,37 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
             up_eof: false,
             up_write_failed: false,
             started: core.now,
+            body_deadline: core.after_ms(core.settings.body_timeout_ms),
         },
     };
-    let ms = if connected {
-        core.settings.response_timeout_ms
+    if connected {
+        ex.x.arm_response_timer(c, core);
     } else {
-        core.settings.connect_timeout_ms
-    };
-    c.set_deadline(core, ms);
+        c.set_deadline(core, core.settings.connect_timeout_ms);
+    }
     (State::Exchange(ex), Progress::Moved)
+}
+
+impl Ex {
+    /// Whether the exchange waits on the client: its body is unfinished and none of it is
+    /// buffered for the upstream (buffered bytes the upstream does not take are the
+    /// backend's delay; so is a 100 Continue the client waits for that never came).
+    fn waits_on_client(&self, c: &Client) -> bool {
+        let awaiting_continue =
+            self.req.expect_continue && self.interims == 0 && !self.body_started;
+        !self.body.done() && c.cin.as_ref().is_none_or(Buf::is_empty) && !awaiting_continue
+    }
+
+    /// Arms `response-timeout-ms` from now, no later than the body deadline while the
+    /// request body is still arriving.
+    fn arm_response_timer(&self, c: &mut Client, core: &mut Core) {
+        let mut at = core.after_ms(core.settings.response_timeout_ms);
+        if !self.body.done() {
+            at = at.min(self.body_deadline);
+        }
+        let k = key(c);
+        c.deadline.set(&mut core.timers, at, k);
+    }
 }
 
 impl Exchange {
@@ -655,7 +692,7 @@ impl Exchange {
                 Ok(true) => {
                     self.up.connected = true;
                     moved = true;
-                    c.set_deadline(core, core.settings.response_timeout_ms);
+                    self.x.arm_response_timer(c, core);
                 }
                 Ok(false) => return (State::Exchange(self), Progress::Idle),
                 Err(e) => {
@@ -745,7 +782,7 @@ impl Exchange {
             }
         }
         if moved {
-            c.set_deadline(core, core.settings.response_timeout_ms);
+            self.x.arm_response_timer(c, core);
             (State::Exchange(self), Progress::Moved)
         } else {
             (State::Exchange(self), Progress::Idle)
