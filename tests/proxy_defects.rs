@@ -256,3 +256,25 @@ fn a_body_trickling_past_body_timeout_gets_408() {
         "no complete request reached the backend"
     );
 }
+
+#[test]
+fn chunked_request_bodies_are_reframed_canonically_without_forbidden_trailers() {
+    let b = Backend::ok("got");
+    let (_p, addr) = one(&b, &[]);
+    let r = raw_request(
+        addr,
+        b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0005;name=\"v\"\r\nhello\r\n00000006 ; ext\r\n world\r\n000\r\n\
+          Content-Length: 5\r\nX-Checksum: 42\r\nHost: evil.example\r\n\
+          Transfer-Encoding: gzip\r\nAuthorization: Basic eA==\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let req = &b.wait_requests(1, std::time::Duration::from_secs(5))[0];
+    assert_eq!(req.body, b"hello world");
+    let body_on_wire = &req.raw[req.head.len()..];
+    assert_eq!(
+        String::from_utf8_lossy(body_on_wire),
+        "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 42\r\n\r\n"
+    );
+}

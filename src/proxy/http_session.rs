@@ -26,7 +26,7 @@ use super::relay::{self, Half, TcpSock};
 use crate::evloop::linger::{self, Discard};
 use crate::evloop::{Deadline, ReadResult};
 use crate::http::rewrite::{self, ClientResponse, ConnectionOut, UpstreamRequest};
-use crate::http::{self, ChunkLimits, ChunkedDecoder, Framing, RequestHead};
+use crate::http::{self, ChunkLimits, ChunkedDecoder, ChunkedReframer, Framing, RequestHead};
 
 /// What the loop should do with a session after it ran.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,6 +82,9 @@ enum BodyLeft {
     Done,
     Length(u64),
     Chunked(Box<ChunkedDecoder>),
+    /// A chunked request body, re-framed on its way up (canonical sizes, no extensions,
+    /// forbidden trailers dropped).
+    Reframe(Box<ChunkedReframer>),
     /// Until the upstream closes (responses only).
     Close,
 }
@@ -99,9 +102,49 @@ impl BodyLeft {
         }
     }
 
+    /// A request body: chunked ones are re-framed, never forwarded as sent.
+    fn request(f: Framing, max_body: u64) -> BodyLeft {
+        match f {
+            Framing::Chunked => BodyLeft::Reframe(Box::new(ChunkedReframer::new(ChunkLimits {
+                max_body,
+                ..ChunkLimits::default()
+            }))),
+            f => BodyLeft::from_framing(f, max_body),
+        }
+    }
+
     fn done(&self) -> bool {
         matches!(self, BodyLeft::Done)
     }
+
+    /// Request body bytes read from the client and waiting for the upstream, outside `cin`.
+    fn has_pending(&self) -> bool {
+        matches!(self, BodyLeft::Reframe(rf) if !rf.pending().is_empty())
+    }
+}
+
+/// Re-framed request body: feeds what the client sent once the previous output is written,
+/// then writes the output. Err(Some(status)) for a body we refuse, Err(None) when writing to
+/// the upstream failed. `seen` counts the client's body bytes.
+fn send_reframed(
+    rf: &mut ChunkedReframer,
+    cin: &mut Buf,
+    up: &mut TcpSock,
+    seen: &mut u64,
+) -> Result<bool, Option<u16>> {
+    let mut moved = false;
+    if rf.pending().is_empty() && !cin.is_empty() && !rf.is_done() {
+        let p = rf.feed(cin.data()).map_err(|e| Some(e.status()))?;
+        cin.consume(p.consumed);
+        *seen += p.consumed as u64;
+        moved |= p.consumed > 0;
+    }
+    if !rf.pending().is_empty() && up.writable {
+        let n = up.write(rf.pending()).map_err(|_| None)?;
+        rf.advance(n);
+        moved |= n > 0;
+    }
+    Ok(moved)
 }
 
 /// Where the response stands.
@@ -572,7 +615,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
     let ex = Exchange {
         up,
         x: Ex {
-            body: BodyLeft::from_framing(req.framing, core.max_body),
+            body: BodyLeft::request(req.framing, core.max_body),
             req: info,
             head: Some(head),
             head_sent: 0,
@@ -609,7 +652,10 @@ impl Ex {
     fn waits_on_client(&self, c: &Client) -> bool {
         let awaiting_continue =
             self.req.expect_continue && self.interims == 0 && !self.body_started;
-        !self.body.done() && c.cin.as_ref().is_none_or(Buf::is_empty) && !awaiting_continue
+        !self.body.done()
+            && c.cin.as_ref().is_none_or(Buf::is_empty)
+            && !self.body.has_pending()
+            && !awaiting_continue
     }
 
     /// Arms `response-timeout-ms` from now, no later than the body deadline while the
@@ -852,16 +898,18 @@ impl Exchange {
                 BodyLeft::Length(rem) => {
                     x.body_ready = (*rem).min(cin.len() as u64) as usize;
                 }
-                BodyLeft::Chunked(ch) => {
-                    if cin.len() > x.body_ready {
-                        let p = ch
-                            .feed(&cin.data()[x.body_ready..], &mut |_| {})
-                            .map_err(|e| e.status())?;
-                        x.body_ready += p.consumed;
-                        x.body_seen += p.consumed as u64;
+                BodyLeft::Reframe(rf) => match send_reframed(rf, cin, up, &mut x.body_seen) {
+                    Ok(m) => {
+                        x.body_started |= m;
+                        step |= m;
                     }
-                }
-                BodyLeft::Done | BodyLeft::Close => {}
+                    Err(Some(status)) => return Err(status),
+                    Err(None) => {
+                        x.up_write_failed = true;
+                        return Ok(moved);
+                    }
+                },
+                BodyLeft::Chunked(_) | BodyLeft::Done | BodyLeft::Close => {}
             }
             if x.body_ready > 0 && up.writable {
                 match up.write(&cin.data()[..x.body_ready]) {
@@ -883,7 +931,7 @@ impl Exchange {
             }
             let finished = match &x.body {
                 BodyLeft::Length(0) => true,
-                BodyLeft::Chunked(ch) => ch.is_done() && x.body_ready == 0,
+                BodyLeft::Reframe(rf) => rf.is_done() && rf.pending().is_empty(),
                 _ => false,
             };
             if finished {
@@ -1089,6 +1137,8 @@ impl Exchange {
                 }
             }
             match left {
+                // Request bodies only: a response is never re-framed.
+                BodyLeft::Reframe(_) => return Err(()),
                 BodyLeft::Done => {
                     // Bytes after the end of the response: the connection is not reusable.
                     x.resp_keep_alive = false;
