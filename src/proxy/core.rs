@@ -181,6 +181,16 @@ pub struct Core {
     pub access_log: AccessLog,
     /// Spare per-request records.
     pub records: RecordPool,
+    /// A connect ran out of descriptors since the server last looked: it pauses accepting.
+    pub out_of_fds: bool,
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) ran out of descriptors.
+pub fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
 }
 
 impl Core {
@@ -202,6 +212,7 @@ impl Core {
             scratch: Vec::with_capacity(4096),
             access_log,
             records: RecordPool::new(),
+            out_of_fds: false,
         }
     }
 
@@ -297,6 +308,26 @@ impl Core {
                 self.slab.remove(i);
             }
         }
+    }
+
+    /// A connect to `backend` failed at once. Out of descriptors is our shortage, not the
+    /// backend's: it stays up, accepting pauses, and true tells the caller to answer 503
+    /// without trying further backends. Anything else ejects the backend (false).
+    pub fn connect_failed(&mut self, backend: usize, e: &io::Error) -> bool {
+        if out_of_descriptors(e) {
+            if !self.out_of_fds {
+                crate::warn!(
+                    "out_of_descriptors",
+                    "backend={} error={}",
+                    crate::sys::log::quote(&self.backends.list[backend].id),
+                    crate::sys::log::quote(&e.to_string())
+                );
+            }
+            self.out_of_fds = true;
+            return true;
+        }
+        self.eject(backend, &e.to_string());
+        false
     }
 
     /// Passive health: a connect failure or timeout ejects the backend at once.

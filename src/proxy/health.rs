@@ -59,6 +59,12 @@ pub fn start(core: &mut Core, backend: usize, backend_gen: u32) {
     };
     let mut probe = match HealthProbe::start(b.addr, kind) {
         Ok(p) => p,
+        Err(e) if super::core::out_of_descriptors(&e) => {
+            // Our shortage, not the backend's: no verdict this round.
+            core.out_of_fds = true;
+            schedule_next(core, backend);
+            return;
+        }
         Err(e) => {
             outcome(core, backend, false, &e.to_string());
             schedule_next(core, backend);

@@ -596,20 +596,38 @@ fn step_closing(c: &mut Client, core: &mut Core, mut shut: bool) -> (State, Prog
 }
 
 /// Picks a backend not tried yet and connects to it (pooled connection unless `fresh`);
-/// backends refusing at once are ejected and the next one tried, within `retries`.
-fn connect_any(core: &mut Core, owner: usize, tried: &mut Tried, fresh: bool) -> Option<UpConn> {
+/// backends refusing at once are ejected and the next one tried, within `retries`. Err says
+/// why none could be: no backend, all refused, or we are out of descriptors.
+fn connect_any(
+    core: &mut Core,
+    owner: usize,
+    tried: &mut Tried,
+    fresh: bool,
+) -> Result<UpConn, Termination> {
     loop {
         if tried.len() > core.settings.retries as usize {
-            return None;
+            return Err(Termination::WorkerRefused);
         }
-        let b = core.backends.pick(core.settings.balance, tried)?;
+        let Some(b) = core.backends.pick(core.settings.balance, tried) else {
+            return Err(if tried.len() == 0 {
+                Termination::NoWorker
+            } else {
+                Termination::WorkerRefused
+            });
+        };
         tried.push(b);
         match core.upstream(b, owner, fresh) {
             Ok(up) => {
                 core.backends.list[b].in_flight += 1;
-                return Some(up);
+                return Ok(up);
             }
-            Err(e) => core.eject(b, &e.to_string()),
+            Err(e) => {
+                if core.connect_failed(b, &e) {
+                    // Not tried after all: the backend did nothing wrong.
+                    tried.remove(b);
+                    return Err(Termination::ProxyLimit);
+                }
+            }
         }
     }
 }
@@ -663,14 +681,12 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         expect_continue: req.expect_continue,
     };
     let mut tried = Tried::default();
-    let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
-        let who = if tried.len() == 0 {
-            Termination::NoWorker
-        } else {
-            Termination::WorkerRefused
-        };
-        c.blame(who, Phase::Connect);
-        return fail(c, core, 503);
+    let up = match connect_any(core, c.slot, &mut tried, false) {
+        Ok(up) => up,
+        Err(who) => {
+            c.blame(who, Phase::Connect);
+            return fail(c, core, 503);
+        }
     };
     if let Some(r) = c.rec.as_deref_mut() {
         r.backend = Some(up.backend);
@@ -812,15 +828,22 @@ impl Exchange {
             // backend may be tried again on a fresh connection.
             x.tried.remove(backend);
         }
-        let Some(up) = connect_any(core, c.slot, &mut x.tried, true) else {
-            core.bufs.put_opt(&mut x.head);
-            core.bufs.put_opt(&mut x.uin);
-            if connect_failed {
-                c.blame(Termination::WorkerRefused, Phase::Connect);
-            } else {
-                c.blame(Termination::WorkerBroke, Phase::ResponseHead);
+        let up = match connect_any(core, c.slot, &mut x.tried, true) {
+            Ok(up) => up,
+            Err(who) => {
+                core.bufs.put_opt(&mut x.head);
+                core.bufs.put_opt(&mut x.uin);
+                if who == Termination::ProxyLimit {
+                    c.blame(who, Phase::Connect);
+                    return fail(c, core, 503);
+                }
+                if connect_failed {
+                    c.blame(Termination::WorkerRefused, Phase::Connect);
+                } else {
+                    c.blame(Termination::WorkerBroke, Phase::ResponseHead);
+                }
+                return fail(c, core, if connect_failed { 503 } else { 502 });
             }
-            return fail(c, core, if connect_failed { 503 } else { 502 });
         };
         if let Some(r) = c.rec() {
             r.retries += 1;

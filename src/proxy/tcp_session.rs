@@ -73,7 +73,11 @@ impl TcpSession {
                     self.set_deadline(core, core.settings.connect_timeout_ms);
                     return true;
                 }
-                Err(e) => core.eject(b, &e.to_string()),
+                Err(e) => {
+                    if core.connect_failed(b, &e) {
+                        return false;
+                    }
+                }
             }
         }
     }
