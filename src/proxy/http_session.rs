@@ -77,6 +77,8 @@ struct ReqInfo {
     framing: Framing,
     keep_alive: bool,
     upgrade: bool,
+    /// `Expect: 100-continue`: the client may wait for a 100 before sending its body.
+    expect_continue: bool,
 }
 
 /// What is left of a message body.
@@ -141,11 +143,16 @@ struct Ex {
     resp_keep_alive: bool,
     /// An interim (1xx) response already went to the client: no retry any more.
     interim_sent: bool,
+    /// Interim responses received so far (capped by `max-interim-responses`).
+    interims: u32,
     close_client: bool,
     up_eof: bool,
     /// Writing to the upstream failed; a response may still be readable.
     up_write_failed: bool,
     started: Instant,
+    /// The whole request body must have arrived by then (`body-timeout-ms`, from the end of
+    /// the head): a client trickling a byte at a time cannot hold a slot forever.
+    body_deadline: Instant,
 }
 
 /// What parsing response heads led to.
@@ -156,6 +163,8 @@ enum HeadOutcome {
     Final,
     /// A 101 to an upgrade request: the exchange becomes a tunnel.
     Upgrade,
+    /// No complete head in a full buffer: it grew (up to `max-header-bytes`), read again.
+    Grew,
 }
 
 /// A tunnel after a 101: client bytes go up through `c2u`, upstream bytes down through `u2c`.
@@ -341,6 +350,16 @@ impl HttpSession {
                     self.c.blame(Termination::WorkerTimeout, Phase::Connect);
                     core.eject(ex.up.backend, "connect timeout");
                     ex.retry(&mut self.c, core, true)
+                } else if matches!(ex.x.resp, Resp::Head) && ex.x.waits_on_client(&self.c) {
+                    // The client stopped in the middle of its body (or ran out of
+                    // body-timeout-ms): its fault, not the backend's.
+                    crate::debug!(
+                        "client_body_timeout",
+                        "backend={}",
+                        crate::sys::log::quote(&core.backends.list[ex.up.backend].id)
+                    );
+                    self.c.blame(Termination::ClientTimeout, Phase::RequestBody);
+                    ex.abort(&mut self.c, core, 408)
                 } else if matches!(ex.x.resp, Resp::Head) {
                     core.backends.list[ex.up.backend].failures += 1;
                     crate::warn!(
@@ -552,6 +571,27 @@ fn connect_any(core: &mut Core, owner: usize, tried: &mut Tried, fresh: bool) ->
     }
 }
 
+/// Whether the request's upgrade may become a tunnel: every protocol it offers is in
+/// `allowed-upgrades` (so whatever the backend picks is allowed). Any other upgrade request is
+/// forwarded as a plain request (Upgrade and `Connection: upgrade` stripped), as a server
+/// ignoring the field would answer it (RFC 9110 7.8): h2c clients fall back to HTTP/1.1.
+fn upgrade_allowed(core: &Core, req: &RequestHead, cin: Option<&Buf>) -> bool {
+    let (Some(offer), Some(cin)) = (req.upgrade, cin) else {
+        return false;
+    };
+    let offer = offer.get(cin.data());
+    let mut items = http::fields::list_items(offer).peekable();
+    let allowed = items.peek().is_some() && items.all(|p| core.settings.allows_upgrade(p));
+    if !allowed {
+        crate::debug!(
+            "upgrade_stripped",
+            "upgrade={}",
+            crate::sys::log::quote(&String::from_utf8_lossy(offer))
+        );
+    }
+    allowed
+}
+
 fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, Progress) {
     c.served += 1;
     if let Some(cin) = c.cin.as_ref() {
@@ -576,7 +616,8 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         idempotent: req.is_idempotent(),
         framing: req.framing,
         keep_alive: req.keep_alive,
-        upgrade: req.upgrade.is_some(),
+        upgrade: upgrade_allowed(core, &req, c.cin.as_ref()),
+        expect_continue: req.expect_continue,
     };
     let mut tried = Tried::default();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
@@ -638,19 +679,42 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
             status: 0,
             resp_keep_alive: false,
             interim_sent: false,
+            interims: 0,
             close_client: false,
             up_eof: false,
             up_write_failed: false,
             started: core.now,
+            body_deadline: core.after_ms(core.settings.body_timeout_ms),
         },
     };
-    let ms = if connected {
-        core.settings.response_timeout_ms
+    if connected {
+        ex.x.arm_response_timer(c, core);
     } else {
-        core.settings.connect_timeout_ms
-    };
-    c.set_deadline(core, ms);
+        c.set_deadline(core, core.settings.connect_timeout_ms);
+    }
     (State::Exchange(ex), Progress::Moved)
+}
+
+impl Ex {
+    /// Whether the exchange waits on the client: its body is unfinished and none of it is
+    /// buffered for the upstream (buffered bytes the upstream does not take are the
+    /// backend's delay; so is a 100 Continue the client waits for that never came).
+    fn waits_on_client(&self, c: &Client) -> bool {
+        let awaiting_continue =
+            self.req.expect_continue && self.interims == 0 && !self.body_started;
+        !self.body.done() && c.cin.as_ref().is_none_or(Buf::is_empty) && !awaiting_continue
+    }
+
+    /// Arms `response-timeout-ms` from now, no later than the body deadline while the
+    /// request body is still arriving.
+    fn arm_response_timer(&self, c: &mut Client, core: &mut Core) {
+        let mut at = core.after_ms(core.settings.response_timeout_ms);
+        if !self.body.done() {
+            at = at.min(self.body_deadline);
+        }
+        let k = key(c);
+        c.deadline.set(&mut core.timers, at, k);
+    }
 }
 
 impl Exchange {
@@ -736,7 +800,7 @@ impl Exchange {
                     if let Some(r) = c.rec() {
                         r.connected(core.now);
                     }
-                    c.set_deadline(core, core.settings.response_timeout_ms);
+                    self.x.arm_response_timer(c, core);
                 }
                 Ok(false) => return (State::Exchange(self), Progress::Idle),
                 Err(e) => {
@@ -769,6 +833,7 @@ impl Exchange {
                     let t = self.into_tunnel(c, core);
                     return (State::Tunnel(t), Progress::Moved);
                 }
+                Ok(HeadOutcome::Grew) => moved = true,
                 Ok(_) => {}
                 Err(()) => {
                     core.backends.list[self.up.backend].failures += 1;
@@ -837,7 +902,7 @@ impl Exchange {
             }
         }
         if moved {
-            c.set_deadline(core, core.settings.response_timeout_ms);
+            self.x.arm_response_timer(c, core);
             (State::Exchange(self), Progress::Moved)
         } else {
             (State::Exchange(self), Progress::Idle)
@@ -1002,6 +1067,12 @@ impl Exchange {
             };
             let resp = match http::parse_response_head(uin.data(), x.req.is_head, &core.limits) {
                 Ok(Some(r)) => r,
+                Ok(None) if uin.room() == 0 && uin.capacity() <= core.limits.max_header_bytes => {
+                    // A head larger than one buffer: grow up to the head limit (beyond it
+                    // the parser says HeadTooLarge, so a full buffer never waits here).
+                    uin.grow(core.limits.max_header_bytes + 1);
+                    return Ok(HeadOutcome::Grew);
+                }
                 Ok(None) => return Ok(HeadOutcome::Pending),
                 Err(e) => {
                     crate::warn!(
@@ -1015,7 +1086,16 @@ impl Exchange {
             };
             core.scratch.clear();
             if resp.is_switching_protocols() {
-                if !x.req.upgrade {
+                // A 101 to a request we sent without Upgrade, or to a protocol not allowed
+                // (the backend must pick one offered, all of which were allowed).
+                let switched_to = resp.upgrade.map_or(&b""[..], |u| u.get(uin.data()));
+                if !x.req.upgrade || !core.settings.allows_upgrade(switched_to) {
+                    crate::warn!(
+                        "upstream_bad_upgrade",
+                        "backend={} upgrade={}",
+                        crate::sys::log::quote(&core.backends.list[self.up.backend].id),
+                        crate::sys::log::quote(&String::from_utf8_lossy(switched_to))
+                    );
                     return Err(());
                 }
                 rewrite::write_client_response(
@@ -1043,6 +1123,18 @@ impl Exchange {
                 return Ok(HeadOutcome::Upgrade);
             }
             if resp.is_interim() {
+                // Bounded: an endless stream of 1xx would grow the client's output forever.
+                x.interims += 1;
+                if x.interims > core.settings.max_interim_responses {
+                    crate::warn!(
+                        "upstream_bad_response",
+                        "backend={} reason=\"more than {} interim responses\"",
+                        crate::sys::log::quote(&core.backends.list[self.up.backend].id),
+                        core.settings.max_interim_responses
+                    );
+                    c.blame(Termination::ProxyLimit, Phase::ResponseHead);
+                    return Err(());
+                }
                 // Relayed to HTTP/1.1 clients only (RFC 9110 15.2).
                 if x.req.minor == 1 {
                     rewrite::write_client_response(
