@@ -175,6 +175,8 @@ pub struct Core {
     pub draining: bool,
     /// Scratch space for building heads.
     pub scratch: Vec<u8>,
+    /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
+    pub no_worker: u64,
 }
 
 impl Core {
@@ -193,6 +195,7 @@ impl Core {
             connections: 0,
             draining: false,
             scratch: Vec::with_capacity(4096),
+            no_worker: 0,
         }
     }
 

@@ -502,6 +502,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
     };
     let mut tried = Tried::default();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
+        core.no_worker += 1; // demand signal for the autoscaler (server.rs)
         return fail(c, core, 503);
     };
     let Some(cin) = c.cin.as_mut() else {

@@ -32,6 +32,8 @@ const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two `Up::Demand` signals.
+const DEMAND_EVERY: Duration = Duration::from_millis(100);
 /// Unsent control output beyond which metrics reports are skipped (the supervisor is stuck).
 const MAX_CONTROL_BACKLOG: usize = 1024 * 1024;
 
@@ -52,6 +54,8 @@ pub struct Server {
     drain_timeout_ms: u64,
     drain_deadline: Option<Instant>,
     next_metrics: Instant,
+    /// Earliest next `Up::Demand`.
+    next_demand: Instant,
     /// After an accept error (EMFILE...): when to try again.
     accept_retry: Option<Instant>,
 }
@@ -92,6 +96,7 @@ impl Server {
             drain_timeout_ms: inputs.drain_timeout_ms,
             drain_deadline: None,
             next_metrics: Instant::now() + METRICS_EVERY,
+            next_demand: Instant::now(),
             accept_retry: None,
         })
     }
@@ -157,6 +162,9 @@ impl Server {
             if self.accept_pending {
                 self.accept();
             }
+            if self.core.no_worker > 0 && self.core.now >= self.next_demand {
+                self.send_demand();
+            }
             if self.core.now >= self.next_metrics {
                 self.next_metrics = self.core.now + METRICS_EVERY;
                 self.send_metrics();
@@ -168,6 +176,9 @@ impl Server {
 
     fn poll_timeout(&self) -> Duration {
         let mut next = self.next_metrics;
+        if self.core.no_worker > 0 {
+            next = next.min(self.next_demand);
+        }
         if let Some(t) = self.core.timers.next() {
             next = next.min(t);
         }
@@ -535,8 +546,16 @@ impl Server {
         let msg = Up::Metrics {
             connections: self.core.connections as u64,
             backends: self.core.backends.metrics(),
+            queued: 0,
         };
         self.send_up(&msg);
+    }
+
+    /// Tells the supervisor requests found no worker (at most every [`DEMAND_EVERY`]).
+    fn send_demand(&mut self) {
+        self.next_demand = self.core.now + DEMAND_EVERY;
+        let queued = std::mem::take(&mut self.core.no_worker);
+        self.send_up(&Up::Demand { queued });
     }
 
     fn flush_control(&mut self) {

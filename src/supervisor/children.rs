@@ -37,6 +37,8 @@ pub struct ChildMetrics {
     pub connections: u64,
     /// Per backend, cumulative since the child started.
     pub backends: Vec<crate::proxy::control::BackendMetrics>,
+    /// Requests waiting for a worker.
+    pub queued: u64,
 }
 
 /// One forked LB child.
