@@ -517,7 +517,12 @@ impl Supervisor {
     fn run_loop(&mut self) -> i32 {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK))
+            // Wake for a starting worker's next probe (50 ms apart) rather than the 100 ms
+            // tick: each probe interval missed is added to a cold start.
+            let timeout = self.fleet.next_probe_at().map_or(TICK, |at| {
+                at.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 error!("poll_failed", "error={}", quote(&e.to_string()));
