@@ -181,6 +181,8 @@ pub struct Core {
     pub access_log: AccessLog,
     /// Spare per-request records.
     pub records: RecordPool,
+    /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
+    pub no_worker: u64,
 }
 
 impl Core {
@@ -202,6 +204,7 @@ impl Core {
             scratch: Vec::with_capacity(4096),
             access_log,
             records: RecordPool::new(),
+            no_worker: 0,
         }
     }
 

@@ -627,6 +627,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
             Termination::WorkerRefused
         };
         c.blame(who, Phase::Connect);
+        core.no_worker += 1; // demand signal for the autoscaler (server.rs)
         return fail(c, core, 503);
     };
     if let Some(r) = c.rec.as_deref_mut() {
