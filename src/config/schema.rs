@@ -261,8 +261,8 @@ section! {
     pub struct Autoscale {
         /// When on, the worker count follows load between `min` and `max`; `worker` is the start count.
         "enabled" => enabled: bool = false, read Node::boolean, rule any_value;
-        /// Fewest workers.
-        "min" => min: usize = 1, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// Fewest workers; 0 lets the last worker go after `idle-ms` without a request.
+        "min" => min: usize = 1, read Node::uint_as, rule between::<0, MAX_WORKERS, _>;
         /// Most workers.
         "max" => max: usize = 10, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
         /// Target in-flight requests per worker.
@@ -278,6 +278,9 @@ section! {
             read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;
         /// Workers added or removed per action.
         "step" => step: usize = 1, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// With `min: 0`: no request for this long stops the last worker.
+        "idle-ms" => idle_ms: u64 = 30_000,
+            read Node::uint, rule between::<100, MAX_TIMEOUT_MS, _>;
     }
 }
 

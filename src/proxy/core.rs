@@ -183,6 +183,8 @@ pub struct Core {
     pub records: RecordPool,
     /// A connect ran out of descriptors since the server last looked: it pauses accepting.
     pub out_of_fds: bool,
+    /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
+    pub no_worker: u64,
 }
 
 /// Whether `e` says the process (EMFILE) or the system (ENFILE) ran out of descriptors.
@@ -213,6 +215,7 @@ impl Core {
             access_log,
             records: RecordPool::new(),
             out_of_fds: false,
+            no_worker: 0,
         }
     }
 

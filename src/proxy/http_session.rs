@@ -685,6 +685,9 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         Ok(up) => up,
         Err(who) => {
             c.blame(who, Phase::Connect);
+            if who != Termination::ProxyLimit {
+                core.no_worker += 1; // demand signal for the autoscaler (server.rs)
+            }
             return fail(c, core, 503);
         }
     };
@@ -1206,6 +1209,7 @@ impl Exchange {
                         crate::sys::log::quote(&core.backends.list[self.up.backend].id),
                         core.settings.max_interim_responses
                     );
+                    c.blame(Termination::ProxyLimit, Phase::ResponseHead);
                     return Err(());
                 }
                 // Relayed to HTTP/1.1 clients only (RFC 9110 15.2).

@@ -33,6 +33,8 @@ const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two `Up::Demand` signals.
+const DEMAND_EVERY: Duration = Duration::from_millis(100);
 /// Unsent control output beyond which metrics reports are skipped (the supervisor is stuck).
 const MAX_CONTROL_BACKLOG: usize = 1024 * 1024;
 
@@ -53,6 +55,8 @@ pub struct Server {
     drain_timeout_ms: u64,
     drain_deadline: Option<Instant>,
     next_metrics: Instant,
+    /// Earliest next `Up::Demand`.
+    next_demand: Instant,
     /// After an accept error (EMFILE...): when to try again.
     accept_retry: Option<Instant>,
 }
@@ -97,6 +101,7 @@ impl Server {
             drain_timeout_ms: inputs.drain_timeout_ms,
             drain_deadline: None,
             next_metrics: Instant::now() + METRICS_EVERY,
+            next_demand: Instant::now(),
             accept_retry: None,
         })
     }
@@ -159,6 +164,9 @@ impl Server {
             if self.accept_pending {
                 self.accept();
             }
+            if self.core.no_worker > 0 && self.core.now >= self.next_demand {
+                self.send_demand();
+            }
             if self.core.now >= self.next_metrics {
                 self.next_metrics = self.core.now + METRICS_EVERY;
                 self.send_metrics();
@@ -171,6 +179,9 @@ impl Server {
 
     fn poll_timeout(&self) -> Duration {
         let mut next = self.next_metrics;
+        if self.core.no_worker > 0 {
+            next = next.min(self.next_demand);
+        }
         if let Some(t) = self.core.timers.next() {
             next = next.min(t);
         }
@@ -575,8 +586,16 @@ impl Server {
             connections: self.core.connections as u64,
             backends: self.core.backends.metrics(),
             access_log_dropped: self.core.access_log.dropped(),
+            queued: 0,
         };
         self.send_up(&msg);
+    }
+
+    /// Tells the supervisor requests found no worker (at most every [`DEMAND_EVERY`]).
+    fn send_demand(&mut self) {
+        self.next_demand = self.core.now + DEMAND_EVERY;
+        let queued = std::mem::take(&mut self.core.no_worker);
+        self.send_up(&Up::Demand { queued });
     }
 
     fn flush_control(&mut self) {
