@@ -357,3 +357,54 @@ fn out_of_descriptors_on_the_upstream_connect_is_503_and_the_backend_stays_up() 
     assert!(text.contains("event=out_of_descriptors"), "{text}");
     assert!(!text.contains("backend_down"), "{text}");
 }
+
+/// Asks `/` until it gets `want` (health verdicts take a few checks); the last status.
+fn status_becomes(addr: std::net::SocketAddr, want: u16) -> u16 {
+    let mut last = 0;
+    for _ in 0..30 {
+        last = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").map_or(0, |r| r.status);
+        if last == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    last
+}
+
+#[test]
+fn the_standalone_proxy_keeps_serving_a_server_without_healthz() {
+    // A server with no /healthz (404), a redirecting /moved and an app at /.
+    let b = Backend::start_with(
+        common::backend::Options {
+            health_path: None,
+            ..Default::default()
+        },
+        |req| match req.target.as_str() {
+            "/healthz" => vec![Step::Send(response(404, "no such page"))],
+            "/moved" => vec![Step::Send(
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: /new\r\nContent-Length: 0\r\n\r\n"
+                    .to_vec(),
+            )],
+            _ => vec![Step::Send(response(200, "app"))],
+        },
+    );
+    let fast = ["--health-interval-ms", "50", "--health-fall", "1"];
+    // Default (auto): a connect check; three checks' worth of time and more, still served.
+    let (_p, addr) = one(&b, &fast);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    for _ in 0..5 {
+        let r = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "app"));
+    }
+    // A 3xx passes an HTTP check.
+    let mut with_path = fast.to_vec();
+    with_path.extend(["--health-path", "/moved"]);
+    let (_p2, addr2) = one(&b, &with_path);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(status_becomes(addr2, 200), 200);
+    // The HTTP check does run when asked for: /healthz answers 404, the backend goes down.
+    let mut asked = fast.to_vec();
+    asked.extend(["--health-path", "/healthz"]);
+    let (_p3, addr3) = one(&b, &asked);
+    assert_eq!(status_becomes(addr3, 503), 503);
+}

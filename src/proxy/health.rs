@@ -1,6 +1,7 @@
 //! Active health checks, run inside the loop on non-blocking sockets: every
-//! `health-interval-ms` per backend, `GET health-path` (HTTP mode; a 2xx or 3xx final status
-//! passes) or a bare connect (TCP mode), bounded by `health-timeout-ms`. The probe itself is
+//! `health-interval-ms` per backend, `GET health-path` (`health-check: http`, and `auto` under
+//! `run`; a 2xx or 3xx final status passes) or a bare connect (`health-check: tcp`, `auto` for
+//! the standalone proxy without a health path, and TCP mode), bounded by `health-timeout-ms`. The probe itself is
 //! the kit's (`evloop::HealthProbe`); this file schedules it and applies the verdict. `health-rise`
 //! consecutive passes bring a down backend up, `health-fall` consecutive failures take an up
 //! backend down.
@@ -10,7 +11,7 @@ use std::time::Instant;
 use mio::event::Event;
 
 use super::core::{Core, Slot, TimerKey, token_of};
-use crate::config::Mode;
+use crate::config::{HealthCheckMode, Mode};
 use crate::evloop::{Deadline, HealthProbe, ProbeKind, ProbeStatus};
 
 /// One check in progress.
@@ -51,11 +52,12 @@ pub fn start(core: &mut Core, backend: usize, backend_gen: u32) {
     if b.check_slot.is_some() {
         return;
     }
-    let kind = match core.settings.mode {
-        Mode::Http => ProbeKind::Http {
+    // `auto` is resolved by the standalone proxy at start; what is left of it is `run`'s.
+    let kind = match (core.settings.mode, core.settings.health_check) {
+        (Mode::Http, HealthCheckMode::Auto | HealthCheckMode::Http) => ProbeKind::Http {
             path: &core.settings.health_path,
         },
-        Mode::Tcp => ProbeKind::Connect,
+        (Mode::Tcp, _) | (_, HealthCheckMode::Tcp) => ProbeKind::Connect,
     };
     let mut probe = match HealthProbe::start(b.addr, kind) {
         Ok(p) => p,
