@@ -389,6 +389,9 @@ impl Supervisor {
             RuntimeKind::Docker => {
                 self.use_docker("runtime: docker in the config".into());
             }
+            RuntimeKind::Swarm => {
+                self.fatal("runtime: swarm: the swarm driver is not in this build yet".into());
+            }
             RuntimeKind::Auto => {
                 self.phase = Phase::Detecting;
                 let deadline = Instant::now() + DOCKER_INFO_TIMEOUT;
