@@ -8,3 +8,4 @@ pub mod driver;
 pub mod job;
 pub mod process;
 pub mod swarm;
+pub mod swarm_driver;
