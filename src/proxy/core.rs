@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Registry, Token};
 
+use super::access_log::{AccessLog, AccessLogSettings};
 use super::backends::Backends;
 use super::buffer::BufPool;
 use super::health::HealthCheck;
 use super::http_session::HttpSession;
 use super::relay::TcpSock;
+use super::request_record::RecordPool;
 use super::tcp_session::TcpSession;
 use crate::config::ProxySettings;
 use crate::evloop::{Deadline, DeadlineHeap, Sock};
@@ -175,11 +177,16 @@ pub struct Core {
     pub draining: bool,
     /// Scratch space for building heads.
     pub scratch: Vec<u8>,
+    /// The access log (stderr until `Server::new` opens a configured file).
+    pub access_log: AccessLog,
+    /// Spare per-request records.
+    pub records: RecordPool,
 }
 
 impl Core {
     /// A core for `settings` and `backends`.
     pub fn new(registry: Registry, settings: ProxySettings, backends: Backends) -> Core {
+        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), Instant::now());
         Core {
             registry,
             slab: Slab::new(),
@@ -193,6 +200,8 @@ impl Core {
             connections: 0,
             draining: false,
             scratch: Vec::with_capacity(4096),
+            access_log,
+            records: RecordPool::new(),
         }
     }
 
@@ -200,6 +209,20 @@ impl Core {
     pub fn set_settings(&mut self, settings: ProxySettings) {
         self.limits = Limits::from_settings(&settings);
         self.max_body = settings.max_body_bytes;
+        let log = AccessLogSettings::of(&settings);
+        if log != *self.access_log.settings() {
+            match AccessLog::open(log, self.now) {
+                Ok(new) => {
+                    self.access_log.flush(self.now);
+                    self.access_log = new;
+                }
+                Err(e) => crate::error!(
+                    "access_log_open_failed",
+                    "error={} action=\"keep the previous access log\"",
+                    crate::sys::log::quote(&e.to_string())
+                ),
+            }
+        }
         self.settings = settings;
     }
 

@@ -14,15 +14,17 @@
 //! write side and discards input until the client closes (lingering close, so a client still
 //! sending does not get a reset that destroys the response).
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::event::Event;
 
+use super::access_log::{Phase, Termination};
 use super::backends::Tried;
 use super::buffer::{BUF_SIZE, Buf};
 use super::core::{Core, TimerKey, UpConn};
 use super::relay::{self, Half, TcpSock};
+use super::request_record::{self, RequestRecord};
 use crate::evloop::linger::{self, Discard};
 use crate::evloop::{Deadline, ReadResult};
 use crate::http::rewrite::{self, ClientResponse, ConnectionOut, UpstreamRequest};
@@ -52,7 +54,9 @@ enum Progress {
 struct Client {
     slot: usize,
     sock: TcpSock,
-    peer: IpAddr,
+    peer: SocketAddr,
+    /// The request in flight's facts for the access log (None between requests).
+    rec: Option<Box<RequestRecord>>,
     /// Bytes read from the client, not yet forwarded or parsed.
     cin: Option<Buf>,
     /// Bytes owed to the client (response heads, de-chunked data, canned responses).
@@ -224,15 +228,44 @@ impl Client {
         let out = self.cout.get_or_insert_with(|| core.bufs.get());
         out.push_all(bytes);
     }
+
+    /// The request in flight's record, if one is open.
+    fn rec(&mut self) -> Option<&mut RequestRecord> {
+        self.rec.as_deref_mut()
+    }
+
+    /// Notes who is to blame should the request end early from here on.
+    fn blame(&mut self, termination: Termination, phase: Phase) {
+        if let Some(r) = self.rec() {
+            r.blame(termination, phase);
+        }
+    }
+
+    /// Ends the request's record: its access-log line (when wanted), the record back to the
+    /// pool. `status` 0 = the client got no answer.
+    fn end_request(&mut self, core: &mut Core, status: u16, how: (Termination, Phase)) {
+        let Some(rec) = self.rec.take() else {
+            return;
+        };
+        if core.access_log.is_on() {
+            let worker = rec
+                .backend
+                .and_then(|b| core.backends.list.get(b))
+                .map_or("-", |b| b.id.as_str());
+            rec.write(&mut core.access_log, worker, status, how, core.now);
+        }
+        core.records.put(rec);
+    }
 }
 
 impl HttpSession {
     /// A session for an accepted client socket in slab slot `slot`.
-    pub fn new(core: &mut Core, slot: usize, sock: TcpSock, peer: IpAddr) -> Self {
+    pub fn new(core: &mut Core, slot: usize, sock: TcpSock, peer: SocketAddr) -> Self {
         let mut c = Client {
             slot,
             sock,
             peer,
+            rec: None,
             cin: None,
             cout: None,
             served: 0,
@@ -305,6 +338,7 @@ impl HttpSession {
             State::Head { .. } => self.fail(core, 408),
             State::Exchange(ex) => {
                 if !ex.up.connected {
+                    self.c.blame(Termination::WorkerTimeout, Phase::Connect);
                     core.eject(ex.up.backend, "connect timeout");
                     ex.retry(&mut self.c, core, true)
                 } else if matches!(ex.x.resp, Resp::Head) {
@@ -315,8 +349,16 @@ impl HttpSession {
                         crate::sys::log::quote(&core.backends.list[ex.up.backend].id),
                         core.settings.response_timeout_ms
                     );
+                    self.c
+                        .blame(Termination::WorkerTimeout, Phase::ResponseHead);
                     ex.abort(&mut self.c, core, 504)
                 } else {
+                    let who = if self.c.out_empty() {
+                        Termination::WorkerTimeout
+                    } else {
+                        Termination::ClientTimeout
+                    };
+                    self.c.blame(who, Phase::ResponseBody);
                     (State::Exchange(ex), Progress::Close)
                 }
             }
@@ -414,7 +456,23 @@ impl HttpSession {
     /// Frees everything the session holds.
     pub fn close(mut self, core: &mut Core) {
         match std::mem::replace(&mut self.state, State::Void) {
-            State::Exchange(ex) => ex.release(core, false),
+            State::Exchange(ex) => {
+                let (status, phase) = match ex.x.resp {
+                    Resp::Head => (0, Phase::ResponseHead),
+                    Resp::Body { .. } => (ex.x.status, Phase::ResponseBody),
+                };
+                let stop = if core.draining {
+                    Termination::ProxyStopping
+                } else {
+                    Termination::ClientClosed
+                };
+                let how = self
+                    .c
+                    .rec()
+                    .map_or((stop, phase), |r| r.blamed_or((stop, phase)));
+                self.c.end_request(core, status, how);
+                ex.release(core, false)
+            }
             State::Tunnel(t) => {
                 let Tunnel {
                     up,
@@ -437,6 +495,16 @@ impl HttpSession {
 fn fail(c: &mut Client, core: &mut Core, status: u16) -> (State, Progress) {
     if let Some(cin) = c.cin.as_mut() {
         cin.clear();
+    }
+    match c.rec() {
+        Some(r) => {
+            let how = r.blamed_or((request_record::termination_of(status), Phase::Connect));
+            c.end_request(core, status, how);
+        }
+        None if core.access_log.is_on() => {
+            request_record::write_refused(&mut core.access_log, c.peer, status, core.now)
+        }
+        None => {}
     }
     let body = format!("{} {}\n", status, http::response::reason(status));
     c.queue(
@@ -486,6 +554,16 @@ fn connect_any(core: &mut Core, owner: usize, tried: &mut Tried, fresh: bool) ->
 
 fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, Progress) {
     c.served += 1;
+    if let Some(cin) = c.cin.as_ref() {
+        let keep_line = core.access_log.is_on();
+        let rec = core
+            .records
+            .begin(c.peer, &req, cin.data(), keep_line, core.now);
+        if let Some(old) = c.rec.replace(rec) {
+            core.records.put(old);
+        }
+    }
+    c.blame(Termination::ClientBadRequest, Phase::RequestHead);
     if let Framing::Length(n) = req.framing
         && core.max_body > 0
         && n > core.max_body
@@ -502,8 +580,21 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
     };
     let mut tried = Tried::default();
     let Some(up) = connect_any(core, c.slot, &mut tried, false) else {
+        let who = if tried.len() == 0 {
+            Termination::NoWorker
+        } else {
+            Termination::WorkerRefused
+        };
+        c.blame(who, Phase::Connect);
         return fail(c, core, 503);
     };
+    if let Some(r) = c.rec.as_deref_mut() {
+        r.backend = Some(up.backend);
+        if up.connected {
+            r.connected(core.now);
+        }
+        r.blame(Termination::WorkerBroke, Phase::ResponseHead);
+    }
     let Some(cin) = c.cin.as_mut() else {
         return fail(c, core, 400);
     };
@@ -513,7 +604,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
         &req,
         cin.data(),
         &UpstreamRequest {
-            client_ip: c.peer,
+            client_ip: c.peer.ip(),
             proto: "http",
             framing: req.framing,
             connection: if info.upgrade {
@@ -523,6 +614,7 @@ fn start_exchange(c: &mut Client, core: &mut Core, req: RequestHead) -> (State, 
             },
             default_host: None,
             via: None,
+            request_id: c.rec.as_deref().map(|r| r.id.as_bytes()),
         },
     );
     cin.consume(req.head_len);
@@ -600,6 +692,9 @@ impl Exchange {
         if !replayable {
             core.bufs.put_opt(&mut x.head);
             core.bufs.put_opt(&mut x.uin);
+            if !connect_failed {
+                c.blame(Termination::WorkerBroke, Phase::ResponseHead);
+            }
             return fail(c, core, 502);
         }
         if reused && !connect_failed {
@@ -610,8 +705,17 @@ impl Exchange {
         let Some(up) = connect_any(core, c.slot, &mut x.tried, true) else {
             core.bufs.put_opt(&mut x.head);
             core.bufs.put_opt(&mut x.uin);
+            if connect_failed {
+                c.blame(Termination::WorkerRefused, Phase::Connect);
+            } else {
+                c.blame(Termination::WorkerBroke, Phase::ResponseHead);
+            }
             return fail(c, core, if connect_failed { 503 } else { 502 });
         };
+        if let Some(r) = c.rec() {
+            r.retries += 1;
+            r.backend = Some(up.backend);
+        }
         x.head_sent = 0;
         x.up_eof = false;
         x.up_write_failed = false;
@@ -629,10 +733,14 @@ impl Exchange {
                 Ok(true) => {
                     self.up.connected = true;
                     moved = true;
+                    if let Some(r) = c.rec() {
+                        r.connected(core.now);
+                    }
                     c.set_deadline(core, core.settings.response_timeout_ms);
                 }
                 Ok(false) => return (State::Exchange(self), Progress::Idle),
                 Err(e) => {
+                    c.blame(Termination::WorkerRefused, Phase::Connect);
                     core.eject(self.up.backend, &e.to_string());
                     return self.retry(c, core, true);
                 }
@@ -642,10 +750,14 @@ impl Exchange {
             Ok(m) => moved |= m,
             Err(0) => {
                 // The client vanished mid-request: nothing to answer, free everything.
+                c.end_request(core, 0, (Termination::ClientClosed, Phase::RequestBody));
                 self.release(core, false);
                 return (State::Closing { shut: true }, Progress::Close);
             }
-            Err(status) => return self.abort(c, core, status),
+            Err(status) => {
+                c.blame(Termination::ClientBadRequest, Phase::RequestBody);
+                return self.abort(c, core, status);
+            }
         }
         match self.read_response(core) {
             Ok(m) => moved |= m,
@@ -668,7 +780,10 @@ impl Exchange {
             // The head queued in `cout` goes out with the first body bytes (relay_body).
             match self.relay_body(c, core) {
                 Ok(m) => moved |= m,
-                Err(()) => return (State::Exchange(self), Progress::Close),
+                Err(who) => {
+                    c.blame(who, Phase::ResponseBody);
+                    return (State::Exchange(self), Progress::Close);
+                }
             }
             if matches!(&self.x.resp, Resp::Body { left, .. } if left.done()) && c.out_empty() {
                 return self.finish(c, core);
@@ -677,7 +792,10 @@ impl Exchange {
             // Interim (1xx) heads.
             match c.flush_out(core) {
                 Ok(m) => moved |= m,
-                Err(()) => return (State::Exchange(self), Progress::Close),
+                Err(()) => {
+                    c.blame(Termination::ClientClosed, Phase::ResponseHead);
+                    return (State::Exchange(self), Progress::Close);
+                }
             }
         }
         if self.x.up_eof {
@@ -712,6 +830,7 @@ impl Exchange {
                     // Died mid-body: the client must see a truncated message, never a clean end.
                     if self.x.uin.as_ref().is_none_or(Buf::is_empty) {
                         core.backends.list[self.up.backend].failures += 1;
+                        c.blame(Termination::WorkerBroke, Phase::ResponseBody);
                         return (State::Exchange(self), Progress::Close);
                     }
                 }
@@ -749,6 +868,9 @@ impl Exchange {
                     x.head_sent += h;
                     let b = n - h;
                     if b > 0 {
+                        if let Some(r) = c.rec.as_deref_mut() {
+                            r.bytes_in += b as u64;
+                        }
                         cin.consume(b);
                         *rem -= b as u64;
                         x.body_started = true;
@@ -802,6 +924,9 @@ impl Exchange {
             if x.body_ready > 0 && up.writable {
                 match up.write(&cin.data()[..x.body_ready]) {
                     Ok(n) if n > 0 => {
+                        if let Some(r) = c.rec.as_deref_mut() {
+                            r.bytes_in += n as u64;
+                        }
                         cin.consume(n);
                         x.body_ready -= n;
                         x.body_started = true;
@@ -900,8 +1025,13 @@ impl Exchange {
                     &ClientResponse {
                         framing: Framing::None,
                         connection: ConnectionOut::Upgrade,
+                        request_id: c.rec.as_deref().map(|r| r.id.as_bytes()),
                     },
                 );
+                if let Some(r) = c.rec.as_deref_mut() {
+                    r.response_head(101, core.now);
+                    r.bytes_out += core.scratch.len() as u64;
+                }
                 uin.consume(resp.head_len);
                 let out = c.cout.get_or_insert_with(|| core.bufs.get());
                 out.push_all(&core.scratch);
@@ -922,8 +1052,12 @@ impl Exchange {
                         &ClientResponse {
                             framing: Framing::None,
                             connection: ConnectionOut::Omit,
+                            request_id: None,
                         },
                     );
+                    if let Some(r) = c.rec.as_deref_mut() {
+                        r.bytes_out += core.scratch.len() as u64;
+                    }
                     c.cout
                         .get_or_insert_with(|| core.bufs.get())
                         .push_all(&core.scratch);
@@ -952,8 +1086,14 @@ impl Exchange {
                 &ClientResponse {
                     framing: client_framing,
                     connection,
+                    request_id: c.rec.as_deref().map(|r| r.id.as_bytes()),
                 },
             );
+            if let Some(r) = c.rec.as_deref_mut() {
+                r.response_head(resp.status, core.now);
+                r.bytes_out += core.scratch.len() as u64;
+                r.blame(Termination::WorkerBroke, Phase::ResponseBody);
+            }
             c.cout
                 .get_or_insert_with(|| core.bufs.get())
                 .push_all(&core.scratch);
@@ -975,6 +1115,7 @@ impl Exchange {
         let b = &mut core.backends.list[up.backend];
         b.in_flight = b.in_flight.saturating_sub(1);
         b.record(101, self.x.started, core.now);
+        c.end_request(core, 101, (Termination::Done, Phase::Complete));
         c.set_deadline(core, core.settings.tunnel_timeout_ms);
         Tunnel {
             up,
@@ -983,8 +1124,11 @@ impl Exchange {
         }
     }
 
-    /// Response body, `uin` -> client. Err when the client is gone or the framing is broken.
-    fn relay_body(&mut self, c: &mut Client, core: &mut Core) -> Result<bool, ()> {
+    /// Response body, `uin` -> client. Err(who ended it): the client is gone, or the
+    /// upstream's framing is broken.
+    fn relay_body(&mut self, c: &mut Client, core: &mut Core) -> Result<bool, Termination> {
+        const GONE: Termination = Termination::ClientClosed;
+        const BROKE: Termination = Termination::WorkerBroke;
         let x = &mut self.x;
         let Resp::Body { left, dechunk } = &mut x.resp else {
             return Ok(false);
@@ -993,7 +1137,7 @@ impl Exchange {
         while let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) {
             if *dechunk && !c.out_empty() {
                 // De-chunked data wait in `cout`: flush it before decoding more.
-                moved |= c.flush_out(core)?;
+                moved |= c.flush_out(core).map_err(|()| GONE)?;
                 if !c.out_empty() {
                     break;
                 }
@@ -1009,11 +1153,16 @@ impl Exchange {
                     // HTTP/1.0 client: chunk data only, into cout (bounded by its room).
                     let out = c.cout.get_or_insert_with(|| core.bufs.get());
                     let take = out.room().min(uin.len());
+                    let mut given = 0;
                     let p = ch
                         .feed(&uin.data()[..take], &mut |d| {
+                            given += d.len();
                             out.push(d);
                         })
-                        .map_err(|_| ())?;
+                        .map_err(|_| BROKE)?;
+                    if let Some(r) = c.rec.as_deref_mut() {
+                        r.bytes_out += given as u64;
+                    }
                     uin.consume(p.consumed);
                     if p.done {
                         *left = BodyLeft::Done;
@@ -1030,7 +1179,7 @@ impl Exchange {
                     if uin.len() > x.resp_ready && !ch.is_done() {
                         let p = ch
                             .feed(&uin.data()[x.resp_ready..], &mut |_| {})
-                            .map_err(|_| ())?;
+                            .map_err(|_| BROKE)?;
                         x.resp_ready += p.consumed;
                     }
                 }
@@ -1044,11 +1193,14 @@ impl Exchange {
             let n = c
                 .sock
                 .write2(head, &uin.data()[..x.resp_ready])
-                .map_err(|_| ())?;
+                .map_err(|_| GONE)?;
             if let Some(o) = c.cout.as_mut() {
                 o.consume(n.min(queued));
             }
             let w = n.saturating_sub(queued);
+            if let Some(r) = c.rec.as_deref_mut() {
+                r.bytes_out += w as u64;
+            }
             uin.consume(w);
             x.resp_ready -= w;
             match left {
@@ -1075,7 +1227,7 @@ impl Exchange {
         {
             *left = BodyLeft::Done;
         }
-        moved |= c.flush_out(core)?;
+        moved |= c.flush_out(core).map_err(|()| GONE)?;
         core.bufs.put_if_empty(&mut x.uin);
         Ok(moved)
     }
@@ -1091,6 +1243,7 @@ impl Exchange {
             && x.uin.as_ref().is_none_or(Buf::is_empty);
         let close_client = x.close_client || !req_done || core.draining;
         core.backends.list[self.up.backend].record(x.status, x.started, core.now);
+        c.end_request(core, x.status, (Termination::Done, Phase::Complete));
         self.release(core, reusable);
         if close_client {
             c.set_deadline(core, linger::LINGER_MS);

@@ -3,7 +3,8 @@
 //! Map: `server` (the loop, tokens, control channel, drain), `core` (slab and shared state),
 //! `http_session` (client connection state machine), `tcp_session` (L4 mode), `backends`
 //! (set, balancing, metrics), `health` (active checks), `relay` (buffered socket I/O and
-//! the one-direction relay), `buffer` (pooled buffers). Sockets, deadlines, the lingering
+//! the one-direction relay), `buffer` (pooled buffers), `access_log` (the per-request line and
+//! its batched writer), `request_record` (what a session learns about a request for it). Sockets, deadlines, the lingering
 //! close, the control channel and the health probe come from the loop kit
 //! (`crate::evloop`); HTTP parsing and head rewriting from `crate::http`.
 
@@ -22,6 +23,7 @@ mod health;
 mod http_session;
 pub mod policy;
 mod relay;
+mod request_record;
 mod server;
 mod tcp_session;
 

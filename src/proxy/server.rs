@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use super::LoopInputs;
+use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
 use super::control::{Down, Up};
 use super::core::{Core, FIRST_SLOT_TOKEN, Slot, TimerKey, token_of};
@@ -72,11 +73,15 @@ impl Server {
             }
             None => None,
         };
-        let mut signals = Signals::new(&[SIGTERM, SIGINT])?;
+        let mut signals = Signals::new(&[SIGTERM, SIGINT, SIGUSR1])?;
         signals.register(poll.registry(), SIGNALS)?;
         let registry = poll.registry().try_clone()?;
         let backends = Backends::new(&inputs.backends);
         let mut core = Core::new(registry, inputs.settings, backends);
+        let log = core.access_log.settings().clone();
+        if log.path.is_some() {
+            core.access_log = AccessLog::open(log, core.now)?;
+        }
         for i in 0..core.backends.list.len() {
             health::schedule_first(&mut core, i);
         }
@@ -113,6 +118,7 @@ impl Server {
         loop {
             self.core.now = Instant::now();
             if self.draining_done() {
+                self.core.access_log.flush(self.core.now);
                 crate::info!("lb_stopped", "name={}", crate::sys::log::quote(&self.name));
                 return 0;
             }
@@ -136,17 +142,13 @@ impl Server {
                         self.accept();
                     }
                     CONTROL => self.control_event(ev),
-                    SIGNALS => {
-                        for sig in self.signals.pending() {
-                            crate::info!("signal", "signal={} action=drain", sig);
-                            self.start_drain(self.drain_timeout_ms);
-                        }
-                    }
+                    SIGNALS => self.on_signals(),
                     Token(t) if t >= FIRST_SLOT_TOKEN => self.slot_event(t - FIRST_SLOT_TOKEN, ev),
                     _ => {}
                 }
             }
             self.run_timers();
+            self.core.access_log.tick(self.core.now);
             if self
                 .accept_retry
                 .is_some_and(|t| t <= self.core.now && self.listening)
@@ -161,6 +163,7 @@ impl Server {
                 self.next_metrics = self.core.now + METRICS_EVERY;
                 self.send_metrics();
                 self.core.bufs.trim(self.core.now);
+                self.core.records.trim(self.core.now);
             }
             self.flush_control();
         }
@@ -177,8 +180,35 @@ impl Server {
         if let Some(t) = self.accept_retry {
             next = next.min(t);
         }
+        if let Some(t) = self.core.access_log.next_flush() {
+            next = next.min(t);
+        }
         // Round up to the next millisecond so a timer is never polled for 0 ms repeatedly.
         next.saturating_duration_since(self.core.now) + Duration::from_micros(500)
+    }
+
+    /// SIGUSR1 reopens the access-log file (logrotate's convention); the others drain.
+    fn on_signals(&mut self) {
+        for sig in self.signals.pending() {
+            if sig == SIGUSR1 {
+                let outcome = self.core.access_log.reopen(self.core.now);
+                match outcome {
+                    Ok(()) => crate::info!(
+                        "access_log_reopened",
+                        "name={}",
+                        crate::sys::log::quote(&self.name)
+                    ),
+                    Err(e) => crate::error!(
+                        "access_log_reopen_failed",
+                        "error={}",
+                        crate::sys::log::quote(&e.to_string())
+                    ),
+                }
+                continue;
+            }
+            crate::info!("signal", "signal={} action=drain", sig);
+            self.start_drain(self.drain_timeout_ms);
+        }
     }
 
     fn draining_done(&mut self) -> bool {
@@ -215,7 +245,7 @@ impl Server {
                     self.core.connections += 1;
                     match self.core.settings.mode {
                         Mode::Http => {
-                            let s = HttpSession::new(&mut self.core, slot, sock, peer.ip());
+                            let s = HttpSession::new(&mut self.core, slot, sock, peer);
                             self.core.slab.set(slot, Slot::Http(Box::new(s)));
                         }
                         Mode::Tcp => match TcpSession::new(&mut self.core, slot, sock) {
@@ -535,6 +565,7 @@ impl Server {
         let msg = Up::Metrics {
             connections: self.core.connections as u64,
             backends: self.core.backends.metrics(),
+            access_log_dropped: self.core.access_log.dropped(),
         };
         self.send_up(&msg);
     }
