@@ -218,4 +218,17 @@ fn swarm_serves_round_robin_scales_under_load_and_stops_clean() {
     assert!(log.contains("event=service_create"), "{}", s.log_tail());
     assert!(log.contains("event=service_scale"), "{}", s.log_tail());
     assert!(log.contains("event=service_removed"), "{}", s.log_tail());
+    assert!(
+        !log.contains("event=peers_network_failed"),
+        "{}",
+        s.log_tail()
+    );
+    let nets = docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={service}-peers"),
+    ]);
+    assert_eq!(nets.unwrap_or_default(), "", "the peers network is removed");
 }

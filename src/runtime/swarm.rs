@@ -134,8 +134,30 @@ impl SwarmCli {
         cmd
     }
 
-    /// Creates the service with `replicas` tasks (detached: the tasks are discovered later).
-    pub fn create(&self, spec: &ServiceSpec, replicas: usize) -> Command {
+    /// The attachable overlay network the tasks find each other on (`tasks.<service>`).
+    pub fn network(&self) -> String {
+        format!("{}-peers", self.service)
+    }
+
+    /// Creates [`SwarmCli::network`] (an error when it exists is harmless).
+    pub fn network_create(&self) -> Command {
+        let mut cmd = docker();
+        cmd.args(["network", "create", "--driver", "overlay", "--attachable"])
+            .args(["--label", &instance_label(&self.instance)])
+            .arg(self.network());
+        cmd
+    }
+
+    /// Removes [`SwarmCli::network`].
+    pub fn network_remove(&self) -> Command {
+        let mut cmd = docker();
+        cmd.args(["network", "rm"]).arg(self.network());
+        cmd
+    }
+
+    /// Creates the service with `replicas` tasks (detached: the tasks are discovered later);
+    /// with `peers`, on the overlay network, each worker merging its peers' stats.
+    pub fn create(&self, spec: &ServiceSpec, replicas: usize, peers: bool) -> Command {
         let grace_ms = spec.stop_grace().as_millis();
         let mut cmd = docker();
         cmd.args(["service", "create", "--detach", "--quiet"])
@@ -162,6 +184,9 @@ impl SwarmCli {
         for c in &self.constraints {
             cmd.args(["--constraint", c]);
         }
+        if peers {
+            cmd.args(["--network", &self.network()]);
+        }
         if self.local_image {
             cmd.arg("--no-resolve-image");
         }
@@ -172,6 +197,9 @@ impl SwarmCli {
             .args(["--failure", &spec.failure.to_string()])
             .args(["--drain-timeout-ms", &spec.drain_timeout_ms.to_string()])
             .args(["--drain-grace-ms", &spec.drain_grace_ms.to_string()]);
+        if peers {
+            cmd.args(["--peers", &format!("tasks.{}:{}", self.service, spec.port)]);
+        }
         cmd
     }
 
@@ -434,7 +462,7 @@ mod tests {
             memory_mb: 128,
         };
         let args: Vec<String> = cli
-            .create(&spec, 3)
+            .create(&spec, 3, true)
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -451,6 +479,8 @@ mod tests {
             "--no-resolve-image",
             "--db /data/stats.db",
             "--drain-grace-ms 500",
+            "--network glbt-workers-peers",
+            "--peers tasks.glbt-workers:6000",
         ] {
             assert!(joined.contains(part), "{part} missing: {joined}");
         }

@@ -44,6 +44,9 @@ enum Step {
         context: PathBuf,
     },
     ListServices,
+    NetworkCreate {
+        replicas: usize,
+    },
     Create {
         replicas: usize,
     },
@@ -64,6 +67,7 @@ enum Step {
         tasks: Vec<Task>,
     },
     RemoveService,
+    NetworkRemove,
     SweepContainers,
     Other,
 }
@@ -181,6 +185,22 @@ impl SwarmDriver {
                 }
             }
             Step::ListServices => self.on_services_listed(out, now),
+            Step::NetworkCreate { replicas } => {
+                // "already exists" is fine; any other failure: workers without stats peers.
+                let peers = out.success || out.error_text().contains("already exists");
+                if !peers {
+                    warn!(
+                        "peers_network_failed",
+                        "network={} error={} action=\"service without stats peers\"",
+                        self.cli.network(),
+                        quote(&out.error_text())
+                    );
+                }
+                let cmd = self.cli.create(&self.spec, replicas, peers);
+                if !self.spawn(cmd, Step::Create { replicas }, now) {
+                    self.service = Service::Absent;
+                }
+            }
             Step::Create { replicas } => self.on_scaled(out, replicas, "service_create", now),
             Step::Scale { replicas } => self.on_scaled(out, replicas, "service_scale", now),
             Step::TaskIds { started, for_list } => self.on_task_ids(out, started, for_list, now),
@@ -213,9 +233,19 @@ impl SwarmDriver {
             Step::RemoveService => {
                 log_failure("service_rm_failed", &out);
                 info!("service_removed", "service={}", self.cli.service);
+                // Removed once the tasks have left it; still attached: a harmless failure.
+                let cmd = self.cli.network_remove();
+                self.spawn(cmd, Step::NetworkRemove, now);
                 self.sweep_until = Some(now + SWEEP_WAIT);
                 let cmd = self.cli.local_containers();
                 self.spawn(cmd, Step::SweepContainers, now);
+            }
+            Step::NetworkRemove => {
+                if !out.success && self.sweep_until.is_some_and(|until| now < until) {
+                    // Tasks still attached: try again until the sweep's end.
+                    let cmd = self.cli.network_remove();
+                    self.spawn(cmd, Step::NetworkRemove, now);
+                }
             }
             Step::SweepContainers => {
                 let left = out.stdout.lines().filter(|l| !l.trim().is_empty()).count();
@@ -568,8 +598,8 @@ impl SwarmDriver {
         match self.service {
             Service::Absent if self.want > 0 => {
                 let replicas = self.want;
-                let cmd = self.cli.create(&self.spec, replicas);
-                if self.spawn(cmd, Step::Create { replicas }, now) {
+                let cmd = self.cli.network_create();
+                if self.spawn(cmd, Step::NetworkCreate { replicas }, now) {
                     self.service = Service::Creating;
                 }
             }
@@ -797,6 +827,10 @@ impl Driver for SwarmDriver {
         self.kill_jobs();
         let deadline = Instant::now() + Duration::from_secs(20);
         if let Ok(mut rm) = Job::spawn(self.cli.remove(), "docker service rm".into(), deadline) {
+            let _ = rm.wait_blocking();
+        }
+        let net = self.cli.network_remove();
+        if let Ok(mut rm) = Job::spawn(net, "docker network rm".into(), deadline) {
             let _ = rm.wait_blocking();
         }
     }

@@ -502,7 +502,9 @@ impl Supervisor {
             instance: self.cfg.instance.clone(),
             service,
             image: images.as_ref().map_or(s.image.clone(), |d| d.image.clone()),
-            local_image: images.is_some(),
+            // A reference without a registry host (`name:tag`) is a local image too: asking
+            // Docker Hub for its digest would fail.
+            local_image: images.is_some() || !has_registry_host(&s.image),
             constraints: s
                 .constraints
                 .split(',')
@@ -987,5 +989,14 @@ impl Supervisor {
         }
         info!("stopped", "exit_code=1 forced=true");
         std::process::exit(1);
+    }
+}
+
+/// Whether an image reference names a registry host (`registry.example/x:1`, `host:5000/x`,
+/// `localhost/x`), as docker decides it: a first path part with a dot or a port, or localhost.
+fn has_registry_host(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
     }
 }
