@@ -93,6 +93,9 @@ pub enum Up {
         connections: u64,
         /// Per backend.
         backends: Vec<BackendMetrics>,
+        /// Access-log lines dropped since the child started (sink full or failing).
+        #[serde(default)]
+        access_log_dropped: u64,
         /// Requests waiting for a worker now (demand for the autoscaler).
         #[serde(default)]
         queued: u64,

@@ -1,9 +1,13 @@
 //! The LB child: one mio loop proxying HTTP/1.1 (or raw TCP) to a set of backends.
 //!
-//! Map: `server` (the loop, tokens, control channel, drain), `core` (slab and shared state),
-//! `http_session` (client connection state machine), `tcp_session` (L4 mode), `backends`
-//! (set, balancing, metrics), `health` (active checks), `relay` (buffered socket I/O and
-//! the one-direction relay), `buffer` (pooled buffers). Sockets, deadlines, the lingering
+//! Map: `server` (the loop, its slab of sessions and checks, control channel, drain),
+//! `tokens` (what a mio token names), `context` (`LoopContext`: the state sessions share),
+//! `lease` (the upstream lease: pick, connect, count; end with the outcome), `upstream`
+//! (upstream connections and keep-alive pools), `http_session` (client connection state
+//! machine), `tcp_session` (L4 mode), `backends` (set, balancing, metrics), `health` (active
+//! checks), `relay` (buffered socket I/O and the one-direction relay), `buffer` (pooled
+//! buffers), `access_log` (the per-request line and its batched writer), `request_record`
+//! (what a session learns about a request for it). Sockets, deadlines, the lingering
 //! close, the control channel and the health probe come from the loop kit
 //! (`crate::evloop`); HTTP parsing and head rewriting from `crate::http`.
 
@@ -16,14 +20,18 @@ use crate::config::ProxySettings;
 pub mod access_log;
 mod backends;
 mod buffer;
+mod context;
 pub mod control;
-mod core;
 mod health;
 mod http_session;
+mod lease;
 pub mod policy;
 mod relay;
+mod request_record;
 mod server;
 mod tcp_session;
+mod tokens;
+mod upstream;
 
 /// `goloadbalancer proxy` arguments: listener, backends, and config keys given as flags.
 #[derive(Clone, Debug)]

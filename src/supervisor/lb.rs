@@ -53,6 +53,8 @@ pub struct LbPool {
     /// Per LB index: earliest next fork (backoff after a child crashed young) and restarts.
     backoff: HashMap<usize, (Instant, u32)>,
     restarts: u64,
+    /// Access-log lines dropped by children that are gone.
+    access_log_dropped_gone: u64,
     /// Last Down seq handed out.
     seq: u64,
     /// Backend set last sent to the children.
@@ -112,6 +114,7 @@ impl LbPool {
             children: Vec::new(),
             backoff: HashMap::new(),
             restarts: 0,
+            access_log_dropped_gone: 0,
             seq: 0,
             sent: Vec::new(),
             retired: Retired::default(),
@@ -151,6 +154,23 @@ impl LbPool {
             .iter()
             .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
             .sum()
+    }
+
+    /// Sends `sig` to every child (SIGUSR1: reopen the access-log file).
+    pub fn signal_all(&self, sig: Signal) {
+        for c in &self.children {
+            let _ = kill(c.pid, sig);
+        }
+    }
+
+    /// Access-log lines dropped by every child, gone ones included.
+    pub fn access_log_dropped(&self) -> u64 {
+        let live: u64 = self
+            .children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.access_log_dropped))
+            .sum();
+        live + self.access_log_dropped_gone
     }
 
     /// Children running (not draining).
@@ -488,6 +508,7 @@ impl LbPool {
             handle_messages(&mut c, &mut self.latency);
             if let Some(m) = &c.metrics {
                 self.retired.absorb(&m.backends);
+                self.access_log_dropped_gone += m.access_log_dropped;
             }
             self.latency.forget_child(&c.pid.to_string());
             let how = match status {
@@ -619,6 +640,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> R
             Ok(Up::Metrics {
                 connections,
                 backends,
+                access_log_dropped,
                 queued,
             }) => {
                 c.metrics_basis = c.acked_seq;
@@ -626,6 +648,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> R
                 c.metrics = Some(ChildMetrics {
                     connections,
                     backends,
+                    access_log_dropped,
                     queued,
                 });
                 c.metrics_at = Some(now);
@@ -695,6 +718,7 @@ mod tests {
         c.metrics_basis = acked;
         c.metrics = Some(ChildMetrics {
             connections: 0,
+            access_log_dropped: 0,
             backends: vec![BackendMetrics {
                 id: "w1".into(),
                 in_flight,
