@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::control::{BackendMetrics, BackendSpec, BackendState, LATENCY_BUCKETS_MS};
 use crate::config::Balance;
+use crate::evloop::Key;
 
 /// Where a backend stands with the supervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,36 +19,49 @@ pub enum Admin {
     Removed,
 }
 
-/// One backend.
+/// One backend. Its fields change only through the methods below: the lease
+/// (`super::lease`) counts requests in flight and records outcomes, health checks count
+/// rise/fall, the set update (`Backends::apply`) changes address, weight and admin state.
 pub struct Backend {
     /// Stable id from the supervisor (or the address in standalone mode).
-    pub id: String,
+    id: String,
     /// Address to connect to.
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     /// Weight for `weighted`.
-    pub weight: u32,
+    weight: u32,
     /// Supervisor state.
-    pub admin: Admin,
+    admin: Admin,
     /// Health as this loop sees it.
-    pub healthy: bool,
+    healthy: bool,
     /// Consecutive active-check successes while down / failures while up.
-    pub streak: u32,
+    streak: u32,
     /// Bumped when the slot is reused for another backend (stale health timers ignore it).
-    pub generation: u32,
+    generation: u32,
     /// Smooth weighted round-robin state.
     current_weight: i64,
-    /// Requests (HTTP) or connections (TCP) in flight.
-    pub in_flight: u64,
-    /// Slab slots of idle pooled upstream connections, most recently used last.
-    pub pool: Vec<usize>,
+    /// Requests (HTTP) or connections (TCP) in flight: upstream leases not ended yet.
+    in_flight: u64,
+    /// Keys of idle pooled upstream connections, most recently used last.
+    pool: Vec<Key>,
     /// Cumulative metrics.
-    pub responses: [u64; 5],
+    responses: [u64; 5],
     /// Passive failures: connect errors, timeouts, broken responses.
-    pub failures: u64,
+    failures: u64,
     latency: [u64; LATENCY_BUCKETS_MS.len() + 1],
     latency_sum_ms: f64,
-    /// Whether an active check is running now (its slab slot).
-    pub check_slot: Option<usize>,
+    /// The active check running now (its loop slab key).
+    check: Option<Key>,
+}
+
+/// What one active-check result did to a backend's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckVerdict {
+    /// No change (the streak grew or was reset).
+    Unchanged,
+    /// `health-rise` passes in a row: the backend is up again.
+    Up,
+    /// `health-fall` failures in a row: the backend must be marked down.
+    Fall,
 }
 
 impl Backend {
@@ -67,8 +81,110 @@ impl Backend {
             failures: 0,
             latency: [0; LATENCY_BUCKETS_MS.len() + 1],
             latency_sum_ms: 0.0,
-            check_slot: None,
+            check: None,
         }
+    }
+
+    /// Stable id (for logs and metrics).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Address to connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Supervisor state.
+    pub fn admin(&self) -> Admin {
+        self.admin
+    }
+
+    /// Whether this loop sees it healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Generation of the slot (bumped on reuse for another backend).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// A lease started (only `super::lease` calls this).
+    pub(super) fn lease_started(&mut self) {
+        self.in_flight += 1;
+    }
+
+    /// A lease ended (only `super::lease` calls this; each lease ends exactly once, so
+    /// this never goes below zero).
+    pub(super) fn lease_ended(&mut self) {
+        debug_assert!(self.in_flight > 0, "lease ended twice");
+        self.in_flight -= 1;
+    }
+
+    /// Counts a passive failure (connect error, timeout, broken response).
+    pub fn note_failure(&mut self) {
+        self.failures += 1;
+    }
+
+    /// Takes it out of rotation (active checks' fall or passive ejection); the caller
+    /// closes its idle pool.
+    pub fn set_down(&mut self) {
+        self.healthy = false;
+        self.streak = 0;
+    }
+
+    /// Applies one active-check result with the `rise`/`fall` thresholds.
+    pub fn note_check(&mut self, ok: bool, rise: u32, fall: u32) -> CheckVerdict {
+        if ok == self.healthy {
+            self.streak = 0;
+            return CheckVerdict::Unchanged;
+        }
+        self.streak += 1;
+        if ok && self.streak >= rise.max(1) {
+            self.healthy = true;
+            self.streak = 0;
+            CheckVerdict::Up
+        } else if !ok && self.streak >= fall.max(1) {
+            CheckVerdict::Fall
+        } else {
+            CheckVerdict::Unchanged
+        }
+    }
+
+    /// The active check running now, if any.
+    pub fn check(&self) -> Option<Key> {
+        self.check
+    }
+
+    /// Notes the check started (Some) or ended (None).
+    pub fn set_check(&mut self, check: Option<Key>) {
+        self.check = check;
+    }
+
+    /// Idle pooled connections.
+    pub fn pooled(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Adds an idle connection to the pool.
+    pub fn pool_push(&mut self, key: Key) {
+        self.pool.push(key);
+    }
+
+    /// The most recently pooled idle connection.
+    pub fn pool_pop(&mut self) -> Option<Key> {
+        self.pool.pop()
+    }
+
+    /// Forgets a pooled connection (the backend closed it).
+    pub fn pool_forget(&mut self, key: Key) {
+        self.pool.retain(|&k| k != key);
+    }
+
+    /// Empties the pool, returning its keys (to close them).
+    pub fn pool_take(&mut self) -> Vec<Key> {
+        std::mem::take(&mut self.pool)
     }
 
     /// Whether it may receive a new request.
@@ -154,8 +270,17 @@ impl Tried {
 /// All backends of one loop; indices are stable for the life of a backend.
 pub struct Backends {
     /// Slots; removed backends stay until nothing refers to them.
-    pub list: Vec<Backend>,
+    list: Vec<Backend>,
     cursor: usize,
+}
+
+impl std::ops::Index<usize> for Backends {
+    type Output = Backend;
+
+    /// Backend `i` (an index handed out by this set: a lease's, a pool's, a check's).
+    fn index(&self, i: usize) -> &Backend {
+        &self.list[i]
+    }
 }
 
 /// What changed when a new set was applied.
@@ -212,7 +337,7 @@ impl Backends {
                 b.admin == Admin::Removed
                     && b.in_flight == 0
                     && b.pool.is_empty()
-                    && b.check_slot.is_none()
+                    && b.check.is_none()
             });
             let i = match reusable {
                 Some(i) => {
@@ -302,6 +427,29 @@ impl Backends {
         }
     }
 
+    /// Backend slots (removed ones included).
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Backend `i`.
+    pub fn get(&self, i: usize) -> Option<&Backend> {
+        self.list.get(i)
+    }
+
+    /// Backend `i`, mutably.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut Backend> {
+        self.list.get_mut(i)
+    }
+
+    /// Backends taking new requests from the supervisor's point of view.
+    pub fn active(&self) -> usize {
+        self.list
+            .iter()
+            .filter(|b| b.admin == Admin::Active)
+            .count()
+    }
+
     /// Metrics of every backend still in the set.
     pub fn metrics(&self) -> Vec<BackendMetrics> {
         self.list
@@ -362,6 +510,25 @@ mod tests {
             Some(1)
         );
         assert_eq!(b.pick(Balance::LeastConnections, &Tried::of(&[1])), Some(2));
+    }
+
+    #[test]
+    fn note_check_counts_rise_and_fall() {
+        let mut b = Backends::new(&[spec("a", 1, 1)]);
+        let a = &mut b.list[0];
+        assert_eq!(a.note_check(false, 2, 2), CheckVerdict::Unchanged);
+        assert_eq!(
+            a.note_check(true, 2, 2),
+            CheckVerdict::Unchanged,
+            "streak reset"
+        );
+        assert_eq!(a.note_check(false, 2, 2), CheckVerdict::Unchanged);
+        assert_eq!(a.note_check(false, 2, 2), CheckVerdict::Fall);
+        a.set_down();
+        assert!(!a.eligible());
+        assert_eq!(a.note_check(true, 2, 2), CheckVerdict::Unchanged);
+        assert_eq!(a.note_check(true, 2, 2), CheckVerdict::Up);
+        assert!(a.eligible());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Active health checks, run inside the loop on non-blocking sockets: every
-//! `health-interval-ms` per backend, `GET health-path` (HTTP mode; a 2xx or 3xx final status
-//! passes) or a bare connect (TCP mode), bounded by `health-timeout-ms`. The probe itself is
+//! `health-interval-ms` per backend, `GET health-path` (`health-check: http`, and `auto` under
+//! `run`; a 2xx or 3xx final status passes) or a bare connect (`health-check: tcp`, `auto` for
+//! the standalone proxy without a health path, and TCP mode), bounded by `health-timeout-ms`. The probe itself is
 //! the kit's (`evloop::HealthProbe`); this file schedules it and applies the verdict. `health-rise`
 //! consecutive passes bring a down backend up, `health-fall` consecutive failures take an up
 //! backend down.
@@ -9,105 +10,121 @@ use std::time::Instant;
 
 use mio::event::Event;
 
-use super::core::{Core, Slot, TimerKey, token_of};
-use crate::config::Mode;
-use crate::evloop::{Deadline, HealthProbe, ProbeKind, ProbeStatus};
+use super::backends::{Admin, CheckVerdict};
+use super::context::{LoopContext, TimerKey};
+use super::tokens;
+use crate::config::{HealthCheckMode, Mode};
+use crate::evloop::{Deadline, HealthProbe, Key, ProbeKind, ProbeStatus};
 
-/// One check in progress.
+/// One check in progress (an entry of the loop's slab, under `key`).
 pub struct HealthCheck {
     backend: usize,
     backend_gen: u32,
-    slot: usize,
-    generation: u32,
+    key: Key,
     probe: HealthProbe,
     deadline: Deadline,
 }
 
+/// A probe started, waiting for its slab entry.
+pub struct Starting {
+    backend: usize,
+    backend_gen: u32,
+    probe: HealthProbe,
+}
+
 /// Arms the first check of `backend`, spread over the interval so checks do not bunch up.
-pub fn schedule_first(core: &mut Core, backend: usize) {
-    let b = &core.backends.list[backend];
-    let spread = core.settings.health_interval_ms.clamp(1, 1000);
+pub fn schedule_first(ctx: &mut LoopContext, backend: usize) {
+    let generation = ctx.backends[backend].generation();
+    let spread = ctx.settings.health_interval_ms.clamp(1, 1000);
     let delay = rand::random::<u64>() % spread;
-    let at = core.after_ms(delay);
-    core.timers
-        .push(at, TimerKey::Health(backend, b.generation));
+    let at = ctx.after_ms(delay);
+    ctx.timers.push(at, TimerKey::Health(backend, generation));
 }
 
-fn schedule_next(core: &mut Core, backend: usize) {
-    let b = &core.backends.list[backend];
-    let at = core.after_ms(core.settings.health_interval_ms.max(1));
-    core.timers
-        .push(at, TimerKey::Health(backend, b.generation));
+fn schedule_next(ctx: &mut LoopContext, backend: usize) {
+    let generation = ctx.backends[backend].generation();
+    let at = ctx.after_ms(ctx.settings.health_interval_ms.max(1));
+    ctx.timers.push(at, TimerKey::Health(backend, generation));
 }
 
-/// The check timer of `backend` fired: start a check unless one runs or the backend left.
-pub fn start(core: &mut Core, backend: usize, backend_gen: u32) {
-    let Some(b) = core.backends.list.get(backend) else {
-        return;
-    };
-    if b.generation != backend_gen || b.admin == super::backends::Admin::Removed {
-        return;
+/// The check timer of `backend` fired: starts a probe unless one runs or the backend left.
+/// The caller gives the probe a slab key with [`Starting::register`].
+pub fn start(ctx: &mut LoopContext, backend: usize, backend_gen: u32) -> Option<Starting> {
+    let b = ctx.backends.get(backend)?;
+    if b.generation() != backend_gen || b.admin() == Admin::Removed || b.check().is_some() {
+        return None;
     }
-    if b.check_slot.is_some() {
-        return;
-    }
-    let kind = match core.settings.mode {
-        Mode::Http => ProbeKind::Http {
-            path: &core.settings.health_path,
+    // `auto` is resolved by the standalone proxy at start; what is left of it is `run`'s.
+    let kind = match (ctx.settings.mode, ctx.settings.health_check) {
+        (Mode::Http, HealthCheckMode::Auto | HealthCheckMode::Http) => ProbeKind::Http {
+            path: &ctx.settings.health_path,
         },
-        Mode::Tcp => ProbeKind::Connect,
+        (Mode::Tcp, _) | (_, HealthCheckMode::Tcp) => ProbeKind::Connect,
     };
-    let mut probe = match HealthProbe::start(b.addr, kind) {
-        Ok(p) => p,
-        Err(e) => {
-            outcome(core, backend, false, &e.to_string());
-            schedule_next(core, backend);
-            return;
+    match HealthProbe::start(b.addr(), kind) {
+        Ok(probe) => Some(Starting {
+            backend,
+            backend_gen,
+            probe,
+        }),
+        Err(e) if super::context::out_of_descriptors(&e) => {
+            // Our shortage, not the backend's: no verdict this round.
+            ctx.out_of_fds = true;
+            schedule_next(ctx, backend);
+            None
         }
-    };
-    // Reserved now, filled below once the check exists.
-    let slot = core.slab.insert(Slot::Taken);
-    if probe.register(&core.registry, token_of(slot)).is_err() {
-        core.slab.remove(slot);
-        schedule_next(core, backend);
-        return;
+        Err(e) => {
+            outcome(ctx, backend, false, &e.to_string());
+            schedule_next(ctx, backend);
+            None
+        }
     }
-    let mut hc = HealthCheck {
-        backend,
-        backend_gen,
-        slot,
-        generation: core.slab.gen_of(slot),
-        probe,
-        deadline: Deadline::none(),
-    };
-    let at = core.after_ms(core.settings.health_timeout_ms.max(1));
-    hc.deadline
-        .set(&mut core.timers, at, TimerKey::Slot(slot, hc.generation));
-    core.backends.list[backend].check_slot = Some(slot);
-    core.slab.set(slot, Slot::Health(Box::new(hc)));
+}
+
+impl Starting {
+    /// Registers the probe under the slab entry `key` and arms its deadline; None when
+    /// registration failed (the caller frees `key`; the next check is scheduled).
+    pub fn register(self, ctx: &mut LoopContext, key: Key) -> Option<HealthCheck> {
+        let Starting {
+            backend,
+            backend_gen,
+            mut probe,
+        } = self;
+        if probe.register(&ctx.registry, tokens::entry(key)).is_err() {
+            schedule_next(ctx, backend);
+            return None;
+        }
+        let mut hc = HealthCheck {
+            backend,
+            backend_gen,
+            key,
+            probe,
+            deadline: Deadline::none(),
+        };
+        let at = ctx.after_ms(ctx.settings.health_timeout_ms.max(1));
+        hc.deadline.set(&mut ctx.timers, at, TimerKey::Entry(key));
+        if let Some(b) = ctx.backends.get_mut(backend) {
+            b.set_check(Some(key));
+        }
+        Some(hc)
+    }
 }
 
 /// Records a check result and applies rise/fall.
-fn outcome(core: &mut Core, backend: usize, ok: bool, why: &str) {
-    let rise = core.settings.health_rise.max(1);
-    let fall = core.settings.health_fall.max(1);
-    let b = &mut core.backends.list[backend];
-    if ok == b.healthy {
-        b.streak = 0;
+fn outcome(ctx: &mut LoopContext, backend: usize, ok: bool, why: &str) {
+    let (rise, fall) = (ctx.settings.health_rise, ctx.settings.health_fall);
+    let Some(b) = ctx.backends.get_mut(backend) else {
         return;
-    }
-    b.streak += 1;
-    if ok && b.streak >= rise {
-        b.healthy = true;
-        b.streak = 0;
-        crate::info!(
+    };
+    match b.note_check(ok, rise, fall) {
+        CheckVerdict::Unchanged => {}
+        CheckVerdict::Up => crate::info!(
             "backend_up",
             "backend={} addr={}",
-            crate::sys::log::quote(&b.id),
-            b.addr
-        );
-    } else if !ok && b.streak >= fall {
-        core.mark_down(backend, why);
+            crate::sys::log::quote(b.id()),
+            b.addr()
+        ),
+        CheckVerdict::Fall => ctx.mark_down(backend, why),
     }
 }
 
@@ -128,52 +145,54 @@ impl HealthCheck {
         &self.deadline
     }
 
-    /// Readiness on the check's socket; None once the check is over (slot freed).
-    pub fn event(mut self: Box<Self>, core: &mut Core, ev: &Event) -> Option<Box<Self>> {
+    /// Readiness on the check's socket; None once the check is over (the caller frees its
+    /// slab entry).
+    pub fn event(mut self: Box<Self>, ctx: &mut LoopContext, ev: &Event) -> Option<Box<Self>> {
         match verdict(self.probe.on_event(ev)) {
             None => Some(self),
             Some(v) => {
-                (*self).conclude(core, v);
+                (*self).conclude(ctx, v);
                 None
             }
         }
     }
 
-    /// The check's deadline fired.
-    pub fn timer(mut self: Box<Self>, core: &mut Core, fired_at: Instant) -> Option<Box<Self>> {
-        let key = TimerKey::Slot(self.slot, self.generation);
-        if !self
-            .deadline
-            .fire(&mut core.timers, fired_at, core.now, key)
-        {
+    /// The check's deadline fired; None once the check is over.
+    pub fn timer(
+        mut self: Box<Self>,
+        ctx: &mut LoopContext,
+        fired_at: Instant,
+    ) -> Option<Box<Self>> {
+        let key = TimerKey::Entry(self.key);
+        if !self.deadline.fire(&mut ctx.timers, fired_at, ctx.now, key) {
             return Some(self);
         }
-        (*self).conclude(core, Err("timeout".into()));
+        (*self).conclude(ctx, Err("timeout".into()));
         None
     }
 
-    fn conclude(self, core: &mut Core, v: Result<(), String>) {
+    fn conclude(self, ctx: &mut LoopContext, v: Result<(), String>) {
         let HealthCheck {
             backend,
             backend_gen,
-            slot,
             mut probe,
             ..
         } = self;
-        probe.deregister(&core.registry);
-        core.slab.remove(slot);
-        if let Some(b) = core.backends.list.get_mut(backend)
-            && b.generation == backend_gen
-        {
-            b.check_slot = None;
-            if b.admin != super::backends::Admin::Removed {
-                let (ok, why) = match v {
-                    Ok(()) => (true, String::new()),
-                    Err(why) => (false, why),
-                };
-                outcome(core, backend, ok, &why);
-                schedule_next(core, backend);
-            }
+        probe.deregister(&ctx.registry);
+        let Some(b) = ctx.backends.get_mut(backend) else {
+            return;
+        };
+        if b.generation() != backend_gen {
+            return;
+        }
+        b.set_check(None);
+        if b.admin() != Admin::Removed {
+            let (ok, why) = match v {
+                Ok(()) => (true, String::new()),
+                Err(why) => (false, why),
+            };
+            outcome(ctx, backend, ok, &why);
+            schedule_next(ctx, backend);
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The LB child: one mio loop proxying HTTP/1.1 (or raw TCP) to a set of backends.
 //!
-//! Map: `server` (the loop, tokens, control channel, drain), `core` (slab and shared state),
-//! `http_session` (client connection state machine), `tcp_session` (L4 mode), `backends`
-//! (set, balancing, metrics), `health` (active checks), `relay` (buffered socket I/O and
-//! the one-direction relay), `buffer` (pooled buffers), `access_log` (the per-request line and
-//! its batched writer), `request_record` (what a session learns about a request for it). Sockets, deadlines, the lingering
+//! Map: `server` (the loop, its slab of sessions and checks, control channel, drain),
+//! `tokens` (what a mio token names), `context` (`LoopContext`: the state sessions share),
+//! `lease` (the upstream lease: pick, connect, count; end with the outcome), `upstream`
+//! (upstream connections and keep-alive pools), `http_session` (client connection state
+//! machine), `tcp_session` (L4 mode), `backends` (set, balancing, metrics), `health` (active
+//! checks), `relay` (buffered socket I/O and the one-direction relay), `buffer` (pooled
+//! buffers), `access_log` (the per-request line and its batched writer), `request_record`
+//! (what a session learns about a request for it). Sockets, deadlines, the lingering
 //! close, the control channel and the health probe come from the loop kit
 //! (`crate::evloop`); HTTP parsing and head rewriting from `crate::http`.
 
@@ -12,20 +15,23 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use crate::config::ProxySettings;
+use crate::config::{HealthCheckMode, ProxySettings};
 
 pub mod access_log;
 mod backends;
 mod buffer;
+mod context;
 pub mod control;
-mod core;
 mod health;
 mod http_session;
+mod lease;
 pub mod policy;
 mod relay;
 mod request_record;
 mod server;
 mod tcp_session;
+mod tokens;
+mod upstream;
 
 /// `goloadbalancer proxy` arguments: listener, backends, and config keys given as flags.
 #[derive(Clone, Debug)]
@@ -149,6 +155,16 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
             .map_err(|e| format!("--{e}"))?;
     }
     settings.validate().map_err(|e| e.to_string())?;
+    if settings.health_check == HealthCheckMode::Auto {
+        // In front of any server: a connect check, unless a health path was asked for.
+        let path_given = opts.overrides.iter().any(|(k, _)| k == "health-path")
+            || settings.health_path != ProxySettings::default().health_path;
+        settings.health_check = if path_given {
+            HealthCheckMode::Http
+        } else {
+            HealthCheckMode::Tcp
+        };
+    }
     if opts.backends.is_empty() {
         return Err("at least one --backend ADDR is required".into());
     }

@@ -1,30 +1,28 @@
 //! The loop: one thread, one `mio::Poll`. Reserved tokens for the listener, the control
-//! channel and signals; every other token is a slab index (client socket, upstream socket,
-//! pooled connection or health check). Reading `run` tells everything the loop serves.
+//! channel and signals; every other token names an entry of the loop's slab (a client
+//! session or a health check) or an upstream connection (`tokens` has the layout). Reading
+//! `run` tells everything the loop serves.
 
 use std::io;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use super::LoopInputs;
 use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
+use super::context::{LoopContext, TimerKey};
 use super::control::{Down, Up};
-use super::core::{Core, FIRST_SLOT_TOKEN, Slot, TimerKey, token_of};
-use super::health;
+use super::health::{self, HealthCheck};
 use super::http_session::{Flow, HttpSession};
 use super::tcp_session::TcpSession;
+use super::tokens::{self, CONTROL, LISTENER, SIGNALS, Target};
 use crate::config::Mode;
-use crate::evloop::{BadLine, LineChannel, Sock};
+use crate::evloop::{BadLine, Deadline, Key, LineChannel, Slab, Sock};
 use crate::sys::signals::Signals;
-
-const LISTENER: Token = Token(0);
-const CONTROL: Token = Token(1);
-const SIGNALS: Token = Token(2);
 
 /// How long an idle keep-alive connection stays open once a drain starts (bounded by the
 /// drain timeout), so a request already on its way is answered rather than reset.
@@ -33,17 +31,42 @@ const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two `Up::Demand` signals.
+const DEMAND_EVERY: Duration = Duration::from_millis(100);
 /// Unsent control output beyond which metrics reports are skipped (the supervisor is stuck).
 const MAX_CONTROL_BACKLOG: usize = 1024 * 1024;
 
 /// This end of the control channel: receives from the supervisor, sends up to it.
 type Control = LineChannel<Down, Up>;
 
+/// What an entry of the loop's slab is.
+enum Entry {
+    /// An HTTP client connection (its token is the client socket's).
+    Http(Box<HttpSession>),
+    /// A TCP-mode client connection.
+    Tcp(Box<TcpSession>),
+    /// An active health check.
+    Health(Box<HealthCheck>),
+}
+
+impl Entry {
+    /// The deadline of the session or check in this entry.
+    fn deadline(&self) -> &Deadline {
+        match self {
+            Entry::Http(h) => h.deadline(),
+            Entry::Tcp(t) => t.deadline(),
+            Entry::Health(hc) => hc.deadline(),
+        }
+    }
+}
+
 /// One LB loop.
 pub struct Server {
     name: String,
     poll: Poll,
-    core: Core,
+    /// Sessions and health checks; an entry is taken out while it runs.
+    slab: Slab<Entry>,
+    ctx: LoopContext,
     listener: TcpListener,
     listening: bool,
     /// The listener reported readiness we have not used up (at the connection limit).
@@ -53,6 +76,8 @@ pub struct Server {
     drain_timeout_ms: u64,
     drain_deadline: Option<Instant>,
     next_metrics: Instant,
+    /// Earliest next `Up::Demand`.
+    next_demand: Instant,
     /// After an accept error (EMFILE...): when to try again.
     accept_retry: Option<Instant>,
 }
@@ -77,18 +102,19 @@ impl Server {
         signals.register(poll.registry(), SIGNALS)?;
         let registry = poll.registry().try_clone()?;
         let backends = Backends::new(&inputs.backends);
-        let mut core = Core::new(registry, inputs.settings, backends);
-        let log = core.access_log.settings().clone();
+        let mut ctx = LoopContext::new(registry, inputs.settings, backends);
+        let log = ctx.access_log.settings().clone();
         if log.path.is_some() {
-            core.access_log = AccessLog::open(log, core.now)?;
+            ctx.access_log = AccessLog::open(log, ctx.now)?;
         }
-        for i in 0..core.backends.list.len() {
-            health::schedule_first(&mut core, i);
+        for i in 0..ctx.backends.len() {
+            health::schedule_first(&mut ctx, i);
         }
         Ok(Server {
             name: inputs.name,
             poll,
-            core,
+            slab: Slab::new(),
+            ctx,
             listener,
             listening: true,
             accept_pending: true,
@@ -97,6 +123,7 @@ impl Server {
             drain_timeout_ms: inputs.drain_timeout_ms,
             drain_deadline: None,
             next_metrics: Instant::now() + METRICS_EVERY,
+            next_demand: Instant::now(),
             accept_retry: None,
         })
     }
@@ -111,14 +138,14 @@ impl Server {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
-            self.core.settings.mode,
-            self.core.backends.list.len()
+            self.ctx.settings.mode,
+            self.ctx.backends.len()
         );
         let mut events = Events::with_capacity(1024);
         loop {
-            self.core.now = Instant::now();
+            self.ctx.now = Instant::now();
             if self.draining_done() {
-                self.core.access_log.flush(self.core.now);
+                self.ctx.access_log.flush(self.ctx.now);
                 crate::info!("lb_stopped", "name={}", crate::sys::log::quote(&self.name));
                 return 0;
             }
@@ -134,24 +161,25 @@ impl Server {
                 );
                 return 1;
             }
-            self.core.now = Instant::now();
+            self.ctx.now = Instant::now();
             for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => {
+                match tokens::target(ev.token()) {
+                    Target::Reserved(LISTENER) => {
                         self.accept_pending = true;
                         self.accept();
                     }
-                    CONTROL => self.control_event(ev),
-                    SIGNALS => self.on_signals(),
-                    Token(t) if t >= FIRST_SLOT_TOKEN => self.slot_event(t - FIRST_SLOT_TOKEN, ev),
-                    _ => {}
+                    Target::Reserved(CONTROL) => self.control_event(ev),
+                    Target::Reserved(SIGNALS) => self.on_signals(),
+                    Target::Reserved(_) => {}
+                    Target::Entry(key) => self.entry_event(key, ev),
+                    Target::Upstream(key) => self.upstream_event(key, ev),
                 }
             }
             self.run_timers();
-            self.core.access_log.tick(self.core.now);
+            self.ctx.access_log.tick(self.ctx.now);
             if self
                 .accept_retry
-                .is_some_and(|t| t <= self.core.now && self.listening)
+                .is_some_and(|t| t <= self.ctx.now && self.listening)
             {
                 self.accept_retry = None;
                 self.accept_pending = true;
@@ -159,11 +187,14 @@ impl Server {
             if self.accept_pending {
                 self.accept();
             }
-            if self.core.now >= self.next_metrics {
-                self.next_metrics = self.core.now + METRICS_EVERY;
+            if self.ctx.no_worker > 0 && self.ctx.now >= self.next_demand {
+                self.send_demand();
+            }
+            if self.ctx.now >= self.next_metrics {
+                self.next_metrics = self.ctx.now + METRICS_EVERY;
                 self.send_metrics();
-                self.core.bufs.trim(self.core.now);
-                self.core.records.trim(self.core.now);
+                self.ctx.bufs.trim(self.ctx.now);
+                self.ctx.records.trim(self.ctx.now);
             }
             self.flush_control();
         }
@@ -171,7 +202,10 @@ impl Server {
 
     fn poll_timeout(&self) -> Duration {
         let mut next = self.next_metrics;
-        if let Some(t) = self.core.timers.next() {
+        if self.ctx.no_worker > 0 {
+            next = next.min(self.next_demand);
+        }
+        if let Some(t) = self.ctx.timers.next() {
             next = next.min(t);
         }
         if let Some(d) = self.drain_deadline {
@@ -180,18 +214,18 @@ impl Server {
         if let Some(t) = self.accept_retry {
             next = next.min(t);
         }
-        if let Some(t) = self.core.access_log.next_flush() {
+        if let Some(t) = self.ctx.access_log.next_flush() {
             next = next.min(t);
         }
         // Round up to the next millisecond so a timer is never polled for 0 ms repeatedly.
-        next.saturating_duration_since(self.core.now) + Duration::from_micros(500)
+        next.saturating_duration_since(self.ctx.now) + Duration::from_micros(500)
     }
 
     /// SIGUSR1 reopens the access-log file (logrotate's convention); the others drain.
     fn on_signals(&mut self) {
         for sig in self.signals.pending() {
             if sig == SIGUSR1 {
-                let outcome = self.core.access_log.reopen(self.core.now);
+                let outcome = self.ctx.access_log.reopen(self.ctx.now);
                 match outcome {
                     Ok(()) => crate::info!(
                         "access_log_reopened",
@@ -216,15 +250,15 @@ impl Server {
             return false;
         };
         let flushed = self.control.as_ref().is_none_or(|c| c.queued() == 0);
-        if self.core.connections == 0 && flushed {
+        if self.ctx.connections == 0 && flushed {
             return true;
         }
-        if self.core.now >= deadline {
+        if self.ctx.now >= deadline {
             crate::warn!(
                 "drain_timeout",
                 "name={} connections_left={}",
                 crate::sys::log::quote(&self.name),
-                self.core.connections
+                self.ctx.connections
             );
             return true;
         }
@@ -232,33 +266,45 @@ impl Server {
     }
 
     fn accept(&mut self) {
-        while self.listening && self.core.connections < self.core.settings.max_connections {
+        // A connect ran out of descriptors: new clients would only get 503 and take the
+        // descriptors the exchanges in progress need; pause like after an accept error.
+        if std::mem::take(&mut self.ctx.out_of_fds) && self.accept_retry.is_none() {
+            self.accept_retry = Some(self.ctx.now + ACCEPT_RETRY);
+        }
+        if self.accept_retry.is_some() {
+            self.accept_pending = false;
+            return;
+        }
+        while self.listening && self.ctx.connections < self.ctx.settings.max_connections {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let mut sock = Sock::new(stream);
-                    let slot = self.core.slab.insert(Slot::Taken);
-                    if sock.register(&self.core.registry, token_of(slot)).is_err() {
-                        self.core.slab.remove(slot);
+                    let key = self.slab.reserve();
+                    if sock
+                        .register(&self.ctx.registry, tokens::entry(key))
+                        .is_err()
+                    {
+                        self.slab.remove(key);
                         continue;
                     }
-                    self.core.connections += 1;
-                    match self.core.settings.mode {
+                    let entry = match self.ctx.settings.mode {
                         Mode::Http => {
-                            let s = HttpSession::new(&mut self.core, slot, sock, peer);
-                            self.core.slab.set(slot, Slot::Http(Box::new(s)));
+                            let s = HttpSession::new(&mut self.ctx, key, sock, peer);
+                            Entry::Http(Box::new(s))
                         }
-                        Mode::Tcp => match TcpSession::new(&mut self.core, slot, sock) {
-                            Some(s) => {
-                                self.core.slab.set(slot, Slot::Tcp(Box::new(s)));
-                            }
+                        Mode::Tcp => match TcpSession::new(&mut self.ctx, key, sock) {
+                            Some(s) => Entry::Tcp(Box::new(s)),
                             None => {
                                 // No backend can be tried: the client is closed at once.
-                                self.core.connections -= 1;
-                                self.core.slab.remove(slot);
+                                self.slab.remove(key);
+                                continue;
                             }
                         },
-                    }
+                    };
+                    self.ctx.connections += 1;
+                    // The key was reserved just above, so the entry takes it.
+                    let _ = self.slab.put(key, entry);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_pending = false;
@@ -275,102 +321,114 @@ impl Server {
                         ACCEPT_RETRY.as_millis()
                     );
                     self.accept_pending = false;
-                    self.accept_retry = Some(self.core.now + ACCEPT_RETRY);
+                    self.accept_retry = Some(self.ctx.now + ACCEPT_RETRY);
                     return;
                 }
             }
         }
     }
 
-    fn slot_event(&mut self, i: usize, ev: &Event) {
-        let Some(slot) = self.core.slab.get_mut(i) else {
-            return;
-        };
-        match slot {
-            Slot::Http(_) | Slot::Tcp(_) => self.run_session(i, |s, core| match s {
-                SessionRef::Http(h) => h.client_event(core, ev),
-                SessionRef::Tcp(t) => t.client_event(core, ev),
+    fn entry_event(&mut self, key: Key, ev: &Event) {
+        match self.slab.get(key) {
+            Some(Entry::Http(_) | Entry::Tcp(_)) => self.run_session(key, |s, ctx| match s {
+                SessionRef::Http(h) => h.client_event(ctx, ev),
+                SessionRef::Tcp(t) => t.client_event(ctx, ev),
             }),
-            Slot::Upstream(owner) => {
-                let owner = *owner;
-                self.run_session(owner, |s, core| match s {
-                    SessionRef::Http(h) => h.upstream_event(core, ev),
-                    SessionRef::Tcp(t) => t.upstream_event(core, ev),
-                })
-            }
-            Slot::Pooled(_) => {
-                // An idle pooled connection became readable: the backend closed it (or sent
-                // bytes nobody asked for). Either way it is no longer reusable.
-                if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
-                    && let Slot::Pooled(c) = self.core.slab.remove(i)
-                {
-                    self.core.backends.list[c.backend].pool.retain(|&p| p != i);
+            Some(Entry::Health(_)) => {
+                if let Some(Entry::Health(hc)) = self.slab.take(key) {
+                    let hc = hc.event(&mut self.ctx, ev);
+                    self.settle_check(key, hc);
                 }
             }
-            Slot::Health(_) => {
-                if let Slot::Health(hc) = self.core.slab.set(i, Slot::Taken)
-                    && let Some(hc) = hc.event(&mut self.core, ev)
-                {
-                    self.core.slab.set(i, Slot::Health(hc));
-                }
-            }
-            Slot::Vacant | Slot::Taken => {}
+            None => {}
         }
     }
 
-    /// Takes the session in slot `i` out of the slab, runs `f`, and puts it back or closes it.
-    fn run_session(&mut self, i: usize, f: impl FnOnce(SessionRef<'_>, &mut Core) -> Flow) {
-        match self.core.slab.set(i, Slot::Taken) {
-            Slot::Http(mut h) => {
-                if f(SessionRef::Http(&mut h), &mut self.core) == Flow::Keep {
-                    self.core.slab.set(i, Slot::Http(h));
+    fn upstream_event(&mut self, key: Key, ev: &Event) {
+        match self.ctx.upstreams.owner(key) {
+            Some(owner) => self.run_session(owner, |s, ctx| match s {
+                SessionRef::Http(h) => h.upstream_event(ctx, ev),
+                SessionRef::Tcp(t) => t.upstream_event(ctx, ev),
+            }),
+            None => self
+                .ctx
+                .upstreams
+                .pooled_event(&mut self.ctx.backends, key, ev),
+        }
+    }
+
+    /// Puts a health check back after it ran, or frees its entry once it is over.
+    fn settle_check(&mut self, key: Key, hc: Option<Box<HealthCheck>>) {
+        match hc {
+            Some(hc) => {
+                let _ = self.slab.put(key, Entry::Health(hc));
+            }
+            None => {
+                self.slab.remove(key);
+            }
+        }
+    }
+
+    /// Takes the session `key` out of the slab, runs `f`, and puts it back or closes it.
+    fn run_session(&mut self, key: Key, f: impl FnOnce(SessionRef<'_>, &mut LoopContext) -> Flow) {
+        let flow = match self.slab.take(key) {
+            Some(Entry::Http(mut h)) => {
+                let flow = f(SessionRef::Http(&mut h), &mut self.ctx);
+                if flow == Flow::Keep {
+                    let _ = self.slab.put(key, Entry::Http(h));
                 } else {
-                    h.close(&mut self.core);
-                    self.core.slab.remove(i);
-                    self.accept_pending |= self.listening;
+                    h.close(&mut self.ctx);
                 }
+                flow
             }
-            Slot::Tcp(mut t) => {
-                if f(SessionRef::Tcp(&mut t), &mut self.core) == Flow::Keep {
-                    self.core.slab.set(i, Slot::Tcp(t));
+            Some(Entry::Tcp(mut t)) => {
+                let flow = f(SessionRef::Tcp(&mut t), &mut self.ctx);
+                if flow == Flow::Keep {
+                    let _ = self.slab.put(key, Entry::Tcp(t));
                 } else {
-                    t.close(&mut self.core);
-                    self.core.slab.remove(i);
-                    self.accept_pending |= self.listening;
+                    t.close(&mut self.ctx);
                 }
+                flow
             }
-            other => {
-                self.core.slab.set(i, other);
+            Some(other) => {
+                let _ = self.slab.put(key, other);
+                Flow::Keep
             }
+            None => Flow::Keep,
+        };
+        if flow == Flow::Close {
+            self.slab.remove(key);
+            self.ctx.connections = self.ctx.connections.saturating_sub(1);
+            self.accept_pending |= self.listening;
         }
     }
 
     fn run_timers(&mut self) {
         self.sweep_timers();
-        while let Some((at, key)) = self.core.timers.pop_due(self.core.now) {
+        while let Some((at, key)) = self.ctx.timers.pop_due(self.ctx.now) {
             match key {
-                TimerKey::Slot(i, generation) => {
-                    if self.core.slab.gen_of(i) != generation {
-                        continue;
+                TimerKey::Entry(key) => match self.slab.get(key) {
+                    Some(Entry::Http(_) | Entry::Tcp(_)) => {
+                        self.run_session(key, |s, ctx| match s {
+                            SessionRef::Http(h) => h.timer(ctx, at),
+                            SessionRef::Tcp(t) => t.timer(ctx, at),
+                        })
                     }
-                    match self.core.slab.get_mut(i) {
-                        Some(Slot::Http(_) | Slot::Tcp(_)) => {
-                            self.run_session(i, |s, core| match s {
-                                SessionRef::Http(h) => h.timer(core, at),
-                                SessionRef::Tcp(t) => t.timer(core, at),
-                            })
+                    Some(Entry::Health(_)) => {
+                        if let Some(Entry::Health(hc)) = self.slab.take(key) {
+                            let hc = hc.timer(&mut self.ctx, at);
+                            self.settle_check(key, hc);
                         }
-                        Some(Slot::Health(_)) => {
-                            if let Slot::Health(hc) = self.core.slab.set(i, Slot::Taken)
-                                && let Some(hc) = hc.timer(&mut self.core, at)
-                            {
-                                self.core.slab.set(i, Slot::Health(hc));
-                            }
-                        }
-                        _ => {}
+                    }
+                    None => {}
+                },
+                TimerKey::Health(b, generation) => {
+                    if let Some(starting) = health::start(&mut self.ctx, b, generation) {
+                        let key = self.slab.reserve();
+                        let hc = starting.register(&mut self.ctx, key).map(Box::new);
+                        self.settle_check(key, hc);
                     }
                 }
-                TimerKey::Health(b, generation) => health::start(&mut self.core, b, generation),
             }
         }
     }
@@ -378,24 +436,15 @@ impl Server {
     /// Drops the deadline entries nobody can use any more once the heap has doubled (closed
     /// connections' entries would otherwise stay for a whole timeout).
     fn sweep_timers(&mut self) {
-        let Core {
-            timers,
-            slab,
-            backends,
-            ..
-        } = &mut self.core;
+        let slab = &self.slab;
+        let LoopContext {
+            timers, backends, ..
+        } = &mut self.ctx;
         timers.sweep(|at, key| match *key {
-            TimerKey::Slot(i, generation) => {
-                slab.gen_of(i) == generation
-                    && slab
-                        .get(i)
-                        .and_then(Slot::deadline)
-                        .is_some_and(|d| d.is_armed_at(at))
-            }
+            TimerKey::Entry(key) => slab.get(key).is_some_and(|e| e.deadline().is_armed_at(at)),
             TimerKey::Health(b, generation) => backends
-                .list
                 .get(b)
-                .is_some_and(|b| b.generation == generation && b.admin != Admin::Removed),
+                .is_some_and(|b| b.generation() == generation && b.admin() != Admin::Removed),
         });
     }
 
@@ -407,38 +456,32 @@ impl Server {
                 "drain_started",
                 "name={} connections={} timeout_ms={}",
                 crate::sys::log::quote(&self.name),
-                self.core.connections,
+                self.ctx.connections,
                 timeout_ms
             );
         }
-        let deadline = self.core.after_ms(timeout_ms);
+        let deadline = self.ctx.after_ms(timeout_ms);
         self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
-        self.core.draining = true;
+        self.ctx.draining = true;
         if self.listening {
             // Only deregistered: the listening socket's other owners keep accepting.
             let _ = self.poll.registry().deregister(&mut self.listener);
             self.listening = false;
             self.accept_pending = false;
         }
-        for i in 0..self.core.backends.list.len() {
-            self.core.close_pool(i);
+        for i in 0..self.ctx.backends.len() {
+            self.ctx.close_pool(i);
         }
         // Idle keep-alive connections are not closed at once: a client may have sent its next
         // request already (still unread in the kernel) and closing would reset it. They get a
         // short grace: a request arriving meanwhile is answered with `Connection: close`; the
         // rest close silently when it ends.
         let grace = DRAIN_IDLE_GRACE_MS.min(timeout_ms);
-        for i in self.core.slab.session_indices() {
-            match self.core.slab.set(i, Slot::Taken) {
-                Slot::Http(mut h) => {
-                    if h.is_idle() {
-                        h.drain_idle(&mut self.core, grace);
-                    }
-                    self.core.slab.set(i, Slot::Http(h));
-                }
-                other => {
-                    self.core.slab.set(i, other);
-                }
+        for (_, entry) in self.slab.iter_mut() {
+            if let Entry::Http(h) = entry
+                && h.is_idle()
+            {
+                h.drain_idle(&mut self.ctx, grace);
             }
         }
     }
@@ -487,23 +530,18 @@ impl Server {
         };
         match msg {
             Down::Backends { seq, backends } => {
-                let change = self.core.backends.apply(&backends);
+                let change = self.ctx.backends.apply(&backends);
                 for i in change.deactivated {
-                    self.core.close_pool(i);
+                    self.ctx.close_pool(i);
                 }
                 for i in change.added {
-                    health::schedule_first(&mut self.core, i);
+                    health::schedule_first(&mut self.ctx, i);
                 }
                 crate::info!(
                     "backends_updated",
                     "name={} active={}",
                     crate::sys::log::quote(&self.name),
-                    self.core
-                        .backends
-                        .list
-                        .iter()
-                        .filter(|b| b.admin == Admin::Active)
-                        .count()
+                    self.ctx.backends.active()
                 );
                 self.send_up(&Up::Ack {
                     seq,
@@ -512,7 +550,7 @@ impl Server {
                 });
             }
             Down::Settings { seq, settings } => {
-                if settings.mode != self.core.settings.mode {
+                if settings.mode != self.ctx.settings.mode {
                     self.send_up(&Up::Ack {
                         seq,
                         ok: false,
@@ -522,7 +560,7 @@ impl Server {
                     });
                     return;
                 }
-                self.core.set_settings(*settings);
+                self.ctx.set_settings(*settings);
                 self.send_up(&Up::Ack {
                     seq,
                     ok: true,
@@ -563,11 +601,19 @@ impl Server {
             return;
         }
         let msg = Up::Metrics {
-            connections: self.core.connections as u64,
-            backends: self.core.backends.metrics(),
-            access_log_dropped: self.core.access_log.dropped(),
+            connections: self.ctx.connections as u64,
+            backends: self.ctx.backends.metrics(),
+            access_log_dropped: self.ctx.access_log.dropped(),
+            queued: 0,
         };
         self.send_up(&msg);
+    }
+
+    /// Tells the supervisor requests found no worker (at most every [`DEMAND_EVERY`]).
+    fn send_demand(&mut self) {
+        self.next_demand = self.ctx.now + DEMAND_EVERY;
+        let queued = std::mem::take(&mut self.ctx.no_worker);
+        self.send_up(&Up::Demand { queued });
     }
 
     fn flush_control(&mut self) {

@@ -8,17 +8,17 @@ use std::time::Instant;
 use mio::event::Event;
 
 use super::backends::Tried;
-use super::core::{Core, TimerKey, UpConn};
+use super::context::{LoopContext, TimerKey};
 use super::http_session::Flow;
+use super::lease::{Outcome, UpstreamLease};
 use super::relay::{Half, TcpSock};
-use crate::evloop::Deadline;
+use crate::evloop::{Deadline, Key};
 
 /// A TCP-mode client connection.
 pub struct TcpSession {
-    slot: usize,
-    generation: u32,
+    key: Key,
     client: TcpSock,
-    up: Option<UpConn>,
+    up: Option<UpstreamLease>,
     tried: Tried,
     c2u: Half,
     u2c: Half,
@@ -26,12 +26,11 @@ pub struct TcpSession {
 }
 
 impl TcpSession {
-    /// Starts relaying `sock` (in slab slot `slot`); None when no backend can be tried (the
-    /// caller closes the client at once).
-    pub fn new(core: &mut Core, slot: usize, client: TcpSock) -> Option<TcpSession> {
+    /// Starts relaying `client` (the loop slab entry `key`); None when no backend can be
+    /// tried (the caller closes the client at once).
+    pub fn new(ctx: &mut LoopContext, key: Key, client: TcpSock) -> Option<TcpSession> {
         let mut s = TcpSession {
-            slot,
-            generation: core.slab.gen_of(slot),
+            key,
             client,
             up: None,
             tried: Tried::default(),
@@ -39,51 +38,38 @@ impl TcpSession {
             u2c: Half::new(None),
             deadline: Deadline::none(),
         };
-        if !s.connect(core) {
+        if !s.connect(ctx) {
             return None;
         }
         Some(s)
     }
 
-    fn key(&self) -> TimerKey {
-        TimerKey::Slot(self.slot, self.generation)
+    fn set_deadline(&mut self, ctx: &mut LoopContext, ms: u64) {
+        let at = ctx.after_ms(ms);
+        self.deadline
+            .set(&mut ctx.timers, at, TimerKey::Entry(self.key));
     }
 
-    fn set_deadline(&mut self, core: &mut Core, ms: u64) {
-        let at = core.after_ms(ms);
-        let k = self.key();
-        self.deadline.set(&mut core.timers, at, k);
-    }
-
-    /// Connects to the next untried backend; false when none is left.
-    fn connect(&mut self, core: &mut Core) -> bool {
-        loop {
-            if self.tried.len() > core.settings.retries as usize {
-                return false;
+    /// Leases a connection to the next untried backend; false when none is left.
+    fn connect(&mut self, ctx: &mut LoopContext) -> bool {
+        // Never a pooled connection: a TCP stream is not reusable.
+        match UpstreamLease::start(ctx, self.key, &mut self.tried, true) {
+            Some(lease) => {
+                self.up = Some(lease);
+                self.set_deadline(ctx, ctx.settings.connect_timeout_ms);
+                true
             }
-            let Some(b) = core.backends.pick(core.settings.balance, &self.tried) else {
-                return false;
-            };
-            self.tried.push(b);
-            // Never a pooled connection: a TCP stream is not reusable.
-            match core.upstream(b, self.slot, true) {
-                Ok(up) => {
-                    core.backends.list[b].in_flight += 1;
-                    self.up = Some(up);
-                    self.set_deadline(core, core.settings.connect_timeout_ms);
-                    return true;
-                }
-                Err(e) => core.eject(b, &e.to_string()),
-            }
+            None => false,
         }
     }
 
-    fn drop_upstream(&mut self, core: &mut Core) {
-        if let Some(up) = self.up.take() {
-            let b = &mut core.backends.list[up.backend];
-            b.in_flight = b.in_flight.saturating_sub(1);
-            core.close_upstream(up);
+    /// The connect failed (`why`): the backend is ejected and the next one tried; false when
+    /// none is left.
+    fn reconnect(&mut self, ctx: &mut LoopContext, why: &str) -> bool {
+        if let Some(lease) = self.up.take() {
+            lease.end(ctx, Outcome::Refused(why));
         }
+        self.connect(ctx)
     }
 
     /// The session's deadline.
@@ -92,31 +78,28 @@ impl TcpSession {
     }
 
     /// Readiness on the client socket.
-    pub fn client_event(&mut self, core: &mut Core, ev: &Event) -> Flow {
+    pub fn client_event(&mut self, ctx: &mut LoopContext, ev: &Event) -> Flow {
         self.client.note(ev);
-        self.run(core)
+        self.run(ctx)
     }
 
     /// Readiness on the upstream socket.
-    pub fn upstream_event(&mut self, core: &mut Core, ev: &Event) -> Flow {
+    pub fn upstream_event(&mut self, ctx: &mut LoopContext, ev: &Event) -> Flow {
         if let Some(up) = self.up.as_mut() {
-            up.sock.note(ev);
+            up.sock().note(ev);
         }
-        self.run(core)
+        self.run(ctx)
     }
 
     /// A timer armed by this session fired.
-    pub fn timer(&mut self, core: &mut Core, fired_at: Instant) -> Flow {
-        let k = self.key();
-        if !self.deadline.fire(&mut core.timers, fired_at, core.now, k) {
+    pub fn timer(&mut self, ctx: &mut LoopContext, fired_at: Instant) -> Flow {
+        let k = TimerKey::Entry(self.key);
+        if !self.deadline.fire(&mut ctx.timers, fired_at, ctx.now, k) {
             return Flow::Keep;
         }
         match self.up.as_ref() {
-            Some(up) if !up.connected => {
-                let b = up.backend;
-                core.eject(b, "connect timeout");
-                self.drop_upstream(core);
-                if !self.connect(core) {
+            Some(up) if !up.conn().connected() => {
+                if !self.reconnect(ctx, "connect timeout") {
                     return Flow::Close;
                 }
                 Flow::Keep
@@ -125,23 +108,17 @@ impl TcpSession {
         }
     }
 
-    fn run(&mut self, core: &mut Core) -> Flow {
+    fn run(&mut self, ctx: &mut LoopContext) -> Flow {
         loop {
             let Some(up) = self.up.as_mut() else {
                 return Flow::Close;
             };
-            if !up.connected {
-                match up.sock.poll_connect() {
-                    Ok(true) => {
-                        up.connected = true;
-                        self.set_deadline(core, core.settings.tunnel_timeout_ms);
-                    }
+            if !up.conn().connected() {
+                match up.conn_mut().poll_connect() {
+                    Ok(true) => self.set_deadline(ctx, ctx.settings.tunnel_timeout_ms),
                     Ok(false) => return Flow::Keep,
                     Err(e) => {
-                        let b = up.backend;
-                        core.eject(b, &e.to_string());
-                        self.drop_upstream(core);
-                        if !self.connect(core) {
+                        if !self.reconnect(ctx, &e.to_string()) {
                             return Flow::Close;
                         }
                         continue;
@@ -151,12 +128,8 @@ impl TcpSession {
             let Some(up) = self.up.as_mut() else {
                 return Flow::Close;
             };
-            let a = self
-                .c2u
-                .relay(&mut self.client, &mut up.sock, &mut core.bufs);
-            let b = self
-                .u2c
-                .relay(&mut up.sock, &mut self.client, &mut core.bufs);
+            let a = self.c2u.relay(&mut self.client, up.sock(), &mut ctx.bufs);
+            let b = self.u2c.relay(up.sock(), &mut self.client, &mut ctx.bufs);
             let moved = match (a, b) {
                 (Ok(a), Ok(b)) => a || b,
                 _ => return Flow::Close,
@@ -165,17 +138,18 @@ impl TcpSession {
                 return Flow::Close;
             }
             if moved {
-                self.set_deadline(core, core.settings.tunnel_timeout_ms);
+                self.set_deadline(ctx, ctx.settings.tunnel_timeout_ms);
             }
             return Flow::Keep;
         }
     }
 
-    /// Frees everything.
-    pub fn close(mut self, core: &mut Core) {
-        self.drop_upstream(core);
-        core.bufs.put_opt(&mut self.c2u.buf);
-        core.bufs.put_opt(&mut self.u2c.buf);
-        core.connections = core.connections.saturating_sub(1);
+    /// Frees everything (the loop counts the connection closed).
+    pub fn close(mut self, ctx: &mut LoopContext) {
+        if let Some(lease) = self.up.take() {
+            lease.end(ctx, Outcome::Dropped);
+        }
+        ctx.bufs.put_opt(&mut self.c2u.buf);
+        ctx.bufs.put_opt(&mut self.u2c.buf);
     }
 }

@@ -1,0 +1,176 @@
+//! What every session and health check reaches through the loop: settings, backends,
+//! upstream connections, the buffer pool, deadlines and the loop's counters. The loop's own
+//! slab (sessions, checks) is not here: it belongs to `server`, which takes an entry out
+//! while it runs, so the entry can borrow all of this mutably.
+
+use std::time::{Duration, Instant};
+
+use mio::Registry;
+
+use super::access_log::{AccessLog, AccessLogSettings};
+use super::backends::Backends;
+use super::buffer::BufPool;
+use super::request_record::RecordPool;
+use super::upstream::Upstreams;
+use crate::config::ProxySettings;
+use crate::evloop::{DeadlineHeap, Key};
+use crate::http::Limits;
+
+/// What a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerKey {
+    /// A loop slab entry (session, health check); the key's generation makes a reused index
+    /// ignore deadlines armed by its previous occupant.
+    Entry(Key),
+    /// Next active health check of backend `index` (generation of the backend slot).
+    Health(usize, u32),
+}
+
+/// Shared loop state handed to sessions and checks.
+pub struct LoopContext {
+    /// For registering new sockets.
+    pub registry: Registry,
+    /// Upstream connections in use or pooled.
+    pub upstreams: Upstreams,
+    /// The backend set.
+    pub backends: Backends,
+    /// Free buffers.
+    pub bufs: BufPool,
+    /// Deadlines.
+    pub timers: DeadlineHeap<TimerKey>,
+    /// Current settings.
+    pub settings: ProxySettings,
+    /// Head limits derived from the settings.
+    pub limits: Limits,
+    /// Largest request body, 0 = unlimited (413).
+    pub max_body: u64,
+    /// Time of the current loop iteration.
+    pub now: Instant,
+    /// Client connections open.
+    pub connections: usize,
+    /// Stop accepting; finish in-flight work, then exit.
+    pub draining: bool,
+    /// Scratch space for building heads.
+    pub scratch: Vec<u8>,
+    /// The access log (stderr until `Server::new` opens a configured file).
+    pub access_log: AccessLog,
+    /// Spare per-request records.
+    pub records: RecordPool,
+    /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
+    pub no_worker: u64,
+    /// A connect ran out of descriptors since the server last looked: it pauses accepting.
+    pub out_of_fds: bool,
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) ran out of descriptors.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
+}
+
+impl LoopContext {
+    /// A context for `settings` and `backends`.
+    pub fn new(registry: Registry, settings: ProxySettings, backends: Backends) -> LoopContext {
+        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), Instant::now());
+        LoopContext {
+            registry,
+            upstreams: Upstreams::default(),
+            backends,
+            bufs: BufPool::new(1024),
+            timers: DeadlineHeap::new(),
+            limits: Limits::from_settings(&settings),
+            max_body: settings.max_body_bytes,
+            settings,
+            now: Instant::now(),
+            connections: 0,
+            draining: false,
+            scratch: Vec::with_capacity(4096),
+            access_log,
+            records: RecordPool::new(),
+            no_worker: 0,
+            out_of_fds: false,
+        }
+    }
+
+    /// Replaces the settings (limits follow).
+    pub fn set_settings(&mut self, settings: ProxySettings) {
+        self.limits = Limits::from_settings(&settings);
+        self.max_body = settings.max_body_bytes;
+        let log = AccessLogSettings::of(&settings);
+        if log != *self.access_log.settings() {
+            match AccessLog::open(log, self.now) {
+                Ok(new) => {
+                    self.access_log.flush(self.now);
+                    self.access_log = new;
+                }
+                Err(e) => crate::error!(
+                    "access_log_open_failed",
+                    "error={} action=\"keep the previous access log\"",
+                    crate::sys::log::quote(&e.to_string())
+                ),
+            }
+        }
+        self.settings = settings;
+    }
+
+    /// `now + ms`.
+    pub fn after_ms(&self, ms: u64) -> Instant {
+        self.now + Duration::from_millis(ms)
+    }
+
+    /// Closes every idle pooled connection of `backend` (drained, removed or down).
+    pub fn close_pool(&mut self, backend: usize) {
+        self.upstreams.close_pool(&mut self.backends, backend);
+    }
+
+    /// A connect to `backend` failed at once. Out of descriptors is our shortage, not the
+    /// backend's: it stays up, accepting pauses (`out_of_fds`), and true tells the caller to
+    /// answer 503 without trying further backends. Anything else ejects the backend (false).
+    pub fn connect_failed(&mut self, backend: usize, e: &std::io::Error) -> bool {
+        if out_of_descriptors(e) {
+            if !self.out_of_fds {
+                let id = self.backends.get(backend).map_or("", |b| b.id());
+                crate::warn!(
+                    "out_of_descriptors",
+                    "backend={} error={}",
+                    crate::sys::log::quote(id),
+                    crate::sys::log::quote(&e.to_string())
+                );
+            }
+            self.out_of_fds = true;
+            return true;
+        }
+        self.eject(backend, &e.to_string());
+        false
+    }
+
+    /// Passive health: a connect failure or timeout ejects the backend at once.
+    pub fn eject(&mut self, backend: usize, why: &str) {
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
+        b.note_failure();
+        if b.is_healthy() {
+            self.mark_down(backend, why);
+        }
+    }
+
+    /// Marks a backend down (active checks' fall, or passive ejection): it gets no new
+    /// request and its idle pooled connections are closed.
+    pub fn mark_down(&mut self, backend: usize, why: &str) {
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
+        b.set_down();
+        crate::warn!(
+            "backend_down",
+            "backend={} addr={} reason={}",
+            crate::sys::log::quote(b.id()),
+            b.addr(),
+            crate::sys::log::quote(why)
+        );
+        self.close_pool(backend);
+    }
+}

@@ -1,0 +1,242 @@
+//! The upstream lease: the one place a session gets a backend connection and the one place
+//! it gives it back.
+//!
+//! [`UpstreamLease::start`] picks a backend not tried yet, connects (a pooled connection
+//! unless `fresh`; a backend refusing at once is ejected and the next one tried, within
+//! `retries`) and counts it in flight. [`UpstreamLease::end`] takes the outcome (a response
+//! with its status and latency, a refusal, a broken exchange, or no verdict), records it on
+//! the backend, lowers the in-flight count and pools or closes the connection. A lease is a
+//! value consumed by `end` (or `upgrade`), so it cannot be ended twice; every holder ends it
+//! on every path, including its own close.
+
+use std::time::Instant;
+
+use super::backends::Tried;
+use super::context::LoopContext;
+use super::relay::TcpSock;
+use super::upstream::UpConn;
+use crate::evloop::Key;
+
+/// How an exchange with a backend ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// A complete response: its status and when the request started (latency); the
+    /// connection is pooled if `reusable` and the backend still takes requests.
+    Answered {
+        /// Final status.
+        status: u16,
+        /// When the request started.
+        since: Instant,
+        /// The connection may carry another request.
+        reusable: bool,
+    },
+    /// The connect failed or timed out: counted as a failure, and the backend is ejected
+    /// (passive health) until active checks bring it back.
+    Refused(&'a str),
+    /// No usable answer (response timeout, malformed or truncated response): counted as a
+    /// failure.
+    Broken,
+    /// Ended with no verdict on the backend (the client left, a pooled connection turned out
+    /// closed, a TCP session ended).
+    Dropped,
+}
+
+/// An upstream connection counted in flight on its backend until ended.
+#[must_use = "a lease must be ended (end or upgrade), else its backend's in-flight count leaks"]
+pub struct UpstreamLease {
+    conn: UpConn,
+}
+
+impl UpstreamLease {
+    /// Picks, connects and counts: a lease on a backend not in `tried` (which records every
+    /// backend tried) for the session `owner`; None when no backend is left to try, or when
+    /// we ran out of descriptors (then `ctx.out_of_fds` is set and the backend not counted
+    /// as tried: it did nothing wrong).
+    pub fn start(
+        ctx: &mut LoopContext,
+        owner: Key,
+        tried: &mut Tried,
+        fresh: bool,
+    ) -> Option<UpstreamLease> {
+        loop {
+            if tried.len() > ctx.settings.retries as usize {
+                return None;
+            }
+            // Hook (issue 13): a wait queue (max-conn-per-worker), slow start's effective
+            // weight and outlier eligibility decide here whether and where a request goes.
+            let b = ctx.backends.pick(ctx.settings.balance, tried)?;
+            tried.push(b);
+            match ctx
+                .upstreams
+                .open(&ctx.registry, &mut ctx.backends, b, owner, fresh)
+            {
+                Ok(conn) => {
+                    if let Some(backend) = ctx.backends.get_mut(b) {
+                        backend.lease_started();
+                    }
+                    return Some(UpstreamLease { conn });
+                }
+                Err(e) => {
+                    if ctx.connect_failed(b, &e) {
+                        tried.remove(b);
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> &UpConn {
+        &self.conn
+    }
+
+    /// The connection, mutably.
+    pub fn conn_mut(&mut self) -> &mut UpConn {
+        &mut self.conn
+    }
+
+    /// The connection's socket.
+    pub fn sock(&mut self) -> &mut TcpSock {
+        &mut self.conn.sock
+    }
+
+    /// Index of the leased backend.
+    pub fn backend(&self) -> usize {
+        self.conn.backend()
+    }
+
+    /// Ends the lease with `outcome`: recorded, no longer in flight, the connection pooled
+    /// (a reusable answer) or closed.
+    pub fn end(self, ctx: &mut LoopContext, outcome: Outcome<'_>) {
+        let reusable = settle(ctx, self.conn.backend(), outcome);
+        if reusable {
+            ctx.upstreams.pool(
+                &mut ctx.backends,
+                self.conn,
+                ctx.settings.upstream_pool_size,
+            );
+        } else {
+            ctx.upstreams.close(self.conn);
+        }
+    }
+
+    /// Ends the lease on a 101 to an upgrade request (recorded as the answer): the
+    /// connection lives on as a tunnel, no longer counted in flight; the tunnel closes it.
+    pub fn upgrade(self, ctx: &mut LoopContext, since: Instant) -> UpConn {
+        let outcome = Outcome::Answered {
+            status: 101,
+            since,
+            reusable: false,
+        };
+        settle(ctx, self.conn.backend(), outcome);
+        self.conn
+    }
+}
+
+/// Records `outcome` on `backend` and lowers its in-flight count; whether the connection may
+/// go back to the pool.
+fn settle(ctx: &mut LoopContext, backend: usize, outcome: Outcome<'_>) -> bool {
+    // Hook (issue 13): outlier ejection (consecutive 5xx) and the retry budget observe the
+    // outcome here.
+    if let Outcome::Refused(why) = outcome {
+        ctx.eject(backend, why);
+    }
+    let draining = ctx.draining;
+    let Some(b) = ctx.backends.get_mut(backend) else {
+        return false;
+    };
+    b.lease_ended();
+    match outcome {
+        Outcome::Answered {
+            status,
+            since,
+            reusable,
+        } => {
+            b.record(status, since, ctx.now);
+            reusable && !draining && b.eligible()
+        }
+        Outcome::Broken => {
+            b.note_failure();
+            false
+        }
+        Outcome::Refused(_) | Outcome::Dropped => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxySettings;
+    use crate::proxy::backends::Backends;
+    use crate::proxy::control::{BackendSpec, BackendState};
+
+    fn context(addrs: &[std::net::SocketAddr]) -> (mio::Poll, LoopContext) {
+        let poll = mio::Poll::new().unwrap();
+        let registry = poll.registry().try_clone().unwrap();
+        let specs: Vec<BackendSpec> = addrs
+            .iter()
+            .map(|&addr| BackendSpec {
+                id: addr.to_string(),
+                addr,
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let ctx = LoopContext::new(registry, ProxySettings::default(), Backends::new(&specs));
+        (poll, ctx)
+    }
+
+    fn owner() -> Key {
+        crate::evloop::Slab::<()>::new().insert(())
+    }
+
+    #[test]
+    fn answered_lease_pools_and_the_next_reuses() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (_poll, mut ctx) = context(&[listener.local_addr().unwrap()]);
+        let lease = UpstreamLease::start(&mut ctx, owner(), &mut Tried::default(), false).unwrap();
+        assert_eq!(ctx.backends.metrics()[0].in_flight, 1);
+        let since = ctx.now;
+        let outcome = Outcome::Answered {
+            status: 200,
+            since,
+            reusable: true,
+        };
+        lease.end(&mut ctx, outcome);
+        let m = &ctx.backends.metrics()[0];
+        assert_eq!((m.in_flight, m.responses[1]), (0, 1));
+        assert_eq!(ctx.backends[0].pooled(), 1);
+        let again = UpstreamLease::start(&mut ctx, owner(), &mut Tried::default(), false).unwrap();
+        assert!(again.conn().reused());
+        assert_eq!(ctx.backends[0].pooled(), 0);
+        again.end(&mut ctx, Outcome::Dropped);
+        assert_eq!(ctx.backends.metrics()[0].in_flight, 0);
+        assert_eq!(ctx.backends[0].pooled(), 0, "a dropped lease is not pooled");
+    }
+
+    #[test]
+    fn refused_lease_ejects_and_broken_counts_a_failure() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (_poll, mut ctx) = context(&[a.local_addr().unwrap(), b.local_addr().unwrap()]);
+        let mut tried = Tried::default();
+        let first = UpstreamLease::start(&mut ctx, owner(), &mut tried, true).unwrap();
+        let refused = first.backend();
+        first.end(&mut ctx, Outcome::Refused("connect timeout"));
+        assert!(!ctx.backends[refused].is_healthy());
+        let second = UpstreamLease::start(&mut ctx, owner(), &mut tried, true).unwrap();
+        assert_ne!(second.backend(), refused);
+        let other = second.backend();
+        second.end(&mut ctx, Outcome::Broken);
+        let m = ctx.backends.metrics();
+        assert_eq!((m[refused].failures, m[other].failures), (1, 1));
+        assert!(m.iter().all(|m| m.in_flight == 0));
+        assert!(
+            ctx.backends[other].is_healthy(),
+            "a broken answer does not eject"
+        );
+        // Both tried: nothing left.
+        assert!(UpstreamLease::start(&mut ctx, owner(), &mut tried, true).is_none());
+    }
+}
