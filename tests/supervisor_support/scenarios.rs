@@ -453,6 +453,11 @@ pub fn outdated_container_replaced(name: &str) {
         },
     );
     let took = t0.elapsed();
+    // The old container can be gone (3 active: the surge one among them) a moment before the
+    // renewed slot serves and the surge worker goes: the replacement ends with its log line.
+    wait_until("worker_replaced logged", Duration::from_secs(60), || {
+        s.log_text().contains("event=worker_replaced")
+    });
     std::thread::sleep(Duration::from_millis(500));
     let c = load.finish();
     let _ = Command::new("docker").args(["rmi", &old_tag]).output();
