@@ -97,6 +97,8 @@ fn slow_start_gives_a_returning_backend_a_small_share_first() {
         &[
             "--slow-start-ms",
             "3000",
+            "--health-path",
+            "/healthz",
             "--health-interval-ms",
             "50",
             "--health-fall",
