@@ -68,17 +68,30 @@ fn put_digits(dst: &mut [u8], mut n: u64) {
     }
 }
 
+/// Two-digit pairs "00".."99", so a number is spelled two digits per division.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// `n` in decimal.
 fn num(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -103,19 +116,37 @@ fn addr(out: &mut Vec<u8>, a: SocketAddr) {
     }
 }
 
+/// Whether a byte is written as itself: visible ASCII but `"` and `\`.
+const fn is_plain(b: u8) -> bool {
+    b >= 0x21 && b <= 0x7e && b != b'"' && b != b'\\'
+}
+
+/// [`is_plain`] for every byte, looked up (the escape loop is per byte of every line).
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_plain(b as u8);
+        b += 1;
+    }
+    t
+};
+
 /// Bytes outside visible ASCII, `"` and `\` as `<escape>HH`; cut at [`MAX_LOGGED_TARGET`]
-/// and marked `...`.
+/// and marked `...`. Runs of plain bytes are copied at once.
 pub(super) fn escaped(out: &mut Vec<u8>, bytes: &[u8], escape: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let kept = &bytes[..bytes.len().min(MAX_LOGGED_TARGET)];
-    for &b in kept {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
-            out.push(b);
-        } else {
-            out.extend_from_slice(escape);
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        }
+    let mut rest = &bytes[..bytes.len().min(MAX_LOGGED_TARGET)];
+    while !rest.is_empty() {
+        let run = rest
+            .iter()
+            .position(|&b| !PLAIN[usize::from(b)])
+            .unwrap_or(rest.len());
+        out.extend_from_slice(&rest[..run]);
+        let Some(&b) = rest.get(run) else { break };
+        out.extend_from_slice(escape);
+        out.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        rest = &rest[run + 1..];
     }
     if bytes.len() > MAX_LOGGED_TARGET {
         out.extend_from_slice(b"...");

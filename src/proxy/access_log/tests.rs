@@ -237,3 +237,30 @@ fn ipv6_clients_are_written_too() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains(" client=[::1]:8080 "), "{text}");
 }
+
+#[test]
+fn numbers_are_spelled_exactly() {
+    for n in [
+        0u64,
+        5,
+        9,
+        10,
+        42,
+        99,
+        100,
+        101,
+        999,
+        1000,
+        65_535,
+        1_234_567,
+        u64::MAX,
+    ] {
+        let id = RequestId::from_bits(1);
+        let mut r = record(&id);
+        r.bytes_in = n;
+        let mut out = Vec::new();
+        line::key_value(&mut out, "p", b"t", &r);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(&format!(" bytes_in={n} ")), "{n}: {text}");
+    }
+}
