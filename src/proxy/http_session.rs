@@ -30,7 +30,7 @@ use super::upstream::UpConn;
 use crate::evloop::linger::{self, Discard};
 use crate::evloop::{Deadline, Key, ReadResult};
 use crate::http::rewrite::{self, ClientResponse, ConnectionOut, UpstreamRequest};
-use crate::http::{self, ChunkLimits, ChunkedDecoder, Framing, RequestHead};
+use crate::http::{self, ChunkLimits, ChunkedDecoder, ChunkedReframer, Framing, RequestHead};
 
 /// What the loop should do with a session after it ran.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,6 +88,9 @@ enum BodyLeft {
     Done,
     Length(u64),
     Chunked(Box<ChunkedDecoder>),
+    /// A chunked request body, re-framed on its way up (canonical sizes, no extensions,
+    /// forbidden trailers dropped).
+    Reframe(Box<ChunkedReframer>),
     /// Until the upstream closes (responses only).
     Close,
 }
@@ -105,9 +108,55 @@ impl BodyLeft {
         }
     }
 
+    /// A request body: chunked ones are re-framed, never forwarded as sent.
+    fn request(f: Framing, max_body: u64) -> BodyLeft {
+        match f {
+            Framing::Chunked => BodyLeft::Reframe(Box::new(ChunkedReframer::new(ChunkLimits {
+                max_body,
+                ..ChunkLimits::default()
+            }))),
+            f => BodyLeft::from_framing(f, max_body),
+        }
+    }
+
     fn done(&self) -> bool {
         matches!(self, BodyLeft::Done)
     }
+
+    /// Request body bytes read from the client and waiting for the upstream, outside `cin`.
+    fn has_pending(&self) -> bool {
+        matches!(self, BodyLeft::Reframe(rf) if !rf.pending().is_empty())
+    }
+}
+
+/// What one step of a re-framed request body did.
+#[derive(Default)]
+struct Reframed {
+    /// Client bytes taken (the body as sent).
+    taken: usize,
+    /// Re-framed bytes written upstream.
+    written: usize,
+}
+
+/// Re-framed request body: feeds what the client sent once the previous output is written,
+/// then writes the output. Err(Some(status)) for a body we refuse, Err(None) when writing to
+/// the upstream failed.
+fn send_reframed(
+    rf: &mut ChunkedReframer,
+    cin: &mut Buf,
+    up: &mut TcpSock,
+) -> Result<Reframed, Option<u16>> {
+    let mut r = Reframed::default();
+    if rf.pending().is_empty() && !cin.is_empty() && !rf.is_done() {
+        let p = rf.feed(cin.data()).map_err(|e| Some(e.status()))?;
+        cin.consume(p.consumed);
+        r.taken = p.consumed;
+    }
+    if !rf.pending().is_empty() && up.writable {
+        r.written = up.write(rf.pending()).map_err(|_| None)?;
+        rf.advance(r.written);
+    }
+    Ok(r)
 }
 
 /// Where the response stands.
@@ -594,13 +643,18 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
     };
     let mut tried = Tried::default();
     let Some(lease) = UpstreamLease::start(ctx, c.key, &mut tried, false) else {
-        let who = if tried.len() == 0 {
+        let who = if ctx.out_of_fds {
+            // Our shortage: no demand for more workers.
+            Termination::ProxyLimit
+        } else if tried.len() == 0 {
             Termination::NoWorker
         } else {
             Termination::WorkerRefused
         };
         c.blame(who, Phase::Connect);
-        ctx.no_worker += 1; // demand signal for the autoscaler (server.rs)
+        if who != Termination::ProxyLimit {
+            ctx.no_worker += 1; // demand signal for the autoscaler (server.rs)
+        }
         return fail(c, ctx, 503);
     };
     if let Some(r) = c.rec.as_deref_mut() {
@@ -639,7 +693,7 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
     let ex = Exchange {
         lease,
         x: Ex {
-            body: BodyLeft::from_framing(req.framing, ctx.max_body),
+            body: BodyLeft::request(req.framing, ctx.max_body),
             req: info,
             head: Some(head),
             head_sent: 0,
@@ -676,7 +730,10 @@ impl Ex {
     fn waits_on_client(&self, c: &Client) -> bool {
         let awaiting_continue =
             self.req.expect_continue && self.interims == 0 && !self.body_started;
-        !self.body.done() && c.cin.as_ref().is_none_or(Buf::is_empty) && !awaiting_continue
+        !self.body.done()
+            && c.cin.as_ref().is_none_or(Buf::is_empty)
+            && !self.body.has_pending()
+            && !awaiting_continue
     }
 
     /// Arms `response-timeout-ms` from now, no later than the body deadline while the
@@ -750,6 +807,10 @@ impl Exchange {
         let Some(lease) = UpstreamLease::start(ctx, c.key, &mut x.tried, true) else {
             ctx.bufs.put_opt(&mut x.head);
             ctx.bufs.put_opt(&mut x.uin);
+            if ctx.out_of_fds {
+                c.blame(Termination::ProxyLimit, Phase::Connect);
+                return fail(c, ctx, 503);
+            }
             if refused.is_some() {
                 c.blame(Termination::WorkerRefused, Phase::Connect);
             } else {
@@ -952,16 +1013,23 @@ impl Exchange {
                 BodyLeft::Length(rem) => {
                     x.body_ready = (*rem).min(cin.len() as u64) as usize;
                 }
-                BodyLeft::Chunked(ch) => {
-                    if cin.len() > x.body_ready {
-                        let p = ch
-                            .feed(&cin.data()[x.body_ready..], &mut |_| {})
-                            .map_err(|e| e.status())?;
-                        x.body_ready += p.consumed;
-                        x.body_seen += p.consumed as u64;
+                BodyLeft::Reframe(rf) => match send_reframed(rf, cin, up) {
+                    Ok(r) => {
+                        x.body_seen += r.taken as u64;
+                        if let Some(rec) = c.rec.as_deref_mut() {
+                            rec.bytes_in += r.taken as u64;
+                        }
+                        let m = r.taken > 0 || r.written > 0;
+                        x.body_started |= m;
+                        step |= m;
                     }
-                }
-                BodyLeft::Done | BodyLeft::Close => {}
+                    Err(Some(status)) => return Err(status),
+                    Err(None) => {
+                        x.up_write_failed = true;
+                        return Ok(moved);
+                    }
+                },
+                BodyLeft::Chunked(_) | BodyLeft::Done | BodyLeft::Close => {}
             }
             if x.body_ready > 0 && up.writable {
                 match up.write(&cin.data()[..x.body_ready]) {
@@ -986,7 +1054,7 @@ impl Exchange {
             }
             let finished = match &x.body {
                 BodyLeft::Length(0) => true,
-                BodyLeft::Chunked(ch) => ch.is_done() && x.body_ready == 0,
+                BodyLeft::Reframe(rf) => rf.is_done() && rf.pending().is_empty(),
                 _ => false,
             };
             if finished {
@@ -1217,6 +1285,8 @@ impl Exchange {
                 }
             }
             match left {
+                // Request bodies only: a response is never re-framed.
+                BodyLeft::Reframe(_) => return Err(BROKE),
                 BodyLeft::Done => {
                     // Bytes after the end of the response: the connection is not reusable.
                     x.resp_keep_alive = false;

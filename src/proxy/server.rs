@@ -266,6 +266,15 @@ impl Server {
     }
 
     fn accept(&mut self) {
+        // A connect ran out of descriptors: new clients would only get 503 and take the
+        // descriptors the exchanges in progress need; pause like after an accept error.
+        if std::mem::take(&mut self.ctx.out_of_fds) && self.accept_retry.is_none() {
+            self.accept_retry = Some(self.ctx.now + ACCEPT_RETRY);
+        }
+        if self.accept_retry.is_some() {
+            self.accept_pending = false;
+            return;
+        }
         while self.listening && self.ctx.connections < self.ctx.settings.max_connections {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
