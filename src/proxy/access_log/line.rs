@@ -259,6 +259,7 @@ pub(super) fn key_value(out: &mut LineBuf, prefix: &str, time: &[u8], r: &Access
     num(out, u64::from(r.retries));
     out.put(b" request_id=");
     match r.request_id {
+        Some(id) if id.is_plain() => out.put(id.as_bytes()),
         Some(id) => escaped(out, id.as_bytes(), KV_ESCAPE),
         None => out.put_byte(b'-'),
     }

@@ -264,3 +264,13 @@ fn numbers_are_spelled_exactly() {
         assert!(text.contains(&format!(" bytes_in={n} ")), "{n}: {text}");
     }
 }
+
+#[test]
+fn a_client_id_with_a_quote_is_still_escaped() {
+    let id = RequestId::from_client(b"a\"b").unwrap();
+    assert!(!id.is_plain());
+    let mut out = line::LineBuf::new();
+    line::key_value(&mut out, "p", b"t", &record(&id));
+    let text = String::from_utf8(out.as_bytes().to_vec()).unwrap();
+    assert!(text.contains(" request_id=a\\x22b "), "{text}");
+}
