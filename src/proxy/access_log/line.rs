@@ -213,7 +213,8 @@ pub(super) fn escaped(out: &mut LineBuf, bytes: &[u8], escape: &[u8]) {
 /// A duration in ms, or `none` when that phase was not reached.
 fn ms(out: &mut LineBuf, d: Option<Duration>, none: &[u8]) {
     match d {
-        Some(d) => num(out, d.as_millis() as u64),
+        // Not `as_millis`: its u128 division costs more than the rest of the number.
+        Some(d) => num(out, d.as_secs() * 1000 + u64::from(d.subsec_millis())),
         None => out.put(none),
     }
 }
