@@ -1,0 +1,389 @@
+//! `Exchange`: one request/response with an upstream lease. A step sends the request
+//! (`request`), reads and relays the response (`response`); what it cannot go on with is a
+//! [`Turn`]: a retry, an abort, a tunnel (`tunnel`), the next request, or the close.
+
+use std::time::Instant;
+
+use super::response::HeadOutcome;
+use super::tunnel::Tunnel;
+use super::{Client, Progress, State, fail};
+use crate::evloop::linger;
+use crate::http::{ChunkLimits, ChunkedDecoder, Framing};
+use crate::proxy::backends::Tried;
+use crate::proxy::buffer::Buf;
+use crate::proxy::context::LoopContext;
+use crate::proxy::lease::{Outcome, UpstreamLease};
+
+/// What the exchange needs to remember of the request head (the head itself is gone once
+/// rewritten for upstream).
+pub(super) struct ReqInfo {
+    /// HTTP/1.x minor version of the client.
+    pub(super) minor: u8,
+    pub(super) is_head: bool,
+    pub(super) idempotent: bool,
+    pub(super) framing: Framing,
+    pub(super) keep_alive: bool,
+    pub(super) upgrade: bool,
+}
+
+/// What is left of a message body.
+pub(super) enum BodyLeft {
+    Done,
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    /// Until the upstream closes (responses only).
+    Close,
+}
+
+impl BodyLeft {
+    /// What is left of a body framed `f` (a chunked one bounded by `max_body`, 0 = no bound).
+    pub(super) fn from_framing(f: Framing, max_body: u64) -> BodyLeft {
+        match f {
+            Framing::None | Framing::Length(0) => BodyLeft::Done,
+            Framing::Length(n) => BodyLeft::Length(n),
+            Framing::Chunked => BodyLeft::Chunked(Box::new(ChunkedDecoder::new(ChunkLimits {
+                max_body,
+                ..ChunkLimits::default()
+            }))),
+            Framing::Close => BodyLeft::Close,
+        }
+    }
+
+    /// Whether the whole body went through.
+    pub(super) fn done(&self) -> bool {
+        matches!(self, BodyLeft::Done)
+    }
+}
+
+/// Where the response stands.
+pub(super) enum Resp {
+    /// Waiting for the (final) response head; 1xx heads are relayed meanwhile.
+    Head,
+    /// Relaying the body; `dechunk` for HTTP/1.0 clients of a chunked response.
+    Body { left: BodyLeft, dechunk: bool },
+}
+
+/// One request/response exchange with an upstream connection.
+pub(super) struct Exchange {
+    pub(super) lease: UpstreamLease,
+    pub(super) x: Ex,
+}
+
+/// The exchange's bookkeeping (everything but the upstream connection, which a retry replaces).
+pub(super) struct Ex {
+    pub(super) req: ReqInfo,
+    /// The head sent upstream, kept until the response head arrives (to retry).
+    pub(super) head: Option<Buf>,
+    pub(super) head_sent: usize,
+    /// Request body still to forward, and bytes at the front of `cin` known to be body.
+    pub(super) body: BodyLeft,
+    pub(super) body_ready: usize,
+    pub(super) body_seen: u64,
+    pub(super) body_started: bool,
+    /// Backends tried for this request.
+    pub(super) tried: Tried,
+    /// Bytes read from upstream, and bytes at its front known to be response body.
+    pub(super) uin: Option<Buf>,
+    pub(super) resp_ready: usize,
+    pub(super) resp: Resp,
+    pub(super) status: u16,
+    pub(super) resp_keep_alive: bool,
+    /// An interim (1xx) response already went to the client: no retry any more.
+    pub(super) interim_sent: bool,
+    pub(super) close_client: bool,
+    pub(super) up_eof: bool,
+    /// Writing to the upstream failed; a response may still be readable.
+    pub(super) up_write_failed: bool,
+    pub(super) started: Instant,
+}
+
+impl Ex {
+    /// Bookkeeping for a request whose rewritten `head` is ready to go up.
+    pub(super) fn new(req: ReqInfo, body: BodyLeft, head: Buf, tried: Tried, now: Instant) -> Ex {
+        Ex {
+            req,
+            head: Some(head),
+            head_sent: 0,
+            body,
+            body_ready: 0,
+            body_seen: 0,
+            body_started: false,
+            tried,
+            uin: None,
+            resp_ready: 0,
+            resp: Resp::Head,
+            status: 0,
+            resp_keep_alive: false,
+            interim_sent: false,
+            close_client: false,
+            up_eof: false,
+            up_write_failed: false,
+            started: now,
+        }
+    }
+}
+
+/// Where a step of the exchange stopped short of "moved or idle".
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Turn {
+    /// The connect is still pending.
+    Connecting,
+    /// Something moved that needs no new deadline: step again.
+    Again,
+    /// The upstream failed before answering: another connection (Some(why): the connect
+    /// failed).
+    Retry(Option<String>),
+    /// Give up: end the lease with the outcome and answer the status.
+    Abort(Outcome<'static>, u16),
+    /// The client vanished mid-request: nothing to answer.
+    ClientGone,
+    /// A 101 to the upgrade: the exchange becomes a tunnel.
+    Upgrade,
+    /// The response is complete.
+    Finish,
+    /// The upstream died mid-body: the client must see a truncated message, never a clean
+    /// end.
+    Truncated,
+    /// The client is gone or the response framing broke: close (the lease ends with the
+    /// session).
+    Close,
+}
+
+impl Exchange {
+    /// One step: connect, request up, response down. Moved / Idle, or the turn taken.
+    pub(super) fn step(mut self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
+        match self.advance(c, ctx) {
+            Ok(true) => {
+                c.set_deadline(ctx, ctx.settings.response_timeout_ms);
+                (State::Exchange(self), Progress::Moved)
+            }
+            Ok(false) => (State::Exchange(self), Progress::Idle),
+            Err(turn) => self.take_turn(turn, c, ctx),
+        }
+    }
+
+    /// Moves what can move; Ok(moved), or the turn the exchange must take.
+    fn advance(&mut self, c: &mut Client, ctx: &mut LoopContext) -> Result<bool, Turn> {
+        let mut moved = self.connect_step(c, ctx)?;
+        moved |= self.send_request(c, ctx).map_err(|status| match status {
+            0 => Turn::ClientGone,
+            status => Turn::Abort(Outcome::Dropped, status),
+        })?;
+        match self.read_response(ctx) {
+            Ok(m) => moved |= m,
+            Err(()) => self.x.up_eof = true,
+        }
+        if matches!(self.x.resp, Resp::Head) {
+            match self.parse_heads(c, ctx) {
+                Ok(HeadOutcome::Upgrade) => return Err(Turn::Upgrade),
+                Ok(_) => {}
+                Err(()) => return Err(Turn::Abort(Outcome::Broken, 502)),
+            }
+        }
+        moved |= self.send_response(c, ctx)?;
+        self.check_upstream_eof()?;
+        Ok(moved)
+    }
+
+    /// Completes the connect: Ok(true) when it just did, Err while pending or failed.
+    fn connect_step(&mut self, c: &mut Client, ctx: &mut LoopContext) -> Result<bool, Turn> {
+        if self.lease.conn().connected() {
+            return Ok(false);
+        }
+        match self.lease.conn_mut().poll_connect() {
+            Ok(true) => {
+                c.set_deadline(ctx, ctx.settings.response_timeout_ms);
+                Ok(true)
+            }
+            Ok(false) => Err(Turn::Connecting),
+            Err(e) => Err(Turn::Retry(Some(e.to_string()))),
+        }
+    }
+
+    /// The response body (or interim heads) to the client; Err(Finish) once complete.
+    fn send_response(&mut self, c: &mut Client, ctx: &mut LoopContext) -> Result<bool, Turn> {
+        if let Resp::Head = self.x.resp {
+            // Interim (1xx) heads.
+            return c.flush_out(ctx).map_err(|()| Turn::Close);
+        }
+        // The head queued in `cout` goes out with the first body bytes (relay_body).
+        let moved = self.relay_body(c, ctx).map_err(|()| Turn::Close)?;
+        if matches!(&self.x.resp, Resp::Body { left, .. } if left.done()) && c.out_empty() {
+            return Err(Turn::Finish);
+        }
+        Ok(moved)
+    }
+
+    /// What the upstream's end of stream means where the response stands.
+    fn check_upstream_eof(&mut self) -> Result<(), Turn> {
+        if !self.x.up_eof {
+            return Ok(());
+        }
+        let uin_empty = self.x.uin.as_ref().is_none_or(Buf::is_empty);
+        match &self.x.resp {
+            // Closed in the middle of a head, or before any (a pooled connection the
+            // backend had closed, or a backend closing at once).
+            Resp::Head if !uin_empty => Err(Turn::Abort(Outcome::Broken, 502)),
+            Resp::Head => Err(Turn::Retry(None)),
+            Resp::Body {
+                left: BodyLeft::Close,
+                ..
+            } if uin_empty => {
+                self.x.resp = Resp::Body {
+                    left: BodyLeft::Done,
+                    dechunk: false,
+                };
+                Err(Turn::Again)
+            }
+            // Complete; what is still queued for the client is flushed first.
+            Resp::Body {
+                left: BodyLeft::Done | BodyLeft::Close,
+                ..
+            } => Ok(()),
+            Resp::Body { .. } if uin_empty => Err(Turn::Truncated),
+            Resp::Body { .. } => Ok(()),
+        }
+    }
+
+    /// Carries out a turn.
+    fn take_turn(self, turn: Turn, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
+        match turn {
+            Turn::Connecting => (State::Exchange(self), Progress::Idle),
+            Turn::Again => (State::Exchange(self), Progress::Moved),
+            Turn::Retry(why) => self.retry(c, ctx, why.as_deref()),
+            Turn::Abort(outcome, status) => self.abort(c, ctx, outcome, status),
+            Turn::ClientGone => {
+                self.end(ctx, Outcome::Dropped);
+                (State::Closing { shut: true }, Progress::Close)
+            }
+            Turn::Upgrade => (State::Tunnel(Tunnel::open(self, c, ctx)), Progress::Moved),
+            Turn::Finish => self.finish(c, ctx),
+            Turn::Truncated => {
+                self.end(ctx, Outcome::Broken);
+                (State::Closing { shut: true }, Progress::Close)
+            }
+            Turn::Close => (State::Exchange(self), Progress::Close),
+        }
+    }
+
+    /// The session's deadline fired during the exchange: the connect timed out (next
+    /// backend), the response did (504), or the relay stalled (close).
+    pub(super) fn timer(self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
+        if !self.lease.conn().connected() {
+            return self.retry(c, ctx, Some("connect timeout"));
+        }
+        if matches!(self.x.resp, Resp::Head) {
+            crate::warn!(
+                "upstream_timeout",
+                "backend={} timeout_ms={}",
+                crate::sys::log::quote(ctx.backends[self.lease.backend()].id()),
+                ctx.settings.response_timeout_ms
+            );
+            return self.abort(c, ctx, Outcome::Broken, 504);
+        }
+        (State::Exchange(self), Progress::Close)
+    }
+
+    /// Ends the lease with `outcome` and returns the buffers.
+    pub(super) fn end(self, ctx: &mut LoopContext, outcome: Outcome<'_>) {
+        let (lease, _) = self.into_lease(ctx);
+        lease.end(ctx, outcome);
+    }
+
+    /// Returns the buffers; the lease (still to end) and when the request started.
+    pub(super) fn into_lease(self, ctx: &mut LoopContext) -> (UpstreamLease, Instant) {
+        let Exchange { lease, mut x } = self;
+        ctx.bufs.put_opt(&mut x.head);
+        ctx.bufs.put_opt(&mut x.uin);
+        (lease, x.started)
+    }
+
+    /// Gives up on this exchange (ending the lease with `outcome`): answers `status` (if no
+    /// response started) and closes.
+    fn abort(
+        self,
+        c: &mut Client,
+        ctx: &mut LoopContext,
+        outcome: Outcome<'_>,
+        status: u16,
+    ) -> (State, Progress) {
+        let started = !matches!(self.x.resp, Resp::Head);
+        self.end(ctx, outcome);
+        if started {
+            return (State::Closing { shut: false }, Progress::Close);
+        }
+        fail(c, ctx, status)
+    }
+
+    /// The upstream failed before answering (`refused`: the connect failed, why; None: it
+    /// closed without a response): try another connection if the request may be sent again,
+    /// else answer 503 (connect failures) or 502.
+    fn retry(
+        self,
+        c: &mut Client,
+        ctx: &mut LoopContext,
+        refused: Option<&str>,
+    ) -> (State, Progress) {
+        let replayable = !self.x.body_started
+            && !self.x.interim_sent
+            && (self.x.head_sent == 0
+                || self.x.req.idempotent && self.x.req.framing == Framing::None);
+        let reused = self.lease.conn().reused();
+        let Exchange { lease, mut x } = self;
+        let backend = lease.backend();
+        lease.end(ctx, refused.map_or(Outcome::Dropped, Outcome::Refused));
+        if !replayable {
+            ctx.bufs.put_opt(&mut x.head);
+            ctx.bufs.put_opt(&mut x.uin);
+            return fail(c, ctx, 502);
+        }
+        if reused && refused.is_none() {
+            // A pooled connection the backend had closed: not the backend's fault; the same
+            // backend may be tried again on a fresh connection.
+            x.tried.remove(backend);
+        }
+        let Some(lease) = UpstreamLease::start(ctx, c.key, &mut x.tried, true) else {
+            ctx.bufs.put_opt(&mut x.head);
+            ctx.bufs.put_opt(&mut x.uin);
+            return fail(c, ctx, if refused.is_some() { 503 } else { 502 });
+        };
+        x.head_sent = 0;
+        x.up_eof = false;
+        x.up_write_failed = false;
+        if let Some(u) = x.uin.as_mut() {
+            u.clear();
+        }
+        c.set_deadline(ctx, ctx.settings.connect_timeout_ms);
+        (State::Exchange(Exchange { lease, x }), Progress::Moved)
+    }
+
+    /// The response is complete: pool or close the upstream, then next request or close.
+    fn finish(self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
+        let x = &self.x;
+        let req_done = x.body.done();
+        let reusable = x.resp_keep_alive
+            && req_done
+            && !x.up_eof
+            && !x.up_write_failed
+            && x.uin.as_ref().is_none_or(Buf::is_empty);
+        let close_client = x.close_client || !req_done || ctx.draining;
+        let outcome = Outcome::Answered {
+            status: x.status,
+            since: x.started,
+            reusable,
+        };
+        self.end(ctx, outcome);
+        if close_client {
+            c.set_deadline(ctx, linger::LINGER_MS);
+            return (State::Closing { shut: false }, Progress::Moved);
+        }
+        let pipelined = c.cin.as_ref().is_some_and(|b| !b.is_empty());
+        let ms = if pipelined {
+            ctx.settings.header_timeout_ms
+        } else {
+            ctx.settings.idle_timeout_ms
+        };
+        c.set_deadline(ctx, ms);
+        (State::Head { clock: pipelined }, Progress::Moved)
+    }
+}

@@ -1,0 +1,162 @@
+//! The request going up: the rewritten head (with the first body bytes already read, in one
+//! write), then the body (Content-Length or chunked, checked by the decoder), reading from
+//! the client only while the upstream takes what was read (backpressure).
+
+use super::Client;
+use super::exchange::{BodyLeft, Ex, Exchange};
+use crate::evloop::ReadResult;
+use crate::proxy::buffer::Buf;
+use crate::proxy::context::LoopContext;
+use crate::proxy::relay::{self, TcpSock};
+
+impl Exchange {
+    /// Head then body, client -> upstream; whether anything moved. Err(status) for a request
+    /// body the proxy refuses, Err(0) when the client vanished mid-request.
+    pub(super) fn send_request(
+        &mut self,
+        c: &mut Client,
+        ctx: &mut LoopContext,
+    ) -> Result<bool, u16> {
+        if self.x.up_write_failed {
+            return Ok(false);
+        }
+        let up = self.lease.sock();
+        let (moved, head_done) = self.x.send_head(up, c);
+        if !head_done {
+            return Ok(moved);
+        }
+        Ok(self.x.send_body(up, c, ctx)? || moved)
+    }
+}
+
+impl Ex {
+    /// Writes what is left of the head (with the first Content-Length body bytes when they
+    /// are already read): (moved, the head is all sent). A failed write sets `up_write_failed`.
+    fn send_head(&mut self, up: &mut TcpSock, c: &mut Client) -> (bool, bool) {
+        let Some(head) = self.head.as_ref() else {
+            return (false, true);
+        };
+        let mut moved = false;
+        if let (BodyLeft::Length(rem), Some(cin)) = (&mut self.body, c.cin.as_mut())
+            && self.head_sent < head.len()
+            && up.writable
+            && !cin.is_empty()
+        {
+            let head_rem = &head.data()[self.head_sent..];
+            let body_n = (*rem).min(cin.len() as u64) as usize;
+            let Ok(n) = up.write2(head_rem, &cin.data()[..body_n]) else {
+                self.up_write_failed = true;
+                return (moved, false);
+            };
+            let h = n.min(head_rem.len());
+            self.head_sent += h;
+            let b = n - h;
+            if b > 0 {
+                cin.consume(b);
+                *rem -= b as u64;
+                self.body_started = true;
+            }
+            moved |= n > 0;
+        }
+        while self.head_sent < head.len() && up.writable {
+            let Ok(n) = up.write(&head.data()[self.head_sent..]) else {
+                self.up_write_failed = true;
+                return (moved, false);
+            };
+            self.head_sent += n;
+            moved |= n > 0;
+        }
+        (moved, self.head_sent >= head.len())
+    }
+
+    /// The body, `cin` -> upstream, reading more from the client while the upstream takes
+    /// it; whether anything moved. Err as [`Exchange::send_request`].
+    fn send_body(
+        &mut self,
+        up: &mut TcpSock,
+        c: &mut Client,
+        ctx: &mut LoopContext,
+    ) -> Result<bool, u16> {
+        let mut moved = false;
+        loop {
+            if self.body.done() {
+                return Ok(moved);
+            }
+            let cin = c.cin.get_or_insert_with(|| ctx.bufs.get());
+            self.frame_body(cin)?;
+            let Some(mut step) = self.write_body(up, cin) else {
+                return Ok(moved);
+            };
+            let finished = match &self.body {
+                BodyLeft::Length(0) => true,
+                BodyLeft::Chunked(ch) => ch.is_done() && self.body_ready == 0,
+                _ => false,
+            };
+            if finished {
+                self.body = BodyLeft::Done;
+                ctx.bufs.put_if_empty(&mut c.cin);
+                return Ok(true);
+            }
+            // More body to read from the client, if there is room (else backpressure).
+            let cin = c.cin.get_or_insert_with(|| ctx.bufs.get());
+            if c.sock.readable && cin.len() == self.body_ready && cin.room() > 0 {
+                match relay::read_into(&mut c.sock, cin) {
+                    Ok(ReadResult::Data(_)) => step = true,
+                    Ok(ReadResult::Blocked) => {}
+                    // The client vanished mid-request: nothing can be answered.
+                    Ok(ReadResult::Eof) | Err(_) => return Err(0),
+                }
+            }
+            if !step {
+                ctx.bufs.put_if_empty(&mut c.cin);
+                return Ok(moved);
+            }
+            moved = true;
+        }
+    }
+
+    /// Marks how many bytes at the front of `cin` are body (`body_ready`); a chunked body
+    /// goes through the decoder, whose error status refuses the request.
+    fn frame_body(&mut self, cin: &Buf) -> Result<(), u16> {
+        match &mut self.body {
+            BodyLeft::Length(rem) => {
+                self.body_ready = (*rem).min(cin.len() as u64) as usize;
+            }
+            BodyLeft::Chunked(ch) => {
+                if cin.len() > self.body_ready {
+                    let p = ch
+                        .feed(&cin.data()[self.body_ready..], &mut |_| {})
+                        .map_err(|e| e.status())?;
+                    self.body_ready += p.consumed;
+                    self.body_seen += p.consumed as u64;
+                }
+            }
+            BodyLeft::Done | BodyLeft::Close => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the ready body bytes: Some(moved), None when the write failed (then
+    /// `up_write_failed` is set).
+    fn write_body(&mut self, up: &mut TcpSock, cin: &mut Buf) -> Option<bool> {
+        if self.body_ready == 0 || !up.writable {
+            return Some(false);
+        }
+        match up.write(&cin.data()[..self.body_ready]) {
+            Ok(n) if n > 0 => {
+                cin.consume(n);
+                self.body_ready -= n;
+                self.body_started = true;
+                if let BodyLeft::Length(rem) = &mut self.body {
+                    *rem -= n as u64;
+                }
+                Some(true)
+            }
+            Ok(_) => Some(false),
+            Err(_) => {
+                self.up_write_failed = true;
+                None
+            }
+        }
+    }
+}
