@@ -38,6 +38,8 @@ mod exchange;
 mod head;
 mod request;
 mod response;
+#[cfg(test)]
+mod tests;
 mod tunnel;
 
 use exchange::Exchange;
