@@ -93,6 +93,7 @@ fn http_pieces_throughput() {
                 connection: ConnectionOut::Omit,
                 default_host: None,
                 via: None,
+                request_id: None,
             },
         );
         black_box(&out);

@@ -318,7 +318,7 @@ proptest! {
         let mut out = Vec::new();
         write_upstream_request(&mut out, &h, &raw, &UpstreamRequest {
             client_ip: ip, proto: "http", framing: h.framing, connection: ConnectionOut::Close,
-            default_host: None, via: None,
+            default_host: None, via: None, request_id: None,
         });
         let u = match parse_request_head(&out, &big) {
             Ok(Some(u)) => u,
@@ -384,7 +384,7 @@ proptest! {
         if client_version == 0 {
             prop_assert_ne!(cf, Framing::Chunked);
         }
-        write_client_response(&mut out, &h, &raw, &ClientResponse { framing: cf, connection: ConnectionOut::Close });
+        write_client_response(&mut out, &h, &raw, &ClientResponse { framing: cf, connection: ConnectionOut::Close, request_id: None });
         let again = parse_response_head(&out, head, &Limits::default()).unwrap().unwrap();
         prop_assert_eq!(again.status, status);
         if !no_body {

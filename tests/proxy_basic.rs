@@ -50,7 +50,13 @@ fn forwarded_head_drops_hop_by_hop_and_adds_forwarded_fields() {
     assert_eq!(s.line(), "GET /p?q=1 HTTP/1.1");
     assert_eq!(
         s.names(),
-        ["Host", "X-Forwarded-For", "Accept", "X-Forwarded-Proto"]
+        [
+            "Host",
+            "X-Forwarded-For",
+            "Accept",
+            "X-Forwarded-Proto",
+            "X-Request-Id"
+        ]
     );
     assert_eq!(s.fields("host"), ["example"]);
     assert_eq!(s.fields("x-forwarded-for"), ["10.0.0.1, 127.0.0.1"]);

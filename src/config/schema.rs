@@ -195,7 +195,8 @@ section! {
         /// Longest request line accepted, else 414.
         "max-request-line" => max_request_line: usize = 8192,
             read Node::uint_as, rule between::<16, { 1 << 20 }, _>;
-        /// Largest request head accepted, request line included, else 431.
+        /// Largest request head accepted, request line included, else 431; also the largest
+        /// backend response head, else 502.
         "max-header-bytes" => max_header_bytes: usize = 32_768,
             read Node::uint_as, rule between::<64, { 1 << 20 }, _>;
         /// Most header fields accepted, else 431.

@@ -26,12 +26,16 @@
 //! - Responses to clients always say HTTP/1.1 with the upstream's status and reason.
 //! - An HTTP/1.0 request's `Expect` is dropped: it is ignored in 1.0, and the upstream request
 //!   is 1.1, where it would mean something (found by the fuzzer).
+//! - `X-Request-Id`: when the caller gives one, every copy the client (or the upstream, on the
+//!   way back) sent is dropped and the caller's is written once: the proxy keeps a client's
+//!   valid id, so a valid id goes through unchanged, and an invalid one cannot travel beside it.
 
 use std::io::Write;
 use std::net::IpAddr;
 
 use super::fields::{Field, Framing};
 use super::request::{RequestHead, TargetForm};
+use super::request_id::REQUEST_ID_FIELD;
 use super::response::ResponseHead;
 
 /// The Connection field the caller wants on the forwarded head.
@@ -63,15 +67,19 @@ pub struct UpstreamRequest<'a> {
     pub default_host: Option<&'a [u8]>,
     /// Pseudonym appended to Via (`1.1 <pseudonym>`), None = no Via.
     pub via: Option<&'a str>,
+    /// `X-Request-Id` to send, replacing every one the client sent; None = forward as sent.
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// How to forward an upstream response to the client.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientResponse {
+pub struct ClientResponse<'a> {
     /// The framing of the body as sent to the client (see `client_framing`).
     pub framing: Framing,
     /// The Connection field to send.
     pub connection: ConnectionOut,
+    /// `X-Request-Id` to echo, replacing any the upstream sent; None = forward as sent.
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// Hop-by-hop fields removed in both directions (besides those Connection names).
@@ -136,6 +144,16 @@ fn put_framing(out: &mut Vec<u8>, framing: Framing) {
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::Close => {}
+    }
+}
+
+fn is_request_id(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(REQUEST_ID_FIELD.as_bytes())
+}
+
+fn put_request_id(out: &mut Vec<u8>, id: Option<&[u8]>) {
+    if let Some(id) = id {
+        put_field(out, REQUEST_ID_FIELD.as_bytes(), id);
     }
 }
 
@@ -217,6 +235,8 @@ pub fn write_upstream_request(
             out.extend_from_slice(b"\r\n");
         } else if opts.via.is_some() && name.eq_ignore_ascii_case(b"via") {
             // Re-emitted with our hop appended below, in this position's stead.
+        } else if opts.request_id.is_some() && is_request_id(name) {
+            // Ours (the client's when valid) is written once below.
         } else {
             put_field(out, name, f.value.get(buf));
         }
@@ -247,6 +267,7 @@ pub fn write_upstream_request(
     out.extend_from_slice(b"X-Forwarded-Proto: ");
     out.extend_from_slice(opts.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
+    put_request_id(out, opts.request_id);
     put_framing(out, opts.framing);
     put_connection(out, opts.connection);
     out.extend_from_slice(b"\r\n");
@@ -282,11 +303,14 @@ pub fn write_client_response(
         if name.eq_ignore_ascii_case(b"content-length") {
             original_length = Some(f.value.get(buf));
         }
-        if dropped(buf, f, &head.connection_tokens, keep_upgrade) {
+        if dropped(buf, f, &head.connection_tokens, keep_upgrade)
+            || opts.request_id.is_some() && is_request_id(name)
+        {
             continue;
         }
         put_field(out, name, f.value.get(buf));
     }
+    put_request_id(out, opts.request_id);
     match (opts.framing, original_length) {
         (Framing::None, Some(v)) if head.status >= 200 && head.status != 204 => {
             put_field(out, b"Content-Length", v);
@@ -323,9 +347,54 @@ mod tests {
                 connection,
                 default_host: None,
                 via: None,
+                request_id: None,
             },
         );
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_id_written_once_both_ways() {
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: bad id\r\nx-request-id: again\r\n\r\n";
+        let h = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let opts = UpstreamRequest {
+            client_ip: ip(),
+            proto: "http",
+            framing: Framing::None,
+            connection: ConnectionOut::Omit,
+            default_host: None,
+            via: None,
+            request_id: Some(b"abc"),
+        };
+        write_upstream_request(&mut out, &h, raw, &opts);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.1.2.3\r\n\
+             X-Forwarded-Proto: http\r\nX-Request-Id: abc\r\n\r\n"
+        );
+        // Without an id the client's fields go through as sent.
+        let plain = up(raw, Framing::None, ConnectionOut::Omit);
+        assert!(plain.contains("X-Request-Id: bad id\r\nx-request-id: again\r\n"));
+
+        let raw = b"HTTP/1.1 204 No Content\r\nX-Request-Id: worker-echo\r\nServer: s\r\n\r\n";
+        let h = parse_response_head(raw, false, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let opts = ClientResponse {
+            framing: Framing::None,
+            connection: ConnectionOut::Omit,
+            request_id: Some(b"abc"),
+        };
+        write_client_response(&mut out, &h, raw, &opts);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 204 No Content\r\nServer: s\r\nX-Request-Id: abc\r\n\r\n"
+        );
     }
 
     #[test]
@@ -478,6 +547,7 @@ mod tests {
                 connection: ConnectionOut::Omit,
                 default_host: Some(b"backend:80"),
                 via: Some("glb"),
+                request_id: None,
             },
         );
         assert_eq!(
@@ -521,6 +591,7 @@ mod tests {
                 connection: ConnectionOut::Omit,
                 default_host: None,
                 via: Some("glb"),
+                request_id: None,
             },
         );
         assert_eq!(
@@ -542,6 +613,7 @@ mod tests {
             &ClientResponse {
                 framing: client_framing(&h, client_version),
                 connection,
+                request_id: None,
             },
         );
         String::from_utf8(out).unwrap()

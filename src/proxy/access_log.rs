@@ -16,7 +16,7 @@ pub use crate::config::{AccessLogFormat, AccessLogMode};
 use crate::http::RequestId;
 
 /// What the access log is told at start.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogSettings {
     pub mode: AccessLogMode,
     pub format: AccessLogFormat,
@@ -205,7 +205,16 @@ impl AccessLog {
             Some(path) => Sink::File(open_append(path)?),
             None => stderr_sink(),
         };
-        Ok(AccessLog {
+        Ok(AccessLog::with_sink(settings, sink, now))
+    }
+
+    /// The log on stderr whatever the path says (cannot fail; `open` replaces it).
+    pub fn stderr(settings: AccessLogSettings, now: Instant) -> AccessLog {
+        AccessLog::with_sink(settings, stderr_sink(), now)
+    }
+
+    fn with_sink(settings: AccessLogSettings, sink: Sink, now: Instant) -> AccessLog {
+        AccessLog {
             prefix: crate::sys::log::prefix(crate::sys::log::Level::Info, "access"),
             settings,
             sink,
@@ -214,7 +223,22 @@ impl AccessLog {
             last_flush: now,
             dropped: 0,
             written: 0,
-        })
+        }
+    }
+
+    /// What it was opened with.
+    pub fn settings(&self) -> &AccessLogSettings {
+        &self.settings
+    }
+
+    /// Whether it writes any line at all.
+    pub fn is_on(&self) -> bool {
+        self.settings.mode != AccessLogMode::Off
+    }
+
+    /// When the batch waiting now must be written (for the loop's poll timeout).
+    pub fn next_flush(&self) -> Option<Instant> {
+        (!self.pending.is_empty()).then(|| self.last_flush + FLUSH_EVERY)
     }
 
     /// Whether a request with this outcome gets a line; cheap, called before a record is built.
@@ -365,12 +389,22 @@ fn write_time(out: &mut String, unix: Duration) {
 
 /// Bytes outside visible ASCII, `"` and `\` as `\xHH`; cut at [`MAX_LOGGED_TARGET`].
 fn write_escaped(out: &mut String, bytes: &[u8]) {
+    write_escaped_as(out, bytes, "\\x");
+}
+
+/// `write_escaped` inside a JSON string (`\u00HH`, the only byte escape JSON has).
+fn write_json_escaped(out: &mut String, bytes: &[u8]) {
+    write_escaped_as(out, bytes, "\\u00");
+}
+
+fn write_escaped_as(out: &mut String, bytes: &[u8], escape: &str) {
     let cut = bytes.len() > MAX_LOGGED_TARGET;
     for &b in &bytes[..bytes.len().min(MAX_LOGGED_TARGET)] {
         if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
             out.push(b as char);
         } else {
-            let _ = write!(out, "\\x{b:02x}");
+            out.push_str(escape);
+            let _ = write!(out, "{b:02x}");
         }
     }
     if cut {
@@ -420,9 +454,9 @@ fn write_json(out: &mut String, unix: Duration, r: &AccessRecord<'_>) {
     out.push_str("{\"time\":\"");
     write_time(out, unix);
     let _ = write!(out, "\",\"client\":\"{}\",\"method\":\"", r.client);
-    write_escaped(out, r.method);
+    write_json_escaped(out, r.method);
     out.push_str("\",\"target\":\"");
-    write_escaped(out, r.target);
+    write_json_escaped(out, r.target);
     out.push('"');
     match r.version {
         Some(v) => {
@@ -449,7 +483,7 @@ fn write_json(out: &mut String, unix: Duration, r: &AccessRecord<'_>) {
     match r.request_id {
         Some(id) => {
             out.push('"');
-            write_escaped(out, id.as_bytes());
+            write_json_escaped(out, id.as_bytes());
             out.push('"');
         }
         None => out.push_str("null"),

@@ -1,5 +1,5 @@
 //! What every session and health check reaches through the loop: settings, backends,
-//! upstream connections, the buffer pool, deadlines and the loop's counters. The loop's own
+//! upstream connections, the buffer pool, deadlines, the access log and the loop's counters. The loop's own
 //! slab (sessions, checks) is not here: it belongs to `server`, which takes an entry out
 //! while it runs, so the entry can borrow all of this mutably.
 
@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use mio::Registry;
 
+use super::access_log::{AccessLog, AccessLogSettings};
 use super::backends::Backends;
 use super::buffer::BufPool;
+use super::request_record::RecordPool;
 use super::upstream::Upstreams;
 use crate::config::ProxySettings;
 use crate::evloop::{DeadlineHeap, Key};
@@ -50,11 +52,16 @@ pub struct LoopContext {
     pub draining: bool,
     /// Scratch space for building heads.
     pub scratch: Vec<u8>,
+    /// The access log (stderr until `Server::new` opens a configured file).
+    pub access_log: AccessLog,
+    /// Spare per-request records.
+    pub records: RecordPool,
 }
 
 impl LoopContext {
     /// A context for `settings` and `backends`.
     pub fn new(registry: Registry, settings: ProxySettings, backends: Backends) -> LoopContext {
+        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), Instant::now());
         LoopContext {
             registry,
             upstreams: Upstreams::default(),
@@ -68,6 +75,8 @@ impl LoopContext {
             connections: 0,
             draining: false,
             scratch: Vec::with_capacity(4096),
+            access_log,
+            records: RecordPool::new(),
         }
     }
 
@@ -75,6 +84,20 @@ impl LoopContext {
     pub fn set_settings(&mut self, settings: ProxySettings) {
         self.limits = Limits::from_settings(&settings);
         self.max_body = settings.max_body_bytes;
+        let log = AccessLogSettings::of(&settings);
+        if log != *self.access_log.settings() {
+            match AccessLog::open(log, self.now) {
+                Ok(new) => {
+                    self.access_log.flush(self.now);
+                    self.access_log = new;
+                }
+                Err(e) => crate::error!(
+                    "access_log_open_failed",
+                    "error={} action=\"keep the previous access log\"",
+                    crate::sys::log::quote(&e.to_string())
+                ),
+            }
+        }
         self.settings = settings;
     }
 

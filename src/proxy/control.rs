@@ -92,5 +92,8 @@ pub enum Up {
         connections: u64,
         /// Per backend.
         backends: Vec<BackendMetrics>,
+        /// Access-log lines dropped since the child started (sink full or failing).
+        #[serde(default)]
+        access_log_dropped: u64,
     },
 }

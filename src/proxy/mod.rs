@@ -6,7 +6,8 @@
 //! (upstream connections and keep-alive pools), `http_session` (client connection state
 //! machine), `tcp_session` (L4 mode), `backends` (set, balancing, metrics), `health` (active
 //! checks), `relay` (buffered socket I/O and the one-direction relay), `buffer` (pooled
-//! buffers). Sockets, deadlines, the lingering
+//! buffers), `access_log` (the per-request line and its batched writer), `request_record`
+//! (what a session learns about a request for it). Sockets, deadlines, the lingering
 //! close, the control channel and the health probe come from the loop kit
 //! (`crate::evloop`); HTTP parsing and head rewriting from `crate::http`.
 
@@ -26,6 +27,7 @@ mod http_session;
 mod lease;
 pub mod policy;
 mod relay;
+mod request_record;
 mod server;
 mod tcp_session;
 mod tokens;

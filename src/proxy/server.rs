@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 
 use super::LoopInputs;
+use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
 use super::context::{LoopContext, TimerKey};
 use super::control::{Down, Up};
@@ -93,11 +94,15 @@ impl Server {
             }
             None => None,
         };
-        let mut signals = Signals::new(&[SIGTERM, SIGINT])?;
+        let mut signals = Signals::new(&[SIGTERM, SIGINT, SIGUSR1])?;
         signals.register(poll.registry(), SIGNALS)?;
         let registry = poll.registry().try_clone()?;
         let backends = Backends::new(&inputs.backends);
         let mut ctx = LoopContext::new(registry, inputs.settings, backends);
+        let log = ctx.access_log.settings().clone();
+        if log.path.is_some() {
+            ctx.access_log = AccessLog::open(log, ctx.now)?;
+        }
         for i in 0..ctx.backends.len() {
             health::schedule_first(&mut ctx, i);
         }
@@ -135,6 +140,7 @@ impl Server {
         loop {
             self.ctx.now = Instant::now();
             if self.draining_done() {
+                self.ctx.access_log.flush(self.ctx.now);
                 crate::info!("lb_stopped", "name={}", crate::sys::log::quote(&self.name));
                 return 0;
             }
@@ -158,18 +164,14 @@ impl Server {
                         self.accept();
                     }
                     Target::Reserved(CONTROL) => self.control_event(ev),
-                    Target::Reserved(SIGNALS) => {
-                        for sig in self.signals.pending() {
-                            crate::info!("signal", "signal={} action=drain", sig);
-                            self.start_drain(self.drain_timeout_ms);
-                        }
-                    }
+                    Target::Reserved(SIGNALS) => self.on_signals(),
                     Target::Reserved(_) => {}
                     Target::Entry(key) => self.entry_event(key, ev),
                     Target::Upstream(key) => self.upstream_event(key, ev),
                 }
             }
             self.run_timers();
+            self.ctx.access_log.tick(self.ctx.now);
             if self
                 .accept_retry
                 .is_some_and(|t| t <= self.ctx.now && self.listening)
@@ -184,6 +186,7 @@ impl Server {
                 self.next_metrics = self.ctx.now + METRICS_EVERY;
                 self.send_metrics();
                 self.ctx.bufs.trim(self.ctx.now);
+                self.ctx.records.trim(self.ctx.now);
             }
             self.flush_control();
         }
@@ -200,8 +203,35 @@ impl Server {
         if let Some(t) = self.accept_retry {
             next = next.min(t);
         }
+        if let Some(t) = self.ctx.access_log.next_flush() {
+            next = next.min(t);
+        }
         // Round up to the next millisecond so a timer is never polled for 0 ms repeatedly.
         next.saturating_duration_since(self.ctx.now) + Duration::from_micros(500)
+    }
+
+    /// SIGUSR1 reopens the access-log file (logrotate's convention); the others drain.
+    fn on_signals(&mut self) {
+        for sig in self.signals.pending() {
+            if sig == SIGUSR1 {
+                let outcome = self.ctx.access_log.reopen(self.ctx.now);
+                match outcome {
+                    Ok(()) => crate::info!(
+                        "access_log_reopened",
+                        "name={}",
+                        crate::sys::log::quote(&self.name)
+                    ),
+                    Err(e) => crate::error!(
+                        "access_log_reopen_failed",
+                        "error={}",
+                        crate::sys::log::quote(&e.to_string())
+                    ),
+                }
+                continue;
+            }
+            crate::info!("signal", "signal={} action=drain", sig);
+            self.start_drain(self.drain_timeout_ms);
+        }
     }
 
     fn draining_done(&mut self) -> bool {
@@ -240,7 +270,7 @@ impl Server {
                     }
                     let entry = match self.ctx.settings.mode {
                         Mode::Http => {
-                            let s = HttpSession::new(&mut self.ctx, key, sock, peer.ip());
+                            let s = HttpSession::new(&mut self.ctx, key, sock, peer);
                             Entry::Http(Box::new(s))
                         }
                         Mode::Tcp => match TcpSession::new(&mut self.ctx, key, sock) {
@@ -553,6 +583,7 @@ impl Server {
         let msg = Up::Metrics {
             connections: self.ctx.connections as u64,
             backends: self.ctx.backends.metrics(),
+            access_log_dropped: self.ctx.access_log.dropped(),
         };
         self.send_up(&msg);
     }

@@ -37,6 +37,8 @@ pub struct ChildMetrics {
     pub connections: u64,
     /// Per backend, cumulative since the child started.
     pub backends: Vec<crate::proxy::control::BackendMetrics>,
+    /// Access-log lines dropped since the child started.
+    pub access_log_dropped: u64,
 }
 
 /// One forked LB child.

@@ -53,6 +53,8 @@ pub struct LbPool {
     /// Per LB index: earliest next fork (backoff after a child crashed young) and restarts.
     backoff: HashMap<usize, (Instant, u32)>,
     restarts: u64,
+    /// Access-log lines dropped by children that are gone.
+    access_log_dropped_gone: u64,
     /// Last Down seq handed out.
     seq: u64,
     /// Backend set last sent to the children.
@@ -101,6 +103,7 @@ impl LbPool {
             children: Vec::new(),
             backoff: HashMap::new(),
             restarts: 0,
+            access_log_dropped_gone: 0,
             seq: 0,
             sent: Vec::new(),
             retired: Retired::default(),
@@ -139,6 +142,23 @@ impl LbPool {
             .iter()
             .filter_map(|c| c.metrics.as_ref().map(|m| m.connections))
             .sum()
+    }
+
+    /// Sends `sig` to every child (SIGUSR1: reopen the access-log file).
+    pub fn signal_all(&self, sig: Signal) {
+        for c in &self.children {
+            let _ = kill(c.pid, sig);
+        }
+    }
+
+    /// Access-log lines dropped by every child, gone ones included.
+    pub fn access_log_dropped(&self) -> u64 {
+        let live: u64 = self
+            .children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.access_log_dropped))
+            .sum();
+        live + self.access_log_dropped_gone
     }
 
     /// Children running (not draining).
@@ -476,6 +496,7 @@ impl LbPool {
             handle_messages(&mut c, &mut self.latency);
             if let Some(m) = &c.metrics {
                 self.retired.absorb(&m.backends);
+                self.access_log_dropped_gone += m.access_log_dropped;
             }
             self.latency.forget_child(&c.pid.to_string());
             let how = match status {
@@ -589,12 +610,14 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
             Ok(Up::Metrics {
                 connections,
                 backends,
+                access_log_dropped,
             }) => {
                 c.metrics_basis = c.acked_seq;
                 latency.record(&c.pid.to_string(), &backends);
                 c.metrics = Some(ChildMetrics {
                     connections,
                     backends,
+                    access_log_dropped,
                 });
                 c.metrics_at = Some(now);
             }
@@ -658,6 +681,7 @@ mod tests {
         c.metrics_basis = acked;
         c.metrics = Some(ChildMetrics {
             connections: 0,
+            access_log_dropped: 0,
             backends: vec![BackendMetrics {
                 id: "w1".into(),
                 in_flight,

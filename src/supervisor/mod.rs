@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 
 use crate::config::{Config, RuntimeKind};
 use crate::runtime::docker_driver::DockerDriver;
@@ -265,7 +265,7 @@ fn bind_lb_listeners(cfg: &Config) -> Result<Vec<LbListener>, String> {
 /// The loop's poll with the supervisor's signals registered on it.
 fn poll_with_signals() -> Result<(Poll, Signals), String> {
     let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-    let mut signals = Signals::new(&[SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR2])
+    let mut signals = Signals::new(&[SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR1, SIGUSR2])
         .map_err(|e| format!("signals: {e}"))?;
     signals
         .register(poll.registry(), SIGNALS)
@@ -570,6 +570,8 @@ impl Supervisor {
             match sig {
                 SIGCHLD => {} // exits are collected in tick()
                 SIGUSR2 => self.begin_upgrade(),
+                // The access log is the LB children's: they reopen its file.
+                SIGUSR1 => self.pool.signal_all(nix::sys::signal::Signal::SIGUSR1),
                 SIGHUP => {
                     if self.phase == Phase::Running {
                         self.reload();

@@ -225,6 +225,12 @@ impl Supervisor {
             "LB children re-forked after dying.",
         )
         .sample(&[], self.pool.restarts());
+        m.family(
+            "goloadbalancer_access_log_dropped_total",
+            Kind::Counter,
+            "Access-log lines dropped because the journal or file could not take them.",
+        )
+        .sample(&[], self.pool.access_log_dropped());
         let conns = self.pool.connections();
         m.family(
             "goloadbalancer_connections",

@@ -14,24 +14,49 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_goloadbalancer")
 }
 
-/// A port the kernel just handed out on 127.0.0.1 (bound to 0, then released).
+/// Ports this test process already handed out: a port is released between `free_port` and
+/// the binary binding it, so the kernel may give it out again; the set keeps two picks of one
+/// process (parallel tests, or a range and a single port of one test) from ever colliding.
+fn claim(ports: std::ops::Range<u32>) -> bool {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let set = given.get_or_insert_with(HashSet::new);
+    if ports.clone().any(|p| set.contains(&(p as u16))) {
+        return false;
+    }
+    set.extend(ports.map(|p| p as u16));
+    true
+}
+
+/// A port the kernel just handed out on 127.0.0.1 (bound to 0, then released), never one
+/// this process handed out before.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    for _ in 0..200 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if claim(u32::from(port)..u32::from(port) + 1) {
+            return port;
+        }
+    }
+    panic!("no free port left that this process has not handed out");
 }
 
 /// `n` consecutive free ports (for `worker-port` / `load-balancer-port` ranges); retries
-/// until a whole run is free.
+/// until a whole run is free and none of it was handed out before.
 pub fn free_port_range(n: u16) -> u16 {
     for _ in 0..200 {
-        let base = free_port();
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let base = l.local_addr().expect("local addr").port();
+        drop(l);
         if base as u32 + n as u32 >= 65535 {
             continue;
         }
         let held: Vec<_> = (0..n)
             .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
-        if held.len() == n as usize {
+        if held.len() == n as usize && claim(u32::from(base)..u32::from(base) + u32::from(n)) {
             return base;
         }
     }

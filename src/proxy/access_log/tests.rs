@@ -204,3 +204,15 @@ fn a_full_batch_drops_and_counts_instead_of_growing() {
     assert!(log.pending.is_empty());
     assert_eq!(log.dropped(), 2_000);
 }
+
+#[test]
+fn json_line_with_quotes_and_control_bytes_still_parses() {
+    let id = RequestId::from_client(b"q\"id").unwrap();
+    let mut r = record(&id);
+    r.target = b"/a\"b\\c\x01d e";
+    let mut line = String::new();
+    write_json(&mut line, Duration::from_secs(0), &r);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["target"], "/a\"b\\c\u{1}d e");
+    assert_eq!(v["request_id"], "q\"id");
+}

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use super::response::HeadOutcome;
 use super::tunnel::Tunnel;
-use super::{Client, Progress, State, fail};
+use super::{Client, Progress, State, fail, key};
 use crate::evloop::linger;
 use crate::http::{ChunkLimits, ChunkedDecoder, Framing};
+use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::backends::Tried;
 use crate::proxy::buffer::Buf;
 use crate::proxy::context::LoopContext;
@@ -24,6 +25,8 @@ pub(super) struct ReqInfo {
     pub(super) framing: Framing,
     pub(super) keep_alive: bool,
     pub(super) upgrade: bool,
+    /// `Expect: 100-continue`: the client may wait for a 100 before sending its body.
+    pub(super) expect_continue: bool,
 }
 
 /// What is left of a message body.
@@ -90,16 +93,29 @@ pub(super) struct Ex {
     pub(super) resp_keep_alive: bool,
     /// An interim (1xx) response already went to the client: no retry any more.
     pub(super) interim_sent: bool,
+    /// Interim responses received so far (capped by `max-interim-responses`).
+    pub(super) interims: u32,
     pub(super) close_client: bool,
     pub(super) up_eof: bool,
     /// Writing to the upstream failed; a response may still be readable.
     pub(super) up_write_failed: bool,
     pub(super) started: Instant,
+    /// The whole request body must have arrived by then (`body-timeout-ms`, from the end of
+    /// the head): a client trickling a byte at a time cannot hold a slot forever.
+    pub(super) body_deadline: Instant,
 }
 
 impl Ex {
-    /// Bookkeeping for a request whose rewritten `head` is ready to go up.
-    pub(super) fn new(req: ReqInfo, body: BodyLeft, head: Buf, tried: Tried, now: Instant) -> Ex {
+    /// Bookkeeping for a request whose rewritten `head` is ready to go up; its body must
+    /// have arrived by `body_deadline`.
+    pub(super) fn new(
+        req: ReqInfo,
+        body: BodyLeft,
+        head: Buf,
+        tried: Tried,
+        now: Instant,
+        body_deadline: Instant,
+    ) -> Ex {
         Ex {
             req,
             head: Some(head),
@@ -115,11 +131,33 @@ impl Ex {
             status: 0,
             resp_keep_alive: false,
             interim_sent: false,
+            interims: 0,
             close_client: false,
             up_eof: false,
             up_write_failed: false,
             started: now,
+            body_deadline,
         }
+    }
+
+    /// Whether the exchange waits on the client: its body is unfinished and none of it is
+    /// buffered for the upstream (buffered bytes the upstream does not take are the
+    /// backend's delay; so is a 100 Continue the client waits for that never came).
+    pub(super) fn waits_on_client(&self, c: &Client) -> bool {
+        let awaiting_continue =
+            self.req.expect_continue && self.interims == 0 && !self.body_started;
+        !self.body.done() && c.cin.as_ref().is_none_or(Buf::is_empty) && !awaiting_continue
+    }
+
+    /// Arms `response-timeout-ms` from now, no later than the body deadline while the
+    /// request body is still arriving.
+    pub(super) fn arm_response_timer(&self, c: &mut Client, ctx: &mut LoopContext) {
+        let mut at = ctx.after_ms(ctx.settings.response_timeout_ms);
+        if !self.body.done() {
+            at = at.min(self.body_deadline);
+        }
+        let k = key(c);
+        c.deadline.set(&mut ctx.timers, at, k);
     }
 }
 
@@ -135,6 +173,8 @@ pub(super) enum Turn {
     Retry(Option<String>),
     /// Give up: end the lease with the outcome and answer the status.
     Abort(Outcome<'static>, u16),
+    /// The request body is refused (the status): the client's fault.
+    Refuse(u16),
     /// The client vanished mid-request: nothing to answer.
     ClientGone,
     /// A 101 to the upgrade: the exchange becomes a tunnel.
@@ -144,9 +184,9 @@ pub(super) enum Turn {
     /// The upstream died mid-body: the client must see a truncated message, never a clean
     /// end.
     Truncated,
-    /// The client is gone or the response framing broke: close (the lease ends with the
-    /// session).
-    Close,
+    /// The client is gone or the response framing broke (who ended it, and where): close
+    /// (the lease and the request's record end with the session).
+    Close(Termination, Phase),
 }
 
 impl Exchange {
@@ -154,7 +194,7 @@ impl Exchange {
     pub(super) fn step(mut self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
         match self.advance(c, ctx) {
             Ok(true) => {
-                c.set_deadline(ctx, ctx.settings.response_timeout_ms);
+                self.x.arm_response_timer(c, ctx);
                 (State::Exchange(self), Progress::Moved)
             }
             Ok(false) => (State::Exchange(self), Progress::Idle),
@@ -167,7 +207,7 @@ impl Exchange {
         let mut moved = self.connect_step(c, ctx)?;
         moved |= self.send_request(c, ctx).map_err(|status| match status {
             0 => Turn::ClientGone,
-            status => Turn::Abort(Outcome::Dropped, status),
+            status => Turn::Refuse(status),
         })?;
         match self.read_response(ctx) {
             Ok(m) => moved |= m,
@@ -176,6 +216,7 @@ impl Exchange {
         if matches!(self.x.resp, Resp::Head) {
             match self.parse_heads(c, ctx) {
                 Ok(HeadOutcome::Upgrade) => return Err(Turn::Upgrade),
+                Ok(HeadOutcome::Grew) => moved = true,
                 Ok(_) => {}
                 Err(()) => return Err(Turn::Abort(Outcome::Broken, 502)),
             }
@@ -192,11 +233,17 @@ impl Exchange {
         }
         match self.lease.conn_mut().poll_connect() {
             Ok(true) => {
-                c.set_deadline(ctx, ctx.settings.response_timeout_ms);
+                if let Some(r) = c.rec() {
+                    r.connected(ctx.now);
+                }
+                self.x.arm_response_timer(c, ctx);
                 Ok(true)
             }
             Ok(false) => Err(Turn::Connecting),
-            Err(e) => Err(Turn::Retry(Some(e.to_string()))),
+            Err(e) => {
+                c.blame(Termination::WorkerRefused, Phase::Connect);
+                Err(Turn::Retry(Some(e.to_string())))
+            }
         }
     }
 
@@ -204,10 +251,14 @@ impl Exchange {
     fn send_response(&mut self, c: &mut Client, ctx: &mut LoopContext) -> Result<bool, Turn> {
         if let Resp::Head = self.x.resp {
             // Interim (1xx) heads.
-            return c.flush_out(ctx).map_err(|()| Turn::Close);
+            return c
+                .flush_out(ctx)
+                .map_err(|()| Turn::Close(Termination::ClientClosed, Phase::ResponseHead));
         }
         // The head queued in `cout` goes out with the first body bytes (relay_body).
-        let moved = self.relay_body(c, ctx).map_err(|()| Turn::Close)?;
+        let moved = self
+            .relay_body(c, ctx)
+            .map_err(|who| Turn::Close(who, Phase::ResponseBody))?;
         if matches!(&self.x.resp, Resp::Body { left, .. } if left.done()) && c.out_empty() {
             return Err(Turn::Finish);
         }
@@ -252,36 +303,91 @@ impl Exchange {
             Turn::Again => (State::Exchange(self), Progress::Moved),
             Turn::Retry(why) => self.retry(c, ctx, why.as_deref()),
             Turn::Abort(outcome, status) => self.abort(c, ctx, outcome, status),
+            Turn::Refuse(status) => {
+                c.blame(Termination::ClientBadRequest, Phase::RequestBody);
+                self.abort(c, ctx, Outcome::Dropped, status)
+            }
             Turn::ClientGone => {
+                // Nothing to answer, free everything.
+                c.end_request(ctx, 0, (Termination::ClientClosed, Phase::RequestBody));
                 self.end(ctx, Outcome::Dropped);
                 (State::Closing { shut: true }, Progress::Close)
             }
             Turn::Upgrade => (State::Tunnel(Tunnel::open(self, c, ctx)), Progress::Moved),
             Turn::Finish => self.finish(c, ctx),
             Turn::Truncated => {
+                c.blame(Termination::WorkerBroke, Phase::ResponseBody);
+                self.end_record(c, ctx);
                 self.end(ctx, Outcome::Broken);
                 (State::Closing { shut: true }, Progress::Close)
             }
-            Turn::Close => (State::Exchange(self), Progress::Close),
+            Turn::Close(who, phase) => {
+                c.blame(who, phase);
+                (State::Exchange(self), Progress::Close)
+            }
         }
     }
 
     /// The session's deadline fired during the exchange: the connect timed out (next
     /// backend), the response did (504), or the relay stalled (close).
     pub(super) fn timer(self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
+        let backend = self.lease.backend();
         if !self.lease.conn().connected() {
+            c.blame(Termination::WorkerTimeout, Phase::Connect);
             return self.retry(c, ctx, Some("connect timeout"));
+        }
+        if matches!(self.x.resp, Resp::Head) && self.x.waits_on_client(c) {
+            // The client stopped in the middle of its body (or ran out of body-timeout-ms):
+            // its fault, not the backend's.
+            crate::debug!(
+                "client_body_timeout",
+                "backend={}",
+                crate::sys::log::quote(ctx.backends[backend].id())
+            );
+            c.blame(Termination::ClientTimeout, Phase::RequestBody);
+            return self.abort(c, ctx, Outcome::Dropped, 408);
         }
         if matches!(self.x.resp, Resp::Head) {
             crate::warn!(
                 "upstream_timeout",
                 "backend={} timeout_ms={}",
-                crate::sys::log::quote(ctx.backends[self.lease.backend()].id()),
+                crate::sys::log::quote(ctx.backends[backend].id()),
                 ctx.settings.response_timeout_ms
             );
+            c.blame(Termination::WorkerTimeout, Phase::ResponseHead);
             return self.abort(c, ctx, Outcome::Broken, 504);
         }
+        let who = if c.out_empty() {
+            Termination::WorkerTimeout
+        } else {
+            Termination::ClientTimeout
+        };
+        c.blame(who, Phase::ResponseBody);
         (State::Exchange(self), Progress::Close)
+    }
+
+    /// The session closes during the exchange: the request's record ends (blamed on whoever
+    /// was, else the client or the drain), the lease ends without a verdict.
+    pub(super) fn close(self, c: &mut Client, ctx: &mut LoopContext) {
+        self.end_record(c, ctx);
+        self.end(ctx, Outcome::Dropped);
+    }
+
+    /// Ends the request's record where the exchange stands (status 0 before a response).
+    fn end_record(&self, c: &mut Client, ctx: &mut LoopContext) {
+        let (status, phase) = match self.x.resp {
+            Resp::Head => (0, Phase::ResponseHead),
+            Resp::Body { .. } => (self.x.status, Phase::ResponseBody),
+        };
+        let stop = if ctx.draining {
+            Termination::ProxyStopping
+        } else {
+            Termination::ClientClosed
+        };
+        let how = c
+            .rec()
+            .map_or((stop, phase), |r| r.blamed_or((stop, phase)));
+        c.end_request(ctx, status, how);
     }
 
     /// Ends the lease with `outcome` and returns the buffers.
@@ -335,6 +441,9 @@ impl Exchange {
         if !replayable {
             ctx.bufs.put_opt(&mut x.head);
             ctx.bufs.put_opt(&mut x.uin);
+            if refused.is_none() {
+                c.blame(Termination::WorkerBroke, Phase::ResponseHead);
+            }
             return fail(c, ctx, 502);
         }
         if reused && refused.is_none() {
@@ -345,8 +454,17 @@ impl Exchange {
         let Some(lease) = UpstreamLease::start(ctx, c.key, &mut x.tried, true) else {
             ctx.bufs.put_opt(&mut x.head);
             ctx.bufs.put_opt(&mut x.uin);
+            if refused.is_some() {
+                c.blame(Termination::WorkerRefused, Phase::Connect);
+            } else {
+                c.blame(Termination::WorkerBroke, Phase::ResponseHead);
+            }
             return fail(c, ctx, if refused.is_some() { 503 } else { 502 });
         };
+        if let Some(r) = c.rec() {
+            r.retries += 1;
+            r.backend = Some(lease.backend());
+        }
         x.head_sent = 0;
         x.up_eof = false;
         x.up_write_failed = false;
@@ -372,7 +490,9 @@ impl Exchange {
             since: x.started,
             reusable,
         };
+        let status = x.status;
         self.end(ctx, outcome);
+        c.end_request(ctx, status, (Termination::Done, Phase::Complete));
         if close_client {
             c.set_deadline(ctx, linger::LINGER_MS);
             return (State::Closing { shut: false }, Progress::Moved);

@@ -6,6 +6,7 @@ use super::{Client, Progress, State, fail};
 use crate::evloop::ReadResult;
 use crate::http::rewrite::{self, ConnectionOut, UpstreamRequest};
 use crate::http::{self, Framing, RequestHead};
+use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::backends::Tried;
 use crate::proxy::buffer::{BUF_SIZE, Buf};
 use crate::proxy::context::LoopContext;
@@ -72,6 +73,7 @@ pub(super) fn step_head(
 /// A complete head: leases an upstream connection and queues the rewritten head for it.
 fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (State, Progress) {
     c.served += 1;
+    begin_record(c, ctx, &req);
     if let Framing::Length(n) = req.framing
         && ctx.max_body > 0
         && n > ctx.max_body
@@ -84,29 +86,78 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
         idempotent: req.is_idempotent(),
         framing: req.framing,
         keep_alive: req.keep_alive,
-        upgrade: req.upgrade.is_some(),
+        upgrade: upgrade_allowed(ctx, &req, c.cin.as_ref()),
+        expect_continue: req.expect_continue,
     };
     if c.cin.is_none() {
         return fail(c, ctx, 400);
     }
     let mut tried = Tried::default();
     let Some(lease) = UpstreamLease::start(ctx, c.key, &mut tried, false) else {
+        let who = if tried.len() == 0 {
+            Termination::NoWorker
+        } else {
+            Termination::WorkerRefused
+        };
+        c.blame(who, Phase::Connect);
         return fail(c, ctx, 503);
     };
-    let head = upstream_head(c, ctx, &req, info.upgrade);
     let connected = lease.conn().connected();
+    if let Some(r) = c.rec() {
+        r.backend = Some(lease.backend());
+        if connected {
+            r.connected(ctx.now);
+        }
+        r.blame(Termination::WorkerBroke, Phase::ResponseHead);
+    }
+    let head = upstream_head(c, ctx, &req, info.upgrade);
     let body = BodyLeft::from_framing(req.framing, ctx.max_body);
+    let body_deadline = ctx.after_ms(ctx.settings.body_timeout_ms);
     let ex = Exchange {
         lease,
-        x: Ex::new(info, body, head, tried, ctx.now),
+        x: Ex::new(info, body, head, tried, ctx.now, body_deadline),
     };
-    let ms = if connected {
-        ctx.settings.response_timeout_ms
+    if connected {
+        ex.x.arm_response_timer(c, ctx);
     } else {
-        ctx.settings.connect_timeout_ms
-    };
-    c.set_deadline(ctx, ms);
+        c.set_deadline(ctx, ctx.settings.connect_timeout_ms);
+    }
     (State::Exchange(ex), Progress::Moved)
+}
+
+/// Opens the request's record (its id, line and start) for the access log.
+fn begin_record(c: &mut Client, ctx: &mut LoopContext, req: &RequestHead) {
+    if let Some(cin) = c.cin.as_ref() {
+        let keep_line = ctx.access_log.is_on();
+        let rec = ctx
+            .records
+            .begin(c.peer, req, cin.data(), keep_line, ctx.now);
+        if let Some(old) = c.rec.replace(rec) {
+            ctx.records.put(old);
+        }
+    }
+    c.blame(Termination::ClientBadRequest, Phase::RequestHead);
+}
+
+/// Whether the request's upgrade may become a tunnel: every protocol it offers is in
+/// `allowed-upgrades` (so whatever the backend picks is allowed). Any other upgrade request is
+/// forwarded as a plain request (Upgrade and `Connection: upgrade` stripped), as a server
+/// ignoring the field would answer it (RFC 9110 7.8): h2c clients fall back to HTTP/1.1.
+fn upgrade_allowed(ctx: &LoopContext, req: &RequestHead, cin: Option<&Buf>) -> bool {
+    let (Some(offer), Some(cin)) = (req.upgrade, cin) else {
+        return false;
+    };
+    let offer = offer.get(cin.data());
+    let mut items = http::fields::list_items(offer).peekable();
+    let allowed = items.peek().is_some() && items.all(|p| ctx.settings.allows_upgrade(p));
+    if !allowed {
+        crate::debug!(
+            "upgrade_stripped",
+            "upgrade={}",
+            crate::sys::log::quote(&String::from_utf8_lossy(offer))
+        );
+    }
+    allowed
 }
 
 /// The head rewritten for the backend (in a pooled buffer), consumed from `cin`.
@@ -121,7 +172,7 @@ fn upstream_head(c: &mut Client, ctx: &mut LoopContext, req: &RequestHead, upgra
         req,
         cin.data(),
         &UpstreamRequest {
-            client_ip: c.peer,
+            client_ip: c.peer.ip(),
             proto: "http",
             framing: req.framing,
             connection: if upgrade {
@@ -131,6 +182,7 @@ fn upstream_head(c: &mut Client, ctx: &mut LoopContext, req: &RequestHead, upgra
             },
             default_host: None,
             via: None,
+            request_id: c.rec.as_deref().map(|r| r.id.as_bytes()),
         },
     );
     cin.consume(req.head_len);

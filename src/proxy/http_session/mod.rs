@@ -20,15 +20,16 @@
 //! body up), `response` (heads and body down), `tunnel` (after a 101), `closing` (the last
 //! response and the lingering close); `tests` drive the machine over socket pairs.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::event::Event;
 
+use super::access_log::{Phase, Termination};
 use super::buffer::Buf;
 use super::context::{LoopContext, TimerKey};
-use super::lease::Outcome;
 use super::relay::{self, TcpSock};
+use super::request_record::{self, RequestRecord};
 use crate::evloop::linger;
 use crate::evloop::{Deadline, Key};
 use crate::http;
@@ -70,7 +71,9 @@ struct Client {
     /// The session's entry in the loop slab (its token, timer and upstream owner key).
     key: Key,
     sock: TcpSock,
-    peer: IpAddr,
+    peer: SocketAddr,
+    /// The request in flight's facts for the access log (None between requests).
+    rec: Option<Box<RequestRecord>>,
     /// Bytes read from the client, not yet forwarded or parsed.
     cin: Option<Buf>,
     /// Bytes owed to the client (response heads, de-chunked data, canned responses).
@@ -143,15 +146,44 @@ impl Client {
         let out = self.cout.get_or_insert_with(|| ctx.bufs.get());
         out.push_all(bytes);
     }
+
+    /// The request in flight's record, if one is open.
+    fn rec(&mut self) -> Option<&mut RequestRecord> {
+        self.rec.as_deref_mut()
+    }
+
+    /// Notes who is to blame should the request end early from here on.
+    fn blame(&mut self, termination: Termination, phase: Phase) {
+        if let Some(r) = self.rec() {
+            r.blame(termination, phase);
+        }
+    }
+
+    /// Ends the request's record: its access-log line (when wanted), the record back to the
+    /// pool. `status` 0 = the client got no answer.
+    fn end_request(&mut self, ctx: &mut LoopContext, status: u16, how: (Termination, Phase)) {
+        let Some(rec) = self.rec.take() else {
+            return;
+        };
+        if ctx.access_log.is_on() {
+            let worker = rec
+                .backend
+                .and_then(|b| ctx.backends.get(b))
+                .map_or("-", |b| b.id());
+            rec.write(&mut ctx.access_log, worker, status, how, ctx.now);
+        }
+        ctx.records.put(rec);
+    }
 }
 
 impl HttpSession {
     /// A session for an accepted client socket, the loop slab entry `key`.
-    pub fn new(ctx: &mut LoopContext, key: Key, sock: TcpSock, peer: IpAddr) -> Self {
+    pub fn new(ctx: &mut LoopContext, key: Key, sock: TcpSock, peer: SocketAddr) -> Self {
         let mut c = Client {
             key,
             sock,
             peer,
+            rec: None,
             cin: None,
             cout: None,
             served: 0,
@@ -255,7 +287,7 @@ impl HttpSession {
     /// Frees everything the session holds (the loop counts the connection closed).
     pub fn close(mut self, ctx: &mut LoopContext) {
         match std::mem::replace(&mut self.state, State::Void) {
-            State::Exchange(ex) => ex.end(ctx, Outcome::Dropped),
+            State::Exchange(ex) => ex.close(&mut self.c, ctx),
             State::Tunnel(t) => t.close(ctx),
             _ => {}
         }
@@ -268,6 +300,16 @@ impl HttpSession {
 fn fail(c: &mut Client, ctx: &mut LoopContext, status: u16) -> (State, Progress) {
     if let Some(cin) = c.cin.as_mut() {
         cin.clear();
+    }
+    match c.rec() {
+        Some(r) => {
+            let how = r.blamed_or((request_record::termination_of(status), Phase::Connect));
+            c.end_request(ctx, status, how);
+        }
+        None if ctx.access_log.is_on() => {
+            request_record::write_refused(&mut ctx.access_log, c.peer, status, ctx.now)
+        }
+        None => {}
     }
     let body = format!("{} {}\n", status, http::response::reason(status));
     c.queue(

@@ -52,6 +52,9 @@ impl Ex {
             self.head_sent += h;
             let b = n - h;
             if b > 0 {
+                if let Some(r) = c.rec.as_deref_mut() {
+                    r.bytes_in += b as u64;
+                }
                 cin.consume(b);
                 *rem -= b as u64;
                 self.body_started = true;
@@ -84,9 +87,13 @@ impl Ex {
             }
             let cin = c.cin.get_or_insert_with(|| ctx.bufs.get());
             self.frame_body(cin)?;
-            let Some(mut step) = self.write_body(up, cin) else {
+            let Some(written) = self.write_body(up, cin) else {
                 return Ok(moved);
             };
+            if let Some(r) = c.rec.as_deref_mut() {
+                r.bytes_in += written as u64;
+            }
+            let mut step = written > 0;
             let finished = match &self.body {
                 BodyLeft::Length(0) => true,
                 BodyLeft::Chunked(ch) => ch.is_done() && self.body_ready == 0,
@@ -136,11 +143,11 @@ impl Ex {
         Ok(())
     }
 
-    /// Writes the ready body bytes: Some(moved), None when the write failed (then
+    /// Writes the ready body bytes: Some(bytes written), None when the write failed (then
     /// `up_write_failed` is set).
-    fn write_body(&mut self, up: &mut TcpSock, cin: &mut Buf) -> Option<bool> {
+    fn write_body(&mut self, up: &mut TcpSock, cin: &mut Buf) -> Option<usize> {
         if self.body_ready == 0 || !up.writable {
-            return Some(false);
+            return Some(0);
         }
         match up.write(&cin.data()[..self.body_ready]) {
             Ok(n) if n > 0 => {
@@ -150,9 +157,9 @@ impl Ex {
                 if let BodyLeft::Length(rem) = &mut self.body {
                     *rem -= n as u64;
                 }
-                Some(true)
+                Some(n)
             }
-            Ok(_) => Some(false),
+            Ok(_) => Some(0),
             Err(_) => {
                 self.up_write_failed = true;
                 None

@@ -7,9 +7,15 @@ use super::exchange::{BodyLeft, Ex, Exchange, ReqInfo, Resp};
 use crate::evloop::ReadResult;
 use crate::http::rewrite::{self, ClientResponse, ConnectionOut};
 use crate::http::{self, Framing, ResponseHead};
+use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::buffer::Buf;
 use crate::proxy::context::LoopContext;
 use crate::proxy::relay;
+
+/// The client is gone (a write to it failed).
+const GONE: Termination = Termination::ClientClosed;
+/// The upstream's framing is broken.
+const BROKE: Termination = Termination::WorkerBroke;
 
 /// What parsing response heads led to.
 pub(super) enum HeadOutcome {
@@ -19,6 +25,8 @@ pub(super) enum HeadOutcome {
     Final,
     /// A 101 to an upgrade request: the exchange becomes a tunnel.
     Upgrade,
+    /// No complete head in a full buffer: it grew (up to `max-header-bytes`), read again.
+    Grew,
 }
 
 /// Which kind of response head was parsed.
@@ -70,6 +78,12 @@ impl Exchange {
             };
             let resp = match http::parse_response_head(uin.data(), x.req.is_head, &ctx.limits) {
                 Ok(Some(r)) => r,
+                Ok(None) if uin.room() == 0 && uin.capacity() <= ctx.limits.max_header_bytes => {
+                    // A head larger than one buffer: grow up to the head limit (beyond it
+                    // the parser says HeadTooLarge, so a full buffer never waits here).
+                    uin.grow(ctx.limits.max_header_bytes + 1);
+                    return Ok(HeadOutcome::Grew);
+                }
                 Ok(None) => return Ok(HeadOutcome::Pending),
                 Err(e) => {
                     crate::warn!(
@@ -81,22 +95,19 @@ impl Exchange {
                     return Err(());
                 }
             };
-            let kind = if resp.is_switching_protocols() {
-                if !x.req.upgrade {
-                    return Err(());
-                }
-                HeadKind::Switch
-            } else if resp.is_interim() {
-                HeadKind::Interim
-            } else {
-                HeadKind::Final
-            };
-            let (out, close_client) = client_head(kind, &resp, &x.req, x.body.done(), ctx.draining);
+            let kind = classify(&x.req, &mut x.interims, &resp, uin, c, ctx, backend)?;
+            let (mut out, close_client) =
+                client_head(kind, &resp, &x.req, x.body.done(), ctx.draining);
+            if kind != HeadKind::Interim {
+                out.request_id = c.rec.as_deref().map(|r| r.id.as_bytes());
+            }
+            let client_framing = out.framing;
             ctx.scratch.clear();
             // Interim heads go to HTTP/1.1 clients only (RFC 9110 15.2).
             let relayed = kind != HeadKind::Interim || x.req.minor == 1;
             if relayed {
                 rewrite::write_client_response(&mut ctx.scratch, &resp, uin.data(), &out);
+                note_head_sent(c, kind, resp.status, ctx);
                 c.cout
                     .get_or_insert_with(|| ctx.bufs.get())
                     .push_all(&ctx.scratch);
@@ -116,7 +127,7 @@ impl Exchange {
                 }
                 HeadKind::Final => {
                     x.close_client = close_client;
-                    x.start_body(&resp, out.framing);
+                    x.start_body(&resp, client_framing);
                     ctx.bufs.put_opt(&mut x.head);
                     return Ok(HeadOutcome::Final);
                 }
@@ -124,8 +135,13 @@ impl Exchange {
         }
     }
 
-    /// Response body, `uin` -> client. Err when the client is gone or the framing is broken.
-    pub(super) fn relay_body(&mut self, c: &mut Client, ctx: &mut LoopContext) -> Result<bool, ()> {
+    /// Response body, `uin` -> client. Err(who ended it): the client is gone, or the
+    /// upstream's framing is broken.
+    pub(super) fn relay_body(
+        &mut self,
+        c: &mut Client,
+        ctx: &mut LoopContext,
+    ) -> Result<bool, Termination> {
         let x = &mut self.x;
         let Resp::Body { left, dechunk } = &mut x.resp else {
             return Ok(false);
@@ -134,7 +150,7 @@ impl Exchange {
         while let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) {
             if *dechunk && !c.out_empty() {
                 // De-chunked data wait in `cout`: flush it before decoding more.
-                moved |= c.flush_out(ctx)?;
+                moved |= c.flush_out(ctx).map_err(|()| GONE)?;
                 if !c.out_empty() {
                     break;
                 }
@@ -159,7 +175,7 @@ impl Exchange {
                     if uin.len() > x.resp_ready && !ch.is_done() {
                         let p = ch
                             .feed(&uin.data()[x.resp_ready..], &mut |_| {})
-                            .map_err(|_| ())?;
+                            .map_err(|_| BROKE)?;
                         x.resp_ready += p.consumed;
                     }
                 }
@@ -180,7 +196,7 @@ impl Exchange {
         {
             *left = BodyLeft::Done;
         }
-        moved |= c.flush_out(ctx)?;
+        moved |= c.flush_out(ctx).map_err(|()| GONE)?;
         ctx.bufs.put_if_empty(&mut x.uin);
         Ok(moved)
     }
@@ -199,18 +215,78 @@ impl Ex {
     }
 }
 
+/// Which kind of head `resp` is; Err for a 101 the request may not get (sent without
+/// Upgrade, or to a protocol not allowed: the backend must pick one offered, all of which
+/// were allowed) and past `max-interim-responses` 1xx (bounded: an endless stream of 1xx
+/// would grow the client's output forever).
+fn classify(
+    req: &ReqInfo,
+    interims: &mut u32,
+    resp: &ResponseHead,
+    uin: &Buf,
+    c: &mut Client,
+    ctx: &LoopContext,
+    backend: usize,
+) -> Result<HeadKind, ()> {
+    if resp.is_switching_protocols() {
+        let switched_to = resp.upgrade.map_or(&b""[..], |u| u.get(uin.data()));
+        if !req.upgrade || !ctx.settings.allows_upgrade(switched_to) {
+            crate::warn!(
+                "upstream_bad_upgrade",
+                "backend={} upgrade={}",
+                crate::sys::log::quote(ctx.backends[backend].id()),
+                crate::sys::log::quote(&String::from_utf8_lossy(switched_to))
+            );
+            return Err(());
+        }
+        return Ok(HeadKind::Switch);
+    }
+    if !resp.is_interim() {
+        return Ok(HeadKind::Final);
+    }
+    *interims += 1;
+    if *interims > ctx.settings.max_interim_responses {
+        crate::warn!(
+            "upstream_bad_response",
+            "backend={} reason=\"more than {} interim responses\"",
+            crate::sys::log::quote(ctx.backends[backend].id()),
+            ctx.settings.max_interim_responses
+        );
+        c.blame(Termination::ProxyLimit, Phase::ResponseHead);
+        return Err(());
+    }
+    Ok(HeadKind::Interim)
+}
+
+/// Notes a head written for the client (in `ctx.scratch`) on the request's record.
+fn note_head_sent(c: &mut Client, kind: HeadKind, status: u16, ctx: &LoopContext) {
+    let Some(r) = c.rec() else {
+        return;
+    };
+    r.bytes_out += ctx.scratch.len() as u64;
+    match kind {
+        HeadKind::Interim => {}
+        HeadKind::Switch => r.response_head(101, ctx.now),
+        HeadKind::Final => {
+            r.response_head(status, ctx.now);
+            r.blame(Termination::WorkerBroke, Phase::ResponseBody);
+        }
+    }
+}
+
 /// Framing and `Connection` of the head the client gets for a response head of `kind`, and
 /// (for the final head) whether the client connection closes after this response.
-fn client_head(
+fn client_head<'a>(
     kind: HeadKind,
     resp: &ResponseHead,
     req: &ReqInfo,
     req_done: bool,
     draining: bool,
-) -> (ClientResponse, bool) {
+) -> (ClientResponse<'a>, bool) {
     let plain = |connection| ClientResponse {
         framing: Framing::None,
         connection,
+        request_id: None,
     };
     match kind {
         HeadKind::Switch => (plain(ConnectionOut::Upgrade), false),
@@ -229,6 +305,7 @@ fn client_head(
                 ClientResponse {
                     framing,
                     connection,
+                    request_id: None,
                 },
                 close,
             )
@@ -243,17 +320,22 @@ fn dechunk_step(
     uin: &mut Buf,
     c: &mut Client,
     ctx: &mut LoopContext,
-) -> Result<Option<bool>, ()> {
+) -> Result<Option<bool>, Termination> {
     let BodyLeft::Chunked(ch) = left else {
         return Ok(None);
     };
     let out = c.cout.get_or_insert_with(|| ctx.bufs.get());
     let take = out.room().min(uin.len());
+    let mut given = 0;
     let p = ch
         .feed(&uin.data()[..take], &mut |d| {
+            given += d.len();
             out.push(d);
         })
-        .map_err(|_| ())?;
+        .map_err(|_| BROKE)?;
+    if let Some(r) = c.rec() {
+        r.bytes_out += given as u64;
+    }
     uin.consume(p.consumed);
     if p.done {
         *left = BodyLeft::Done;
@@ -271,14 +353,20 @@ fn write_body(
     uin: &mut Buf,
     ready: &mut usize,
     c: &mut Client,
-) -> Result<usize, ()> {
+) -> Result<usize, Termination> {
     let head = c.cout.as_ref().map_or(&[][..], |o| o.data());
     let queued = head.len();
-    let n = c.sock.write2(head, &uin.data()[..*ready]).map_err(|_| ())?;
+    let n = c
+        .sock
+        .write2(head, &uin.data()[..*ready])
+        .map_err(|_| GONE)?;
     if let Some(o) = c.cout.as_mut() {
         o.consume(n.min(queued));
     }
     let w = n.saturating_sub(queued);
+    if let Some(r) = c.rec() {
+        r.bytes_out += w as u64;
+    }
     uin.consume(w);
     *ready -= w;
     match left {

@@ -64,7 +64,7 @@ impl Harness {
         let mut sock = Sock::new(mio::net::TcpStream::from_std(accepted));
         let key: Key = Slab::<()>::new().insert(());
         sock.register(&ctx.registry, tokens::entry(key)).unwrap();
-        let session = HttpSession::new(&mut ctx, key, sock, peer.ip());
+        let session = HttpSession::new(&mut ctx, key, sock, peer);
         Harness {
             poll,
             events: Events::with_capacity(64),

@@ -3,6 +3,7 @@
 
 use super::exchange::Exchange;
 use super::{Client, Progress, State};
+use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::context::LoopContext;
 use crate::proxy::relay::Half;
 use crate::proxy::upstream::UpConn;
@@ -20,6 +21,7 @@ impl Tunnel {
     pub(super) fn open(ex: Exchange, c: &mut Client, ctx: &mut LoopContext) -> Tunnel {
         let (lease, started) = ex.into_lease(ctx);
         let up = lease.upgrade(ctx, started);
+        c.end_request(ctx, 101, (Termination::Done, Phase::Complete));
         c.set_deadline(ctx, ctx.settings.tunnel_timeout_ms);
         Tunnel {
             up,

@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 connection: ConnectionOut::Close,
                 default_host: None,
                 via: Some("glb"),
+                request_id: None,
             },
         );
         let big = Limits {

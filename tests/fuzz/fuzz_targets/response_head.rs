@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
             &ClientResponse {
                 framing,
                 connection: ConnectionOut::Close,
+                request_id: None,
             },
         );
         let big = Limits {
