@@ -139,3 +139,28 @@ impl LoopContext {
         self.close_pool(backend);
     }
 }
+
+#[cfg(test)]
+impl LoopContext {
+    /// A context over a fresh poll with one active backend per address (tests); the poll
+    /// is returned too, for the test to keep (and poll) while it uses the context.
+    pub fn for_tests(
+        addrs: &[std::net::SocketAddr],
+        settings: ProxySettings,
+    ) -> (mio::Poll, LoopContext) {
+        use super::control::{BackendSpec, BackendState};
+        let poll = mio::Poll::new().expect("poll");
+        let registry = poll.registry().try_clone().expect("registry");
+        let specs: Vec<BackendSpec> = addrs
+            .iter()
+            .map(|&addr| BackendSpec {
+                id: addr.to_string(),
+                addr,
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let ctx = LoopContext::new(registry, settings, Backends::new(&specs));
+        (poll, ctx)
+    }
+}

@@ -11,9 +11,7 @@ use mio::{Events, Poll};
 use super::{Flow, HttpSession, State};
 use crate::config::ProxySettings;
 use crate::evloop::{Key, Slab, Sock};
-use crate::proxy::backends::Backends;
 use crate::proxy::context::{LoopContext, TimerKey};
-use crate::proxy::control::{BackendSpec, BackendState};
 use crate::proxy::tokens::{self, Target};
 
 /// Loop iterations a test waits for a condition (each polls for at most 10 ms).
@@ -44,18 +42,7 @@ fn closed_port() -> SocketAddr {
 
 impl Harness {
     fn new(backends: &[SocketAddr], settings: ProxySettings) -> Harness {
-        let poll = Poll::new().unwrap();
-        let registry = poll.registry().try_clone().unwrap();
-        let specs: Vec<BackendSpec> = backends
-            .iter()
-            .map(|&addr| BackendSpec {
-                id: addr.to_string(),
-                addr,
-                weight: 1,
-                state: BackendState::Active,
-            })
-            .collect();
-        let mut ctx = LoopContext::new(registry, settings, Backends::new(&specs));
+        let (poll, mut ctx) = LoopContext::for_tests(backends, settings);
         let front = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(front.local_addr().unwrap()).unwrap();
         client.set_nonblocking(true).unwrap();
