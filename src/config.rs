@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 pub use read::{ConfigError, parse_and_check};
 pub use rules::Violation;
 pub use schema::{
-    AccessLogFormat, AccessLogMode, Autoscale, Balance, Config, Mode, ProxySettings, RuntimeKind,
+    AccessLogFormat, AccessLogMode, Autoscale, Balance, Config, HealthCheckMode, Mode,
+    ProxySettings, RuntimeKind,
 };
 
 /// Loads and validates `path`.

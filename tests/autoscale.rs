@@ -120,10 +120,27 @@ fn client(lb: SocketAddr, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
     }
 }
 
-/// Writes the test config (process runtime, pool 1, one worker at start, failure 0, autoscale
-/// min 1 / max 3, target-inflight 2, breach and cooldown 1 s) and starts `run` on it.
-/// Returns the supervisor, the LB and admin addresses, and the first worker port.
+/// The usual autoscale block: min 1 / max 3, target-inflight 2, breach and cooldown 1 s.
+fn default_autoscale() -> String {
+    format!(
+        "autoscale:\n  enabled: true\n  min: {MIN}\n  max: {MAX}\n  target-inflight: 2\n  \
+         breach-ms: 1000\n  cooldown-ms: 1000\n  step: 1\n"
+    )
+}
+
+/// Writes the test config (process runtime, pool 1, one worker at start, failure 0, the
+/// default autoscale block) and starts `run` on it. Returns the supervisor, the LB and admin
+/// addresses, and the first worker port.
 fn start_instance(dir: &TempDir, avg_delay: u64) -> (Proc, SocketAddr, SocketAddr, u16) {
+    start_with(dir, avg_delay, &default_autoscale())
+}
+
+/// [`start_instance`] with another `autoscale:` block (at most [`MAX`] + 1 workers).
+fn start_with(
+    dir: &TempDir,
+    avg_delay: u64,
+    autoscale: &str,
+) -> (Proc, SocketAddr, SocketAddr, u16) {
     // Below the ephemeral range: workers bind their ports while the load's connections come
     // and go (see common::quiet_port_range).
     let lb_port = common::quiet_port_range(1);
@@ -147,14 +164,7 @@ fn start_instance(dir: &TempDir, avg_delay: u64) -> (Proc, SocketAddr, SocketAdd
              drain-timeout-ms: 10000\n\
              worker-start-timeout-ms: 5000\n\
              health-interval-ms: 500\n\
-             autoscale:\n  \
-               enabled: true\n  \
-               min: {MIN}\n  \
-               max: {MAX}\n  \
-               target-inflight: 2\n  \
-               breach-ms: 1000\n  \
-               cooldown-ms: 1000\n  \
-               step: 1\n",
+             {autoscale}",
             db = dir.join("stats.db").display(),
             pid = std::process::id(),
         ),
@@ -234,7 +244,8 @@ fn workers_follow_load_up_to_max_and_back_to_min_without_a_failed_request() {
     let a = &v["autoscale"];
     assert_eq!(a["enabled"], true, "{a}");
     assert_eq!(a["desired"], MIN, "{a}");
-    assert!(a["scale_outs"].as_u64() >= Some(MAX as u64 - 1), "{a}");
+    // 16 in flight at 1 worker is panic: one decision may reach max.
+    assert!(a["scale_outs"].as_u64() >= Some(1), "{a}");
     assert!(a["scale_ins"].as_u64() >= Some(MAX as u64 - 1), "{a}");
     assert_eq!(a["last_decision"]["action"], "scale_in", "{a}");
 
@@ -283,13 +294,16 @@ fn a_worker_that_cannot_start_is_not_retried_in_a_tight_loop() {
         v["autoscale"]
     );
     assert!(failures >= 2, "it kept trying: {failures}");
+    // Up to MAX - 1 starts fail per decision; the backoff doubles on each failure.
     assert!(
-        failures <= 6,
+        failures <= 8,
         "backoff, not a tight loop: {failures} failures in 20 s"
     );
+    // Panic mode (16 in flight on one worker at target 2) may ask for every slot at once;
+    // each failed start gives its worker up, so never more than max.
     assert!(
-        max_desired <= 2,
-        "never asked for more than one worker at a time beyond the one running: {max_desired}"
+        max_desired <= MAX as u64,
+        "never asked for more than max: {max_desired}"
     );
     assert_eq!(worker_counts(&v).0, 1, "the working worker kept serving");
     assert_eq!(
@@ -298,6 +312,105 @@ fn a_worker_that_cannot_start_is_not_retried_in_a_tight_loop() {
         "no request failed because of the failed starts"
     );
     assert!(counts.ok.load(Ordering::Relaxed) >= 20);
+
+    sup.signal(15);
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean stop"
+    );
+}
+
+#[test]
+fn min_zero_reaches_zero_workers_after_idle_and_a_request_starts_one() {
+    let dir = TempDir::new("autoscale-zero");
+    let block = "autoscale:\n  enabled: true\n  min: 0\n  max: 2\n  idle-ms: 1000\n  \
+                 breach-ms: 1000\n  cooldown-ms: 1000\n";
+    let (mut sup, lb, admin, _) = start_with(&dir, 0, block);
+    let r = common::get(lb, "/api/v1/hello").expect("hello at start");
+    assert_eq!(r.status, 200);
+    // A second with no request: the last worker is drained and stopped.
+    let zero = wait_workers(admin, Duration::from_secs(30), |a, all| a == 0 && all == 0);
+    assert!(zero.is_some(), "no worker after idle-ms");
+    let v = status(admin).expect("status");
+    assert_eq!(v["autoscale"]["desired"], 0, "{}", v["autoscale"]);
+    assert_eq!(
+        v["autoscale"]["last_decision"]["action"], "scale_to_zero",
+        "{}",
+        v["autoscale"]
+    );
+
+    // A request at zero: the LB child signals the demand and a worker starts at once
+    // (holding the request meanwhile is the proxy's part; today it may get a 503).
+    let first = common::get(lb, "/api/v1/hello").expect("request at zero");
+    eprintln!("request at zero: status {}", first.status);
+    let up = wait_workers(admin, Duration::from_secs(30), |a, _| a == 1);
+    assert!(up.is_some(), "a worker started on demand");
+    let v = status(admin).expect("status");
+    let decisions = v["autoscale"]["recent_decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        decisions.iter().any(|d| d["action"] == "scale_from_zero"),
+        "{decisions:?}"
+    );
+    let r = common::get(lb, "/api/v1/hello").expect("hello after the start");
+    assert_eq!(r.status, 200);
+
+    sup.signal(15);
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean stop"
+    );
+}
+
+#[test]
+fn panic_adds_more_than_one_worker_in_one_decision() {
+    let dir = TempDir::new("autoscale-panic");
+    // A breach of a minute: only panic mode can act within this test.
+    let block = format!(
+        "autoscale:\n  enabled: true\n  min: 1\n  max: {MAX}\n  target-inflight: 2\n  \
+         breach-ms: 60000\n  cooldown-ms: 60000\n"
+    );
+    let (mut sup, lb, admin, _) = start_with(&dir, 300, &block);
+    assert!(
+        wait_workers(admin, Duration::from_secs(30), |a, _| a == 1).is_some(),
+        "one worker at start"
+    );
+    // 16 in flight on one worker at target 2: eight times the capacity.
+    let (stop, counts, threads) = start_load(lb);
+    let rose = wait_workers(admin, RISE_BOUND, |a, _| a == MAX);
+    let v = status(admin).expect("status");
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert!(
+        rose.is_some(),
+        "workers did not reach {MAX}: {}",
+        v["autoscale"]
+    );
+    let decisions = v["autoscale"]["recent_decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let panic = decisions
+        .iter()
+        .find(|d| d["action"] == "panic_scale_out")
+        .unwrap_or_else(|| panic!("no panic decision: {decisions:?}"));
+    assert_eq!(panic["panic"], true, "{panic}");
+    let (from, to) = (panic["from"].as_u64(), panic["to"].as_u64());
+    assert_eq!((from, to), (Some(1), Some(MAX as u64)), "{panic}");
+    assert_eq!(counts.failed.load(Ordering::Relaxed), 0, "failed requests");
+    let m = common::get(admin, "/metrics").expect("metrics");
+    assert!(
+        m.text()
+            .contains("goloadbalancer_autoscale_actions_total{action=\"panic_scale_out\"} 1"),
+        "{}",
+        m.text()
+    );
 
     sup.signal(15);
     assert_eq!(

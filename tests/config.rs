@@ -276,7 +276,7 @@ fn wrong_types() {
     rejects(
         "cfg-type-block",
         "worker: 3\nautoscale: 5\n",
-        ":2: autoscale: must be a mapping of autoscale keys (enabled, min, max, target-inflight, target-p90-ms, breach-ms, cooldown-ms, step), got a number",
+        ":2: autoscale: must be a mapping of autoscale keys (enabled, min, max, target-inflight, target-p90-ms, breach-ms, cooldown-ms, step, idle-ms), got a number",
     );
     rejects(
         "cfg-type-key",
@@ -603,6 +603,20 @@ fn autoscale_bounds() {
         "autoscale:\n  target-inflight: 0\n",
         ":2: autoscale.target-inflight: must be a number above 0 (at most 1000000000), got 0",
     );
+    rejects(
+        "cfg-as-idle",
+        "autoscale:\n  enabled: true\n  min: 0\n  idle-ms: 50\n",
+        ":4: autoscale.idle-ms: must be between 100 and 604800000, got 50",
+    );
+    // Scale to zero: min 0 is allowed (the start count `worker` stays at least 1).
+    let dir = TempDir::new("cfg-as-zero");
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        "worker: 1\nautoscale:\n  enabled: true\n  min: 0\n  idle-ms: 5000\n",
+    )
+    .unwrap();
+    assert_eq!(check_config(&path).code, Some(0));
     // Disabled: `worker` may sit outside min..max.
     let dir = TempDir::new("cfg-as-off");
     let path = dir.join("config.yaml");

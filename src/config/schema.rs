@@ -57,6 +57,25 @@ pub enum AccessLogMode {
     All,
 }
 
+/// How a backend's active health check is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheckMode {
+    /// `http` for `run`'s own workers; for the standalone `proxy`, `tcp` unless a health path
+    /// is given (any server passes a connect; not every server has a `/healthz`).
+    Auto,
+    /// `GET health-path`; a 2xx or 3xx final status passes.
+    Http,
+    /// A TCP connect that completes passes.
+    Tcp,
+}
+
+const HEALTH_CHECKS: &[(&str, HealthCheckMode)] = &[
+    ("auto", HealthCheckMode::Auto),
+    ("http", HealthCheckMode::Http),
+    ("tcp", HealthCheckMode::Tcp),
+];
+
 /// How an access-log line is spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -209,6 +228,9 @@ section! {
         /// Idle keep-alive upstream connections kept per backend.
         "upstream-pool-size" => upstream_pool_size: usize = 256,
             read Node::uint_as, rule between::<0, 100_000, _>;
+        /// Active health check: `auto`, `http` (GET health-path, 2xx/3xx pass) or `tcp`.
+        "health-check" => health_check: HealthCheckMode = HealthCheckMode::Auto,
+            read |v| v.one_of(HEALTH_CHECKS), rule any_value;
         /// Active health check request path.
         "health-path" => health_path: String = "/healthz".to_string(),
             read Node::string, rule request_path;
@@ -261,8 +283,8 @@ section! {
     pub struct Autoscale {
         /// When on, the worker count follows load between `min` and `max`; `worker` is the start count.
         "enabled" => enabled: bool = false, read Node::boolean, rule any_value;
-        /// Fewest workers.
-        "min" => min: usize = 1, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// Fewest workers; 0 lets the last worker go after `idle-ms` without a request.
+        "min" => min: usize = 1, read Node::uint_as, rule between::<0, MAX_WORKERS, _>;
         /// Most workers.
         "max" => max: usize = 10, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
         /// Target in-flight requests per worker.
@@ -278,6 +300,9 @@ section! {
             read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;
         /// Workers added or removed per action.
         "step" => step: usize = 1, read Node::uint_as, rule between::<1, MAX_WORKERS, _>;
+        /// With `min: 0`: no request for this long stops the last worker.
+        "idle-ms" => idle_ms: u64 = 30_000,
+            read Node::uint, rule between::<100, MAX_TIMEOUT_MS, _>;
     }
 }
 

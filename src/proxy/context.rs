@@ -1,7 +1,7 @@
 //! What every session and health check reaches through the loop: settings, backends,
-//! upstream connections, the buffer pool, deadlines, the access log and the loop's counters. The loop's own
-//! slab (sessions, checks) is not here: it belongs to `server`, which takes an entry out
-//! while it runs, so the entry can borrow all of this mutably.
+//! upstream connections, the buffer pool, deadlines, the access log and the loop's counters.
+//! The loop's own slab (sessions, checks) is not here: it belongs to `server`, which takes an
+//! entry out while it runs, so the entry can borrow all of this mutably.
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,18 @@ pub struct LoopContext {
     pub access_log: AccessLog,
     /// Spare per-request records.
     pub records: RecordPool,
+    /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
+    pub no_worker: u64,
+    /// A connect ran out of descriptors since the server last looked: it pauses accepting.
+    pub out_of_fds: bool,
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) ran out of descriptors.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
 }
 
 impl LoopContext {
@@ -77,6 +89,8 @@ impl LoopContext {
             scratch: Vec::with_capacity(4096),
             access_log,
             records: RecordPool::new(),
+            no_worker: 0,
+            out_of_fds: false,
         }
     }
 
@@ -109,6 +123,27 @@ impl LoopContext {
     /// Closes every idle pooled connection of `backend` (drained, removed or down).
     pub fn close_pool(&mut self, backend: usize) {
         self.upstreams.close_pool(&mut self.backends, backend);
+    }
+
+    /// A connect to `backend` failed at once. Out of descriptors is our shortage, not the
+    /// backend's: it stays up, accepting pauses (`out_of_fds`), and true tells the caller to
+    /// answer 503 without trying further backends. Anything else ejects the backend (false).
+    pub fn connect_failed(&mut self, backend: usize, e: &std::io::Error) -> bool {
+        if out_of_descriptors(e) {
+            if !self.out_of_fds {
+                let id = self.backends.get(backend).map_or("", |b| b.id());
+                crate::warn!(
+                    "out_of_descriptors",
+                    "backend={} error={}",
+                    crate::sys::log::quote(id),
+                    crate::sys::log::quote(&e.to_string())
+                );
+            }
+            self.out_of_fds = true;
+            return true;
+        }
+        self.eject(backend, &e.to_string());
+        false
     }
 
     /// Passive health: a connect failure or timeout ejects the backend at once.

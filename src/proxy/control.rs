@@ -1,5 +1,6 @@
 //! Control channel messages between the supervisor and an LB child: one JSON object per line
-//! over an inherited unix socketpair. Down: backend set, settings, drain. Up: metrics.
+//! over an inherited unix socketpair. Down: backend set, settings, drain. Up: acks, metrics,
+//! demand.
 //! Shared by both sides; change additively.
 
 use serde::{Deserialize, Serialize};
@@ -95,5 +96,11 @@ pub enum Up {
         /// Access-log lines dropped since the child started (sink full or failing).
         #[serde(default)]
         access_log_dropped: u64,
+        /// Requests waiting for a worker now (demand for the autoscaler).
+        #[serde(default)]
+        queued: u64,
     },
+    /// Requests found no worker (at most every 100 ms): the supervisor starts one at once
+    /// when none runs. `queued`: requests waiting (or refused) since the previous signal.
+    Demand { queued: u64 },
 }

@@ -1,6 +1,7 @@
 //! Active health checks, run inside the loop on non-blocking sockets: every
-//! `health-interval-ms` per backend, `GET health-path` (HTTP mode; a 2xx or 3xx final status
-//! passes) or a bare connect (TCP mode), bounded by `health-timeout-ms`. The probe itself is
+//! `health-interval-ms` per backend, `GET health-path` (`health-check: http`, and `auto` under
+//! `run`; a 2xx or 3xx final status passes) or a bare connect (`health-check: tcp`, `auto` for
+//! the standalone proxy without a health path, and TCP mode), bounded by `health-timeout-ms`. The probe itself is
 //! the kit's (`evloop::HealthProbe`); this file schedules it and applies the verdict. `health-rise`
 //! consecutive passes bring a down backend up, `health-fall` consecutive failures take an up
 //! backend down.
@@ -12,7 +13,7 @@ use mio::event::Event;
 use super::backends::{Admin, CheckVerdict};
 use super::context::{LoopContext, TimerKey};
 use super::tokens;
-use crate::config::Mode;
+use crate::config::{HealthCheckMode, Mode};
 use crate::evloop::{Deadline, HealthProbe, Key, ProbeKind, ProbeStatus};
 
 /// One check in progress (an entry of the loop's slab, under `key`).
@@ -53,11 +54,12 @@ pub fn start(ctx: &mut LoopContext, backend: usize, backend_gen: u32) -> Option<
     if b.generation() != backend_gen || b.admin() == Admin::Removed || b.check().is_some() {
         return None;
     }
-    let kind = match ctx.settings.mode {
-        Mode::Http => ProbeKind::Http {
+    // `auto` is resolved by the standalone proxy at start; what is left of it is `run`'s.
+    let kind = match (ctx.settings.mode, ctx.settings.health_check) {
+        (Mode::Http, HealthCheckMode::Auto | HealthCheckMode::Http) => ProbeKind::Http {
             path: &ctx.settings.health_path,
         },
-        Mode::Tcp => ProbeKind::Connect,
+        (Mode::Tcp, _) | (_, HealthCheckMode::Tcp) => ProbeKind::Connect,
     };
     match HealthProbe::start(b.addr(), kind) {
         Ok(probe) => Some(Starting {
@@ -65,6 +67,12 @@ pub fn start(ctx: &mut LoopContext, backend: usize, backend_gen: u32) -> Option<
             backend_gen,
             probe,
         }),
+        Err(e) if super::context::out_of_descriptors(&e) => {
+            // Our shortage, not the backend's: no verdict this round.
+            ctx.out_of_fds = true;
+            schedule_next(ctx, backend);
+            None
+        }
         Err(e) => {
             outcome(ctx, backend, false, &e.to_string());
             schedule_next(ctx, backend);

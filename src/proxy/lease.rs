@@ -49,7 +49,9 @@ pub struct UpstreamLease {
 
 impl UpstreamLease {
     /// Picks, connects and counts: a lease on a backend not in `tried` (which records every
-    /// backend tried) for the session `owner`; None when no backend is left to try.
+    /// backend tried) for the session `owner`; None when no backend is left to try, or when
+    /// we ran out of descriptors (then `ctx.out_of_fds` is set and the backend not counted
+    /// as tried: it did nothing wrong).
     pub fn start(
         ctx: &mut LoopContext,
         owner: Key,
@@ -74,7 +76,12 @@ impl UpstreamLease {
                     }
                     return Some(UpstreamLease { conn });
                 }
-                Err(e) => ctx.eject(b, &e.to_string()),
+                Err(e) => {
+                    if ctx.connect_failed(b, &e) {
+                        tried.remove(b);
+                        return None;
+                    }
+                }
             }
         }
     }

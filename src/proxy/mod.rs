@@ -15,7 +15,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use crate::config::ProxySettings;
+use crate::config::{HealthCheckMode, ProxySettings};
 
 pub mod access_log;
 mod backends;
@@ -155,6 +155,16 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
             .map_err(|e| format!("--{e}"))?;
     }
     settings.validate().map_err(|e| e.to_string())?;
+    if settings.health_check == HealthCheckMode::Auto {
+        // In front of any server: a connect check, unless a health path was asked for.
+        let path_given = opts.overrides.iter().any(|(k, _)| k == "health-path")
+            || settings.health_path != ProxySettings::default().health_path;
+        settings.health_check = if path_given {
+            HealthCheckMode::Http
+        } else {
+            HealthCheckMode::Tcp
+        };
+    }
     if opts.backends.is_empty() {
         return Err("at least one --backend ADDR is required".into());
     }

@@ -31,6 +31,8 @@ const DRAIN_IDLE_GRACE_MS: u64 = 1000;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How often metrics go up the control channel.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two `Up::Demand` signals.
+const DEMAND_EVERY: Duration = Duration::from_millis(100);
 /// Unsent control output beyond which metrics reports are skipped (the supervisor is stuck).
 const MAX_CONTROL_BACKLOG: usize = 1024 * 1024;
 
@@ -74,6 +76,8 @@ pub struct Server {
     drain_timeout_ms: u64,
     drain_deadline: Option<Instant>,
     next_metrics: Instant,
+    /// Earliest next `Up::Demand`.
+    next_demand: Instant,
     /// After an accept error (EMFILE...): when to try again.
     accept_retry: Option<Instant>,
 }
@@ -119,6 +123,7 @@ impl Server {
             drain_timeout_ms: inputs.drain_timeout_ms,
             drain_deadline: None,
             next_metrics: Instant::now() + METRICS_EVERY,
+            next_demand: Instant::now(),
             accept_retry: None,
         })
     }
@@ -182,6 +187,9 @@ impl Server {
             if self.accept_pending {
                 self.accept();
             }
+            if self.ctx.no_worker > 0 && self.ctx.now >= self.next_demand {
+                self.send_demand();
+            }
             if self.ctx.now >= self.next_metrics {
                 self.next_metrics = self.ctx.now + METRICS_EVERY;
                 self.send_metrics();
@@ -194,6 +202,9 @@ impl Server {
 
     fn poll_timeout(&self) -> Duration {
         let mut next = self.next_metrics;
+        if self.ctx.no_worker > 0 {
+            next = next.min(self.next_demand);
+        }
         if let Some(t) = self.ctx.timers.next() {
             next = next.min(t);
         }
@@ -255,6 +266,15 @@ impl Server {
     }
 
     fn accept(&mut self) {
+        // A connect ran out of descriptors: new clients would only get 503 and take the
+        // descriptors the exchanges in progress need; pause like after an accept error.
+        if std::mem::take(&mut self.ctx.out_of_fds) && self.accept_retry.is_none() {
+            self.accept_retry = Some(self.ctx.now + ACCEPT_RETRY);
+        }
+        if self.accept_retry.is_some() {
+            self.accept_pending = false;
+            return;
+        }
         while self.listening && self.ctx.connections < self.ctx.settings.max_connections {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
@@ -584,8 +604,16 @@ impl Server {
             connections: self.ctx.connections as u64,
             backends: self.ctx.backends.metrics(),
             access_log_dropped: self.ctx.access_log.dropped(),
+            queued: 0,
         };
         self.send_up(&msg);
+    }
+
+    /// Tells the supervisor requests found no worker (at most every [`DEMAND_EVERY`]).
+    fn send_demand(&mut self) {
+        self.next_demand = self.ctx.now + DEMAND_EVERY;
+        let queued = std::mem::take(&mut self.ctx.no_worker);
+        self.send_up(&Up::Demand { queued });
     }
 
     fn flush_control(&mut self) {

@@ -39,6 +39,8 @@ pub struct ChildMetrics {
     pub backends: Vec<crate::proxy::control::BackendMetrics>,
     /// Access-log lines dropped since the child started.
     pub access_log_dropped: u64,
+    /// Requests waiting for a worker.
+    pub queued: u64,
 }
 
 /// One forked LB child.

@@ -62,6 +62,17 @@ pub struct LbPool {
     retired: Retired,
     /// p90 of the requests completed between two samples.
     latency: autoscale::LatencyWindow,
+    /// What the children told since the supervisor last asked (demand, fresh metrics).
+    news: Received,
+}
+
+/// What a child's messages brought that the supervisor acts on at once.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Received {
+    /// `Up::Demand` signals: requests that found no worker (None: no signal).
+    pub demand: Option<u64>,
+    /// A metrics report arrived.
+    pub metrics: bool,
 }
 
 /// One LB index's own socket in a shared port's group.
@@ -108,6 +119,7 @@ impl LbPool {
             sent: Vec::new(),
             retired: Retired::default(),
             latency: autoscale::LatencyWindow::new(),
+            news: Received::default(),
         }
     }
 
@@ -545,8 +557,25 @@ impl LbPool {
         };
         c.conn.note(ev);
         let _ = c.conn.flush();
-        handle_messages(c, &mut self.latency);
+        let got = handle_messages(c, &mut self.latency);
+        if let Some(q) = got.demand {
+            self.news.demand = Some(self.news.demand.unwrap_or(0).saturating_add(q));
+        }
+        self.news.metrics |= got.metrics;
         true
+    }
+
+    /// Demand signals and fresh reports since the previous call.
+    pub fn take_news(&mut self) -> Received {
+        std::mem::take(&mut self.news)
+    }
+
+    /// Requests queued for a worker, summed over live children (latest reports).
+    pub fn queued(&self) -> u64 {
+        self.children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.queued))
+            .sum()
     }
 
     /// Requests in flight to the backends `active` accepts, summed over live children.
@@ -591,9 +620,10 @@ impl LbPool {
     }
 }
 
-/// Takes in what a child sent: acks and metrics reports.
-fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
+/// Takes in what a child sent: acks, metrics reports, demand signals.
+fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> Received {
     let now = Instant::now();
+    let mut got = Received::default();
     for msg in c.conn.receive() {
         match msg {
             Ok(Up::Ack { seq, ok, error }) => {
@@ -611,6 +641,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
                 connections,
                 backends,
                 access_log_dropped,
+                queued,
             }) => {
                 c.metrics_basis = c.acked_seq;
                 latency.record(&c.pid.to_string(), &backends);
@@ -618,8 +649,13 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
                     connections,
                     backends,
                     access_log_dropped,
+                    queued,
                 });
                 c.metrics_at = Some(now);
+                got.metrics = true;
+            }
+            Ok(Up::Demand { queued }) => {
+                got.demand = Some(got.demand.unwrap_or(0).saturating_add(queued));
             }
             Err(bad) => {
                 c.bad_lines += 1;
@@ -634,6 +670,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) {
             }
         }
     }
+    got
 }
 
 #[cfg(test)]
@@ -691,7 +728,40 @@ mod tests {
                 latency: Vec::new(),
                 latency_sum_ms: 0.0,
             }],
+            queued: 0,
         });
+    }
+
+    #[test]
+    fn demand_signals_and_reports_are_news_until_taken() {
+        use std::io::Write;
+        let (mut pool, mut peer) = pool_with_child();
+        peer.write_all(
+            b"{\"type\":\"demand\",\"queued\":2}\n{\"type\":\"demand\",\"queued\":3}\n\
+              {\"type\":\"metrics\",\"connections\":1,\"backends\":[]}\n",
+        )
+        .expect("write");
+        let c = &mut pool.children[0];
+        // The channel reads only after a readiness event.
+        let mut poll = mio::Poll::new().expect("poll");
+        c.conn.register(poll.registry(), c.token).expect("register");
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .expect("poll");
+        for ev in events.iter() {
+            c.conn.note(ev);
+        }
+        let got = handle_messages(c, &mut pool.latency);
+        assert_eq!(
+            got,
+            Received {
+                demand: Some(5),
+                metrics: true
+            }
+        );
+        // A report without `queued` (an older child) reads as 0 queued.
+        assert_eq!(pool.queued(), 0);
+        assert_eq!(pool.take_news(), Received::default());
     }
 
     #[test]

@@ -517,7 +517,12 @@ impl Supervisor {
     fn run_loop(&mut self) -> i32 {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK))
+            // Wake for a starting worker's next probe (50 ms apart) rather than the 100 ms
+            // tick: each probe interval missed is added to a cold start.
+            let timeout = self.fleet.next_probe_at().map_or(TICK, |at| {
+                at.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != std::io::ErrorKind::Interrupted
             {
                 error!("poll_failed", "error={}", quote(&e.to_string()));
@@ -559,7 +564,50 @@ impl Supervisor {
             }
         } else {
             self.pool.on_control(ev);
+            self.on_child_news(Instant::now());
         }
+    }
+
+    /// Acts at once on what the children just said: a demand signal with no worker wanted
+    /// starts one; a report at panic level decides now instead of at the next sample.
+    fn on_child_news(&mut self, now: Instant) {
+        let news = self.pool.take_news();
+        if self.phase != Phase::Running || !self.cfg.autoscale.enabled {
+            return;
+        }
+        if let Some(queued) = news.demand {
+            let d = self.scaler.on_demand(now, queued);
+            self.apply_scale(d, now);
+        }
+        if news.metrics {
+            let (sample, _) = self.autoscale_sample();
+            if self.scaler.panic_would_act(&sample) {
+                self.last_sample = None;
+                self.sample_metrics(now);
+            }
+        }
+    }
+
+    /// The autoscaler's sample without its p90 (taken once per regular sample), and the
+    /// active backend ids.
+    fn autoscale_sample(&self) -> (autoscale::Sample, u64) {
+        let views = self.pool.backend_views();
+        let total: u64 = views.values().map(|v| v.totals.requests()).sum();
+        let active: std::collections::HashSet<String> = self
+            .fleet
+            .backend_set()
+            .into_iter()
+            .filter(|b| b.state == crate::proxy::control::BackendState::Active)
+            .map(|b| b.id)
+            .collect();
+        let sample = autoscale::Sample {
+            active_workers: self.fleet.active(),
+            in_flight: self.pool.in_flight(&active),
+            queued: self.pool.queued(),
+            requests_total: total,
+            p90_ms: None,
+        };
+        (sample, total)
     }
 
     fn on_signals(&mut self) {
@@ -785,21 +833,10 @@ impl Supervisor {
             return;
         }
         self.last_sample = Some(now);
-        let views = self.pool.backend_views();
-        let total: u64 = views.values().map(|v| v.totals.requests()).sum();
+        let (mut sample, total) = self.autoscale_sample();
         self.rate.record(now, total);
-        let active: std::collections::HashSet<String> = self
-            .fleet
-            .backend_set()
-            .into_iter()
-            .filter(|b| b.state == crate::proxy::control::BackendState::Active)
-            .map(|b| b.id)
-            .collect();
-        let sample = autoscale::Sample {
-            active_workers: self.fleet.active(),
-            in_flight: self.pool.in_flight(&active),
-            p90_ms: self.pool.take_p90(),
-        };
+        sample.p90_ms = self.pool.take_p90();
+        let views = self.pool.backend_views();
         let decision = self.scaler.observe(now, &sample);
         self.apply_scale(decision, now);
         let point = history::Point {
@@ -818,15 +855,29 @@ impl Supervisor {
 
     /// Applies an autoscaler decision through the same path as a reload's worker count.
     fn apply_scale(&mut self, decision: autoscale::Decision, now: Instant) {
+        if let Some(entered) = self.scaler.take_panic_change() {
+            let st = self.scaler.status();
+            info!(
+                "autoscale_panic",
+                "state={} demand={} capacity={} active={}",
+                if entered { "enter" } else { "leave" },
+                st.demand,
+                st.target_inflight * st.active as f64,
+                st.active
+            );
+        }
         if let autoscale::Decision::ScaleTo { target, reason } = decision {
             if target == self.fleet.desired() {
                 return;
             }
+            let fields = self
+                .scaler
+                .last_decision()
+                .map_or_else(|| format!("reason={}", quote(&reason)), |d| d.log_fields());
             info!(
                 "autoscale_decision",
-                "from={} to={target} reason={}",
-                self.fleet.desired(),
-                quote(&reason)
+                "workers={} {fields}",
+                self.fleet.desired()
             );
             self.fleet.set_desired(target, now);
             let stopping = self.stopping();

@@ -8,7 +8,7 @@ use super::response::HeadOutcome;
 use super::tunnel::Tunnel;
 use super::{Client, Progress, State, fail, key};
 use crate::evloop::linger;
-use crate::http::{ChunkLimits, ChunkedDecoder, Framing};
+use crate::http::{ChunkLimits, ChunkedDecoder, ChunkedReframer, Framing};
 use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::backends::Tried;
 use crate::proxy::buffer::Buf;
@@ -34,6 +34,9 @@ pub(super) enum BodyLeft {
     Done,
     Length(u64),
     Chunked(Box<ChunkedDecoder>),
+    /// A chunked request body, re-framed on its way up (canonical sizes, no extensions,
+    /// forbidden trailers dropped).
+    Reframe(Box<ChunkedReframer>),
     /// Until the upstream closes (responses only).
     Close,
 }
@@ -52,9 +55,25 @@ impl BodyLeft {
         }
     }
 
+    /// A request body: chunked ones are re-framed, never forwarded as sent.
+    pub(super) fn request(f: Framing, max_body: u64) -> BodyLeft {
+        match f {
+            Framing::Chunked => BodyLeft::Reframe(Box::new(ChunkedReframer::new(ChunkLimits {
+                max_body,
+                ..ChunkLimits::default()
+            }))),
+            f => BodyLeft::from_framing(f, max_body),
+        }
+    }
+
     /// Whether the whole body went through.
     pub(super) fn done(&self) -> bool {
         matches!(self, BodyLeft::Done)
+    }
+
+    /// Request body bytes read from the client and waiting for the upstream, outside `cin`.
+    fn has_pending(&self) -> bool {
+        matches!(self, BodyLeft::Reframe(rf) if !rf.pending().is_empty())
     }
 }
 
@@ -146,7 +165,10 @@ impl Ex {
     pub(super) fn waits_on_client(&self, c: &Client) -> bool {
         let awaiting_continue =
             self.req.expect_continue && self.interims == 0 && !self.body_started;
-        !self.body.done() && c.cin.as_ref().is_none_or(Buf::is_empty) && !awaiting_continue
+        !self.body.done()
+            && c.cin.as_ref().is_none_or(Buf::is_empty)
+            && !self.body.has_pending()
+            && !awaiting_continue
     }
 
     /// Arms `response-timeout-ms` from now, no later than the body deadline while the
@@ -454,6 +476,10 @@ impl Exchange {
         let Some(lease) = UpstreamLease::start(ctx, c.key, &mut x.tried, true) else {
             ctx.bufs.put_opt(&mut x.head);
             ctx.bufs.put_opt(&mut x.uin);
+            if ctx.out_of_fds {
+                c.blame(Termination::ProxyLimit, Phase::Connect);
+                return fail(c, ctx, 503);
+            }
             if refused.is_some() {
                 c.blame(Termination::WorkerRefused, Phase::Connect);
             } else {

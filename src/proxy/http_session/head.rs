@@ -94,12 +94,18 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
     }
     let mut tried = Tried::default();
     let Some(lease) = UpstreamLease::start(ctx, c.key, &mut tried, false) else {
-        let who = if tried.len() == 0 {
+        let who = if ctx.out_of_fds {
+            // Our shortage: no demand for more workers.
+            Termination::ProxyLimit
+        } else if tried.len() == 0 {
             Termination::NoWorker
         } else {
             Termination::WorkerRefused
         };
         c.blame(who, Phase::Connect);
+        if who != Termination::ProxyLimit {
+            ctx.no_worker += 1; // demand signal for the autoscaler (server.rs)
+        }
         return fail(c, ctx, 503);
     };
     let connected = lease.conn().connected();
@@ -111,7 +117,7 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
         r.blame(Termination::WorkerBroke, Phase::ResponseHead);
     }
     let head = upstream_head(c, ctx, &req, info.upgrade);
-    let body = BodyLeft::from_framing(req.framing, ctx.max_body);
+    let body = BodyLeft::request(req.framing, ctx.max_body);
     let body_deadline = ctx.after_ms(ctx.settings.body_timeout_ms);
     let ex = Exchange {
         lease,

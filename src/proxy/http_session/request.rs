@@ -1,10 +1,11 @@
 //! The request going up: the rewritten head (with the first body bytes already read, in one
-//! write), then the body (Content-Length or chunked, checked by the decoder), reading from
+//! write), then the body (Content-Length, or chunked and re-framed canonically), reading from
 //! the client only while the upstream takes what was read (backpressure).
 
 use super::Client;
 use super::exchange::{BodyLeft, Ex, Exchange};
 use crate::evloop::ReadResult;
+use crate::http::ChunkedReframer;
 use crate::proxy::buffer::Buf;
 use crate::proxy::context::LoopContext;
 use crate::proxy::relay::{self, TcpSock};
@@ -86,17 +87,19 @@ impl Ex {
                 return Ok(moved);
             }
             let cin = c.cin.get_or_insert_with(|| ctx.bufs.get());
-            self.frame_body(cin)?;
+            let Some(framed) = self.frame_body(up, cin)? else {
+                return Ok(moved);
+            };
             let Some(written) = self.write_body(up, cin) else {
                 return Ok(moved);
             };
             if let Some(r) = c.rec.as_deref_mut() {
-                r.bytes_in += written as u64;
+                r.bytes_in += (framed.taken + written) as u64;
             }
-            let mut step = written > 0;
+            let mut step = framed.taken > 0 || framed.written > 0 || written > 0;
             let finished = match &self.body {
                 BodyLeft::Length(0) => true,
-                BodyLeft::Chunked(ch) => ch.is_done() && self.body_ready == 0,
+                BodyLeft::Reframe(rf) => rf.is_done() && rf.pending().is_empty(),
                 _ => false,
             };
             if finished {
@@ -122,25 +125,32 @@ impl Ex {
         }
     }
 
-    /// Marks how many bytes at the front of `cin` are body (`body_ready`); a chunked body
-    /// goes through the decoder, whose error status refuses the request.
-    fn frame_body(&mut self, cin: &Buf) -> Result<(), u16> {
+    /// A Content-Length body: marks how many bytes at the front of `cin` are body
+    /// (`body_ready`, written by `write_body`). A chunked body is re-framed and written here.
+    /// Some(what the re-framing did), None when writing upstream failed (`up_write_failed`
+    /// set); Err(status) for a body refused.
+    fn frame_body(&mut self, up: &mut TcpSock, cin: &mut Buf) -> Result<Option<Reframed>, u16> {
         match &mut self.body {
             BodyLeft::Length(rem) => {
                 self.body_ready = (*rem).min(cin.len() as u64) as usize;
+                Ok(Some(Reframed::default()))
             }
-            BodyLeft::Chunked(ch) => {
-                if cin.len() > self.body_ready {
-                    let p = ch
-                        .feed(&cin.data()[self.body_ready..], &mut |_| {})
-                        .map_err(|e| e.status())?;
-                    self.body_ready += p.consumed;
-                    self.body_seen += p.consumed as u64;
+            BodyLeft::Reframe(rf) => match send_reframed(rf, cin, up) {
+                Ok(r) => {
+                    self.body_seen += r.taken as u64;
+                    self.body_started |= r.taken > 0 || r.written > 0;
+                    Ok(Some(r))
                 }
+                Err(Some(status)) => Err(status),
+                Err(None) => {
+                    self.up_write_failed = true;
+                    Ok(None)
+                }
+            },
+            BodyLeft::Chunked(_) | BodyLeft::Done | BodyLeft::Close => {
+                Ok(Some(Reframed::default()))
             }
-            BodyLeft::Done | BodyLeft::Close => {}
         }
-        Ok(())
     }
 
     /// Writes the ready body bytes: Some(bytes written), None when the write failed (then
@@ -166,4 +176,34 @@ impl Ex {
             }
         }
     }
+}
+
+/// What one step of a re-framed request body did.
+#[derive(Default)]
+struct Reframed {
+    /// Client bytes taken (the body as sent).
+    taken: usize,
+    /// Re-framed bytes written upstream.
+    written: usize,
+}
+
+/// Re-framed request body: feeds what the client sent once the previous output is written,
+/// then writes the output. Err(Some(status)) for a body we refuse, Err(None) when writing to
+/// the upstream failed.
+fn send_reframed(
+    rf: &mut ChunkedReframer,
+    cin: &mut Buf,
+    up: &mut TcpSock,
+) -> Result<Reframed, Option<u16>> {
+    let mut r = Reframed::default();
+    if rf.pending().is_empty() && !cin.is_empty() && !rf.is_done() {
+        let p = rf.feed(cin.data()).map_err(|e| Some(e.status()))?;
+        cin.consume(p.consumed);
+        r.taken = p.consumed;
+    }
+    if !rf.pending().is_empty() && up.writable {
+        r.written = up.write(rf.pending()).map_err(|_| None)?;
+        rf.advance(r.written);
+    }
+    Ok(r)
 }

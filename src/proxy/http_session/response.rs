@@ -156,6 +156,8 @@ impl Exchange {
                 }
             }
             match left {
+                // Request bodies only: a response is never re-framed.
+                BodyLeft::Reframe(_) => return Err(BROKE),
                 BodyLeft::Done => {
                     // Bytes after the end of the response: the connection is not reusable.
                     x.resp_keep_alive = false;
