@@ -13,7 +13,7 @@ use mio::event::Event;
 use super::backends::{Admin, CheckVerdict};
 use super::context::{LoopContext, TimerKey};
 use super::tokens;
-use crate::config::{HealthCheckMode, Mode};
+use crate::config::{HealthCheckMode, Mode, ProxySettings};
 use crate::evloop::{Deadline, HealthProbe, Key, ProbeKind, ProbeStatus};
 
 /// One check in progress (an entry of the loop's slab, under `key`).
@@ -54,13 +54,7 @@ pub fn start(ctx: &mut LoopContext, backend: usize, backend_gen: u32) -> Option<
     if b.generation() != backend_gen || b.admin() == Admin::Removed || b.check().is_some() {
         return None;
     }
-    // `auto` is resolved by the standalone proxy at start; what is left of it is `run`'s.
-    let kind = match (ctx.settings.mode, ctx.settings.health_check) {
-        (Mode::Http, HealthCheckMode::Auto | HealthCheckMode::Http) => ProbeKind::Http {
-            path: &ctx.settings.health_path,
-        },
-        (Mode::Tcp, _) | (_, HealthCheckMode::Tcp) => ProbeKind::Connect,
-    };
+    let kind = probe_kind(&ctx.settings);
     match HealthProbe::start(b.addr(), kind) {
         Ok(probe) => Some(Starting {
             backend,
@@ -107,6 +101,18 @@ impl Starting {
             b.set_check(Some(key));
         }
         Some(hc)
+    }
+}
+
+/// The probe for `settings`: a connect in TCP mode or with `health-check: tcp`, else
+/// `GET health-path`. `auto` is resolved by the standalone proxy at start (`proxy::mod`);
+/// what is left of it is `run`'s, whose own workers serve `/healthz`.
+fn probe_kind(settings: &ProxySettings) -> ProbeKind<'_> {
+    match (settings.mode, settings.health_check) {
+        (Mode::Http, HealthCheckMode::Auto | HealthCheckMode::Http) => ProbeKind::Http {
+            path: &settings.health_path,
+        },
+        (Mode::Tcp, _) | (_, HealthCheckMode::Tcp) => ProbeKind::Connect,
     }
 }
 
@@ -193,6 +199,35 @@ impl HealthCheck {
             };
             outcome(ctx, backend, ok, &why);
             schedule_next(ctx, backend);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_kind_follows_health_check_and_mode() {
+        let with = |mode, health_check| ProxySettings {
+            mode,
+            health_check,
+            health_path: "/ready".into(),
+            ..ProxySettings::default()
+        };
+        let http = ProbeKind::Http { path: "/ready" };
+        assert_eq!(probe_kind(&with(Mode::Http, HealthCheckMode::Auto)), http);
+        assert_eq!(probe_kind(&with(Mode::Http, HealthCheckMode::Http)), http);
+        assert_eq!(
+            probe_kind(&with(Mode::Http, HealthCheckMode::Tcp)),
+            ProbeKind::Connect
+        );
+        for hc in [
+            HealthCheckMode::Auto,
+            HealthCheckMode::Http,
+            HealthCheckMode::Tcp,
+        ] {
+            assert_eq!(probe_kind(&with(Mode::Tcp, hc)), ProbeKind::Connect);
         }
     }
 }
