@@ -232,3 +232,74 @@ fn swarm_serves_round_robin_scales_under_load_and_stops_clean() {
     ]);
     assert_eq!(nets.unwrap_or_default(), "", "the peers network is removed");
 }
+
+#[test]
+fn swarm_killed_task_is_replaced_and_a_restarted_supervisor_adopts_the_service() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let test = "swarm_killed_task_is_replaced_and_a_restarted_supervisor_adopts_the_service";
+    let Some(mut guard) = SwarmGuard::init(test) else {
+        return;
+    };
+    let mut s = Stack::new("sw-adopt", spec());
+    let service = format!("{}-workers", s.instance);
+    guard.volumes.push(format!("{service}-stats"));
+    s.start();
+    s.wait_status("3 swarm tasks active", Duration::from_secs(240), |st| {
+        st["state"] == "running" && st["workers_actual"].as_u64() == Some(3)
+    });
+    let before: std::collections::BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    // A task's container killed: swarm starts a new task, the supervisor replaces the worker.
+    let victim = before.iter().next().expect("a worker").clone();
+    docker(&["kill", &victim]).expect("docker kill of a task container");
+    s.wait_status(
+        "a new task replaces the killed one",
+        Duration::from_secs(120),
+        |st| {
+            let ids: Vec<&str> = st["workers"]
+                .as_array()
+                .map(|w| {
+                    w.iter()
+                        .filter(|w| w["state"] == "active")
+                        .filter_map(|w| w["id"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            ids.len() == 3 && !ids.contains(&victim.as_str())
+        },
+    );
+    assert!(
+        s.log_text().contains("event=worker_task_gone"),
+        "{}",
+        s.log_tail()
+    );
+    let serving: std::collections::BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    // kill -9 of the supervisor: the service keeps running; the next start adopts its tasks.
+    s.signal(9);
+    let mut p = s.proc.take().expect("supervisor");
+    let _ = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        services(&s.instance).lines().count(),
+        1,
+        "the service outlives a crash"
+    );
+    s.start();
+    s.wait_status("the same 3 tasks adopted", Duration::from_secs(120), |st| {
+        st["state"] == "running" && st["workers_actual"].as_u64() == Some(3)
+    });
+    let adopted: std::collections::BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    assert_eq!(adopted, serving, "adopted, not recreated\n{}", s.log_tail());
+    assert!(
+        s.log_text().contains("event=service_adopted"),
+        "{}",
+        s.log_tail()
+    );
+    s.signal(SIGTERM);
+    let mut p = s.proc.take().expect("supervisor");
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "{}",
+        s.log_tail()
+    );
+    assert_eq!(services(&s.instance), "", "no service left");
+}

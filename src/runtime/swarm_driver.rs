@@ -117,7 +117,9 @@ pub struct SwarmDriver {
     events: Vec<DriverEvent>,
     slots: BTreeMap<u16, Slot>,
     service: Service,
-    want: usize,
+    /// The fleet's count (None until the fleet has said: an adopted service is not scaled
+    /// before its tasks are adopted).
+    want: Option<usize>,
     /// Replicas last set (by create or scale), and when.
     scaled: Option<(usize, Instant)>,
     nodes: BTreeMap<String, NodeLine>,
@@ -152,7 +154,7 @@ impl SwarmDriver {
             events: Vec::new(),
             slots: BTreeMap::new(),
             service: Service::Unknown,
-            want: 0,
+            want: None,
             scaled: None,
             nodes: BTreeMap::new(),
             known: BTreeMap::new(),
@@ -486,8 +488,8 @@ impl SwarmDriver {
         // Swarm has applied our last count when a discovery started after it was set.
         let settled = self
             .scaled
-            .is_some_and(|(n, at)| n == self.want && at < started)
-            && desired_running <= self.want;
+            .is_some_and(|(n, at)| Some(n) == self.want && at < started)
+            && self.want.is_some_and(|w| desired_running <= w);
         let mut events = Vec::new();
         for (&slot, s) in self.slots.iter_mut() {
             let Some(tid) = s.task.clone() else { continue };
@@ -596,15 +598,15 @@ impl SwarmDriver {
             return;
         }
         match self.service {
-            Service::Absent if self.want > 0 => {
-                let replicas = self.want;
+            Service::Absent if self.want.is_some_and(|w| w > 0) => {
+                let replicas = self.want.unwrap_or(0);
                 let cmd = self.cli.network_create();
                 if self.spawn(cmd, Step::NetworkCreate { replicas }, now) {
                     self.service = Service::Creating;
                 }
             }
-            Service::Present if self.scaled.map(|(n, _)| n) != Some(self.want) => {
-                let replicas = self.want;
+            Service::Present if self.want.is_some() && self.scaled.map(|(n, _)| n) != self.want => {
+                let replicas = self.want.unwrap_or(0);
                 let cmd = self.cli.scale(replicas);
                 self.spawn(cmd, Step::Scale { replicas }, now);
             }
@@ -692,7 +694,7 @@ impl Driver for SwarmDriver {
     }
 
     fn want(&mut self, count: usize, _now: Instant) {
-        self.want = count;
+        self.want = Some(count);
     }
 
     fn planned_address(&self, _slot: u16) -> Option<SocketAddr> {
