@@ -153,7 +153,7 @@ impl Harness {
     }
 
     fn in_flight(&self) -> u64 {
-        self.ctx.backends.metrics()[0].in_flight
+        self.ctx.backends.metrics(&self.ctx.policies)[0].in_flight
     }
 }
 
@@ -198,7 +198,7 @@ fn keep_alive_exchange_returns_to_head_and_pools_the_upstream() {
     assert!(h.session.as_ref().unwrap().is_idle());
     assert_eq!(h.in_flight(), 0);
     assert_eq!(h.ctx.backends[0].pooled(), 1);
-    let m = &h.ctx.backends.metrics()[0];
+    let m = &h.ctx.backends.metrics(&h.ctx.policies)[0];
     assert_eq!(m.responses[1], 1, "a 2xx recorded");
 }
 
@@ -219,7 +219,7 @@ fn a_refused_connect_ejects_the_backend_and_answers_503() {
     let mut h = Harness::new(&[closed_port()], ProxySettings::default());
     h.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     h.until("the 503", |h| h.got("HTTP/1.1 503 "));
-    let m = &h.ctx.backends.metrics()[0];
+    let m = &h.ctx.backends.metrics(&h.ctx.policies)[0];
     assert_eq!((m.in_flight, m.failures, m.healthy), (0, 1, false));
 }
 
@@ -232,7 +232,7 @@ fn a_silent_backend_gets_504_when_the_response_timeout_fires() {
     let timeout = h.ctx.settings.response_timeout_ms;
     h.advance(timeout + 1);
     h.until("the 504", |h| h.got("HTTP/1.1 504 "));
-    let m = &h.ctx.backends.metrics()[0];
+    let m = &h.ctx.backends.metrics(&h.ctx.policies)[0];
     assert_eq!((m.in_flight, m.failures, m.healthy), (0, 1, true));
     assert!(matches!(h.state(), Some(State::Closing { .. })));
 }
@@ -264,7 +264,7 @@ fn a_pooled_connection_closed_by_the_backend_is_retried_on_a_fresh_one() {
         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
         .unwrap();
     h.until("the second response", |h| h.got("two"));
-    let m = &h.ctx.backends.metrics()[0];
+    let m = &h.ctx.backends.metrics(&h.ctx.policies)[0];
     assert_eq!((m.failures, m.healthy, m.responses[1]), (0, true, 2));
 }
 
@@ -305,6 +305,6 @@ fn a_client_gone_mid_body_ends_the_lease_without_blaming_the_backend() {
     assert_eq!(h.in_flight(), 1);
     h.client.shutdown(std::net::Shutdown::Both).unwrap();
     h.until("the session closes", |h| h.session.is_none());
-    let m = &h.ctx.backends.metrics()[0];
+    let m = &h.ctx.backends.metrics(&h.ctx.policies)[0];
     assert_eq!((m.in_flight, m.failures, m.healthy), (0, 0, true));
 }
