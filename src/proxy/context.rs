@@ -1,7 +1,7 @@
 //! What every session and health check reaches through the loop: settings, backends,
-//! upstream connections, the buffer pool, deadlines and the loop's counters. The loop's own
-//! slab (sessions, checks) is not here: it belongs to `server`, which takes an entry out
-//! while it runs, so the entry can borrow all of this mutably.
+//! upstream connections, the buffer pool, deadlines, the access log and the loop's counters.
+//! The loop's own slab (sessions, checks) is not here: it belongs to `server`, which takes an
+//! entry out while it runs, so the entry can borrow all of this mutably.
 
 use std::time::{Duration, Instant};
 
@@ -238,5 +238,30 @@ impl LoopContext {
                 );
             }
         });
+    }
+}
+
+#[cfg(test)]
+impl LoopContext {
+    /// A context over a fresh poll with one active backend per address (tests); the poll
+    /// is returned too, for the test to keep (and poll) while it uses the context.
+    pub fn for_tests(
+        addrs: &[std::net::SocketAddr],
+        settings: ProxySettings,
+    ) -> (mio::Poll, LoopContext) {
+        use super::control::{BackendSpec, BackendState};
+        let poll = mio::Poll::new().expect("poll");
+        let registry = poll.registry().try_clone().expect("registry");
+        let specs: Vec<BackendSpec> = addrs
+            .iter()
+            .map(|&addr| BackendSpec {
+                id: addr.to_string(),
+                addr,
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let ctx = LoopContext::new(registry, settings, Backends::new(&specs));
+        (poll, ctx)
     }
 }

@@ -183,23 +183,9 @@ fn settle(ctx: &mut LoopContext, backend: usize, outcome: Outcome<'_>) -> bool {
 mod tests {
     use super::*;
     use crate::config::ProxySettings;
-    use crate::proxy::backends::Backends;
-    use crate::proxy::control::{BackendSpec, BackendState};
 
     fn context(addrs: &[std::net::SocketAddr]) -> (mio::Poll, LoopContext) {
-        let poll = mio::Poll::new().unwrap();
-        let registry = poll.registry().try_clone().unwrap();
-        let specs: Vec<BackendSpec> = addrs
-            .iter()
-            .map(|&addr| BackendSpec {
-                id: addr.to_string(),
-                addr,
-                weight: 1,
-                state: BackendState::Active,
-            })
-            .collect();
-        let ctx = LoopContext::new(registry, ProxySettings::default(), Backends::new(&specs));
-        (poll, ctx)
+        LoopContext::for_tests(addrs, ProxySettings::default())
     }
 
     fn owner() -> Key {
