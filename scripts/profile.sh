@@ -43,6 +43,8 @@ options:
       --no-build        use the existing release binary
       --binary PATH     profile this goloadbalancer binary (implies --no-build)
       --keep            keep the work directory (callgrind and strace outputs)
+      --glb-args ARGS   extra flags for `goloadbalancer proxy`, split on spaces (e.g.
+                        "--access-log all --access-log-path /tmp/a.log" to price the access log)
   -h, --help            this text
 
 The last lines are machine-readable:
@@ -69,6 +71,7 @@ only="glb,haproxy,nginx"
 skip=""
 build=1
 keep=0
+glb_args=()
 glb=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -81,6 +84,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --binary) glb="${2:?}"; build=0; shift 2 ;;
     --keep) keep=1; shift ;;
+    --glb-args) [ $# -ge 2 ] || die "--glb-args needs a value"; read -r -a glb_args <<<"$2"; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -427,7 +431,7 @@ proxy_cmd() {
         # Health checks every hour: only requests are counted (HAProxy and nginx check nothing).
         cmd=("$glb" proxy --listen "127.0.0.1:$port" --backend "127.0.0.1:$b1"
             --backend "127.0.0.1:$b2" --max-connections 20000 --upstream-pool-size 1024 --health-path /
-            --health-interval-ms 3600000)
+            --health-interval-ms 3600000 "${glb_args[@]}")
         stop_sig=TERM
         ;;
     haproxy)

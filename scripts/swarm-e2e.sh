@@ -23,7 +23,9 @@ usage: scripts/swarm-e2e.sh [options]
   --list           list the runs whose node containers exist, and exit
   --no-overlay     no attachable overlay network for the service (and no overlay check)
   --no-scale       skip the scaling step (docker service scale out to twice the nodes, back in)
-  --no-node-loss   skip the node-loss step (the last node killed; swarm reschedules its task)
+  --no-node-loss   skip the node-loss step (the last node killed; swarm reschedules its
+                   tasks): with the supervisor checks it happens there, under load
+  --no-supervisor  skip the goloadbalancer run (runtime: swarm) checks
   --rebuild-root   rebuild the node root even when its image is cached
   --timeout S      stop (and clean up) S seconds after the root image is ready (default 600)
   -h, --help       this text
@@ -41,8 +43,12 @@ the nodes and back: the time until all serve; a task being stopped is seen runni
 state remove and answering /healthz 503 during its drain grace), node lost (the last node container
 killed: the time until swarm marks it Down and until every task runs, and answers, on the
 surviving nodes) and stats (each node's /worker/stats counts exactly the hellos its tasks
-answered; the lost node's hellos are counted, not hidden). The supervisor steps of `runtime: swarm` (load, reload, autoscale,
-node lost, /worker/stats across nodes, clean stop) are not written yet: see supervisor_checks.
+answered; the lost node's hellos are counted, not hidden), then the supervisor (`goloadbalancer
+run` with runtime: swarm against the manager, under scripts/load.sh load): round robin over the
+tasks of every node, /worker/stats totals equal to the requests made, reload 3 -> 6 -> 2 with 0
+failed and 0 refused, the autoscaler out and in, a node lost (failed requests counted, time to
+capacity measured; this replaces the swarm-alone node loss), SIGTERM leaving no service, task or
+container.
 
 Needs: root, a docker engine that accepts --cap-add ALL (without CAP_SYS_RESOURCE) and
 --security-opt seccomp=unconfined, debootstrap (installed with apt-get when missing), curl, jq and
@@ -62,6 +68,7 @@ rebuild=0
 overlay=1
 lose_node=1
 scale=1
+supervisor=1
 budget=600
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -73,6 +80,7 @@ while [ $# -gt 0 ]; do
         --no-overlay) overlay=0; shift ;;
         --no-node-loss) lose_node=0; shift ;;
         --no-scale) scale=0; shift ;;
+        --no-supervisor) supervisor=0; shift ;;
         --rebuild-root) rebuild=1; shift ;;
         --timeout) budget="${2:?--timeout needs seconds}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -179,6 +187,7 @@ cleanup() {
     [ -n "$watchdog_pid" ] && { pkill -P "$watchdog_pid" sleep 2>/dev/null; kill "$watchdog_pid" 2>/dev/null; }
     [ -z "$root_dir" ] || remove_root
     [ -n "${context_dir:-}" ] && rm -rf "$context_dir"
+    stop_supervisor
     if [ -n "$run_id" ]; then
         if [ $keep = 1 ]; then
             print_access
@@ -623,7 +632,8 @@ fi
 # --- a node lost, swarm alone ----------------------------------------------------------------------
 # What the supervisor's node-lost check will stand on: how long swarm takes to see a node gone
 # and to run its tasks elsewhere (no supervisor here: no load, no backend set).
-if [ $lose_node = 1 ]; then
+# With the supervisor checks, the loss happens there, under load.
+if [ $lose_node = 1 ] && [ $supervisor = 0 ]; then
     victim="${nodes[-1]}"
     log "node lost: docker kill $victim"
     t_kill=$(date +%s%N)
@@ -708,29 +718,242 @@ fi
 figures+=("hellos-lost-with-node=$lost")
 phase_done "stats"
 
-# --- the supervisor against the swarm: not written yet --------------------------------------------
-# TODO(issue 12): these checks need the `runtime: swarm` driver (on the runtime driver interface
-# the operator work adds). They are stubs that say so; none of them passes by itself.
-supervisor_checks() {
-    # 1. Start `goloadbalancer run` on this machine with DOCKER_HOST=tcp://$manager_ip:2375 and a
-    #    config with `runtime: swarm`, `worker: 3`, swarm.service "$service"-like name (or let
-    #    it create its own, with our image already loaded by load_image_into_nodes under the
-    #    tag the supervisor computes), listen-address 127.0.0.1; wait for `status` to show 3/3.
-    # 2. Hellos through the LB reach the tasks of every node in round robin over the task ids
-    #    (the `hello from container: <id>` bodies against `tasks`).
-    # 3. Under scripts/load.sh: reload 3 -> 6 -> 2 (`docker service scale`): 0 failed, 0
-    #    refused; the autoscaler scales out and back in: 0 failed.
-    # 4. Node lost: `docker kill` node 2 (or `docker network disconnect`) under load; its tasks
-    #    leave the backend set; swarm reschedules onto nodes 1 and 3; count the failed requests
-    #    (only those in flight on the lost node may fail) and measure the time until `tasks`
-    #    shows `worker` running tasks again.
-    # 5. /worker/stats through the LB: totals equal the requests this script made, across nodes
-    #    (the lost node's counts: as docs/SCALING.md says).
-    # 6. SIGTERM the supervisor: exit 0; no service, task or container left (`mgr service ls`,
-    #    `docker ps` in every node).
-    say "supervisor checks: NOT RUN (the runtime: swarm driver does not exist yet)"
+# --- the supervisor against the swarm (runtime: swarm) ------------------------------------------
+# `goloadbalancer run` on this machine against the manager (DOCKER_HOST), its own service
+# (`swarm.image` = the image loaded into every node), LB on loopback; every check under
+# scripts/load.sh load, each printing its figures.
+sup_pid=""
+sup_dir=""
+load_pid=""
+# shellcheck disable=SC2317 # called by cleanup
+stop_supervisor() {
+    [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null
+    [ -n "$sup_pid" ] && kill -KILL "$sup_pid" 2>/dev/null
+    sup_pid=""
+    if [ -n "$sup_dir" ] && [ $keep = 0 ]; then rm -rf "$sup_dir"; fi
 }
-supervisor_checks
+# A free loopback TCP port (the kernel's pick, read back).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sup_status() { curl -fsS --max-time 2 "http://127.0.0.1:$admin_port/status" 2>/dev/null; }
+# wait_workers N SECS: until /status shows exactly N workers, all active; prints the ms it took.
+wait_workers() {
+    local want="$1" t0 st
+    t0=$(date +%s%N)
+    for _ in $(seq 1 $(($2 * 5))); do
+        kill -0 "$sup_pid" 2>/dev/null || fail "the supervisor exited: $(tail -20 "$sup_dir/run.log")"
+        st="$(sup_status | jq -c '[.workers[] | .state]' 2>/dev/null || echo '[]')"
+        if [ "$(jq 'length' <<<"$st")" = "$want" ] && [ "$(jq '[.[] | select(. == "active")] | length' <<<"$st")" = "$want" ]; then
+            echo $((($(date +%s%N) - t0) / 1000000))
+            return 0
+        fi
+        sleep 0.2
+    done
+    fail "not $want active workers after $2 s: $(sup_status | jq -c '[.workers[] | [.id, .state]]' 2>/dev/null)"
+}
+# write_config WORKERS [EXTRA YAML]
+write_config() {
+    {
+        echo "worker: $1"
+        echo "pool: 2"
+        echo "stats-dir: $sup_dir/db/worker-stats.db"
+        echo "avg-delay: 20"
+        echo "failure: 0"
+        echo "load-balancer-port: $lb_port"
+        echo "worker-port: $worker_port"
+        echo "instance: glb-swarm-$run_id"
+        echo "listen-address: 127.0.0.1"
+        echo "runtime: swarm"
+        echo "admin-port: $admin_port"
+        echo "drain-timeout-ms: 5000"
+        echo "worker-start-timeout-ms: 60000"
+        echo "health-interval-ms: 1000"
+        echo "retries: 3"
+        echo "swarm:"
+        echo "  service: $sup_service"
+        echo "  image: $worker_image"
+        echo "${2:-}"
+    } >"$sup_dir/config.yaml"
+}
+# load_start NAME CONCURRENCY: scripts/load.sh (curl: refused counted apart) until load_stop.
+load_start() {
+    rm -f "$sup_dir/stop-$1"
+    "$repo/scripts/load.sh" --tool curl -c "$2" -d 600 --timeout 10 --no-stats \
+        --stop-file "$sup_dir/stop-$1" --ports "$lb_port,$((lb_port + 1))" >"$sup_dir/load-$1.out" 2>&1 &
+    load_pid=$!
+    sleep 1
+}
+# load_stop NAME: ends the load, prints its SUMMARY and sets load_ok, load_failed, load_refused.
+load_stop() {
+    touch "$sup_dir/stop-$1"
+    wait "$load_pid" || true
+    load_pid=""
+    local summary
+    summary="$(grep '^SUMMARY' "$sup_dir/load-$1.out" | tail -1)"
+    [ -n "$summary" ] || fail "load.sh printed no SUMMARY: $(tail -5 "$sup_dir/load-$1.out")"
+    load_ok="$(sed -E 's/.* ok=([0-9]+).*/\1/' <<<"$summary")"
+    load_failed="$(sed -E 's/.* failed=([0-9]+).*/\1/' <<<"$summary")"
+    load_refused="$(sed -E 's/.* refused=([0-9]+).*/\1/' <<<"$summary")"
+    made=$((made + load_ok + load_failed))
+    say "load $1: $summary"
+}
+# The TotalRequests total of /worker/stats through the LB (any task: merged across nodes).
+stats_total() { curl -fsS --max-time 10 "http://127.0.0.1:$lb_port/worker/stats" | jq '.TotalRequests[0].total'; }
+
+supervisor_start() {
+    log "supervisor: goloadbalancer run, runtime: swarm, DOCKER_HOST=tcp://$manager_ip:2375"
+    # The cluster-only service goes: the supervisor makes its own.
+    mgr service rm "$service" >/dev/null 2>&1 || true
+    sup_service="glb-swarm-$run_id-sup"
+    service="$sup_service"
+    sup_dir="$(mktemp -d "${TMPDIR:-/var/tmp}/glb-swarm-sup.XXXXXX")"
+    mkdir -p "$sup_dir/db"
+    lb_port="$(free_port)"
+    while [ "$lb_port" -ge 65000 ]; do lb_port="$(free_port)"; done
+    admin_port="$(free_port)"
+    made=0
+    write_config 3
+    DOCKER_HOST="tcp://$manager_ip:2375" "$binary" check-config "$sup_dir/config.yaml" >/dev/null ||
+        fail "check-config with runtime: swarm against the manager failed"
+    local t0 start_ms
+    t0=$(date +%s%N)
+    DOCKER_HOST="tcp://$manager_ip:2375" "$binary" run --config "$sup_dir/config.yaml" >"$sup_dir/run.log" 2>&1 &
+    sup_pid=$!
+    wait_workers 3 240 >/dev/null
+    start_ms=$((($(date +%s%N) - t0) / 1000000))
+    say "3 tasks active ${start_ms} ms after goloadbalancer run"
+    figures+=("sup-start=${start_ms}ms")
+}
+
+# Round robin over the tasks of every node, and the stats totals.
+supervisor_round_robin() {
+    local body id total
+    running="$(tasks)"
+    note_nodes "$running"
+    declare -A by_id=() rr_nodes=()
+    for _ in $(seq 1 30); do
+        body="$(curl -fsS --max-time 5 "http://127.0.0.1:$lb_port/api/v1/hello")" || fail "hello through the LB failed"
+        id="${body##*container: }"
+        id="${id%%\"*}"
+        by_id[$id]=$((${by_id[$id]:-0} + 1))
+    done
+    made=$((made + 30))
+    for id in "${!by_id[@]}"; do
+        [ "${by_id[$id]}" = 10 ] || fail "round robin: $id answered ${by_id[$id]} of 30"
+        rr_nodes[${node_of[$id]:-?}]=1
+    done
+    if [ "${#by_id[@]}" != 3 ] || [ "${#rr_nodes[@]}" != "$nodes_wanted" ]; then
+        fail "30 hellos reached ${#by_id[@]} tasks on ${#rr_nodes[@]} nodes: ${!by_id[*]}"
+    fi
+    say "round robin: 10 hellos each from ${!by_id[*]} on ${!rr_nodes[*]}"
+    sleep 1
+    total="$(stats_total)"
+    [ "$total" = "$made" ] || fail "/worker/stats total $total, the script made $made requests"
+    say "/worker/stats through the LB: total $total = the $made requests made (3 nodes' files merged)"
+    figures+=("round-robin=10/10/10")
+}
+
+supervisor_reload() {
+    local out_ms in_ms total
+    log "supervisor: reload 3 -> 6 -> 2 under load"
+    load_start reload 8
+    write_config 6
+    kill -HUP "$sup_pid"
+    out_ms="$(wait_workers 6 180)"
+    write_config 2
+    kill -HUP "$sup_pid"
+    in_ms="$(wait_workers 2 180)"
+    sleep 1
+    load_stop reload
+    if [ "$load_failed" != 0 ] || [ "$load_refused" != 0 ]; then
+        fail "reload 3->6->2: $load_failed failed, $load_refused refused"
+    fi
+    say "reload 3->6->2: 6 active after ${out_ms} ms, 2 after ${in_ms} ms more; ok=$load_ok failed=0 refused=0"
+    figures+=("reload-3-6-2-ok=$load_ok" "reload-failed=0" "reload-refused=0")
+    write_config 3
+    kill -HUP "$sup_pid"
+    wait_workers 3 180 >/dev/null
+    sleep 2
+    total="$(stats_total)"
+    if [ "$total" = "$made" ]; then
+        say "/worker/stats total $total = the $made requests made"
+    else
+        say "WARNING: /worker/stats total $total, $made requests made (a node with no running task is not asked)"
+    fi
+    figures+=("stats-total=$total" "requests-made=$made")
+}
+
+supervisor_autoscale() {
+    local as_out as_in
+    log "supervisor: the autoscaler out and back in under load"
+    # worker: 2 (the start count): a later reload to 3 is then a change of `worker`, which wins
+    # over the autoscaler's count.
+    write_config 2 "autoscale: {enabled: true, min: 2, max: 5, target-inflight: 2, breach-ms: 1000, cooldown-ms: 2000, step: 3}"
+    kill -HUP "$sup_pid"
+    load_start autoscale 24
+    as_out="$(wait_workers 5 120)"
+    load_stop autoscale
+    as_in="$(wait_workers 2 120)"
+    [ "$load_failed" = 0 ] || fail "autoscale: $load_failed failed requests"
+    say "autoscale: 5 active ${as_out} ms into the load, back to 2 ${as_in} ms after it; ok=$load_ok failed=0 refused=$load_refused"
+    figures+=("autoscale-out=${as_out}ms" "autoscale-in=${as_in}ms" "autoscale-failed=0")
+    write_config 3
+    kill -HUP "$sup_pid"
+    wait_workers 3 180 >/dev/null
+}
+
+supervisor_node_lost() {
+    local t_kill back_ms="" active total
+    victim="${nodes[-1]}"
+    log "supervisor: node lost under load (docker kill $victim)"
+    load_start nodeloss 8
+    t_kill=$(date +%s%N)
+    docker kill "$victim" >/dev/null || fail "docker kill $victim"
+    for _ in $(seq 1 600); do
+        running="$(tasks 2>/dev/null || true)"
+        active="$(sup_status | jq '[.workers[] | select(.state == "active")] | length' 2>/dev/null || echo 0)"
+        if [ "$active" = 3 ] && [ "$(grep -c . <<<"$running")" = 3 ] && ! grep -q " $victim\$" <<<"$running"; then
+            back_ms=$((($(date +%s%N) - t_kill) / 1000000))
+            break
+        fi
+        sleep 0.2
+    done
+    sleep 2
+    load_stop nodeloss
+    [ -n "$back_ms" ] || fail "capacity never came back to 3 tasks on the surviving nodes"
+    say "node lost: 3 tasks active on the survivors ${back_ms} ms after the kill; failed=$load_failed refused=$load_refused ok=$load_ok"
+    figures+=("node-loss-capacity-back=${back_ms}ms" "node-loss-failed=$load_failed")
+    total="$(stats_total)"
+    say "/worker/stats after the loss: total $total of $made made ($((made - total)) counted in the lost node's file, gone with its tmpfs)"
+    figures+=("stats-after-loss=$total/$made")
+}
+
+supervisor_stop() {
+    local code=0 node left
+    log "supervisor: SIGTERM"
+    kill -TERM "$sup_pid"
+    wait "$sup_pid" || code=$?
+    sup_pid=""
+    [ "$code" = 0 ] || fail "the supervisor exited $code on SIGTERM: $(tail -20 "$sup_dir/run.log")"
+    [ -z "$(mgr service ls -q --filter "label=goloadbalancer.instance=glb-swarm-$run_id")" ] || fail "a service is left"
+    for node in "${nodes[@]}"; do
+        [ "$(docker inspect -f '{{.State.Running}}' "$node" 2>/dev/null)" = true ] || continue
+        left="$(in_node "$node" docker ps -aq --filter "label=com.docker.swarm.service.name=$sup_service")"
+        [ -z "$left" ] || fail "containers of $sup_service left on $node: $left"
+    done
+    say "SIGTERM: exit 0; no service, task or container left"
+}
+
+if [ $supervisor = 1 ]; then
+    supervisor_start
+    supervisor_round_robin
+    supervisor_reload
+    supervisor_autoscale
+    if [ $lose_node = 1 ] && [ -z "${victim:-}" ]; then supervisor_node_lost; fi
+    supervisor_stop
+    phase_done "supervisor"
+else
+    say "supervisor checks: skipped (--no-supervisor)"
+fi
 
 echo
-say "PASS (cluster only) in $(($(date +%s) - t_start))s: ${figures[*]}"
+say "PASS in $(($(date +%s) - t_start))s: ${figures[*]}"

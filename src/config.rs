@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 pub use read::{ConfigError, parse_and_check};
 pub use rules::Violation;
 pub use schema::{
-    AccessLogFormat, AccessLogMode, Autoscale, Balance, Config, Mode, ProxySettings, RuntimeKind,
+    AccessLogFormat, AccessLogMode, Autoscale, Balance, Config, HealthCheckMode, Mode,
+    ProxySettings, RuntimeKind, Swarm,
 };
 
 /// Loads and validates `path`.
@@ -53,7 +54,7 @@ pub fn default_path(explicit: Option<PathBuf>) -> PathBuf {
 /// (every key with its value, defaults filled in) as YAML; exit 0, or the error and exit 2.
 pub fn check_config_cmd(path: Option<PathBuf>) -> i32 {
     let path = default_path(path);
-    match load(&path) {
+    match load(&path).and_then(|c| swarm_manager_check(&path, c)) {
         Ok(config) => match serde_yaml_ng::to_string(&config) {
             Ok(yaml) => {
                 println!(
@@ -71,6 +72,31 @@ pub fn check_config_cmd(path: Option<PathBuf>) -> i32 {
         Err(e) => {
             eprintln!("{e}");
             2
+        }
+    }
+}
+
+/// How long check-config waits for `docker info` with `runtime: swarm`.
+const MANAGER_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `runtime: swarm`: the docker engine must be a swarm manager now, else an error at `runtime`.
+fn swarm_manager_check(path: &Path, config: Config) -> Result<Config, ConfigError> {
+    if config.runtime != RuntimeKind::Swarm {
+        return Ok(config);
+    }
+    match crate::runtime::swarm::check_manager(MANAGER_CHECK_TIMEOUT) {
+        Ok(()) => Ok(config),
+        Err(message) => {
+            let text = read::read_text(path)?;
+            Err(ConfigError {
+                file: path.to_path_buf(),
+                line: node::key_line(&text, &["runtime"], 1),
+                key: Some("runtime".into()),
+                message: message
+                    .strip_prefix("runtime: ")
+                    .unwrap_or(&message)
+                    .to_string(),
+            })
         }
     }
 }

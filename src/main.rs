@@ -19,6 +19,7 @@ commands:
       --head-timeout-ms MS (GLB_HEAD_TIMEOUT_MS, 10000)  --idle-timeout-ms MS (GLB_IDLE_TIMEOUT_MS, 60000)
       --stats-flush-ms MS (GLB_STATS_FLUSH_MS, 5)        --drain-timeout-ms MS (GLB_DRAIN_TIMEOUT_MS, 30000)
       --drain-grace-ms MS (GLB_DRAIN_GRACE_MS, 0)        --max-connections N (GLB_MAX_CONNECTIONS, 20000)
+      --peers HOST:PORT[,...] (GLB_PEERS): /worker/stats merges these peers' /worker/stats/node
   proxy --listen ADDR --backend ADDR [--backend ADDR ...] [--config PATH] [--KEY VALUE ...]
                                    one LB loop in the foreground; any config key is a flag
   check-config [PATH]              validate a config file and print the effective settings
@@ -160,6 +161,10 @@ fn worker_options(mut args: Args) -> Result<worker::Options, String> {
     let drain_timeout_ms = opts_num("drain-timeout-ms", "GLB_DRAIN_TIMEOUT_MS", 30_000)?;
     let drain_grace_ms = opts_num("drain-grace-ms", "GLB_DRAIN_GRACE_MS", 0)?;
     let max_connections = opts_num("max-connections", "GLB_MAX_CONNECTIONS", 20_000)? as usize;
+    let peers = match flag_or_env(&mut args, "peers", "GLB_PEERS") {
+        Some(spec) => worker::peers::parse_peers(&spec)?,
+        None => Vec::new(),
+    };
     let listen_ip = listen
         .parse()
         .map_err(|_| format!("--listen: not an IP address: {listen:?}"))?;
@@ -176,6 +181,7 @@ fn worker_options(mut args: Args) -> Result<worker::Options, String> {
         drain_timeout_ms,
         drain_grace_ms,
         max_connections,
+        peers,
     })
 }
 

@@ -815,7 +815,7 @@ fn readme_documents_every_key_with_its_default() {
         if let Some(nested) = k.strip_prefix("  ") {
             effective.push((format!("{section}.{nested}"), v));
         } else if v.is_empty() {
-            section = if k == "autoscale" { "autoscale" } else { "" };
+            section = k;
         } else {
             effective.push((k.to_string(), v));
         }
@@ -872,4 +872,88 @@ fn user_must_exist_and_be_unprivileged() {
         &format!("{SEED}user: root\n"),
         ":8: user: must be an unprivileged user, got \"root\" (uid 0, gid 0)",
     );
+}
+
+// ---- runtime: swarm ----
+
+#[test]
+fn swarm_block_is_read_and_printed() {
+    let dir = TempDir::new("cfg-swarm-ok");
+    let path = dir.join("config.yaml");
+    let text = format!(
+        "{SEED}runtime: process\nswarm:\n  service: shop-workers\n  constraints: node.role==worker, node.labels.zone!=b\n  image: registry.example/glb-worker:1\n"
+    );
+    std::fs::write(&path, text).expect("write");
+    let r = check_config(&path);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("swarm:\n  service: shop-workers\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("image: registry.example/glb-worker:1"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn swarm_keys_are_checked() {
+    rejects(
+        "cfg-swarm-service",
+        &format!("{SEED}swarm:\n  service: -bad name\n"),
+        ":9: swarm.service: must be 1-63 letters, digits, '-' or '_', starting with a letter or digit (it names the swarm service), got \"-bad name\"",
+    );
+    rejects(
+        "cfg-swarm-constraint",
+        &format!("{SEED}swarm:\n  constraints: node.role\n"),
+        ":9: swarm.constraints: each constraint must read `attribute==value` or `attribute!=value` (e.g. node.role==worker), got \"node.role\"",
+    );
+    rejects(
+        "cfg-swarm-unknown",
+        &format!("{SEED}swarm:\n  servce: x\n"),
+        ":9: swarm.servce: unknown key (did you mean `service`?)",
+    );
+    rejects(
+        "cfg-swarm-misplaced",
+        &format!("{SEED}constraints: node.role==worker\n"),
+        ":8: constraints: unknown key (did you mean `swarm: {constraints: ...}`?)",
+    );
+    rejects(
+        "cfg-swarm-not-a-map",
+        &format!("{SEED}swarm: 3\n"),
+        ":8: swarm: must be a mapping of swarm keys (service, constraints, image), got a number",
+    );
+}
+
+#[test]
+fn swarm_refuses_process_only_keys() {
+    rejects(
+        "cfg-swarm-worker-address",
+        &format!("{SEED}runtime: swarm\nworker-address: 10.0.0.5\n"),
+        ":9: worker-address: is a process and docker key: with runtime: swarm each worker is reached at its node's address (remove worker-address, got 10.0.0.5)",
+    );
+}
+
+#[test]
+fn swarm_without_a_reachable_manager_is_an_error_at_runtime() {
+    let dir = TempDir::new("cfg-swarm-manager");
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, format!("{SEED}runtime: swarm\n")).expect("write");
+    let out = Command::new(common::bin())
+        .arg("check-config")
+        .arg(&path)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", dir.join("no.sock").display()),
+        )
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let prefix = format!("{}:8: runtime: swarm needs ", path.display());
+    assert!(stderr.starts_with(&prefix), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(out.stdout.is_empty());
 }

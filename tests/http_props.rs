@@ -11,7 +11,9 @@
 
 use std::net::IpAddr;
 
-use goloadbalancer::http::chunked::{ChunkLimits, ChunkedDecoder, chunk_header, encode_chunk};
+use goloadbalancer::http::chunked::{
+    ChunkLimits, ChunkedDecoder, ChunkedReframer, chunk_header, encode_chunk, trailer_allowed,
+};
 use goloadbalancer::http::rewrite::{
     ClientResponse, ConnectionOut, UpstreamRequest, client_framing, write_client_response,
     write_upstream_request,
@@ -183,6 +185,69 @@ fn feed_split(
         pos = p;
     }
     Ok((out, consumed, false))
+}
+
+/// Re-frames `input` in pieces cut at `cuts`, writing everything out after each feed;
+/// returns (output, consumed, done) or the error.
+fn reframe_split(
+    input: &[u8],
+    cuts: &[usize],
+) -> Result<(Vec<u8>, usize, bool), goloadbalancer::http::ChunkError> {
+    let mut r = ChunkedReframer::new(ChunkLimits::default());
+    let (mut out, mut pos, mut consumed) = (Vec::new(), 0, 0);
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(input.len());
+    for p in points {
+        if p < pos {
+            continue;
+        }
+        let prog = r.feed(&input[pos..p])?;
+        consumed += prog.consumed;
+        out.extend_from_slice(r.pending());
+        let n = r.pending().len();
+        r.advance(n);
+        if prog.done {
+            return Ok((out, consumed, true));
+        }
+        pos = p;
+    }
+    Ok((out, consumed, false))
+}
+
+/// Splits canonical chunked output into (data, trailer lines); fails on a size line with a
+/// leading zero, an upper-case digit or an extension.
+fn canonical_parts(mut out: &[u8]) -> Result<(Vec<u8>, Vec<String>), String> {
+    let mut data = Vec::new();
+    loop {
+        let end = out
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("no size line end")?;
+        let size = std::str::from_utf8(&out[..end]).map_err(|e| e.to_string())?;
+        let canonical = size == "0"
+            || (!size.starts_with('0')
+                && size
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        if !canonical {
+            return Err(format!("size line {size:?}"));
+        }
+        let n = usize::from_str_radix(size, 16).map_err(|e| e.to_string())?;
+        out = &out[end + 2..];
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&out[..n]);
+        out = &out[n + 2..];
+    }
+    let text = String::from_utf8_lossy(out).into_owned();
+    let mut lines: Vec<String> = text.split("\r\n").map(str::to_string).collect();
+    // "a\r\nb\r\n\r\n" splits into a, b, "", "".
+    if lines.len() < 2 || lines.pop().as_deref() != Some("") || lines.pop().as_deref() != Some("") {
+        return Err(format!("trailer section {text:?}"));
+    }
+    Ok((data, lines))
 }
 
 /// A valid header field name and value.
@@ -413,6 +478,80 @@ proptest! {
         if let Ok((data, consumed, _)) = whole {
             prop_assert!(consumed <= input.len());
             prop_assert!(data.len() <= consumed);
+        }
+    }
+
+    #[test]
+    fn chunked_reframe_is_canonical_and_drops_forbidden_trailers(
+        chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..300), 0..6),
+        upper in any::<bool>(),
+        zeros in 0usize..4,
+        ext in prop::option::of("[a-z]{1,5}(=[a-z0-9]{1,5})?"),
+        trailers in prop::collection::vec(prop_oneof![
+            field(),
+            (prop::sample::select(&["Content-Length", "HOST", "transfer-encoding", "Authorization", "Cookie", "X-Forwarded-For"][..]), "[ -~]{0,10}")
+                .prop_map(|(n, v)| (n.to_string(), v)),
+        ], 0..4),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+        tail in prop::collection::vec(any::<u8>(), 0..10),
+    ) {
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for c in &chunks {
+            let (h, n) = chunk_header(c.len());
+            let mut size = "0".repeat(zeros).into_bytes();
+            size.extend_from_slice(&h[..n - 2]);
+            if upper {
+                size.make_ascii_uppercase();
+            }
+            wire.extend_from_slice(&size);
+            if let Some(e) = &ext {
+                wire.push(b';');
+                wire.extend_from_slice(e.as_bytes());
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(c);
+            wire.extend_from_slice(b"\r\n");
+            want.extend_from_slice(c);
+        }
+        wire.extend_from_slice(b"0\r\n");
+        let mut kept = Vec::new();
+        for (n, v) in &trailers {
+            let line = format!("{n}: {v}");
+            wire.extend_from_slice(line.as_bytes());
+            wire.extend_from_slice(b"\r\n");
+            if trailer_allowed(line.as_bytes()) {
+                kept.push(line);
+            }
+        }
+        wire.extend_from_slice(b"\r\n");
+        let msg_len = wire.len();
+        wire.extend_from_slice(&tail);
+        let (out, consumed, done) = reframe_split(&wire, &cuts).unwrap();
+        prop_assert!(done);
+        prop_assert_eq!(consumed, msg_len);
+        let (data, lines) = canonical_parts(&out).map_err(TestCaseError::fail)?;
+        prop_assert_eq!(data, want);
+        prop_assert_eq!(lines, kept);
+    }
+
+    #[test]
+    fn chunked_reframe_accepts_exactly_what_the_decoder_accepts(
+        input in prop::collection::vec(prop::sample::select(CHUNK_PIECES), 0..60)
+            .prop_map(|v| v.concat()),
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let decoded = feed_split(&input, &[], ChunkLimits::default());
+        match reframe_split(&input, &cuts) {
+            Err(e) => prop_assert_eq!(decoded, Err(e)),
+            Ok((out, consumed, done)) => {
+                let (data, c2, d2) = decoded.unwrap();
+                prop_assert_eq!((consumed, done), (c2, d2));
+                if done {
+                    let (again, _) = canonical_parts(&out).map_err(TestCaseError::fail)?;
+                    prop_assert_eq!(again, data);
+                }
+            }
         }
     }
 

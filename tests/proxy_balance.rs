@@ -107,6 +107,9 @@ fn failing_health_checks_eject_a_backend_and_passing_ones_return_it() {
     let (_p, addr) = proxy(
         &[sick.arg(), fine.arg()],
         &[
+            // The standalone proxy checks with a connect unless a path is given.
+            "--health-path",
+            "/healthz",
             "--health-interval-ms",
             "100",
             "--health-fall",

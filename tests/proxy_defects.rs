@@ -256,3 +256,155 @@ fn a_body_trickling_past_body_timeout_gets_408() {
         "no complete request reached the backend"
     );
 }
+
+#[test]
+fn chunked_request_bodies_are_reframed_canonically_without_forbidden_trailers() {
+    let b = Backend::ok("got");
+    let (_p, addr) = one(&b, &[]);
+    let r = raw_request(
+        addr,
+        b"POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0005;name=\"v\"\r\nhello\r\n00000006 ; ext\r\n world\r\n000\r\n\
+          Content-Length: 5\r\nX-Checksum: 42\r\nHost: evil.example\r\n\
+          Transfer-Encoding: gzip\r\nAuthorization: Basic eA==\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let req = &b.wait_requests(1, std::time::Duration::from_secs(5))[0];
+    assert_eq!(req.body, b"hello world");
+    let body_on_wire = &req.raw[req.head.len()..];
+    assert_eq!(
+        String::from_utf8_lossy(body_on_wire),
+        "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 42\r\n\r\n"
+    );
+}
+
+/// Descriptors of `pid` numbered below `limit` (one inherited from the test harness may sit
+/// above it).
+fn open_fds(pid: i32, limit: usize) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+            .filter(|&fd| fd < limit)
+            .count()
+    })
+}
+
+#[test]
+fn out_of_descriptors_on_the_upstream_connect_is_503_and_the_backend_stays_up() {
+    let dir = common::TempDir::new("emfile upstream");
+    let log = dir.join("proxy.log");
+    let b = Backend::ok("fine");
+    let port = common::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    const LIMIT: usize = 32;
+    // No health check during the test: only the request path can take the backend down.
+    let p = common::Proc::start_cmd(
+        "proxy",
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ulimit -n {LIMIT} && exec {} proxy --listen {addr} --backend {} --health-interval-ms 600000 --retries 0",
+                    common::bin(),
+                    b.arg()
+                ),
+            ])
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    common::wait_for_port(addr, std::time::Duration::from_secs(10));
+    // The first health check runs within a second of the start (then not for 10 minutes):
+    // let it end, so its descriptor is not counted.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Idle client connections until every descriptor is taken.
+    let mut held = Vec::new();
+    while open_fds(p.pid(), LIMIT) < LIMIT && held.len() < 100 {
+        let before = open_fds(p.pid(), LIMIT);
+        held.push(connect(addr));
+        for _ in 0..100 {
+            if open_fds(p.pid(), LIMIT) > before {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    assert_eq!(
+        open_fds(p.pid(), LIMIT),
+        LIMIT,
+        "could not fill the descriptor table"
+    );
+    // An accepted client asks: the upstream connect has no descriptor left.
+    held[0]
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut pending = Vec::new();
+    let status = read_response(&mut held[0], &mut pending, false)
+        .unwrap()
+        .status;
+    assert_eq!(status, 503);
+    drop(held);
+    // The backend was not ejected: the next request is served at once.
+    let r = (0..50)
+        .find_map(|_| {
+            let r = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").ok();
+            if r.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r
+        })
+        .expect("no answer after the descriptors were freed");
+    assert_eq!((r.status, r.text().as_str()), (200, "fine"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("event=out_of_descriptors"), "{text}");
+    assert!(!text.contains("backend_down"), "{text}");
+}
+
+/// Asks `/` until it gets `want` (health verdicts take a few checks); the last status.
+fn status_becomes(addr: std::net::SocketAddr, want: u16) -> u16 {
+    let mut last = 0;
+    for _ in 0..30 {
+        last = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").map_or(0, |r| r.status);
+        if last == want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    last
+}
+
+#[test]
+fn the_standalone_proxy_keeps_serving_a_server_without_healthz() {
+    // A server with no /healthz (404), a redirecting /moved and an app at /.
+    let b = Backend::start_with(
+        common::backend::Options {
+            health_path: None,
+            ..Default::default()
+        },
+        |req| match req.target.as_str() {
+            "/healthz" => vec![Step::Send(response(404, "no such page"))],
+            "/moved" => vec![Step::Send(
+                b"HTTP/1.1 301 Moved Permanently\r\nLocation: /new\r\nContent-Length: 0\r\n\r\n"
+                    .to_vec(),
+            )],
+            _ => vec![Step::Send(response(200, "app"))],
+        },
+    );
+    let fast = ["--health-interval-ms", "50", "--health-fall", "1"];
+    // Default (auto): a connect check; three checks' worth of time and more, still served.
+    let (_p, addr) = one(&b, &fast);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    for _ in 0..5 {
+        let r = raw_request(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "app"));
+    }
+    // A 3xx passes an HTTP check.
+    let mut with_path = fast.to_vec();
+    with_path.extend(["--health-path", "/moved"]);
+    let (_p2, addr2) = one(&b, &with_path);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(status_becomes(addr2, 200), 200);
+    // The HTTP check does run when asked for: /healthz answers 404, the backend goes down.
+    let mut asked = fast.to_vec();
+    asked.extend(["--health-path", "/healthz"]);
+    let (_p3, addr3) = one(&b, &asked);
+    assert_eq!(status_becomes(addr3, 503), 503);
+}

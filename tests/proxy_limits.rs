@@ -26,7 +26,8 @@ fn status_kib(pid: i32, field: &str) -> u64 {
 }
 
 /// Reads a request head from a raw backend connection; answers the proxy's health checks
-/// itself (None), so only real requests reach the test's handler.
+/// itself (None; a connect check closes without a byte), so only real requests reach the
+/// test's handler.
 fn read_head(s: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -35,6 +36,9 @@ fn read_head(s: &mut TcpStream) -> Option<String> {
             break;
         }
         head.push(b[0]);
+    }
+    if head.is_empty() {
+        return None;
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     if head.starts_with("GET /healthz ") {

@@ -162,7 +162,8 @@ fn swarm_e2e_help_documents_steps_and_options() {
         "glb-swarm-node:",
         "dnsrr",
         "host-mode published ports",
-        "supervisor_checks",
+        "--no-supervisor",
+        "runtime: swarm",
         "GLB_DEBIAN_MIRROR",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");

@@ -6,7 +6,7 @@
 //! two errors a file gets): top-level keys, then the LB settings with their rule between keys,
 //! then the autoscale keys, then the rules that span sections.
 
-use super::schema::{Autoscale, Config, ProxySettings};
+use super::schema::{Autoscale, Config, ProxySettings, RuntimeKind};
 use super::table::Section;
 
 /// A value that breaks a rule: the key it is reported under (dotted for `autoscale.*`),
@@ -35,6 +35,8 @@ impl Config {
         self.proxy.validate()?;
         keys_in_range("autoscale.", &self.autoscale)?;
         autoscale_bounds(self)?;
+        keys_in_range("swarm.", &self.swarm)?;
+        swarm_keys(self)?;
         port_ranges(self)
     }
 }
@@ -106,6 +108,26 @@ fn autoscale_bounds(c: &Config) -> Result<(), Violation> {
             format!(
                 "must be between autoscale.min ({}) and autoscale.max ({}) when autoscale is enabled, got {}",
                 a.min, a.max, c.worker
+            )
+        },
+    )
+}
+
+/// `runtime: swarm` takes no key of the local runtimes: a task's address is its node's
+/// (`docker node inspect`), so `worker-address` would be silently ignored.
+fn swarm_keys(c: &Config) -> Result<(), Violation> {
+    if c.runtime != RuntimeKind::Swarm {
+        return Ok(());
+    }
+    let default = Config::default();
+    between_keys(
+        "worker-address",
+        &["runtime"],
+        c.worker_address == default.worker_address,
+        || {
+            format!(
+                "is a process and docker key: with runtime: swarm each worker is reached at its node's address (remove worker-address, got {})",
+                c.worker_address
             )
         },
     )

@@ -43,6 +43,8 @@ pub enum RuntimeKind {
     Auto,
     Docker,
     Process,
+    /// Docker Swarm service tasks (never chosen by `auto`).
+    Swarm,
 }
 
 /// Which requests get an access-log line.
@@ -56,6 +58,25 @@ pub enum AccessLogMode {
     /// Every request (sampled with `access-log-sample`).
     All,
 }
+
+/// How a backend's active health check is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheckMode {
+    /// `http` for `run`'s own workers; for the standalone `proxy`, `tcp` unless a health path
+    /// is given (any server passes a connect; not every server has a `/healthz`).
+    Auto,
+    /// `GET health-path`; a 2xx or 3xx final status passes.
+    Http,
+    /// A TCP connect that completes passes.
+    Tcp,
+}
+
+const HEALTH_CHECKS: &[(&str, HealthCheckMode)] = &[
+    ("auto", HealthCheckMode::Auto),
+    ("http", HealthCheckMode::Http),
+    ("tcp", HealthCheckMode::Tcp),
+];
 
 /// How an access-log line is spelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -87,6 +108,7 @@ const RUNTIMES: &[(&str, RuntimeKind)] = &[
     ("auto", RuntimeKind::Auto),
     ("docker", RuntimeKind::Docker),
     ("process", RuntimeKind::Process),
+    ("swarm", RuntimeKind::Swarm),
 ];
 
 section! {
@@ -123,7 +145,7 @@ section! {
             read Node::ip, rule any_value;
         /// All LB children accept on the single port `load-balancer-port`.
         "shared-port" => shared_port: bool = false, read Node::boolean, rule any_value;
-        /// Where workers run: `auto`, `docker`, `process`.
+        /// Where workers run: `auto`, `docker`, `process`, `swarm`.
         "runtime" => runtime: RuntimeKind = RuntimeKind::Auto,
             read |v| v.one_of(RUNTIMES), rule any_value;
         /// Admin HTTP address.
@@ -152,6 +174,8 @@ section! {
         proxy: ProxySettings,
         /// The autoscaler (`autoscale:` block).
         autoscale: Autoscale,
+        /// Docker Swarm (`swarm:` block, with `runtime: swarm`).
+        swarm: Swarm,
     }
 }
 
@@ -209,6 +233,9 @@ section! {
         /// Idle keep-alive upstream connections kept per backend.
         "upstream-pool-size" => upstream_pool_size: usize = 256,
             read Node::uint_as, rule between::<0, 100_000, _>;
+        /// Active health check: `auto`, `http` (GET health-path, 2xx/3xx pass) or `tcp`.
+        "health-check" => health_check: HealthCheckMode = HealthCheckMode::Auto,
+            read |v| v.one_of(HEALTH_CHECKS), rule any_value;
         /// Active health check request path.
         "health-path" => health_path: String = "/healthz".to_string(),
             read Node::string, rule request_path;
@@ -282,6 +309,64 @@ section! {
         "idle-ms" => idle_ms: u64 = 30_000,
             read Node::uint, rule between::<100, MAX_TIMEOUT_MS, _>;
     }
+}
+
+section! {
+    /// Docker Swarm settings (`swarm:` block; read with `runtime: swarm`).
+    #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Swarm {
+        /// Name of the worker service; empty: `<instance>-workers`.
+        "service" => service: String = String::new(), read Node::string, rule service_name;
+        /// Placement constraints, comma-separated (`node.role==worker`), each a `--constraint`.
+        "constraints" => constraints: String = String::new(),
+            read Node::string, rule constraint_list;
+        /// Worker image every node pulls (a registry reference); empty: the locally built
+        /// worker image, which every node must already have.
+        "image" => image: String = String::new(), read Node::string, rule image_reference;
+    }
+}
+
+/// Rule of `swarm.service`: empty, or docker's service name alphabet.
+#[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
+fn service_name(s: &String) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    let ok = s.len() <= 63
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    require(ok, || {
+        format!(
+            "must be 1-63 letters, digits, '-' or '_', starting with a letter or digit (it names the swarm service), got {s:?}"
+        )
+    })
+}
+
+/// Rule of `swarm.constraints`: comma-separated `attribute==value` or `attribute!=value`.
+#[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
+fn constraint_list(s: &String) -> Result<(), String> {
+    for c in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let ok = (c.contains("==") || c.contains("!=")) && !c.chars().any(char::is_control);
+        require(ok, || {
+            format!(
+                "each constraint must read `attribute==value` or `attribute!=value` (e.g. node.role==worker), got {c:?}"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Rule of `swarm.image`: empty, or an image reference without spaces.
+#[allow(clippy::ptr_arg)] // a table rule takes a reference to the field's own type
+fn image_reference(s: &String) -> Result<(), String> {
+    let ok = s.is_empty()
+        || (s.len() <= 255 && !s.starts_with('-') && s.bytes().all(|b| b.is_ascii_graphic()));
+    require(ok, || {
+        format!(
+            "must be an image reference like registry.example/goloadbalancer-worker:1.2, got {s:?}"
+        )
+    })
 }
 
 /// Rule of `stats-dir`: a usable file path, and (when absolute; a relative one is checked at
@@ -459,6 +544,7 @@ mod tests {
         let mut top = names::<Config>();
         top.extend(names::<ProxySettings>());
         top.push("autoscale");
+        top.push("swarm");
         assert_eq!(
             printed(serde_yaml_ng::to_value(Config::default()).unwrap()),
             top

@@ -3,7 +3,7 @@
 //! its section and have a value of the right type. Value ranges come after, in `rules.rs`.
 
 use super::node::{self, Node};
-use super::schema::{Autoscale, Config, ProxySettings};
+use super::schema::{Autoscale, Config, ProxySettings, Swarm};
 use super::table::Section;
 
 /// What is wrong at a key found while reading the tree.
@@ -65,14 +65,15 @@ fn kind_of(v: &Node) -> &'static str {
     }
 }
 
-/// The name of a block: `autoscale:` is the only key holding a section of its own.
+/// The names of the blocks: the keys holding a section of their own.
 const AUTOSCALE: &str = "autoscale";
+const SWARM: &str = "swarm";
 
 /// Every name allowed at the top level (proxy settings sit there, flattened).
 fn top_level_names() -> Vec<&'static str> {
     Config::names()
         .chain(ProxySettings::names())
-        .chain([AUTOSCALE])
+        .chain([AUTOSCALE, SWARM])
         .collect()
 }
 
@@ -93,7 +94,11 @@ pub fn config_from_tree(root: &Node) -> Result<Config, TreeError> {
     for (k, v) in entries {
         let key = entry_name(k, &mut seen, None)?;
         if key == AUTOSCALE {
-            read_autoscale(&mut c.autoscale, v)?;
+            read_block(AUTOSCALE, &mut c.autoscale, v)?;
+            continue;
+        }
+        if key == SWARM {
+            read_block(SWARM, &mut c.swarm, v)?;
             continue;
         }
         let set = if let Some(spec) = Config::key(&key) {
@@ -104,6 +109,8 @@ pub fn config_from_tree(root: &Node) -> Result<Config, TreeError> {
             let mut m = unknown_key_message(&key, &top_level_names());
             if m == "unknown key" && Autoscale::key(&key).is_some() {
                 m = format!("unknown key (did you mean `{AUTOSCALE}: {{{key}: ...}}`?)");
+            } else if m == "unknown key" && Swarm::key(&key).is_some() {
+                m = format!("unknown key (did you mean `{SWARM}: {{{key}: ...}}`?)");
             }
             Err(m)
         };
@@ -112,19 +119,19 @@ pub fn config_from_tree(root: &Node) -> Result<Config, TreeError> {
     Ok(c)
 }
 
-/// Reads the `autoscale:` block into `a`.
-fn read_autoscale(a: &mut Autoscale, v: &Node) -> Result<(), TreeError> {
+/// Reads the `block:` section (`autoscale:`, `swarm:`) into `a`.
+fn read_block<S: Section>(block: &str, a: &mut S, v: &Node) -> Result<(), TreeError> {
     let entries = match v {
         // `autoscale:` with nothing under it: all defaults.
         Node::Null => return Ok(()),
         Node::Map(e) => e,
         other => {
-            let names: Vec<&str> = Autoscale::names().collect();
+            let names: Vec<&str> = S::names().collect();
             return Err(TreeError::at(
-                &[AUTOSCALE],
+                &[block],
                 1,
                 format!(
-                    "must be a mapping of autoscale keys ({}), got {}",
+                    "must be a mapping of {block} keys ({}), got {}",
                     names.join(", "),
                     kind_of(other)
                 ),
@@ -133,21 +140,21 @@ fn read_autoscale(a: &mut Autoscale, v: &Node) -> Result<(), TreeError> {
     };
     let mut seen = Seen::default();
     for (k, v) in entries {
-        let key = entry_name(k, &mut seen, Some(AUTOSCALE))?;
-        let set = match Autoscale::key(&key) {
+        let key = entry_name(k, &mut seen, Some(block))?;
+        let set = match S::key(&key) {
             Some(spec) => (spec.set)(a, v),
             None => {
-                let names: Vec<&str> = Autoscale::names().collect();
+                let names: Vec<&str> = S::names().collect();
                 let mut m = unknown_key_message(&key, &names);
                 if m == "unknown key" && top_level_names().contains(&key.as_str()) {
                     m = format!(
-                        "unknown key (`{key}` belongs at the top level, not under {AUTOSCALE}:)"
+                        "unknown key (`{key}` belongs at the top level, not under {block}:)"
                     );
                 }
                 Err(m)
             }
         };
-        set.map_err(|m| TreeError::at(&[AUTOSCALE, &key], 1, m))?;
+        set.map_err(|m| TreeError::at(&[block, &key], 1, m))?;
     }
     Ok(())
 }
@@ -255,6 +262,9 @@ mod tests {
         }
         for k in Autoscale::KEYS {
             assert!((k.set)(&mut c.autoscale, &Node::Seq).is_err(), "{}", k.name);
+        }
+        for k in Swarm::KEYS {
+            assert!((k.set)(&mut c.swarm, &Node::Seq).is_err(), "{}", k.name);
         }
         assert_eq!(c, Config::default(), "a failed read changes nothing");
     }

@@ -2,9 +2,10 @@
 //!
 //! The decoder is a byte-level state machine fed whatever bytes arrived: it reports how many
 //! input bytes belong to the chunked message (`Progress::consumed`, trailers and the final
-//! CRLF included) and hands the chunk data to a callback. The proxy uses it both ways:
-//! forwarding `input[..consumed]` unchanged after validation (callback ignored), or
-//! de-chunking for an HTTP/1.0 client (callback writes the data, trailers are dropped).
+//! CRLF included) and hands the chunk data to a callback. The proxy uses it three ways:
+//! forwarding a response's `input[..consumed]` unchanged after validation (callback
+//! ignored), de-chunking for an HTTP/1.0 client (callback writes the data, trailers are
+//! dropped), and re-framing request bodies canonically (`ChunkedReframer`).
 //!
 //! Strictness (docs/ARCHITECTURE.md): chunk sizes are 1*HEXDIG fitting a u64 (at most 16
 //! significant digits); every line ends in CRLF (a bare LF is an error here, unlike in heads:
@@ -188,6 +189,17 @@ impl ChunkedDecoder {
         input: &[u8],
         data: &mut impl FnMut(&[u8]),
     ) -> Result<Progress, ChunkError> {
+        self.feed_parts(input, data, &mut |_| {})
+    }
+
+    /// Like `feed`, also handing `trailer` each byte of the trailer lines (their CRLFs
+    /// included, the final empty line not), as they are validated.
+    pub fn feed_parts(
+        &mut self,
+        input: &[u8],
+        data: &mut impl FnMut(&[u8]),
+        trailer: &mut impl FnMut(u8),
+    ) -> Result<Progress, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             match self.state {
@@ -207,9 +219,18 @@ impl ChunkedDecoder {
             }
             let b = input[i];
             i += 1;
+            let was_line_end = self.state == State::TrailerLf;
             if let Err(e) = self.step(b) {
                 self.state = State::Failed(e);
                 return Err(e);
+            }
+            if was_line_end
+                || matches!(
+                    self.state,
+                    State::TrailerName | State::TrailerValue | State::TrailerLf
+                )
+            {
+                trailer(b);
             }
         }
         if let State::Failed(e) = self.state {
@@ -408,6 +429,127 @@ pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(&h[..n]);
     out.extend_from_slice(data);
     out.extend_from_slice(CHUNK_DATA_END);
+}
+
+/// Trailer fields dropped when re-framing (RFC 9110 6.5.1): framing, routing, request
+/// modifiers, authentication, content processing, hop-by-hop, and the fields the proxy sets
+/// itself. A recipient merging trailers into the head must not be steered by them.
+const FORBIDDEN_TRAILERS: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"trailer",
+    b"te",
+    b"host",
+    b"authorization",
+    b"proxy-authorization",
+    b"www-authenticate",
+    b"proxy-authenticate",
+    b"cookie",
+    b"set-cookie",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"upgrade",
+    b"expect",
+    b"max-forwards",
+    b"cache-control",
+    b"pragma",
+    b"range",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+    b"content-encoding",
+    b"content-type",
+    b"content-range",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"x-request-id",
+];
+
+/// Whether a trailer line (`name: value CRLF`, already validated) may be forwarded.
+pub fn trailer_allowed(line: &[u8]) -> bool {
+    let name = line.split(|&b| b == b':').next().unwrap_or(line);
+    !FORBIDDEN_TRAILERS
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
+}
+
+/// Re-frames a chunked body on its way through (request bodies): the input is validated by
+/// the decoder and written out canonically: one chunk per run of data with a lower-case hex
+/// size without leading zeros and no extensions, then `0 CRLF`, the allowed trailer lines and
+/// the final CRLF. What the sender chose (zeros, extensions, forbidden trailers) never reaches
+/// the backend. Output waits in `pending()`; feed again once it is written. Bounded: one feed
+/// produces at most its input plus 40 bytes, plus the trailer section at the end (itself
+/// bounded by `max_trailer_bytes`).
+#[derive(Debug)]
+pub struct ChunkedReframer {
+    dec: ChunkedDecoder,
+    out: Vec<u8>,
+    sent: usize,
+    /// The trailer line being read.
+    line: Vec<u8>,
+    /// Trailer lines kept, sent after the last chunk.
+    kept: Vec<u8>,
+}
+
+impl ChunkedReframer {
+    /// A re-framer at the start of a chunked body.
+    pub fn new(limits: ChunkLimits) -> ChunkedReframer {
+        ChunkedReframer {
+            dec: ChunkedDecoder::new(limits),
+            out: Vec::new(),
+            sent: 0,
+            line: Vec::new(),
+            kept: Vec::new(),
+        }
+    }
+
+    /// Validates `input` and appends its canonical form to the pending output; `consumed`
+    /// input bytes belong to the body (all unless `done`).
+    pub fn feed(&mut self, input: &[u8]) -> Result<Progress, ChunkError> {
+        let (out, line, kept) = (&mut self.out, &mut self.line, &mut self.kept);
+        let p = self
+            .dec
+            .feed_parts(input, &mut |d| encode_chunk(out, d), &mut |b| {
+                line.push(b);
+                if b == b'\n' {
+                    if trailer_allowed(line) {
+                        kept.extend_from_slice(line);
+                    }
+                    line.clear();
+                }
+            })?;
+        if p.done {
+            self.out.extend_from_slice(b"0\r\n");
+            self.out.append(&mut self.kept);
+            self.out.extend_from_slice(CHUNK_DATA_END);
+        }
+        Ok(p)
+    }
+
+    /// Output not written yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.out[self.sent..]
+    }
+
+    /// `n` bytes of `pending()` were written.
+    pub fn advance(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.out.len());
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// Whether the whole body has been read (its output may still be pending).
+    pub fn is_done(&self) -> bool {
+        self.dec.is_done()
+    }
 }
 
 #[cfg(test)]
@@ -625,5 +767,64 @@ mod tests {
         assert!(p.done);
         assert_eq!(&data[..5], b"hello");
         assert_eq!(data.len(), 305);
+    }
+    /// Re-frames `input` fed in pieces of `step` bytes: (output, consumed, done).
+    fn reframe(input: &[u8], step: usize) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let mut r = ChunkedReframer::new(ChunkLimits::default());
+        let (mut out, mut used) = (Vec::new(), 0);
+        for piece in input.chunks(step) {
+            let p = r.feed(piece)?;
+            used += p.consumed;
+            out.extend_from_slice(r.pending());
+            let n = r.pending().len();
+            r.advance(n);
+            if p.done {
+                return Ok((out, used, true));
+            }
+        }
+        Ok((out, used, r.is_done()))
+    }
+
+    #[test]
+    fn reframer_canonical_sizes_no_extensions() {
+        let input = b"0005;ext=1;x\r\nhello\r\n000A\r\n0123456789\r\n00\r\n\r\nNEXT";
+        let (out, used, done) = reframe(input, input.len()).unwrap();
+        assert!(done);
+        assert_eq!(used, input.len() - 4);
+        assert_eq!(out, b"5\r\nhello\r\na\r\n0123456789\r\n0\r\n\r\n");
+        // Byte by byte: other chunk boundaries, same data, still canonical.
+        let (out, _, done) = reframe(input, 1).unwrap();
+        assert!(done);
+        assert_eq!(decode(&out).unwrap().0, b"hello0123456789");
+        assert!(!out.contains(&b';'));
+    }
+
+    #[test]
+    fn reframer_drops_forbidden_trailers() {
+        let input = b"3\r\nabc\r\n0\r\nContent-Length: 5\r\nX-Checksum: 1\r\nhost: evil\r\nTransfer-Encoding: chunked\r\nAuthorization: x\r\nX-Forwarded-For: 1.2.3.4\r\nServer-Timing: a\r\n\r\n";
+        for step in [1, 7, input.len()] {
+            let (out, used, done) = reframe(input, step).unwrap();
+            assert!(done);
+            assert_eq!(used, input.len());
+            // Chunk boundaries follow the pieces; the data and the trailers do not.
+            assert_eq!(decode(&out).unwrap().0, b"abc", "step {step}");
+            assert!(
+                out.ends_with(b"\r\n0\r\nX-Checksum: 1\r\nServer-Timing: a\r\n\r\n"),
+                "step {step}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    #[test]
+    fn reframer_rejects_what_the_decoder_rejects() {
+        assert_eq!(
+            reframe(b"5\nhello\r\n0\r\n\r\n", 3).unwrap_err(),
+            ChunkError::InvalidLineEnd
+        );
+        assert_eq!(
+            reframe(b"0\r\nContent-Length : 1\r\n\r\n", 100).unwrap_err(),
+            ChunkError::InvalidTrailer
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! - `request`: strict request-head parser with limits (`parse_request_head`).
 //! - `response`: canned responses (`simple`, `json_error`), reason phrases, Date, and the
 //!   upstream response-head parser (`parse_response_head`).
-//! - `chunked`: incremental bounded chunked decoder (`ChunkedDecoder`) and encoder.
+//! - `chunked`: incremental bounded chunked decoder (`ChunkedDecoder`), encoder, and the
+//!   re-framer of request bodies (`ChunkedReframer`).
 //! - `rewrite`: heads to forward (upstream request, client response), hop-by-hop removal,
 //!   X-Forwarded-For/Proto, re-framing.
 //! - `fields`: byte spans, framing, Content-Length / Transfer-Encoding / Host rules.
@@ -16,7 +17,7 @@ pub mod request_id;
 pub mod response;
 pub mod rewrite;
 
-pub use chunked::{ChunkError, ChunkLimits, ChunkedDecoder, Progress};
+pub use chunked::{ChunkError, ChunkLimits, ChunkedDecoder, ChunkedReframer, Progress};
 pub use fields::{Field, Framing, Span};
 pub use request::{HeadError, Limits, Method, RequestHead, parse_request_head};
 pub use request_id::RequestId;

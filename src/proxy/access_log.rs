@@ -3,14 +3,13 @@
 //! request, and never blocked by a slow journal or a full disk: what cannot be written is
 //! dropped and counted.
 
-use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub use crate::config::{AccessLogFormat, AccessLogMode};
 use crate::http::RequestId;
@@ -148,14 +147,13 @@ pub struct AccessRecord<'a> {
 }
 
 impl AccessRecord<'_> {
-    /// The durations written, by key, in ms (`None`: that phase was not reached).
-    fn durations_ms(&self) -> [(&'static str, Option<u128>); 4] {
-        let ms = |d: Option<Duration>| d.map(|d| d.as_millis());
+    /// The durations written, by key (`None`: that phase was not reached).
+    fn durations(&self) -> [(&'static str, Option<Duration>); 4] {
         [
-            ("queued_ms", ms(self.queued)),
-            ("connect_ms", ms(self.connect)),
-            ("response_ms", ms(self.response_head)),
-            ("total_ms", Some(self.total.as_millis())),
+            ("queued_ms", self.queued),
+            ("connect_ms", self.connect),
+            ("response_ms", self.response_head),
+            ("total_ms", Some(self.total)),
         ]
     }
 
@@ -194,6 +192,10 @@ pub struct AccessLog {
     /// Successful requests seen, for sampling.
     seen: u64,
     last_flush: Instant,
+    /// The time text of the current loop iteration.
+    clock: line::Clock,
+    /// The line being spelled (kept: zeroing 4 KiB per line would cost more than the line).
+    line: Box<line::LineBuf>,
     dropped: u64,
     written: u64,
 }
@@ -221,6 +223,8 @@ impl AccessLog {
             pending: Vec::new(),
             seen: 0,
             last_flush: now,
+            clock: line::Clock::new(),
+            line: Box::new(line::LineBuf::new()),
             dropped: 0,
             written: 0,
         }
@@ -261,16 +265,15 @@ impl AccessLog {
             self.dropped += 1;
             return;
         }
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut line = String::with_capacity(320);
+        let time = self.clock.text(now);
+        let out = &mut self.line;
+        out.clear();
         match self.settings.format {
-            AccessLogFormat::KeyValue => write_key_value(&mut line, &self.prefix, unix, record),
-            AccessLogFormat::Json => write_json(&mut line, unix, record),
+            AccessLogFormat::KeyValue => line::key_value(out, &self.prefix, time, record),
+            AccessLogFormat::Json => line::json(out, time, record),
         }
-        line.push('\n');
-        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.extend_from_slice(out.as_bytes());
+        self.pending.push(b'\n');
         if self.pending.len() >= FLUSH_AT {
             self.flush(now);
         }
@@ -372,129 +375,6 @@ fn stderr_sink() -> Sink {
     }
 }
 
-/// `2026-12-03T04:05:06.789Z`.
-fn write_time(out: &mut String, unix: Duration) {
-    let secs = unix.as_secs();
-    let (y, m, d) = crate::http::response::civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        unix.subsec_millis()
-    );
-}
-
-/// Bytes outside visible ASCII, `"` and `\` as `\xHH`; cut at [`MAX_LOGGED_TARGET`].
-fn write_escaped(out: &mut String, bytes: &[u8]) {
-    write_escaped_as(out, bytes, "\\x");
-}
-
-/// `write_escaped` inside a JSON string (`\u00HH`, the only byte escape JSON has).
-fn write_json_escaped(out: &mut String, bytes: &[u8]) {
-    write_escaped_as(out, bytes, "\\u00");
-}
-
-fn write_escaped_as(out: &mut String, bytes: &[u8], escape: &str) {
-    let cut = bytes.len() > MAX_LOGGED_TARGET;
-    for &b in &bytes[..bytes.len().min(MAX_LOGGED_TARGET)] {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
-            out.push(b as char);
-        } else {
-            out.push_str(escape);
-            let _ = write!(out, "{b:02x}");
-        }
-    }
-    if cut {
-        out.push_str("...");
-    }
-}
-
-fn write_key_value(out: &mut String, prefix: &str, unix: Duration, r: &AccessRecord<'_>) {
-    out.push_str(prefix);
-    out.push_str(" time=");
-    write_time(out, unix);
-    let _ = write!(out, " client={} method=\"", r.client);
-    write_escaped(out, r.method);
-    out.push_str("\" target=\"");
-    write_escaped(out, r.target);
-    out.push('"');
-    match r.version {
-        Some(v) => {
-            let _ = write!(out, " version=HTTP/1.{v}");
-        }
-        None => out.push_str(" version=-"),
-    }
-    let _ = write!(out, " status={} worker=", r.status);
-    out.push_str(if r.worker.is_empty() { "-" } else { r.worker });
-    let _ = write!(out, " bytes_in={} bytes_out={}", r.bytes_in, r.bytes_out);
-    for (key, value) in r.durations_ms() {
-        match value {
-            Some(v) => write!(out, " {key}={v}"),
-            None => write!(out, " {key}=-"),
-        }
-        .unwrap_or(());
-    }
-    let _ = write!(out, " retries={} request_id=", r.retries);
-    match r.request_id {
-        Some(id) => write_escaped(out, id.as_bytes()),
-        None => out.push('-'),
-    }
-    let _ = write!(
-        out,
-        " termination={} phase={}",
-        r.termination.name(),
-        r.phase.name()
-    );
-}
-
-fn write_json(out: &mut String, unix: Duration, r: &AccessRecord<'_>) {
-    out.push_str("{\"time\":\"");
-    write_time(out, unix);
-    let _ = write!(out, "\",\"client\":\"{}\",\"method\":\"", r.client);
-    write_json_escaped(out, r.method);
-    out.push_str("\",\"target\":\"");
-    write_json_escaped(out, r.target);
-    out.push('"');
-    match r.version {
-        Some(v) => {
-            let _ = write!(out, ",\"version\":\"HTTP/1.{v}\"");
-        }
-        None => out.push_str(",\"version\":null"),
-    }
-    let _ = write!(
-        out,
-        ",\"status\":{},\"worker\":{},\"bytes_in\":{},\"bytes_out\":{}",
-        r.status,
-        serde_json::Value::String(r.worker.to_string()),
-        r.bytes_in,
-        r.bytes_out
-    );
-    for (key, value) in r.durations_ms() {
-        match value {
-            Some(v) => write!(out, ",\"{key}\":{v}"),
-            None => write!(out, ",\"{key}\":null"),
-        }
-        .unwrap_or(());
-    }
-    let _ = write!(out, ",\"retries\":{},\"request_id\":", r.retries);
-    match r.request_id {
-        Some(id) => {
-            out.push('"');
-            write_json_escaped(out, id.as_bytes());
-            out.push('"');
-        }
-        None => out.push_str("null"),
-    }
-    let _ = write!(
-        out,
-        ",\"termination\":\"{}\",\"phase\":\"{}\"}}",
-        r.termination.name(),
-        r.phase.name()
-    );
-}
-
+mod line;
 #[cfg(test)]
 mod tests;

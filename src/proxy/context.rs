@@ -1,7 +1,7 @@
 //! What every session and health check reaches through the loop: settings, backends,
-//! upstream connections, the buffer pool, deadlines and the loop's counters. The loop's own
-//! slab (sessions, checks) is not here: it belongs to `server`, which takes an entry out
-//! while it runs, so the entry can borrow all of this mutably.
+//! upstream connections, the buffer pool, deadlines, the access log and the loop's counters.
+//! The loop's own slab (sessions, checks) is not here: it belongs to `server`, which takes an
+//! entry out while it runs, so the entry can borrow all of this mutably.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,8 @@ use mio::Registry;
 use super::access_log::{AccessLog, AccessLogSettings};
 use super::backends::Backends;
 use super::buffer::BufPool;
+use super::policy::Policies;
+use super::policy::outlier::Verdict;
 use super::request_record::RecordPool;
 use super::upstream::Upstreams;
 use crate::config::ProxySettings;
@@ -34,6 +36,8 @@ pub struct LoopContext {
     pub upstreams: Upstreams,
     /// The backend set.
     pub backends: Backends,
+    /// Traffic policies (slow start, ejection, retry budget), by backend slot.
+    pub policies: Policies,
     /// Free buffers.
     pub bufs: BufPool,
     /// Deadlines.
@@ -58,28 +62,41 @@ pub struct LoopContext {
     pub records: RecordPool,
     /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
     pub no_worker: u64,
+    /// A connect ran out of descriptors since the server last looked: it pauses accepting.
+    pub out_of_fds: bool,
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) ran out of descriptors.
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    )
 }
 
 impl LoopContext {
     /// A context for `settings` and `backends`.
     pub fn new(registry: Registry, settings: ProxySettings, backends: Backends) -> LoopContext {
-        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), Instant::now());
+        let now = Instant::now();
+        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), now);
         LoopContext {
             registry,
             upstreams: Upstreams::default(),
             backends,
+            policies: Policies::new(&settings, now),
             bufs: BufPool::new(1024),
             timers: DeadlineHeap::new(),
             limits: Limits::from_settings(&settings),
             max_body: settings.max_body_bytes,
             settings,
-            now: Instant::now(),
+            now,
             connections: 0,
             draining: false,
             scratch: Vec::with_capacity(4096),
             access_log,
             records: RecordPool::new(),
             no_worker: 0,
+            out_of_fds: false,
         }
     }
 
@@ -87,6 +104,7 @@ impl LoopContext {
     pub fn set_settings(&mut self, settings: ProxySettings) {
         self.limits = Limits::from_settings(&settings);
         self.max_body = settings.max_body_bytes;
+        self.policies.set_settings(&settings);
         let log = AccessLogSettings::of(&settings);
         if log != *self.access_log.settings() {
             match AccessLog::open(log, self.now) {
@@ -112,6 +130,27 @@ impl LoopContext {
     /// Closes every idle pooled connection of `backend` (drained, removed or down).
     pub fn close_pool(&mut self, backend: usize) {
         self.upstreams.close_pool(&mut self.backends, backend);
+    }
+
+    /// A connect to `backend` failed at once. Out of descriptors is our shortage, not the
+    /// backend's: it stays up, accepting pauses (`out_of_fds`), and true tells the caller to
+    /// answer 503 without trying further backends. Anything else ejects the backend (false).
+    pub fn connect_failed(&mut self, backend: usize, e: &std::io::Error) -> bool {
+        if out_of_descriptors(e) {
+            if !self.out_of_fds {
+                let id = self.backends.get(backend).map_or("", |b| b.id());
+                crate::warn!(
+                    "out_of_descriptors",
+                    "backend={} error={}",
+                    crate::sys::log::quote(id),
+                    crate::sys::log::quote(&e.to_string())
+                );
+            }
+            self.out_of_fds = true;
+            return true;
+        }
+        self.eject(backend, &e.to_string());
+        false
     }
 
     /// Passive health: a connect failure or timeout ejects the backend at once.
@@ -140,5 +179,89 @@ impl LoopContext {
             crate::sys::log::quote(why)
         );
         self.close_pool(backend);
+    }
+
+    /// A backend turned healthy again (active checks' rise): it ramps up (slow start).
+    pub fn mark_up(&mut self, backend: usize) {
+        let Some(b) = self.backends.get(backend) else {
+            return;
+        };
+        crate::info!(
+            "backend_up",
+            "backend={} addr={}",
+            crate::sys::log::quote(b.id()),
+            b.addr()
+        );
+        self.policies.begin_ramp(backend, self.now);
+    }
+
+    /// Outlier ejection: feeds an answer of `backend` (a 5xx the proxy made because of it
+    /// counts as its answer) and ejects it after `eject-consecutive-5xx` in a row.
+    pub fn note_answer(&mut self, backend: usize, status: u16) {
+        if !self.policies.ejection_on() {
+            return;
+        }
+        let workers = self.backends.active();
+        let verdict = self.policies.on_answer(backend, status, self.now, workers);
+        let Verdict::Ejected { until } = verdict else {
+            return;
+        };
+        if let Some(b) = self.backends.get(backend) {
+            crate::warn!(
+                "backend_ejected",
+                "backend={} addr={} consecutive_5xx={} eject_ms={} ejections={}",
+                crate::sys::log::quote(b.id()),
+                b.addr(),
+                self.settings.eject_consecutive_5xx,
+                until.saturating_duration_since(self.now).as_millis(),
+                self.policies.ejections(backend)
+            );
+        }
+        self.close_pool(backend);
+    }
+
+    /// Puts back the workers whose ejection is over (the loop's tick); they ramp up.
+    pub fn restore_ejected(&mut self) {
+        let LoopContext {
+            policies,
+            backends,
+            now,
+            ..
+        } = self;
+        policies.restore(*now, |i| {
+            if let Some(b) = backends.get(i) {
+                crate::info!(
+                    "backend_restored",
+                    "backend={} addr={}",
+                    crate::sys::log::quote(b.id()),
+                    b.addr()
+                );
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+impl LoopContext {
+    /// A context over a fresh poll with one active backend per address (tests); the poll
+    /// is returned too, for the test to keep (and poll) while it uses the context.
+    pub fn for_tests(
+        addrs: &[std::net::SocketAddr],
+        settings: ProxySettings,
+    ) -> (mio::Poll, LoopContext) {
+        use super::control::{BackendSpec, BackendState};
+        let poll = mio::Poll::new().expect("poll");
+        let registry = poll.registry().try_clone().expect("registry");
+        let specs: Vec<BackendSpec> = addrs
+            .iter()
+            .map(|&addr| BackendSpec {
+                id: addr.to_string(),
+                addr,
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let ctx = LoopContext::new(registry, settings, Backends::new(&specs));
+        (poll, ctx)
     }
 }

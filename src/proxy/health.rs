@@ -1,6 +1,7 @@
 //! Active health checks, run inside the loop on non-blocking sockets: every
-//! `health-interval-ms` per backend, `GET health-path` (HTTP mode; a 2xx or 3xx final status
-//! passes) or a bare connect (TCP mode), bounded by `health-timeout-ms`. The probe itself is
+//! `health-interval-ms` per backend, `GET health-path` (`health-check: http`, and `auto` under
+//! `run`; a 2xx or 3xx final status passes) or a bare connect (`health-check: tcp`, `auto` for
+//! the standalone proxy without a health path, and TCP mode), bounded by `health-timeout-ms`. The probe itself is
 //! the kit's (`evloop::HealthProbe`); this file schedules it and applies the verdict. `health-rise`
 //! consecutive passes bring a down backend up, `health-fall` consecutive failures take an up
 //! backend down.
@@ -12,7 +13,7 @@ use mio::event::Event;
 use super::backends::{Admin, CheckVerdict};
 use super::context::{LoopContext, TimerKey};
 use super::tokens;
-use crate::config::Mode;
+use crate::config::{HealthCheckMode, Mode, ProxySettings};
 use crate::evloop::{Deadline, HealthProbe, Key, ProbeKind, ProbeStatus};
 
 /// One check in progress (an entry of the loop's slab, under `key`).
@@ -53,18 +54,19 @@ pub fn start(ctx: &mut LoopContext, backend: usize, backend_gen: u32) -> Option<
     if b.generation() != backend_gen || b.admin() == Admin::Removed || b.check().is_some() {
         return None;
     }
-    let kind = match ctx.settings.mode {
-        Mode::Http => ProbeKind::Http {
-            path: &ctx.settings.health_path,
-        },
-        Mode::Tcp => ProbeKind::Connect,
-    };
+    let kind = probe_kind(&ctx.settings);
     match HealthProbe::start(b.addr(), kind) {
         Ok(probe) => Some(Starting {
             backend,
             backend_gen,
             probe,
         }),
+        Err(e) if super::context::out_of_descriptors(&e) => {
+            // Our shortage, not the backend's: no verdict this round.
+            ctx.out_of_fds = true;
+            schedule_next(ctx, backend);
+            None
+        }
         Err(e) => {
             outcome(ctx, backend, false, &e.to_string());
             schedule_next(ctx, backend);
@@ -102,6 +104,18 @@ impl Starting {
     }
 }
 
+/// The probe for `settings`: a connect in TCP mode or with `health-check: tcp`, else
+/// `GET health-path`. `auto` is resolved by the standalone proxy at start (`proxy::mod`);
+/// what is left of it is `run`'s, whose own workers serve `/healthz`.
+fn probe_kind(settings: &ProxySettings) -> ProbeKind<'_> {
+    match (settings.mode, settings.health_check) {
+        (Mode::Http, HealthCheckMode::Auto | HealthCheckMode::Http) => ProbeKind::Http {
+            path: &settings.health_path,
+        },
+        (Mode::Tcp, _) | (_, HealthCheckMode::Tcp) => ProbeKind::Connect,
+    }
+}
+
 /// Records a check result and applies rise/fall.
 fn outcome(ctx: &mut LoopContext, backend: usize, ok: bool, why: &str) {
     let (rise, fall) = (ctx.settings.health_rise, ctx.settings.health_fall);
@@ -110,12 +124,7 @@ fn outcome(ctx: &mut LoopContext, backend: usize, ok: bool, why: &str) {
     };
     match b.note_check(ok, rise, fall) {
         CheckVerdict::Unchanged => {}
-        CheckVerdict::Up => crate::info!(
-            "backend_up",
-            "backend={} addr={}",
-            crate::sys::log::quote(b.id()),
-            b.addr()
-        ),
+        CheckVerdict::Up => ctx.mark_up(backend),
         CheckVerdict::Fall => ctx.mark_down(backend, why),
     }
 }
@@ -185,6 +194,35 @@ impl HealthCheck {
             };
             outcome(ctx, backend, ok, &why);
             schedule_next(ctx, backend);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_kind_follows_health_check_and_mode() {
+        let with = |mode, health_check| ProxySettings {
+            mode,
+            health_check,
+            health_path: "/ready".into(),
+            ..ProxySettings::default()
+        };
+        let http = ProbeKind::Http { path: "/ready" };
+        assert_eq!(probe_kind(&with(Mode::Http, HealthCheckMode::Auto)), http);
+        assert_eq!(probe_kind(&with(Mode::Http, HealthCheckMode::Http)), http);
+        assert_eq!(
+            probe_kind(&with(Mode::Http, HealthCheckMode::Tcp)),
+            ProbeKind::Connect
+        );
+        for hc in [
+            HealthCheckMode::Auto,
+            HealthCheckMode::Http,
+            HealthCheckMode::Tcp,
+        ] {
+            assert_eq!(probe_kind(&with(Mode::Tcp, hc)), ProbeKind::Connect);
         }
     }
 }

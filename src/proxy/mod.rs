@@ -15,7 +15,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use crate::config::ProxySettings;
+use crate::config::{HealthCheckMode, ProxySettings};
 
 pub mod access_log;
 mod backends;
@@ -135,6 +135,20 @@ pub fn run_standalone(opts: StandaloneOptions) -> i32 {
     }
 }
 
+/// `health-check: auto` for the standalone proxy, in front of any server: a connect check,
+/// unless a health path was asked for (`--health-path`, or a config's own `health-path`).
+fn resolve_auto_health_check(settings: &mut ProxySettings, path_flag: bool) {
+    if settings.health_check != HealthCheckMode::Auto {
+        return;
+    }
+    let path_given = path_flag || settings.health_path != ProxySettings::default().health_path;
+    settings.health_check = if path_given {
+        HealthCheckMode::Http
+    } else {
+        HealthCheckMode::Tcp
+    };
+}
+
 fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
     let mut settings = ProxySettings::default();
     let mut drain_timeout_ms = 30000;
@@ -155,6 +169,8 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
             .map_err(|e| format!("--{e}"))?;
     }
     settings.validate().map_err(|e| e.to_string())?;
+    let path_flag = opts.overrides.iter().any(|(k, _)| k == "health-path");
+    resolve_auto_health_check(&mut settings, path_flag);
     if opts.backends.is_empty() {
         return Err("at least one --backend ADDR is required".into());
     }
@@ -179,4 +195,31 @@ fn standalone_inputs(opts: StandaloneOptions) -> Result<LoopInputs, String> {
         control: None,
         drain_timeout_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_health_check_is_tcp_for_the_standalone_proxy_unless_a_path_is_given() {
+        let resolved = |settings: ProxySettings, flag| {
+            let mut s = settings;
+            resolve_auto_health_check(&mut s, flag);
+            s.health_check
+        };
+        let auto = ProxySettings::default();
+        assert_eq!(resolved(auto.clone(), false), HealthCheckMode::Tcp);
+        assert_eq!(resolved(auto.clone(), true), HealthCheckMode::Http);
+        let own_path = ProxySettings {
+            health_path: "/ready".into(),
+            ..auto.clone()
+        };
+        assert_eq!(resolved(own_path, false), HealthCheckMode::Http);
+        let explicit = ProxySettings {
+            health_check: HealthCheckMode::Http,
+            ..auto
+        };
+        assert_eq!(resolved(explicit, false), HealthCheckMode::Http);
+    }
 }

@@ -87,11 +87,21 @@ impl RequestRecord {
             (Some(f), None) => Some(f.value.get(buf)),
             _ => None,
         };
-        *self = RequestRecord::blank(now);
+        // Field by field: the line arrays are overwritten only as far as they are used.
         self.id = RequestId::kept_or_generated(only);
         self.client = client;
+        self.method_len = 0;
+        self.target_len = 0;
         self.version = head.version;
+        self.started = now;
+        self.connected = None;
+        self.response_head = None;
         self.bytes_in = head.head_len as u64;
+        self.bytes_out = 0;
+        self.retries = 0;
+        self.backend = None;
+        self.status = 0;
+        self.blame = None;
         if keep_line {
             let method = head.method.get(buf);
             let m = method.len().min(MAX_LOGGED_METHOD);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::docker::{self, Docker, RunSpec};
 use super::docker_events::EventsWatch;
 use super::driver::{Driver, DriverEvent, Existing, LaunchSpec, Placement, Removal};
-use super::job::{Job, JobOutput};
+use super::job::{Job, JobOutput, Jobs, log_failure};
 use crate::sys::log::quote;
 use crate::sys::notify;
 use crate::{info, warn};
@@ -129,7 +129,7 @@ pub struct DockerDriver {
     db: PathBuf,
     address: IpAddr,
     base_port: u16,
-    jobs: Vec<(Job, Step)>,
+    jobs: Jobs<Step>,
     tracked: BTreeMap<u16, Tracked>,
     /// Slots whose container we removed successfully: the next launch needs no name clearing.
     cleared: std::collections::BTreeSet<u16>,
@@ -168,7 +168,7 @@ impl DockerDriver {
             db,
             address,
             base_port,
-            jobs: Vec::new(),
+            jobs: Jobs::default(),
             tracked: BTreeMap::new(),
             cleared: std::collections::BTreeSet::new(),
             events: Vec::new(),
@@ -206,23 +206,7 @@ impl DockerDriver {
 
     /// Runs a docker call; false (and logged) when it could not be spawned.
     fn spawn(&mut self, cmd: Command, step: Step, deadline: Instant) -> bool {
-        let describe = describe(&cmd);
-        match Job::spawn(cmd, describe.clone(), deadline) {
-            Ok(job) => {
-                crate::debug!("job_started", "pid={} cmd={}", job.pid(), quote(&describe));
-                self.jobs.push((job, step));
-                true
-            }
-            Err(e) => {
-                warn!(
-                    "job_spawn_failed",
-                    "cmd={} error={}",
-                    quote(&describe),
-                    quote(&e.to_string())
-                );
-                false
-            }
-        }
+        self.jobs.spawn(cmd, step, deadline)
     }
 
     fn tracked(&self, slot: u16, generation: u64) -> Option<&Tracked> {
@@ -801,9 +785,7 @@ impl DockerDriver {
     }
 
     fn kill_jobs(&mut self) {
-        for (mut job, step) in std::mem::take(&mut self.jobs) {
-            crate::debug!("job_abandoned", "step={step:?}");
-            job.kill();
+        for step in self.jobs.kill_all() {
             if let Step::ImageBuild { context } = step {
                 let _ = std::fs::remove_dir_all(context);
             }
@@ -935,21 +917,7 @@ impl Driver for DockerDriver {
     }
 
     fn poll(&mut self, now: Instant) -> Vec<DriverEvent> {
-        let mut i = 0;
-        while i < self.jobs.len() {
-            let Some(out) = self.jobs[i].0.poll(now) else {
-                i += 1;
-                continue;
-            };
-            let (job, step) = self.jobs.swap_remove(i);
-            if !out.success {
-                crate::debug!(
-                    "job_failed",
-                    "cmd={} error={}",
-                    quote(&job.describe),
-                    quote(&out.error_text())
-                );
-            }
+        for (step, out) in self.jobs.finished(now) {
             self.on_job_done(step, out, now);
         }
         self.read_events(now);
@@ -993,38 +961,12 @@ impl Driver for DockerDriver {
         let Ok(mut ps) = Job::spawn(self.cli.ps(), "docker ps".into(), deadline) else {
             return;
         };
-        let ids = container_ids(&wait_job(&mut ps));
+        let ids = container_ids(&ps.wait_blocking());
         if !ids.is_empty()
             && let Ok(mut rm) = Job::spawn(self.cli.remove(&ids), "docker rm".into(), deadline)
         {
-            let _ = wait_job(&mut rm);
+            let _ = rm.wait_blocking();
         }
-    }
-}
-
-/// `docker run ...`: a command line for logs.
-fn describe(cmd: &Command) -> String {
-    let args: Vec<String> = cmd
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
-}
-
-/// Waits for a job (only used when leaving).
-fn wait_job(job: &mut Job) -> JobOutput {
-    loop {
-        if let Some(out) = job.poll(Instant::now()) {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Logs a failed docker call under `event` (a failure that changes nothing else).
-fn log_failure(event: &str, out: &JobOutput) {
-    if !out.success {
-        warn!(event, "error={}", quote(&out.error_text()));
     }
 }
 

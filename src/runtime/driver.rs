@@ -1,5 +1,5 @@
-//! The runtime driver: what the supervisor's fleet asks of a runtime (process, docker, and
-//! next swarm), and what the runtime answers.
+//! The runtime driver: what the supervisor's fleet asks of a runtime (process, docker,
+//! swarm), and what the runtime answers.
 //!
 //! Every request is fire-and-forget; its outcome, and anything the runtime notices by itself
 //! (a worker that died), comes back as a [`DriverEvent`] from [`Driver::poll`]. A driver never
@@ -88,12 +88,18 @@ pub enum DriverEvent {
         generation: u64,
         why: String,
     },
+    /// The runtime (a cluster scaling in, updating or draining a node) is stopping a worker
+    /// the fleet did not stop: it drains, it is not dead. `Exited` follows once it is gone.
+    Leaving { slot: u16, generation: u64 },
 }
 
 /// A worker runtime, as the fleet drives it.
 pub trait Driver {
-    /// `process`, `docker`.
+    /// `process`, `docker`, `swarm`.
     fn name(&self) -> &'static str;
+    /// How many workers should run now (a cluster runtime scales to it: it takes a count,
+    /// and picks which worker goes itself). Local runtimes start and stop by slot and ignore it.
+    fn want(&mut self, _count: usize, _now: Instant) {}
     /// The address a slot's worker will have, when the runtime decides it in advance (local
     /// runtimes); `None` when only the launch tells (cluster runtimes).
     fn planned_address(&self, slot: u16) -> Option<SocketAddr>;

@@ -7,6 +7,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Instant;
 
+use crate::sys::log::quote;
+
 /// Most bytes of a job's stdout or stderr kept (docker output we read is small).
 const MAX_OUTPUT: u64 = 256 * 1024;
 
@@ -160,6 +162,116 @@ impl Job {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Waits for the command (bounded by its deadline). Only where blocking is fine: when
+    /// leaving, or in a one-shot command like check-config.
+    pub fn wait_blocking(&mut self) -> JobOutput {
+        loop {
+            if let Some(out) = self.poll(Instant::now()) {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The docker calls a driver has running, each tagged with what it is for (`S`): the job
+/// plumbing the docker and swarm drivers share.
+#[derive(Debug)]
+pub struct Jobs<S> {
+    running: Vec<(Job, S)>,
+}
+
+impl<S: std::fmt::Debug> Default for Jobs<S> {
+    fn default() -> Self {
+        Jobs {
+            running: Vec::new(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> Jobs<S> {
+    /// Runs `cmd` for `step`; false (and logged) when it could not be spawned.
+    pub fn spawn(&mut self, cmd: Command, step: S, deadline: Instant) -> bool {
+        let describe = describe(&cmd);
+        match Job::spawn(cmd, describe.clone(), deadline) {
+            Ok(job) => {
+                crate::debug!("job_started", "pid={} cmd={}", job.pid(), quote(&describe));
+                self.running.push((job, step));
+                true
+            }
+            Err(e) => {
+                crate::warn!(
+                    "job_spawn_failed",
+                    "cmd={} error={}",
+                    quote(&describe),
+                    quote(&e.to_string())
+                );
+                false
+            }
+        }
+    }
+
+    /// The calls that finished since the last call (never blocks; failures logged at debug).
+    pub fn finished(&mut self, now: Instant) -> Vec<(S, JobOutput)> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            let Some(out) = self.running[i].0.poll(now) else {
+                i += 1;
+                continue;
+            };
+            let (job, step) = self.running.swap_remove(i);
+            if !out.success {
+                crate::debug!(
+                    "job_failed",
+                    "cmd={} error={}",
+                    quote(&job.describe),
+                    quote(&out.error_text())
+                );
+            }
+            done.push((step, out));
+        }
+        done
+    }
+
+    /// Kills every running call; returns what they were for.
+    pub fn kill_all(&mut self) -> Vec<S> {
+        std::mem::take(&mut self.running)
+            .into_iter()
+            .map(|(mut job, step)| {
+                crate::debug!("job_abandoned", "step={step:?}");
+                job.kill();
+                step
+            })
+            .collect()
+    }
+
+    /// Whether any call runs.
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Whether a call matching `pred` runs.
+    pub fn any(&self, pred: impl Fn(&S) -> bool) -> bool {
+        self.running.iter().any(|(_, s)| pred(s))
+    }
+}
+
+/// `docker run ...`: a command line for logs.
+pub fn describe(cmd: &Command) -> String {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!("{} {}", cmd.get_program().to_string_lossy(), args.join(" "))
+}
+
+/// Logs a failed call under `event` (a failure that changes nothing else).
+pub fn log_failure(event: &str, out: &JobOutput) {
+    if !out.success {
+        crate::warn!(event, "error={}", quote(&out.error_text()));
     }
 }
 

@@ -372,6 +372,25 @@ impl Fleet {
         for slot in slots {
             self.drive_one(slot, now, driver, lb, stopping);
         }
+        driver.want(self.running_count(stopping), now);
+    }
+
+    /// Workers that should run now: the wanted ones, and the unwanted ones until they are told
+    /// to stop (a cluster runtime scales to this count once they have drained).
+    fn running_count(&self, stopping: bool) -> usize {
+        self.workers
+            .values()
+            .filter(|w| {
+                (w.wanted && !stopping)
+                    || matches!(
+                        w.state,
+                        WorkerState::Launching
+                            | WorkerState::Probing { .. }
+                            | WorkerState::Active
+                            | WorkerState::Draining { .. }
+                    )
+            })
+            .count()
     }
 
     fn drive_one(
@@ -583,7 +602,8 @@ impl Fleet {
             | DriverEvent::Removed { slot, generation }
             | DriverEvent::Exited {
                 slot, generation, ..
-            } => (*slot, *generation),
+            }
+            | DriverEvent::Leaving { slot, generation } => (*slot, *generation),
             DriverEvent::Prepared(_) | DriverEvent::Listed(_) => return,
         };
         let Some(w) = self.workers.get_mut(&slot) else {
@@ -613,6 +633,19 @@ impl Fleet {
                 w.state = WorkerState::Gone;
             }
             (DriverEvent::Exited { why, .. }, _) => self.died(slot, now, &why, driver),
+            (DriverEvent::Leaving { .. }, WorkerState::Active) => {
+                // The runtime stops it (it answers /healthz 503, then drains): out of the
+                // rotation now, relaunched once gone if still wanted.
+                info!("worker_leaving", "slot={slot} id={} source=runtime", w.id());
+                self.begin_drain(slot, now);
+            }
+            (DriverEvent::Leaving { .. }, WorkerState::Probing { .. }) => {
+                info!("worker_leaving", "slot={slot} id={} source=runtime", w.id());
+                w.probing = false;
+                w.retry_at = now;
+                w.state = WorkerState::Removing;
+                driver.remove(slot, generation, Removal::Normal, now);
+            }
             _ => {}
         }
     }
@@ -1229,6 +1262,48 @@ mod tests {
         assert!(
             f.workers()
                 .all(|w| !w.outdated && w.state == WorkerState::Active)
+        );
+    }
+
+    #[test]
+    fn a_worker_the_runtime_stops_drains_then_is_relaunched_and_the_count_follows() {
+        let mut d = FakeDriver::default();
+        let now = Instant::now();
+        let mut f = active_fleet(3, &mut d, now);
+        f.on_event(
+            DriverEvent::Leaving {
+                slot: 1,
+                generation: 1,
+            },
+            now,
+            &mut d,
+        );
+        let set = f.backend_set();
+        assert_eq!(set.len(), 3, "still in the set, draining");
+        assert_eq!(set[1].state, BackendState::Draining);
+        assert_eq!(f.running_count(false), 3, "still wanted: the count stays");
+        let why = "task shutdown".to_string();
+        f.on_event(
+            DriverEvent::Exited {
+                slot: 1,
+                generation: 1,
+                why,
+            },
+            now,
+            &mut d,
+        );
+        assert_eq!(d.take(), vec![Call::Remove(1, 1, Removal::Normal)]);
+        f.on_event(removed(1, 1), now, &mut d);
+        f.drive(now, &mut d, &LB, false);
+        f.drive(now, &mut d, &LB, false);
+        assert_eq!(d.take(), vec![Call::Launch(1, 2)]);
+        // Scale-in: the count drops only once the drained worker is told to stop.
+        f.set_desired(2, now);
+        assert_eq!(f.running_count(false), 3);
+        assert_eq!(
+            f.running_count(true),
+            3,
+            "stopping: drained ones still count"
         );
     }
 

@@ -53,6 +53,9 @@ const FIRST_DYNAMIC: usize = 16;
 
 /// Longest the loop sleeps: timers (probes, drains, backoffs) are checked at least this often.
 const TICK: Duration = Duration::from_millis(100);
+/// `runtime: swarm`: how long a task SIGTERMed by swarm answers /healthz 503 before it closes
+/// (the supervisor's 1 s task poll and the children's health checks stop sending meanwhile).
+const SWARM_DRAIN_GRACE_MS: u64 = 3_000;
 /// How long `docker info` may take before `auto` gives up on docker.
 const DOCKER_INFO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often STATUS= is sent to systemd.
@@ -389,6 +392,7 @@ impl Supervisor {
             RuntimeKind::Docker => {
                 self.use_docker("runtime: docker in the config".into());
             }
+            RuntimeKind::Swarm => self.use_swarm(),
             RuntimeKind::Auto => {
                 self.phase = Phase::Detecting;
                 let deadline = Instant::now() + DOCKER_INFO_TIMEOUT;
@@ -472,6 +476,61 @@ impl Supervisor {
             d
         };
         self.use_driver(Box::new(d), reason);
+    }
+
+    /// `runtime: swarm`: the worker service on the swarm the docker CLI points at.
+    fn use_swarm(&mut self) {
+        use crate::runtime::swarm::{ServiceSpec, SwarmCli, default_service};
+        use crate::runtime::swarm_driver::{SwarmDriver, db_name};
+        let s = &self.cfg.swarm;
+        let service = if s.service.is_empty() {
+            default_service(&self.cfg.instance)
+        } else {
+            s.service.clone()
+        };
+        let images = if s.image.is_empty() {
+            let hash = match crate::runtime::docker::hash_file(&self.exe) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.fatal(format!("hash of {}: {e}", self.exe.display()));
+                    return;
+                }
+            };
+            Some(crate::runtime::docker::Docker {
+                instance: self.cfg.instance.clone(),
+                image: crate::runtime::docker::image_tag(hash),
+                user: (0, 0),
+            })
+        } else {
+            None
+        };
+        let cli = SwarmCli {
+            instance: self.cfg.instance.clone(),
+            service,
+            image: images.as_ref().map_or(s.image.clone(), |d| d.image.clone()),
+            // A reference without a registry host (`name:tag`) is a local image too: asking
+            // Docker Hub for its digest would fail.
+            local_image: images.is_some() || !has_registry_host(&s.image),
+            constraints: s
+                .constraints
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect(),
+        };
+        let spec = ServiceSpec {
+            port: self.cfg.worker_port,
+            db_name: db_name(&self.db),
+            avg_delay: self.cfg.avg_delay,
+            failure: self.cfg.failure,
+            drain_timeout_ms: self.cfg.drain_timeout_ms,
+            drain_grace_ms: SWARM_DRAIN_GRACE_MS,
+            pids_limit: self.cfg.worker_pids_limit,
+            memory_mb: self.cfg.worker_memory_mb,
+        };
+        let d = SwarmDriver::new(cli, images, self.exe.clone(), spec);
+        self.use_driver(Box::new(d), "runtime: swarm in the config".into());
     }
 
     /// The runtime is chosen: it prepares, then the first workers start.
@@ -987,5 +1046,14 @@ impl Supervisor {
         }
         info!("stopped", "exit_code=1 forced=true");
         std::process::exit(1);
+    }
+}
+
+/// Whether an image reference names a registry host (`registry.example/x:1`, `host:5000/x`,
+/// `localhost/x`), as docker decides it: a first path part with a dot or a port, or localhost.
+fn has_registry_host(image: &str) -> bool {
+    match image.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
     }
 }

@@ -5,6 +5,7 @@
 mod answer;
 mod conn;
 pub mod delay;
+pub mod peers;
 mod routes;
 mod server;
 pub mod store;
@@ -38,6 +39,8 @@ pub struct Options {
     pub drain_grace_ms: u64,
     /// Connections held at once; beyond this the worker stops accepting until one closes.
     pub max_connections: usize,
+    /// `host:port` of the peers whose node stats `/worker/stats` merges (empty: none).
+    pub peers: Vec<String>,
 }
 
 impl Options {
@@ -55,6 +58,7 @@ impl Options {
             drain_timeout_ms: 30_000,
             drain_grace_ms: 0,
             max_connections: 20_000,
+            peers: Vec::new(),
         }
     }
 }

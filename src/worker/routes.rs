@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::answer::{Answer, HelloBodies, PendingAnswer, error_body};
 use super::delay::DelayModel;
 use super::server::{ConnKey, Timer, Timers};
-use super::store::Store;
+use super::store::{Scope, Store};
 use crate::http::request_id::REQUEST_ID_FIELD;
 use crate::http::{Framing, Limits, Method, RequestHead, RequestId};
 
@@ -28,6 +28,8 @@ const OTHER_BODY_MAX: u64 = 64 * 1024;
 pub enum Route {
     Hello,
     Stats,
+    /// `/worker/stats/node`: this node's rows only (asked by peers).
+    NodeStats,
     Health,
     Other,
 }
@@ -52,6 +54,7 @@ impl Request {
         let route = match route_path(head.target.get(buf)) {
             b"/api/v1/hello" => Route::Hello,
             b"/worker/stats" => Route::Stats,
+            b"/worker/stats/node" => Route::NodeStats,
             b"/healthz" => Route::Health,
             _ => Route::Other,
         };
@@ -148,14 +151,19 @@ impl Service {
         let answer = match req.route {
             Route::Hello if !get => json(405, error_body(405, "method not allowed"), Some("GET")),
             Route::Hello => self.draw_hello(seq, conn, now),
-            Route::Stats | Route::Health if !get_or_head => json(
+            Route::Stats | Route::NodeStats | Route::Health if !get_or_head => json(
                 405,
                 error_body(405, "method not allowed"),
                 Some("GET, HEAD"),
             ),
-            Route::Stats => {
+            Route::Stats | Route::NodeStats => {
+                let scope = if req.route == Route::Stats {
+                    Scope::All
+                } else {
+                    Scope::Node
+                };
                 self.stats_waiting.insert(seq, conn);
-                self.store.request_stats(seq);
+                self.store.request_stats(seq, scope);
                 Answer::StatsPending
             }
             Route::Health => json(self.health_status(), self.health_body(), None),

@@ -152,7 +152,13 @@ impl Worker {
         let (mut listener, local) = bind(opts)?;
         let id = resolve_id(id, local.port())?;
         crate::sys::log::init(&format!("worker.{id}"));
-        let store = Store::start(&opts.db, &id, ms(opts.stats_flush_ms.max(1)), notify)?;
+        let store = Store::start_with_peers(
+            &opts.db,
+            &id,
+            ms(opts.stats_flush_ms.max(1)),
+            notify,
+            opts.peers.clone(),
+        )?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(|e| format!("register listener: {e}"))?;

@@ -261,11 +261,25 @@ pub fn stats_json(rows: &[WorkerRow]) -> String {
     )
 }
 
+/// Which stats a request wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `/worker/stats`: every worker this one knows of (its file, merged with its peers').
+    All,
+    /// `/worker/stats/node`: this node's file only, exact rows (what peers ask each other).
+    Node,
+}
+
+/// Most merged answers fanning out to peers at once; beyond it a request gets 503.
+const MAX_FAN_OUTS: usize = 16;
+
 /// What the loop hands the store thread.
 #[derive(Default)]
 struct Inbox {
     pending: Delta,
-    stats_waiters: Vec<u64>,
+    stats_waiters: Vec<(u64, Scope)>,
+    /// A peer fan-out left an answer: the loop must be woken.
+    answers_ready: bool,
     stop: bool,
 }
 
@@ -276,6 +290,7 @@ struct Shared {
     inbox: Mutex<Inbox>,
     wake: Condvar,
     answers: Mutex<Vec<StatsAnswer>>,
+    fan_outs: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -299,6 +314,17 @@ impl Store {
         flush_every: Duration,
         notify: Box<dyn Fn() + Send>,
     ) -> Result<Store, String> {
+        Store::start_with_peers(path, worker, flush_every, notify, Vec::new())
+    }
+
+    /// [`Store::start`] for a worker whose `/worker/stats` merges `peers`' node answers.
+    pub fn start_with_peers(
+        path: &Path,
+        worker: &str,
+        flush_every: Duration,
+        notify: Box<dyn Fn() + Send>,
+        peers: Vec<String>,
+    ) -> Result<Store, String> {
         let conn = open(path)?;
         retry_busy(|| commit(&conn, worker, &Delta::default()))
             .map_err(|e| format!("stats database {}: {}", path.display(), describe(&e)))?;
@@ -306,6 +332,7 @@ impl Store {
             inbox: Mutex::new(Inbox::default()),
             wake: Condvar::new(),
             answers: Mutex::new(Vec::new()),
+            fan_outs: std::sync::atomic::AtomicUsize::new(0),
         });
         let ctx = WriterCtx {
             conn,
@@ -314,6 +341,7 @@ impl Store {
             flush_every,
             shared: Arc::clone(&shared),
             notify,
+            peers: Arc::new(peers),
         };
         let thread = std::thread::Builder::new()
             .name("stats-store".into())
@@ -344,8 +372,8 @@ impl Store {
     }
 
     /// Asks for the stats JSON; the answer comes back through `take_answers` under `key`.
-    pub fn request_stats(&self, key: u64) {
-        lock(&self.shared.inbox).stats_waiters.push(key);
+    pub fn request_stats(&self, key: u64, scope: Scope) {
+        lock(&self.shared.inbox).stats_waiters.push((key, scope));
         self.shared.wake.notify_one();
     }
 
@@ -388,6 +416,7 @@ struct WriterCtx {
     flush_every: Duration,
     shared: Arc<Shared>,
     notify: Box<dyn Fn() + Send>,
+    peers: Arc<Vec<String>>,
 }
 
 impl WriterCtx {
@@ -398,7 +427,10 @@ impl WriterCtx {
         let mut stop_deadline: Option<Instant> = None;
         let mut next_flush = Instant::now() + self.flush_every;
         loop {
-            let (waiters, stop) = self.wait_for_work(&mut unsaved, &mut next_flush);
+            let (waiters, stop, answers_ready) = self.wait_for_work(&mut unsaved, &mut next_flush);
+            if answers_ready {
+                (self.notify)();
+            }
             next_flush = Instant::now() + self.flush_every;
             if !unsaved.is_empty() {
                 self.commit_unsaved(&mut unsaved, &mut last_error_log);
@@ -414,11 +446,15 @@ impl WriterCtx {
 
     /// Waits until there is something to do (a flush due, stats requests, the stop); moves
     /// the recorded counters into `unsaved` and returns the stats waiters and the stop flag.
-    fn wait_for_work(&self, unsaved: &mut Delta, next_flush: &mut Instant) -> (Vec<u64>, bool) {
+    fn wait_for_work(
+        &self,
+        unsaved: &mut Delta,
+        next_flush: &mut Instant,
+    ) -> (Vec<(u64, Scope)>, bool, bool) {
         let mut inbox = lock(&self.shared.inbox);
         loop {
             let now = Instant::now();
-            if inbox.stop || !inbox.stats_waiters.is_empty() {
+            if inbox.stop || !inbox.stats_waiters.is_empty() || inbox.answers_ready {
                 break;
             }
             let has_work = !inbox.pending.is_empty() || !unsaved.is_empty();
@@ -442,7 +478,8 @@ impl WriterCtx {
             }
         }
         unsaved.add(&std::mem::take(&mut inbox.pending));
-        (std::mem::take(&mut inbox.stats_waiters), inbox.stop)
+        let ready = std::mem::take(&mut inbox.answers_ready);
+        (std::mem::take(&mut inbox.stats_waiters), inbox.stop, ready)
     }
 
     /// Commits `unsaved`; on failure keeps it for the next round (never dropped) and logs at
@@ -469,16 +506,61 @@ impl WriterCtx {
         }
     }
 
-    /// Reads every row and hands the JSON (or the error) to each waiting stats request.
-    fn answer_stats(&self, waiters: Vec<u64>) {
-        let answer: Result<Arc<str>, String> = read_rows(&self.conn)
-            .map(|rows| Arc::from(stats_json(&rows)))
-            .map_err(|e| describe(&e));
-        {
-            let mut answers = lock(&self.shared.answers);
-            answers.extend(waiters.into_iter().map(|k| (k, answer.clone())));
+    /// Reads every row and hands the JSON (or the error) to each waiting stats request; a
+    /// merged answer with peers is left to a fan-out thread (it never holds up commits).
+    fn answer_stats(&self, waiters: Vec<(u64, Scope)>) {
+        let rows = read_rows(&self.conn).map_err(|e| describe(&e));
+        let mut ready = Vec::new();
+        for (key, scope) in waiters {
+            let rows = match (&rows, scope) {
+                (Err(e), _) => {
+                    ready.push((key, Err(e.clone())));
+                    continue;
+                }
+                (Ok(rows), Scope::Node) => {
+                    ready.push((key, Ok(Arc::from(super::peers::node_json(rows)))));
+                    continue;
+                }
+                (Ok(rows), Scope::All) if self.peers.is_empty() => {
+                    ready.push((key, Ok(Arc::from(stats_json(rows)))));
+                    continue;
+                }
+                (Ok(rows), Scope::All) => rows.clone(),
+            };
+            if let Err(e) = self.fan_out(key, rows) {
+                ready.push((key, Err(e)));
+            }
         }
-        (self.notify)();
+        if !ready.is_empty() {
+            lock(&self.shared.answers).extend(ready);
+            (self.notify)();
+        }
+    }
+
+    /// Starts the thread merging `rows` with the peers' answers for request `key`.
+    fn fan_out(&self, key: u64, rows: Vec<WorkerRow>) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if self.shared.fan_outs.fetch_add(1, Ordering::AcqRel) >= MAX_FAN_OUTS {
+            self.shared.fan_outs.fetch_sub(1, Ordering::AcqRel);
+            return Err(format!(
+                "{MAX_FAN_OUTS} stats requests already asking the peers"
+            ));
+        }
+        let shared = Arc::clone(&self.shared);
+        let peers = Arc::clone(&self.peers);
+        let spawned = std::thread::Builder::new()
+            .name("stats-peers".into())
+            .spawn(move || {
+                let body = super::peers::merged_json(rows, &peers, super::peers::PEER_TIMEOUT);
+                lock(&shared.answers).push((key, Ok(Arc::from(body))));
+                shared.fan_outs.fetch_sub(1, Ordering::AcqRel);
+                lock(&shared.inbox).answers_ready = true;
+                shared.wake.notify_one();
+            });
+        spawned.map(|_| ()).map_err(|e| {
+            self.shared.fan_outs.fetch_sub(1, Ordering::AcqRel);
+            format!("stats peers thread: {e}")
+        })
     }
 
     /// Once stopping: Some(Ok) when everything is saved, Some(Err) when it could not be
@@ -613,7 +695,7 @@ mod tests {
         for i in 0..1000u64 {
             s.record(i % 4 != 0, Duration::from_micros(1000 + i));
         }
-        s.request_stats(7);
+        s.request_stats(7, Scope::All);
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
         let answers = s.take_answers();
         assert_eq!(answers.len(), 1);

@@ -84,7 +84,12 @@ pub fn seed(name: &str, runtime: &'static str) {
                 text.contains(&format!(
                     "goloadbalancer_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
                 ))
-            }) && text.contains("goloadbalancer_workers_desired 3\n")
+            }) && ids.iter().all(|id| {
+                text.contains(&format!(
+                    "goloadbalancer_backend_retries_total{{backend=\"{id}\"}} 0\n"
+                ))
+            }) && text.contains("goloadbalancer_retry_budget_refused_total 0\n")
+                && text.contains("goloadbalancer_workers_desired 3\n")
                 && text.contains("goloadbalancer_workers_actual 3\n")
         },
     );
@@ -453,6 +458,11 @@ pub fn outdated_container_replaced(name: &str) {
         },
     );
     let took = t0.elapsed();
+    // The old container can be gone (3 active: the surge one among them) a moment before the
+    // renewed slot serves and the surge worker goes: the replacement ends with its log line.
+    wait_until("worker_replaced logged", Duration::from_secs(60), || {
+        s.log_text().contains("event=worker_replaced")
+    });
     std::thread::sleep(Duration::from_millis(500));
     let c = load.finish();
     let _ = Command::new("docker").args(["rmi", &old_tag]).output();
