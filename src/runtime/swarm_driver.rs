@@ -134,6 +134,8 @@ pub struct SwarmDriver {
     events_retry: Instant,
     /// Stop: waiting for the service's containers on this engine to go, until then.
     sweep_until: Option<Instant>,
+    /// The service is on the peers network (false once creating the network failed).
+    peers: bool,
 }
 
 impl SwarmDriver {
@@ -165,6 +167,7 @@ impl SwarmDriver {
             events_watch: None,
             events_retry: now,
             sweep_until: None,
+            peers: true,
         }
     }
 
@@ -190,6 +193,7 @@ impl SwarmDriver {
             Step::NetworkCreate { replicas } => {
                 // "already exists" is fine; any other failure: workers without stats peers.
                 let peers = out.success || out.error_text().contains("already exists");
+                self.peers = peers;
                 if !peers {
                     warn!(
                         "peers_network_failed",
@@ -728,6 +732,32 @@ impl Driver for SwarmDriver {
     fn discard(&mut self, found: &Existing, _now: Instant) {
         // A task is swarm's to remove: the count the fleet wants decides how many stay.
         info!("worker_task_left_to_swarm", "task={}", found.handle);
+    }
+
+    fn reconfigure(&mut self, spec: &LaunchSpec, now: Instant) {
+        let s = &self.spec;
+        if (s.avg_delay, s.failure, s.drain_timeout_ms)
+            == (spec.avg_delay, spec.failure, spec.drain_timeout_ms)
+        {
+            return;
+        }
+        self.spec.avg_delay = spec.avg_delay;
+        self.spec.failure = spec.failure;
+        self.spec.drain_timeout_ms = spec.drain_timeout_ms;
+        if self.service != Service::Present {
+            // Created (or being created) with the new flags anyway.
+            return;
+        }
+        info!(
+            "service_update",
+            "service={} avg_delay={} failure={} drain_timeout_ms={} action=\"rolling update, each old task drains\"",
+            self.cli.service,
+            spec.avg_delay,
+            spec.failure,
+            spec.drain_timeout_ms
+        );
+        let cmd = self.cli.update_args(&self.spec, self.peers);
+        self.spawn(cmd, Step::Other, now);
     }
 
     fn launch(&mut self, spec: &LaunchSpec, now: Instant) {
