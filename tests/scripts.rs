@@ -1,5 +1,5 @@
-//! The operator scripts (scripts/load.sh, scripts/chaos.sh): their --help, their usage errors,
-//! and their short (--quick) runs against the real binary; the Debian mirror
+//! The operator scripts (scripts/load.sh, scripts/chaos.sh, scripts/autoscale-bench.sh): their
+//! --help, their usage errors, and their short (--quick) runs against the real binary; the Debian mirror
 //! scripts/systemd-e2e.sh takes from the machine's apt sources; and scripts/swarm-e2e.sh's
 //! --help and usage errors (its cluster is run by hand: it needs root and minutes). A run whose tool is missing is
 //! skipped with the reason printed (.ci/run installs curl, wrk and jq).
@@ -99,6 +99,32 @@ fn load_help_documents_options_and_tools() {
         "apt-get install curl wrk jq",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[test]
+fn autoscale_bench_help_and_usage_errors() {
+    let o = run("autoscale-bench.sh", &["--help"], Duration::from_secs(20));
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    assert!(
+        text.starts_with("usage: scripts/autoscale-bench.sh"),
+        "{text}"
+    );
+    for needle in [
+        "--runtime",
+        "--cycles",
+        "--cold",
+        "reaction_ms",
+        "capacity_ms",
+        "STEP",
+        "COLD",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+    for bad in [&["--cycles", "x"][..], &["--runtime", "vm"], &["--bogus"]] {
+        let o = run("autoscale-bench.sh", bad, Duration::from_secs(20));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
     }
 }
 

@@ -71,3 +71,58 @@ fn docker_sigusr2_upgrade_under_load_keeps_the_containers() {
         scenarios::upgrade_under_load("d-upgrade", "docker")
     });
 }
+
+/// This instance's containers that are created and not started.
+fn created_containers(instance: &str) -> usize {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", "status=created", "--filter"])
+        .arg(format!("label=goloadbalancer.instance={instance}"))
+        .output();
+    out.map_or(0, |o| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .count()
+    })
+}
+
+/// Autoscaling with docker: the next worker's container is created ahead and not started (a
+/// spare); a scale-in to zero keeps the stopped container as the spare; a request at zero
+/// starts it (`docker start`); the stop removes every container, spare included.
+#[test]
+fn docker_autoscale_keeps_a_spare_container_and_removes_it_at_stop() {
+    run("docker_spare", || {
+        use std::time::Duration;
+        let mut spec = support::StackSpec::seed("docker");
+        spec.workers = 1;
+        spec.pool = 1;
+        spec.extra = "autoscale:\n  enabled: true\n  min: 0\n  max: 2\n  idle-ms: 1000\n".into();
+        let mut s = support::Stack::start_ready("d-spare", spec);
+        support::wait_until("a spare container", Duration::from_secs(60), || {
+            created_containers(&s.instance) == 1
+        });
+        s.wait_status("no worker after idle-ms", Duration::from_secs(60), |st| {
+            st["workers"].as_array().is_some_and(|w| w.is_empty())
+        });
+        // A request at zero: the demand signal starts the kept container.
+        let _ = support::hello(s.lb(0));
+        s.wait_status("a worker again", Duration::from_secs(60), |st| {
+            st["workers_actual"] == 1
+        });
+        let log = s.log_text();
+        assert!(
+            log.contains("event=worker_kept_as_spare"),
+            "{}",
+            s.log_tail()
+        );
+        assert!(log.contains("event=worker_spare_used"), "{}", s.log_tail());
+        assert!(support::hello(s.lb(0)).is_ok(), "served after the start");
+        s.signal(15);
+        let mut p = s.proc.take().expect("supervisor");
+        assert_eq!(p.wait_exit(Duration::from_secs(90)), Some(0), "clean stop");
+        assert_eq!(
+            support::containers(&s.instance),
+            Vec::<String>::new(),
+            "no container left, spare included"
+        );
+    });
+}

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::control::{BackendMetrics, BackendSpec, BackendState, LATENCY_BUCKETS_MS};
+use super::policy::Policies;
 use crate::config::Balance;
 use crate::evloop::Key;
 
@@ -205,9 +206,12 @@ impl Backend {
         self.latency_sum_ms += ms;
     }
 
-    /// This backend's metrics for the control channel.
-    pub fn metrics(&self) -> BackendMetrics {
+    /// This backend's metrics for the control channel (slot `i` of `policies`).
+    pub fn metrics(&self, i: usize, policies: &Policies) -> BackendMetrics {
         BackendMetrics {
+            retries: policies.retries_of(i),
+            ejections: policies.ejections(i),
+            ejected: policies.is_ejected(i),
             id: self.id.clone(),
             in_flight: self.in_flight,
             responses: self.responses,
@@ -253,6 +257,14 @@ impl Tried {
         self.inline[..self.n].contains(&b) || self.more.contains(&b)
     }
 
+    /// The backend tried last.
+    pub fn last(&self) -> Option<usize> {
+        match self.more.last() {
+            Some(&b) => Some(b),
+            None => self.n.checked_sub(1).map(|k| self.inline[k]),
+        }
+    }
+
     /// How many were tried.
     pub fn len(&self) -> usize {
         self.n + self.more.len()
@@ -290,6 +302,11 @@ pub struct SetChange {
     pub deactivated: Vec<usize>,
     /// Backends added (their health checks must be scheduled).
     pub added: Vec<usize>,
+    /// Backends that left the set (their slot's policy state is forgotten).
+    pub removed: Vec<usize>,
+    /// Backends whose id now names another address (a different server: policy state
+    /// forgotten, ramped up again).
+    pub readdressed: Vec<usize>,
 }
 
 impl Backends {
@@ -325,6 +342,7 @@ impl Backends {
                     b.healthy = true;
                     b.streak = 0;
                     change.deactivated.push(i);
+                    change.readdressed.push(i);
                 }
                 b.weight = spec.weight.max(1);
                 if b.admin == Admin::Active && admin != Admin::Active {
@@ -364,67 +382,115 @@ impl Backends {
             if !seen && self.list[i].admin != Admin::Removed {
                 self.list[i].admin = Admin::Removed;
                 change.deactivated.push(i);
+                change.removed.push(i);
             }
         }
         change
     }
 
-    /// Picks a backend for a new request, skipping `exclude` (already tried).
-    pub fn pick(&mut self, balance: Balance, exclude: &Tried) -> Option<usize> {
-        let n = self.list.len();
-        if n == 0 {
+    /// Picks a backend for a new request, skipping `exclude` (already tried) and the workers
+    /// `policies` ejected; slow start's ramps shape the choice.
+    pub fn pick(
+        &mut self,
+        balance: Balance,
+        exclude: &Tried,
+        policies: &mut Policies,
+        now: Instant,
+    ) -> Option<usize> {
+        if self.list.is_empty() {
             return None;
         }
-        let ok = |i: usize, b: &Backend| b.eligible() && !exclude.contains(i);
         match balance {
-            Balance::RoundRobin => {
-                for k in 0..n {
-                    let i = (self.cursor + k) % n;
-                    if ok(i, &self.list[i]) {
-                        self.cursor = (i + 1) % n;
-                        return Some(i);
-                    }
-                }
-                None
+            Balance::RoundRobin => self.pick_round_robin(exclude, policies, now),
+            Balance::Weighted => self.pick_weighted(exclude, policies, now),
+            Balance::LeastConnections => self.pick_least_connections(exclude, policies, now),
+        }
+    }
+
+    /// Whether backend `i` may take this request.
+    fn may_take(&self, i: usize, exclude: &Tried, policies: &Policies) -> bool {
+        self.list[i].eligible() && !exclude.contains(i) && !policies.is_ejected(i)
+    }
+
+    /// The next eligible backend from the cursor; a ramping one takes only its share of its
+    /// turns, and when a whole rotation passed everyone over, the first eligible one is taken.
+    fn pick_round_robin(
+        &mut self,
+        exclude: &Tried,
+        policies: &mut Policies,
+        now: Instant,
+    ) -> Option<usize> {
+        let n = self.list.len();
+        let mut first = None;
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            if !self.may_take(i, exclude, policies) {
+                continue;
             }
-            Balance::Weighted => {
-                // Smooth weighted round-robin (as nginx): spreads a heavy backend's turns out.
-                let mut total = 0i64;
-                let mut best: Option<usize> = None;
-                for i in 0..n {
-                    if !ok(i, &self.list[i]) {
-                        continue;
-                    }
-                    let b = &mut self.list[i];
-                    b.current_weight += b.weight as i64;
-                    total += b.weight as i64;
-                    let cw = b.current_weight;
-                    if best.is_none_or(|j| cw > self.list[j].current_weight) {
-                        best = Some(i);
-                    }
-                }
-                if let Some(j) = best {
-                    self.list[j].current_weight -= total;
-                }
-                best
+            if policies.take_turn(i, now) {
+                self.cursor = (i + 1) % n;
+                return Some(i);
             }
-            Balance::LeastConnections => {
-                // Fewest in flight; ties go round-robin from the cursor.
-                let mut best: Option<usize> = None;
-                for k in 0..n {
-                    let i = (self.cursor + k) % n;
-                    if ok(i, &self.list[i])
-                        && best.is_none_or(|j| self.list[i].in_flight < self.list[j].in_flight)
-                    {
-                        best = Some(i);
-                    }
-                }
-                if let Some(j) = best {
-                    self.cursor = (j + 1) % n;
-                }
-                best
+            first.get_or_insert(i);
+        }
+        let i = first?;
+        self.cursor = (i + 1) % n;
+        Some(i)
+    }
+
+    /// Smooth weighted round-robin (as nginx): spreads a heavy backend's turns out; a ramping
+    /// backend counts with its effective weight.
+    fn pick_weighted(
+        &mut self,
+        exclude: &Tried,
+        policies: &mut Policies,
+        now: Instant,
+    ) -> Option<usize> {
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for i in 0..self.list.len() {
+            if !self.may_take(i, exclude, policies) {
+                continue;
+            }
+            let b = &mut self.list[i];
+            let weight = i64::try_from(policies.weight(i, b.weight, now)).unwrap_or(i64::MAX);
+            b.current_weight = b.current_weight.saturating_add(weight);
+            total = total.saturating_add(weight);
+            let cw = b.current_weight;
+            if best.is_none_or(|j| cw > self.list[j].current_weight) {
+                best = Some(i);
             }
         }
+        if let Some(j) = best {
+            self.list[j].current_weight = self.list[j].current_weight.saturating_sub(total);
+        }
+        best
+    }
+
+    /// Fewest in flight (relative to a ramping backend's share); ties go round-robin from
+    /// the cursor.
+    fn pick_least_connections(
+        &mut self,
+        exclude: &Tried,
+        policies: &Policies,
+        now: Instant,
+    ) -> Option<usize> {
+        let n = self.list.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            if !self.may_take(i, exclude, policies) {
+                continue;
+            }
+            let load = (i, self.list[i].in_flight);
+            if best.is_none_or(|j| policies.less_loaded(load, (j, self.list[j].in_flight), now)) {
+                best = Some(i);
+            }
+        }
+        if let Some(j) = best {
+            self.cursor = (j + 1) % n;
+        }
+        best
     }
 
     /// Backend slots (removed ones included).
@@ -451,11 +517,12 @@ impl Backends {
     }
 
     /// Metrics of every backend still in the set.
-    pub fn metrics(&self) -> Vec<BackendMetrics> {
+    pub fn metrics(&self, policies: &Policies) -> Vec<BackendMetrics> {
         self.list
             .iter()
-            .filter(|b| b.admin != Admin::Removed)
-            .map(Backend::metrics)
+            .enumerate()
+            .filter(|(_, b)| b.admin != Admin::Removed)
+            .map(|(i, b)| b.metrics(i, policies))
             .collect()
     }
 }
@@ -463,6 +530,18 @@ impl Backends {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProxySettings;
+
+    /// A pick with every policy off.
+    fn pick(b: &mut Backends, balance: Balance, tried: &Tried) -> Option<usize> {
+        let now = Instant::now();
+        b.pick(
+            balance,
+            tried,
+            &mut Policies::new(&ProxySettings::default(), now),
+            now,
+        )
+    }
 
     fn spec(id: &str, port: u16, weight: u32) -> BackendSpec {
         BackendSpec {
@@ -477,22 +556,22 @@ mod tests {
     fn round_robin_skips_unhealthy_and_excluded() {
         let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1), spec("c", 3, 1)]);
         let picks: Vec<_> = (0..6)
-            .map(|_| b.pick(Balance::RoundRobin, &Tried::default()).unwrap())
+            .map(|_| pick(&mut b, Balance::RoundRobin, &Tried::default()).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         b.list[1].healthy = false;
         let picks: Vec<_> = (0..4)
-            .map(|_| b.pick(Balance::RoundRobin, &Tried::default()).unwrap())
+            .map(|_| pick(&mut b, Balance::RoundRobin, &Tried::default()).unwrap())
             .collect();
         assert_eq!(picks, [0, 2, 0, 2]);
-        assert_eq!(b.pick(Balance::RoundRobin, &Tried::of(&[0, 2])), None);
+        assert_eq!(pick(&mut b, Balance::RoundRobin, &Tried::of(&[0, 2])), None);
     }
 
     #[test]
     fn weighted_is_proportional_and_smooth() {
         let mut b = Backends::new(&[spec("a", 1, 3), spec("b", 2, 1)]);
         let picks: Vec<_> = (0..8)
-            .map(|_| b.pick(Balance::Weighted, &Tried::default()).unwrap())
+            .map(|_| pick(&mut b, Balance::Weighted, &Tried::default()).unwrap())
             .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         // Smooth: the light backend is not starved into one burst at the end.
@@ -506,10 +585,13 @@ mod tests {
         b.list[1].in_flight = 1;
         b.list[2].in_flight = 3;
         assert_eq!(
-            b.pick(Balance::LeastConnections, &Tried::default()),
+            pick(&mut b, Balance::LeastConnections, &Tried::default()),
             Some(1)
         );
-        assert_eq!(b.pick(Balance::LeastConnections, &Tried::of(&[1])), Some(2));
+        assert_eq!(
+            pick(&mut b, Balance::LeastConnections, &Tried::of(&[1])),
+            Some(2)
+        );
     }
 
     #[test]
@@ -543,9 +625,98 @@ mod tests {
         let ch = b.apply(&[spec("c", 3, 1)]);
         // "b"'s slot is reused; "a" is removed.
         assert_eq!(ch.added, vec![1]);
+        assert_eq!(ch.removed, vec![0]);
         assert_eq!(b.list[1].id, "c");
         assert_eq!(b.list[1].generation, 1);
         assert_eq!(b.list[0].admin, Admin::Removed);
-        assert_eq!(b.metrics().len(), 1);
+        let now = Instant::now();
+        let policies = Policies::new(&ProxySettings::default(), now);
+        assert_eq!(b.metrics(&policies).len(), 1);
+        let ch = b.apply(&[spec("c", 4, 1)]);
+        assert_eq!(ch.readdressed, vec![1], "same id, new address");
+    }
+
+    fn slow_start(ms: u64) -> (Policies, Instant) {
+        let now = Instant::now();
+        let settings = ProxySettings {
+            slow_start_ms: ms,
+            ..ProxySettings::default()
+        };
+        (Policies::new(&settings, now), now)
+    }
+
+    /// Picks `n` times at `now`; how many went to backend 1.
+    fn share_of_1(b: &mut Backends, p: &mut Policies, balance: Balance, now: Instant) -> usize {
+        (0..100)
+            .filter(|_| b.pick(balance, &Tried::default(), p, now) == Some(1))
+            .count()
+    }
+
+    #[test]
+    fn a_ramping_backend_gets_its_share_in_every_balance() {
+        let ms = std::time::Duration::from_millis;
+        for balance in [Balance::RoundRobin, Balance::Weighted] {
+            let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1)]);
+            let (mut p, t0) = slow_start(10_000);
+            p.begin_ramp(1, t0);
+            let early = share_of_1(&mut b, &mut p, balance, t0);
+            let half = share_of_1(&mut b, &mut p, balance, t0 + ms(5000));
+            let done = share_of_1(&mut b, &mut p, balance, t0 + ms(10_000));
+            assert!(
+                early < half && half < done,
+                "{balance:?}: {early} {half} {done}"
+            );
+            assert!((5..=15).contains(&early), "{balance:?}: {early}");
+            assert_eq!(done, 50, "{balance:?}");
+        }
+        // Least-connections: equal in-flight counts favour the full backend; it gets the
+        // ramping one only once the full one is busier relative to the shares.
+        let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1)]);
+        let (mut p, t0) = slow_start(10_000);
+        p.begin_ramp(1, t0);
+        let lc = Balance::LeastConnections;
+        assert_eq!(b.pick(lc, &Tried::default(), &mut p, t0), Some(0));
+        b.list[0].in_flight = 8;
+        assert_eq!(b.pick(lc, &Tried::default(), &mut p, t0), Some(0));
+        b.list[0].in_flight = 10;
+        assert_eq!(b.pick(lc, &Tried::default(), &mut p, t0), Some(1));
+        // Alone and ramping, a backend still gets every request.
+        let mut one = Backends::new(&[spec("a", 1, 1)]);
+        p.begin_ramp(0, t0);
+        assert_eq!(
+            one.pick(Balance::RoundRobin, &Tried::default(), &mut p, t0),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn an_ejected_backend_is_not_picked_until_restored() {
+        let now = Instant::now();
+        let settings = ProxySettings {
+            eject_consecutive_5xx: 2,
+            eject_ms: 1000,
+            ..ProxySettings::default()
+        };
+        let mut p = Policies::new(&settings, now);
+        let mut b = Backends::new(&[spec("a", 1, 1), spec("b", 2, 1)]);
+        p.on_answer(1, 500, now, 2);
+        p.on_answer(1, 500, now, 2);
+        assert!(p.is_ejected(1));
+        for balance in [
+            Balance::RoundRobin,
+            Balance::Weighted,
+            Balance::LeastConnections,
+        ] {
+            assert_eq!(share_of_1(&mut b, &mut p, balance, now), 0, "{balance:?}");
+        }
+        assert!(b.metrics(&p)[1].ejected);
+        let back = now + std::time::Duration::from_millis(1000);
+        assert_eq!(p.next_return(), Some(back));
+        let mut restored = Vec::new();
+        p.restore(back, |i| restored.push(i));
+        assert_eq!(restored, [1]);
+        assert_eq!(p.next_return(), None);
+        assert_eq!(share_of_1(&mut b, &mut p, Balance::RoundRobin, back), 50);
+        assert_eq!(b.metrics(&p)[1].ejections, 1);
     }
 }

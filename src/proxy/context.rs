@@ -10,6 +10,8 @@ use mio::Registry;
 use super::access_log::{AccessLog, AccessLogSettings};
 use super::backends::Backends;
 use super::buffer::BufPool;
+use super::policy::Policies;
+use super::policy::outlier::Verdict;
 use super::request_record::RecordPool;
 use super::upstream::Upstreams;
 use crate::config::ProxySettings;
@@ -34,6 +36,8 @@ pub struct LoopContext {
     pub upstreams: Upstreams,
     /// The backend set.
     pub backends: Backends,
+    /// Traffic policies (slow start, ejection, retry budget), by backend slot.
+    pub policies: Policies,
     /// Free buffers.
     pub bufs: BufPool,
     /// Deadlines.
@@ -73,17 +77,19 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
 impl LoopContext {
     /// A context for `settings` and `backends`.
     pub fn new(registry: Registry, settings: ProxySettings, backends: Backends) -> LoopContext {
-        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), Instant::now());
+        let now = Instant::now();
+        let access_log = AccessLog::stderr(AccessLogSettings::of(&settings), now);
         LoopContext {
             registry,
             upstreams: Upstreams::default(),
             backends,
+            policies: Policies::new(&settings, now),
             bufs: BufPool::new(1024),
             timers: DeadlineHeap::new(),
             limits: Limits::from_settings(&settings),
             max_body: settings.max_body_bytes,
             settings,
-            now: Instant::now(),
+            now,
             connections: 0,
             draining: false,
             scratch: Vec::with_capacity(4096),
@@ -98,6 +104,7 @@ impl LoopContext {
     pub fn set_settings(&mut self, settings: ProxySettings) {
         self.limits = Limits::from_settings(&settings);
         self.max_body = settings.max_body_bytes;
+        self.policies.set_settings(&settings);
         let log = AccessLogSettings::of(&settings);
         if log != *self.access_log.settings() {
             match AccessLog::open(log, self.now) {
@@ -172,5 +179,64 @@ impl LoopContext {
             crate::sys::log::quote(why)
         );
         self.close_pool(backend);
+    }
+
+    /// A backend turned healthy again (active checks' rise): it ramps up (slow start).
+    pub fn mark_up(&mut self, backend: usize) {
+        let Some(b) = self.backends.get(backend) else {
+            return;
+        };
+        crate::info!(
+            "backend_up",
+            "backend={} addr={}",
+            crate::sys::log::quote(b.id()),
+            b.addr()
+        );
+        self.policies.begin_ramp(backend, self.now);
+    }
+
+    /// Outlier ejection: feeds an answer of `backend` (a 5xx the proxy made because of it
+    /// counts as its answer) and ejects it after `eject-consecutive-5xx` in a row.
+    pub fn note_answer(&mut self, backend: usize, status: u16) {
+        if !self.policies.ejection_on() {
+            return;
+        }
+        let workers = self.backends.active();
+        let verdict = self.policies.on_answer(backend, status, self.now, workers);
+        let Verdict::Ejected { until } = verdict else {
+            return;
+        };
+        if let Some(b) = self.backends.get(backend) {
+            crate::warn!(
+                "backend_ejected",
+                "backend={} addr={} consecutive_5xx={} eject_ms={} ejections={}",
+                crate::sys::log::quote(b.id()),
+                b.addr(),
+                self.settings.eject_consecutive_5xx,
+                until.saturating_duration_since(self.now).as_millis(),
+                self.policies.ejections(backend)
+            );
+        }
+        self.close_pool(backend);
+    }
+
+    /// Puts back the workers whose ejection is over (the loop's tick); they ramp up.
+    pub fn restore_ejected(&mut self) {
+        let LoopContext {
+            policies,
+            backends,
+            now,
+            ..
+        } = self;
+        policies.restore(*now, |i| {
+            if let Some(b) = backends.get(i) {
+                crate::info!(
+                    "backend_restored",
+                    "backend={} addr={}",
+                    crate::sys::log::quote(b.id()),
+                    b.addr()
+                );
+            }
+        });
     }
 }

@@ -70,6 +70,15 @@ pub struct BackendMetrics {
     pub latency: Vec<u64>,
     /// Sum of latencies in ms (for the mean).
     pub latency_sum_ms: f64,
+    /// Retries this backend's failures caused (within the retry budget).
+    #[serde(default)]
+    pub retries: u64,
+    /// Times it was ejected for consecutive 5xx answers.
+    #[serde(default)]
+    pub ejections: u64,
+    /// Whether it is ejected now.
+    #[serde(default)]
+    pub ejected: bool,
 }
 
 /// Upper bounds (ms) of the latency histogram buckets.
@@ -99,6 +108,9 @@ pub enum Up {
         /// Requests waiting for a worker now (demand for the autoscaler).
         #[serde(default)]
         queued: u64,
+        /// Retries refused for lack of retry budget since the child started.
+        #[serde(default)]
+        retry_budget_refused: u64,
     },
     /// Requests found no worker (at most every 100 ms): the supervisor starts one at once
     /// when none runs. `queued`: requests waiting (or refused) since the previous signal.

@@ -124,12 +124,7 @@ fn outcome(ctx: &mut LoopContext, backend: usize, ok: bool, why: &str) {
     };
     match b.note_check(ok, rise, fall) {
         CheckVerdict::Unchanged => {}
-        CheckVerdict::Up => crate::info!(
-            "backend_up",
-            "backend={} addr={}",
-            crate::sys::log::quote(b.id()),
-            b.addr()
-        ),
+        CheckVerdict::Up => ctx.mark_up(backend),
         CheckVerdict::Fall => ctx.mark_down(backend, why),
     }
 }

@@ -50,8 +50,9 @@ pub struct UpstreamLease {
 impl UpstreamLease {
     /// Picks, connects and counts: a lease on a backend not in `tried` (which records every
     /// backend tried) for the session `owner`; None when no backend is left to try, or when
-    /// we ran out of descriptors (then `ctx.out_of_fds` is set and the backend not counted
-    /// as tried: it did nothing wrong).
+    /// this is a retry (`tried` not empty) and the retry budget is spent, or when we ran out
+    /// of descriptors (then `ctx.out_of_fds` is set and the backend not counted as tried: it
+    /// did nothing wrong).
     pub fn start(
         ctx: &mut LoopContext,
         owner: Key,
@@ -62,9 +63,21 @@ impl UpstreamLease {
             if tried.len() > ctx.settings.retries as usize {
                 return None;
             }
-            // Hook (issue 13): a wait queue (max-conn-per-worker), slow start's effective
-            // weight and outlier eligibility decide here whether and where a request goes.
-            let b = ctx.backends.pick(ctx.settings.balance, tried)?;
+            // Issue 13: slow start's ramps and outlier ejection shape the pick; every request
+            // counts in the retry budget, and a retry goes ahead only within it. `retrying`:
+            // the backend whose failure this attempt retries.
+            let retrying = tried.last();
+            if retrying.is_none() {
+                ctx.policies.on_request(ctx.now);
+            }
+            let b = ctx
+                .backends
+                .pick(ctx.settings.balance, tried, &mut ctx.policies, ctx.now)?;
+            if let Some(failed) = retrying
+                && !ctx.policies.try_retry(ctx.now, failed)
+            {
+                return None;
+            }
             tried.push(b);
             match ctx
                 .upstreams
@@ -137,12 +150,14 @@ impl UpstreamLease {
 /// Records `outcome` on `backend` and lowers its in-flight count; whether the connection may
 /// go back to the pool.
 fn settle(ctx: &mut LoopContext, backend: usize, outcome: Outcome<'_>) -> bool {
-    // Hook (issue 13): outlier ejection (consecutive 5xx) and the retry budget observe the
-    // outcome here.
-    if let Outcome::Refused(why) = outcome {
-        ctx.eject(backend, why);
+    match outcome {
+        Outcome::Refused(why) => ctx.eject(backend, why),
+        Outcome::Answered { status, .. } => ctx.note_answer(backend, status),
+        // No usable answer: the client gets a 502 or 504 the worker caused.
+        Outcome::Broken => ctx.note_answer(backend, 502),
+        Outcome::Dropped => {}
     }
-    let draining = ctx.draining;
+    let keep_none = ctx.draining || ctx.policies.is_ejected(backend);
     let Some(b) = ctx.backends.get_mut(backend) else {
         return false;
     };
@@ -154,7 +169,7 @@ fn settle(ctx: &mut LoopContext, backend: usize, outcome: Outcome<'_>) -> bool {
             reusable,
         } => {
             b.record(status, since, ctx.now);
-            reusable && !draining && b.eligible()
+            reusable && !keep_none && b.eligible()
         }
         Outcome::Broken => {
             b.note_failure();
@@ -196,7 +211,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (_poll, mut ctx) = context(&[listener.local_addr().unwrap()]);
         let lease = UpstreamLease::start(&mut ctx, owner(), &mut Tried::default(), false).unwrap();
-        assert_eq!(ctx.backends.metrics()[0].in_flight, 1);
+        assert_eq!(ctx.backends.metrics(&ctx.policies)[0].in_flight, 1);
         let since = ctx.now;
         let outcome = Outcome::Answered {
             status: 200,
@@ -204,14 +219,14 @@ mod tests {
             reusable: true,
         };
         lease.end(&mut ctx, outcome);
-        let m = &ctx.backends.metrics()[0];
+        let m = &ctx.backends.metrics(&ctx.policies)[0];
         assert_eq!((m.in_flight, m.responses[1]), (0, 1));
         assert_eq!(ctx.backends[0].pooled(), 1);
         let again = UpstreamLease::start(&mut ctx, owner(), &mut Tried::default(), false).unwrap();
         assert!(again.conn().reused());
         assert_eq!(ctx.backends[0].pooled(), 0);
         again.end(&mut ctx, Outcome::Dropped);
-        assert_eq!(ctx.backends.metrics()[0].in_flight, 0);
+        assert_eq!(ctx.backends.metrics(&ctx.policies)[0].in_flight, 0);
         assert_eq!(ctx.backends[0].pooled(), 0, "a dropped lease is not pooled");
     }
 
@@ -229,7 +244,7 @@ mod tests {
         assert_ne!(second.backend(), refused);
         let other = second.backend();
         second.end(&mut ctx, Outcome::Broken);
-        let m = ctx.backends.metrics();
+        let m = ctx.backends.metrics(&ctx.policies);
         assert_eq!((m[refused].failures, m[other].failures), (1, 1));
         assert!(m.iter().all(|m| m.in_flight == 0));
         assert!(

@@ -15,7 +15,7 @@ use super::LoopInputs;
 use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
 use super::context::{LoopContext, TimerKey};
-use super::control::{Down, Up};
+use super::control::{BackendSpec, Down, Up};
 use super::health::{self, HealthCheck};
 use super::http_session::{Flow, HttpSession};
 use super::tcp_session::TcpSession;
@@ -176,6 +176,7 @@ impl Server {
                 }
             }
             self.run_timers();
+            self.ctx.restore_ejected();
             self.ctx.access_log.tick(self.ctx.now);
             if self
                 .accept_retry
@@ -215,6 +216,9 @@ impl Server {
             next = next.min(t);
         }
         if let Some(t) = self.ctx.access_log.next_flush() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.ctx.policies.next_return() {
             next = next.min(t);
         }
         // Round up to the next millisecond so a timer is never polled for 0 ms repeatedly.
@@ -530,13 +534,7 @@ impl Server {
         };
         match msg {
             Down::Backends { seq, backends } => {
-                let change = self.ctx.backends.apply(&backends);
-                for i in change.deactivated {
-                    self.ctx.close_pool(i);
-                }
-                for i in change.added {
-                    health::schedule_first(&mut self.ctx, i);
-                }
+                self.apply_backends(&backends);
                 crate::info!(
                     "backends_updated",
                     "name={} active={}",
@@ -580,6 +578,30 @@ impl Server {
         }
     }
 
+    /// A new backend set: pools of the backends leaving closed, checks of the new ones
+    /// scheduled, policy state of changed slots forgotten; a backend joining a set that
+    /// already serves (or a new server under a known id) ramps up (slow start).
+    fn apply_backends(&mut self, backends: &[BackendSpec]) {
+        let serving = self.ctx.backends.active() > 0;
+        let change = self.ctx.backends.apply(backends);
+        for &i in change.removed.iter().chain(&change.readdressed) {
+            self.ctx.policies.reset(i);
+        }
+        for i in change.deactivated {
+            self.ctx.close_pool(i);
+        }
+        for &i in &change.readdressed {
+            self.ctx.policies.begin_ramp(i, self.ctx.now);
+        }
+        for i in change.added {
+            self.ctx.policies.reset(i);
+            if serving {
+                self.ctx.policies.begin_ramp(i, self.ctx.now);
+            }
+            health::schedule_first(&mut self.ctx, i);
+        }
+    }
+
     fn send_up(&mut self, msg: &Up) {
         if let Some(ctl) = self.control.as_mut()
             && let Err(e) = ctl.send(msg)
@@ -602,9 +624,10 @@ impl Server {
         }
         let msg = Up::Metrics {
             connections: self.ctx.connections as u64,
-            backends: self.ctx.backends.metrics(),
+            backends: self.ctx.backends.metrics(&self.ctx.policies),
             access_log_dropped: self.ctx.access_log.dropped(),
             queued: 0,
+            retry_budget_refused: self.ctx.policies.retries_refused(),
         };
         self.send_up(&msg);
     }

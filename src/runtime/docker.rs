@@ -140,6 +140,24 @@ impl Docker {
 
     /// Starts the worker container for `spec` (detached; prints the container id).
     pub fn run(&self, spec: &RunSpec) -> Command {
+        self.container_command(&["run", "-d"], spec)
+    }
+
+    /// Creates the worker container for `spec` without starting it (prints the container id):
+    /// a spare, started by [`Docker::start`] when a worker is wanted.
+    pub fn create(&self, spec: &RunSpec) -> Command {
+        self.container_command(&["create"], spec)
+    }
+
+    /// `docker start` of a created container (prints the id given).
+    pub fn start(&self, id: &str) -> Command {
+        let mut cmd = docker();
+        cmd.args(["start", id]);
+        cmd
+    }
+
+    /// `docker <verb...>` with everything a worker container is made of.
+    fn container_command(&self, verb: &[&str], spec: &RunSpec) -> Command {
         let dir = spec
             .db
             .parent()
@@ -148,7 +166,8 @@ impl Docker {
         let (uid, gid) = self.user;
         let memory = format!("{}m", spec.memory_mb);
         let mut cmd = docker();
-        cmd.args(["run", "-d", "--name", &self.name(spec.port)])
+        cmd.args(verb)
+            .args(["--name", &self.name(spec.port)])
             .args(["--label", &format!("{LABEL_INSTANCE}={}", self.instance)])
             .args(["--label", &format!("{LABEL_PORT}={}", spec.port)])
             // The owner of the database files, never root.

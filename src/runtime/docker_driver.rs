@@ -1,6 +1,13 @@
 //! The docker runtime as a [`Driver`]: every step a docker CLI call run as a [`Job`], the
 //! results turned into [`DriverEvent`]s. Slot `i` is the container `<instance>-worker-<port>`
 //! publishing `worker-port + i`; deaths are found by a `docker ps` every 2 s.
+//!
+//! With a spare (autoscaling on, [`DockerDriver::with_spare`]), the container of the next
+//! slot the fleet would launch (the lowest slot without a container) is created ahead and
+//! not started: a launch of that slot is then a `docker start` (the create, the name
+//! clearing and their half of `docker run`'s time are off the scale-out's path). It moves
+//! when that slot changes, is created with the last launch's settings (a launch with other
+//! settings does not use it), and goes with the instance's containers at stop.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,8 +45,12 @@ enum Step {
     PruneImages,
     /// `docker rm -f <name>` before `docker run` of `spec`.
     ClearName { spec: LaunchSpec },
-    /// `docker run` of a slot's worker.
+    /// `docker run` of a slot's worker (or `docker start` of the spare created for it).
     Run { slot: u16, generation: u64 },
+    /// `docker rm -f <name>` before the spare's `docker create`.
+    SpareClear { slot: u16 },
+    /// `docker create` of the spare.
+    SpareCreate { slot: u16 },
     /// `docker stop` of a slot's worker.
     Stop { slot: u16, generation: u64 },
     /// `docker logs --tail` of a worker that did not come up, then its removal.
@@ -71,7 +82,44 @@ struct Tracked {
     container: Option<String>,
     /// When `container` was learnt: a `docker ps` started before cannot judge it.
     since: Instant,
+    /// What it was launched with (None: adopted from a previous run).
+    key: Option<SpareKey>,
+    /// `docker stop` succeeded: it may serve as the spare instead of being removed.
+    stopped: bool,
 }
+
+/// What a container is started with, beyond the driver's own settings: a spare is used only
+/// by a launch with the same.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SpareKey {
+    avg_delay: u64,
+    failure: f64,
+    drain_timeout_ms: u64,
+}
+
+impl SpareKey {
+    fn of(spec: &LaunchSpec) -> SpareKey {
+        SpareKey {
+            avg_delay: spec.avg_delay,
+            failure: spec.failure,
+            drain_timeout_ms: spec.drain_timeout_ms,
+        }
+    }
+}
+
+/// The container created ahead for the next slot.
+#[derive(Debug)]
+struct Spare {
+    slot: u16,
+    key: SpareKey,
+    /// Its id once `docker create` answered.
+    container: Option<String>,
+    /// A launch of its slot that came while it was still being created.
+    claimed: Option<LaunchSpec>,
+}
+
+/// Least time between two attempts at a spare after one failed.
+const SPARE_RETRY: Duration = Duration::from_secs(10);
 
 /// The docker runtime.
 #[derive(Debug)]
@@ -97,6 +145,12 @@ pub struct DockerDriver {
     /// `worker-pids-limit`, `worker-memory-mb`.
     pids_limit: u64,
     memory_mb: u64,
+    /// Slots a spare may be created for (0: no spare).
+    spare_slots: u16,
+    spare: Option<Spare>,
+    /// The last launch's settings (a spare is created with them).
+    last_launch: Option<LaunchSpec>,
+    spare_retry_at: Instant,
 }
 
 impl DockerDriver {
@@ -126,7 +180,17 @@ impl DockerDriver {
             reconcile_running: false,
             pids_limit: crate::config::Config::default().worker_pids_limit,
             memory_mb: crate::config::Config::default().worker_memory_mb,
+            spare_slots: 0,
+            spare: None,
+            last_launch: None,
+            spare_retry_at: Instant::now(),
         }
+    }
+
+    /// Keeps a spare container created ahead for the next of `slots` slots (autoscaling).
+    pub fn with_spare(mut self, slots: usize) -> DockerDriver {
+        self.spare_slots = u16::try_from(slots).unwrap_or(u16::MAX);
+        self
     }
 
     /// The containers' `--pids-limit` and `--memory` (MiB).
@@ -174,8 +238,13 @@ impl DockerDriver {
             Step::PruneImages => log_failure("image_prune_failed", &out),
             Step::ClearName { spec } => self.on_name_cleared(spec, now),
             Step::Run { slot, generation } => self.on_run_done(slot, generation, out, now),
+            Step::SpareClear { slot } => self.on_spare_cleared(slot, now),
+            Step::SpareCreate { slot } => self.on_spare_created(slot, out, now),
             Step::Stop { slot, generation } => {
                 log_failure("docker_stop_failed", &out);
+                if let Some(t) = self.tracked_mut(slot, generation) {
+                    t.stopped = out.success;
+                }
                 if self.tracked(slot, generation).is_some() {
                     self.events.push(DriverEvent::Stopped { slot, generation });
                 }
@@ -304,7 +373,15 @@ impl DockerDriver {
             let why = format!("worker-port + {slot} is past 65535");
             return self.launch_failed(slot, generation, why);
         };
-        let run = RunSpec {
+        let cmd = self.cli.run(&self.run_spec(port, &spec));
+        if !self.spawn(cmd, Step::Run { slot, generation }, now + CALL_TIMEOUT) {
+            self.launch_failed(slot, generation, "docker could not be started".into());
+        }
+    }
+
+    /// What the container of `port` is made of.
+    fn run_spec(&self, port: u16, spec: &LaunchSpec) -> RunSpec {
+        RunSpec {
             port,
             address: self.address,
             db: self.db.clone(),
@@ -313,11 +390,193 @@ impl DockerDriver {
             drain_timeout_ms: spec.drain_timeout_ms,
             pids_limit: self.pids_limit,
             memory_mb: self.memory_mb,
+        }
+    }
+
+    /// Creates a spare for the lowest slot without a container, moving it there when that
+    /// slot changed (called at every poll; one docker call at a time for the spare).
+    fn keep_spare(&mut self, now: Instant) {
+        if self.spare_slots == 0 || !self.watching || now < self.spare_retry_at {
+            return;
+        }
+        let Some(spec) = self.last_launch.clone() else {
+            return;
         };
-        let cmd = self.cli.run(&run);
+        let want = (0..self.spare_slots).find(|s| !self.tracked.contains_key(s));
+        if let Some(sp) = &self.spare {
+            if Some(sp.slot) == want || sp.container.is_none() {
+                return; // in place, or still being created
+            }
+            // The fleet's next slot moved (a scale-in freed a lower one): drop this one.
+            if let Some(cid) = self.spare.take().and_then(|sp| sp.container) {
+                let cmd = self.cli.remove(&[cid]);
+                self.spawn(cmd, Step::RemoveOther, now + CALL_TIMEOUT);
+            }
+        }
+        let Some(slot) = want else { return };
+        let Some(port) = self.port(slot) else { return };
+        // Its name is taken from now on.
+        self.cleared.remove(&slot);
+        self.spare = Some(Spare {
+            slot,
+            key: SpareKey::of(&spec),
+            container: None,
+            claimed: None,
+        });
+        let cmd = self.cli.remove(&[self.cli.name(port)]);
+        if !self.spawn(cmd, Step::SpareClear { slot }, now + CALL_TIMEOUT) {
+            self.spare = None;
+            self.spare_retry_at = now + SPARE_RETRY;
+        }
+    }
+
+    /// A worker stopped cleanly (scale-in) whose slot is the next to launch and whose
+    /// settings are current becomes the spare instead of being removed: the next scale-out
+    /// of that slot (a start from zero above all) is a `docker start`.
+    fn keep_as_spare(&mut self, slot: u16, generation: u64) -> bool {
+        let current = self.last_launch.as_ref().map(SpareKey::of);
+        let fits = self.spare_slots > 0
+            && self.watching
+            && self
+                .spare
+                .as_ref()
+                .is_none_or(|sp| sp.slot > slot && sp.claimed.is_none())
+            && self.tracked(slot, generation).is_some_and(|t| {
+                t.stopped && t.container.is_some() && t.key.is_some() && t.key == current
+            });
+        if !fits {
+            return false;
+        }
+        let Some(Tracked {
+            container: Some(cid),
+            key: Some(key),
+            ..
+        }) = self.tracked.remove(&slot)
+        else {
+            return false;
+        };
+        info!(
+            "worker_kept_as_spare",
+            "slot={slot} id={}",
+            docker::short_id(&cid)
+        );
+        // The spare it displaces (a higher slot) goes.
+        if let Some(old) = self.spare.take().and_then(|sp| sp.container) {
+            let cmd = self.cli.remove(&[old]);
+            self.spawn(cmd, Step::RemoveOther, Instant::now() + CALL_TIMEOUT);
+        }
+        self.spare = Some(Spare {
+            slot,
+            key,
+            container: Some(cid),
+            claimed: None,
+        });
+        self.events.push(DriverEvent::Removed { slot, generation });
+        true
+    }
+
+    /// The spare's name is free: `docker create`.
+    fn on_spare_cleared(&mut self, slot: u16, now: Instant) {
+        let (Some(spec), Some(port)) = (self.last_launch.clone(), self.port(slot)) else {
+            return;
+        };
+        if self.spare.as_ref().is_none_or(|sp| sp.slot != slot) {
+            return;
+        }
+        let mut spec = spec;
+        if let Some(sp) = &self.spare {
+            spec.avg_delay = sp.key.avg_delay;
+            spec.failure = sp.key.failure;
+            spec.drain_timeout_ms = sp.key.drain_timeout_ms;
+        }
+        let cmd = self.cli.create(&self.run_spec(port, &spec));
+        if !self.spawn(cmd, Step::SpareCreate { slot }, now + CALL_TIMEOUT) {
+            self.spare_failed(now, "docker could not be started".into());
+        }
+    }
+
+    /// `docker create` of the spare finished: kept, or started at once for a launch that
+    /// claimed it meanwhile.
+    fn on_spare_created(&mut self, slot: u16, out: JobOutput, now: Instant) {
+        if self.spare.as_ref().is_none_or(|sp| sp.slot != slot) {
+            return;
+        }
+        let cid = out.stdout.lines().last().unwrap_or("").trim().to_string();
+        if !out.success || cid.is_empty() {
+            return self.spare_failed(now, format!("docker create: {}", out.error_text()));
+        }
+        info!(
+            "worker_spare_created",
+            "slot={slot} id={}",
+            docker::short_id(&cid)
+        );
+        let Some(sp) = self.spare.as_mut() else {
+            return;
+        };
+        sp.container = Some(cid);
+        if let Some(spec) = sp.claimed.take()
+            && self.still_launching(&spec)
+        {
+            self.launch(&spec, now);
+        }
+    }
+
+    /// Whether the launch of `spec` is still wanted (not stopped or superseded meanwhile).
+    fn still_launching(&self, spec: &LaunchSpec) -> bool {
+        self.tracked(spec.slot, spec.generation)
+            .is_some_and(|t| t.stage == Stage::Launching)
+    }
+
+    /// The spare could not be made: logged, tried again after [`SPARE_RETRY`]; a launch
+    /// waiting for it goes the ordinary way (name cleared, `docker run`).
+    fn spare_failed(&mut self, now: Instant, why: String) {
+        warn!(
+            "worker_spare_failed",
+            "error={} retry_in_ms={}",
+            quote(&why),
+            SPARE_RETRY.as_millis()
+        );
+        self.spare_retry_at = now + SPARE_RETRY;
+        if let Some(spec) = self.spare.take().and_then(|sp| sp.claimed)
+            && self.still_launching(&spec)
+        {
+            self.launch(&spec, now);
+        }
+    }
+
+    /// A launch of the spare's slot: `docker start` of the spare when it is ready and made
+    /// with the same settings (true), a claim while it is being created (true), or nothing
+    /// (false: the ordinary launch, whose name clearing removes a stale spare).
+    fn launch_spare(&mut self, spec: &LaunchSpec, now: Instant) -> bool {
+        let Some(sp) = self.spare.as_mut() else {
+            return false;
+        };
+        if sp.slot != spec.slot {
+            return false;
+        }
+        if sp.container.is_none() {
+            sp.claimed = Some(spec.clone());
+            return true;
+        }
+        let spare = self.spare.take();
+        let Some(cid) = spare
+            .filter(|sp| sp.key == SpareKey::of(spec))
+            .and_then(|sp| sp.container)
+        else {
+            return false;
+        };
+        info!(
+            "worker_spare_used",
+            "slot={} id={}",
+            spec.slot,
+            docker::short_id(&cid)
+        );
+        let (slot, generation) = (spec.slot, spec.generation);
+        let cmd = self.cli.start(&cid);
         if !self.spawn(cmd, Step::Run { slot, generation }, now + CALL_TIMEOUT) {
             self.launch_failed(slot, generation, "docker could not be started".into());
         }
+        true
     }
 
     /// `docker run` finished: the container id, or a failed start.
@@ -442,6 +701,12 @@ impl DockerDriver {
                     .any(|t| t.container.as_ref() == Some(&c.id))
             })
             .filter(|c| {
+                // The spare (created, not started) is ours, also while being created.
+                !self.spare.as_ref().is_some_and(|sp| {
+                    sp.container.as_ref() == Some(&c.id) || c.port == base.checked_add(sp.slot)
+                })
+            })
+            .filter(|c| {
                 // A launch clears its name first: a container with that port is its business.
                 !c.port.is_some_and(|p| {
                     p.checked_sub(base)
@@ -557,6 +822,8 @@ impl Driver for DockerDriver {
                 stage: Stage::Running,
                 container: Some(found.handle.clone()),
                 since: now,
+                key: None,
+                stopped: false,
             },
         );
     }
@@ -579,8 +846,14 @@ impl Driver for DockerDriver {
                 stage: Stage::Launching,
                 container: None,
                 since: now,
+                key: Some(SpareKey::of(spec)),
+                stopped: false,
             },
         );
+        self.last_launch = Some(spec.clone());
+        if self.launch_spare(spec, now) {
+            return;
+        }
         if self.cleared.remove(&slot) {
             // We removed this slot's container ourselves: its name is free, run at once.
             return self.on_name_cleared(spec.clone(), now);
@@ -615,6 +888,9 @@ impl Driver for DockerDriver {
     }
 
     fn remove(&mut self, slot: u16, generation: u64, why: Removal, now: Instant) {
+        if why == Removal::Normal && self.keep_as_spare(slot, generation) {
+            return;
+        }
         let container = self
             .tracked(slot, generation)
             .and_then(|t| t.container.clone());
@@ -642,10 +918,13 @@ impl Driver for DockerDriver {
         }
         self.read_events(now);
         self.reconcile_if_due(now);
+        self.keep_spare(now);
         std::mem::take(&mut self.events)
     }
 
     fn sweep(&mut self, now: Instant) {
+        // The spare has our label: the sweep's `docker ps` finds and removes it.
+        self.spare = None;
         self.watching = false;
         self.events_watch = None;
         self.kill_jobs();
@@ -658,6 +937,8 @@ impl Driver for DockerDriver {
     }
 
     fn release(&mut self) {
+        // A spare left behind is a created container the successor discards.
+        self.spare = None;
         self.watching = false;
         self.events_watch = None;
         self.kill_jobs();

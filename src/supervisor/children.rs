@@ -41,6 +41,8 @@ pub struct ChildMetrics {
     pub access_log_dropped: u64,
     /// Requests waiting for a worker.
     pub queued: u64,
+    /// Retries refused for lack of budget since the child started.
+    pub retry_budget_refused: u64,
 }
 
 /// One forked LB child.

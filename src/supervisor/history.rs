@@ -205,6 +205,7 @@ mod tests {
                 failures: 0,
                 latency,
                 latency_sum_ms: 0.0,
+                ..Totals::default()
             },
             in_flight: 0,
             healthy_votes: u32::from(healthy),

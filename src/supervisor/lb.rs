@@ -55,6 +55,8 @@ pub struct LbPool {
     restarts: u64,
     /// Access-log lines dropped by children that are gone.
     access_log_dropped_gone: u64,
+    /// Retries refused for lack of budget by children that exited.
+    retry_budget_refused_gone: u64,
     /// Last Down seq handed out.
     seq: u64,
     /// Backend set last sent to the children.
@@ -115,6 +117,7 @@ impl LbPool {
             backoff: HashMap::new(),
             restarts: 0,
             access_log_dropped_gone: 0,
+            retry_budget_refused_gone: 0,
             seq: 0,
             sent: Vec::new(),
             retired: Retired::default(),
@@ -171,6 +174,16 @@ impl LbPool {
             .filter_map(|c| c.metrics.as_ref().map(|m| m.access_log_dropped))
             .sum();
         live + self.access_log_dropped_gone
+    }
+
+    /// Retries refused for lack of budget by every child, gone ones included.
+    pub fn retry_budget_refused(&self) -> u64 {
+        let live: u64 = self
+            .children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.retry_budget_refused))
+            .sum();
+        live + self.retry_budget_refused_gone
     }
 
     /// Children running (not draining).
@@ -509,6 +522,7 @@ impl LbPool {
             if let Some(m) = &c.metrics {
                 self.retired.absorb(&m.backends);
                 self.access_log_dropped_gone += m.access_log_dropped;
+                self.retry_budget_refused_gone += m.retry_budget_refused;
             }
             self.latency.forget_child(&c.pid.to_string());
             let how = match status {
@@ -642,6 +656,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> R
                 backends,
                 access_log_dropped,
                 queued,
+                retry_budget_refused,
             }) => {
                 c.metrics_basis = c.acked_seq;
                 latency.record(&c.pid.to_string(), &backends);
@@ -650,6 +665,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> R
                     backends,
                     access_log_dropped,
                     queued,
+                    retry_budget_refused,
                 });
                 c.metrics_at = Some(now);
                 got.metrics = true;
@@ -727,8 +743,10 @@ mod tests {
                 healthy: true,
                 latency: Vec::new(),
                 latency_sum_ms: 0.0,
+                ..BackendMetrics::default()
             }],
             queued: 0,
+            retry_budget_refused: 0,
         });
     }
 

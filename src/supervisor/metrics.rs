@@ -18,6 +18,10 @@ pub struct Totals {
     pub latency: Vec<u64>,
     /// Sum of latencies, ms.
     pub latency_sum_ms: f64,
+    /// Retries its failures caused.
+    pub retries: u64,
+    /// Ejections for consecutive 5xx answers.
+    pub ejections: u64,
 }
 
 impl Totals {
@@ -34,6 +38,8 @@ impl Totals {
             *a += b;
         }
         self.latency_sum_ms += m.latency_sum_ms;
+        self.retries += m.retries;
+        self.ejections += m.ejections;
     }
 
     /// All responses.
@@ -156,6 +162,8 @@ mod tests {
             healthy,
             latency: vec![1, 2, 3],
             latency_sum_ms: 10.0,
+            retries: 3,
+            ..BackendMetrics::default()
         }
     }
 
@@ -169,6 +177,7 @@ mod tests {
         let a = &agg["a"];
         assert_eq!(a.totals.responses, [0, 16, 0, 0, 3]);
         assert_eq!(a.totals.failures, 6);
+        assert_eq!(a.totals.retries, 9);
         assert_eq!(a.totals.latency, vec![3, 6, 9]);
         assert_eq!(a.in_flight, 3, "retired in-flight does not count");
         assert_eq!((a.healthy_votes, a.unhealthy_votes), (1, 1));

@@ -469,6 +469,12 @@ impl Supervisor {
             self.cfg.worker_port,
         )
         .with_limits(self.cfg.worker_pids_limit, self.cfg.worker_memory_mb);
+        // Autoscaling: the next worker's container is created ahead (`docker start` on demand).
+        let d = if self.cfg.autoscale.enabled {
+            d.with_spare(self.cfg.worker_slots())
+        } else {
+            d
+        };
         self.use_driver(Box::new(d), reason);
     }
 

@@ -231,6 +231,12 @@ impl Supervisor {
             "Access-log lines dropped because the journal or file could not take them.",
         )
         .sample(&[], self.pool.access_log_dropped());
+        m.family(
+            "goloadbalancer_retry_budget_refused_total",
+            Kind::Counter,
+            "Retries refused because the retry budget (retry-budget-percent) was spent.",
+        )
+        .sample(&[], self.pool.retry_budget_refused());
         let conns = self.pool.connections();
         m.family(
             "goloadbalancer_connections",
@@ -266,6 +272,22 @@ fn write_backend_families(m: &mut MetricsText, views: &BTreeMap<String, BackendV
     );
     for (id, v) in views {
         m.sample(&[("backend", id)], v.totals.failures);
+    }
+    m.family(
+        "goloadbalancer_backend_retries_total",
+        Kind::Counter,
+        "Requests retried on another connection after this backend failed them, by backend.",
+    );
+    for (id, v) in views {
+        m.sample(&[("backend", id)], v.totals.retries);
+    }
+    m.family(
+        "goloadbalancer_backend_ejections_total",
+        Kind::Counter,
+        "Ejections for consecutive 5xx answers (eject-consecutive-5xx), by backend.",
+    );
+    for (id, v) in views {
+        m.sample(&[("backend", id)], v.totals.ejections);
     }
     m.family(
         "goloadbalancer_request_duration_seconds",

@@ -84,7 +84,12 @@ pub fn seed(name: &str, runtime: &'static str) {
                 text.contains(&format!(
                     "goloadbalancer_requests_total{{backend=\"{id}\",class=\"2xx\"}} 20\n"
                 ))
-            }) && text.contains("goloadbalancer_workers_desired 3\n")
+            }) && ids.iter().all(|id| {
+                text.contains(&format!(
+                    "goloadbalancer_backend_retries_total{{backend=\"{id}\"}} 0\n"
+                ))
+            }) && text.contains("goloadbalancer_retry_budget_refused_total 0\n")
+                && text.contains("goloadbalancer_workers_desired 3\n")
                 && text.contains("goloadbalancer_workers_actual 3\n")
         },
     );

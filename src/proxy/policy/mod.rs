@@ -13,6 +13,9 @@
 //! another worker is `reset` first.
 
 pub mod outlier;
+mod policies;
 pub mod queue;
 pub mod retry_budget;
 pub mod slow_start;
+
+pub use policies::Policies;
