@@ -13,6 +13,8 @@ pub const MAX_REQUEST_ID: usize = 128;
 #[derive(Clone, Copy)]
 pub struct RequestId {
     len: u8,
+    /// No `"` or `\`: written into a log line as it is (no escape pass).
+    plain: bool,
     bytes: [u8; MAX_REQUEST_ID],
 }
 
@@ -27,6 +29,7 @@ impl RequestId {
         bytes[..value.len()].copy_from_slice(value);
         Some(RequestId {
             len: value.len() as u8,
+            plain: !value.iter().any(|&b| b == b'"' || b == b'\\'),
             bytes,
         })
     }
@@ -44,7 +47,11 @@ impl RequestId {
             *b = HEX[(bits & 0xf) as usize];
             bits >>= 4;
         }
-        RequestId { len: 32, bytes }
+        RequestId {
+            len: 32,
+            plain: true,
+            bytes,
+        }
     }
 
     /// The client's id from a header value when valid, else a generated one.
@@ -57,6 +64,11 @@ impl RequestId {
     /// The id's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
+    }
+
+    /// Whether it holds no `"` or `\` (nothing a log line would escape).
+    pub fn is_plain(&self) -> bool {
+        self.plain
     }
 
     /// The id as text (always ASCII).

@@ -7,6 +7,54 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{AccessRecord, MAX_LOGGED_TARGET};
 
+/// Longest line: every escaped field at its cut (4 bytes per input byte) with room to spare.
+pub(super) const LINE_MAX: usize = 4096;
+
+/// One line being spelled, on the stack: copies of short constant pieces compile to a few
+/// moves (a `Vec` would call `memcpy` for each), and the batch takes the line in one copy.
+pub(super) struct LineBuf {
+    buf: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl LineBuf {
+    /// An empty line.
+    pub(super) fn new() -> LineBuf {
+        LineBuf {
+            buf: [0; LINE_MAX],
+            len: 0,
+        }
+    }
+
+    /// Empties it for the next line.
+    pub(super) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The bytes spelled so far.
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Appends `s` (silently cut at [`LINE_MAX`], which the field cuts keep out of reach).
+    #[inline(always)]
+    fn put(&mut self, s: &[u8]) {
+        let end = self.len + s.len();
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(s);
+            self.len = end;
+        }
+    }
+
+    #[inline(always)]
+    fn put_byte(&mut self, b: u8) {
+        if let Some(dst) = self.buf.get_mut(self.len) {
+            *dst = b;
+            self.len += 1;
+        }
+    }
+}
+
 /// Escape prefix of a key=value line (`\xHH`).
 pub(super) const KV_ESCAPE: &[u8] = b"\\x";
 /// Escape prefix inside a JSON string (`\u00HH`, the only byte escape JSON has).
@@ -68,168 +116,210 @@ fn put_digits(dst: &mut [u8], mut n: u64) {
     }
 }
 
+/// Two-digit pairs "00".."99", so a number is spelled two digits per division.
+const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
 /// `n` in decimal.
-fn num(out: &mut Vec<u8>, mut n: u64) {
+fn num(out: &mut LineBuf, mut n: u64) {
+    if n < 10 {
+        out.put_byte(b'0' + n as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
-    out.extend_from_slice(&digits[i..]);
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + n as u8;
+    }
+    out.put(&digits[i..]);
 }
 
 /// `ip:port`; IPv4 without `fmt` (the common case).
-fn addr(out: &mut Vec<u8>, a: SocketAddr) {
+fn addr(out: &mut LineBuf, a: SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
             for (k, octet) in v4.ip().octets().into_iter().enumerate() {
                 if k > 0 {
-                    out.push(b'.');
+                    out.put_byte(b'.');
                 }
                 num(out, u64::from(octet));
             }
-            out.push(b':');
+            out.put_byte(b':');
             num(out, u64::from(v4.port()));
         }
         SocketAddr::V6(_) => {
             use std::io::Write as _;
-            let _ = write!(out, "{a}");
+            let mut text = [0u8; 64];
+            let room = text.len();
+            let mut cursor = &mut text[..];
+            let _ = write!(cursor, "{a}");
+            let used = room - cursor.len();
+            out.put(&text[..used]);
         }
     }
 }
 
+/// Whether a byte is written as itself: visible ASCII but `"` and `\`.
+const fn is_plain(b: u8) -> bool {
+    b >= 0x21 && b <= 0x7e && b != b'"' && b != b'\\'
+}
+
+/// [`is_plain`] for every byte, looked up (the escape loop is per byte of every line).
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = is_plain(b as u8);
+        b += 1;
+    }
+    t
+};
+
 /// Bytes outside visible ASCII, `"` and `\` as `<escape>HH`; cut at [`MAX_LOGGED_TARGET`]
-/// and marked `...`.
-pub(super) fn escaped(out: &mut Vec<u8>, bytes: &[u8], escape: &[u8]) {
+/// and marked `...`. Runs of plain bytes are copied at once.
+pub(super) fn escaped(out: &mut LineBuf, bytes: &[u8], escape: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let kept = &bytes[..bytes.len().min(MAX_LOGGED_TARGET)];
-    for &b in kept {
-        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\' {
-            out.push(b);
-        } else {
-            out.extend_from_slice(escape);
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        }
+    let mut rest = &bytes[..bytes.len().min(MAX_LOGGED_TARGET)];
+    while !rest.is_empty() {
+        let run = rest
+            .iter()
+            .position(|&b| !PLAIN[usize::from(b)])
+            .unwrap_or(rest.len());
+        out.put(&rest[..run]);
+        let Some(&b) = rest.get(run) else { break };
+        out.put(escape);
+        out.put(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        rest = &rest[run + 1..];
     }
     if bytes.len() > MAX_LOGGED_TARGET {
-        out.extend_from_slice(b"...");
+        out.put(b"...");
     }
 }
 
 /// A duration in ms, or `none` when that phase was not reached.
-fn ms(out: &mut Vec<u8>, d: Option<Duration>, none: &[u8]) {
+fn ms(out: &mut LineBuf, d: Option<Duration>, none: &[u8]) {
     match d {
-        Some(d) => num(out, d.as_millis() as u64),
-        None => out.extend_from_slice(none),
+        // Not `as_millis`: its u128 division costs more than the rest of the number.
+        Some(d) => num(out, d.as_secs() * 1000 + u64::from(d.subsec_millis())),
+        None => out.put(none),
     }
 }
 
 /// The key=value line of `r` (no newline).
-pub(super) fn key_value(out: &mut Vec<u8>, prefix: &str, time: &[u8], r: &AccessRecord<'_>) {
-    out.extend_from_slice(prefix.as_bytes());
-    out.extend_from_slice(b" time=");
-    out.extend_from_slice(time);
-    out.extend_from_slice(b" client=");
+pub(super) fn key_value(out: &mut LineBuf, prefix: &str, time: &[u8], r: &AccessRecord<'_>) {
+    out.put(prefix.as_bytes());
+    out.put(b" time=");
+    out.put(time);
+    out.put(b" client=");
     addr(out, r.client);
-    out.extend_from_slice(b" method=\"");
+    out.put(b" method=\"");
     escaped(out, r.method, KV_ESCAPE);
-    out.extend_from_slice(b"\" target=\"");
+    out.put(b"\" target=\"");
     escaped(out, r.target, KV_ESCAPE);
-    out.extend_from_slice(b"\" version=");
+    out.put(b"\" version=");
     match r.version {
         Some(v) => {
-            out.extend_from_slice(b"HTTP/1.");
+            out.put(b"HTTP/1.");
             num(out, u64::from(v));
         }
-        None => out.push(b'-'),
+        None => out.put_byte(b'-'),
     }
-    out.extend_from_slice(b" status=");
+    out.put(b" status=");
     num(out, u64::from(r.status));
-    out.extend_from_slice(b" worker=");
+    out.put(b" worker=");
     if r.worker.is_empty() {
-        out.push(b'-');
+        out.put_byte(b'-');
     } else {
         escaped(out, r.worker.as_bytes(), KV_ESCAPE);
     }
-    out.extend_from_slice(b" bytes_in=");
+    out.put(b" bytes_in=");
     num(out, r.bytes_in);
-    out.extend_from_slice(b" bytes_out=");
+    out.put(b" bytes_out=");
     num(out, r.bytes_out);
     for (key, d) in r.durations() {
-        out.push(b' ');
-        out.extend_from_slice(key.as_bytes());
-        out.push(b'=');
+        out.put_byte(b' ');
+        out.put(key.as_bytes());
+        out.put_byte(b'=');
         ms(out, d, b"-");
     }
-    out.extend_from_slice(b" retries=");
+    out.put(b" retries=");
     num(out, u64::from(r.retries));
-    out.extend_from_slice(b" request_id=");
+    out.put(b" request_id=");
     match r.request_id {
+        Some(id) if id.is_plain() => out.put(id.as_bytes()),
         Some(id) => escaped(out, id.as_bytes(), KV_ESCAPE),
-        None => out.push(b'-'),
+        None => out.put_byte(b'-'),
     }
-    out.extend_from_slice(b" termination=");
-    out.extend_from_slice(r.termination.name().as_bytes());
-    out.extend_from_slice(b" phase=");
-    out.extend_from_slice(r.phase.name().as_bytes());
+    out.put(b" termination=");
+    out.put(r.termination.name().as_bytes());
+    out.put(b" phase=");
+    out.put(r.phase.name().as_bytes());
 }
 
 /// `,"key":"<escaped value>"`.
-fn json_text(out: &mut Vec<u8>, key: &str, value: &[u8]) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":\"");
+fn json_text(out: &mut LineBuf, key: &str, value: &[u8]) {
+    out.put(b",\"");
+    out.put(key.as_bytes());
+    out.put(b"\":\"");
     escaped(out, value, JSON_ESCAPE);
-    out.push(b'"');
+    out.put_byte(b'"');
 }
 
 /// `,"key":<n>`.
-fn json_num(out: &mut Vec<u8>, key: &str, n: u64) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
+fn json_num(out: &mut LineBuf, key: &str, n: u64) {
+    out.put(b",\"");
+    out.put(key.as_bytes());
+    out.put(b"\":");
     num(out, n);
 }
 
 /// The JSON object of `r` (no newline); absent values are `null`.
-pub(super) fn json(out: &mut Vec<u8>, time: &[u8], r: &AccessRecord<'_>) {
-    out.extend_from_slice(b"{\"time\":\"");
-    out.extend_from_slice(time);
-    out.extend_from_slice(b"\",\"client\":\"");
+pub(super) fn json(out: &mut LineBuf, time: &[u8], r: &AccessRecord<'_>) {
+    out.put(b"{\"time\":\"");
+    out.put(time);
+    out.put(b"\",\"client\":\"");
     addr(out, r.client);
-    out.push(b'"');
+    out.put_byte(b'"');
     json_text(out, "method", r.method);
     json_text(out, "target", r.target);
     match r.version {
         Some(v) => {
-            out.extend_from_slice(b",\"version\":\"HTTP/1.");
+            out.put(b",\"version\":\"HTTP/1.");
             num(out, u64::from(v));
-            out.push(b'"');
+            out.put_byte(b'"');
         }
-        None => out.extend_from_slice(b",\"version\":null"),
+        None => out.put(b",\"version\":null"),
     }
     json_num(out, "status", u64::from(r.status));
     json_text(out, "worker", r.worker.as_bytes());
     json_num(out, "bytes_in", r.bytes_in);
     json_num(out, "bytes_out", r.bytes_out);
     for (key, d) in r.durations() {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
+        out.put(b",\"");
+        out.put(key.as_bytes());
+        out.put(b"\":");
         ms(out, d, b"null");
     }
     json_num(out, "retries", u64::from(r.retries));
     match r.request_id {
         Some(id) => json_text(out, "request_id", id.as_bytes()),
-        None => out.extend_from_slice(b",\"request_id\":null"),
+        None => out.put(b",\"request_id\":null"),
     }
     json_text(out, "termination", r.termination.name().as_bytes());
     json_text(out, "phase", r.phase.name().as_bytes());
-    out.push(b'}');
+    out.put_byte(b'}');
 }

@@ -44,14 +44,14 @@ fn temp_path(name: &str) -> PathBuf {
 #[test]
 fn key_value_line_has_every_field() {
     let id = RequestId::from_bits(0xabc);
-    let mut out = Vec::new();
+    let mut out = line::LineBuf::new();
     line::key_value(
         &mut out,
         "role=lb.0 level=info event=access",
         &line::time_text(Duration::from_millis(1_700_000_000_123)),
         &record(&id),
     );
-    let line = String::from_utf8(out).unwrap();
+    let line = String::from_utf8(out.as_bytes().to_vec()).unwrap();
     assert!(
         line.starts_with("role=lb.0 level=info event=access time=2023-11-14T22:13:20.123Z "),
         "{line}"
@@ -84,9 +84,9 @@ fn key_value_line_has_every_field() {
 #[test]
 fn json_line_parses_with_the_same_fields() {
     let id = RequestId::from_client(b"client-7").unwrap();
-    let mut out = Vec::new();
+    let mut out = line::LineBuf::new();
     line::json(&mut out, &line::time_text(Duration::ZERO), &record(&id));
-    let line = String::from_utf8(out).unwrap();
+    let line = String::from_utf8(out.as_bytes().to_vec()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
     assert_eq!(v["status"], 502);
@@ -100,13 +100,13 @@ fn json_line_parses_with_the_same_fields() {
 
 #[test]
 fn targets_are_escaped_and_cut() {
-    let mut out = Vec::new();
+    let mut out = line::LineBuf::new();
     line::escaped(&mut out, b"/a b\"c\\d\x01\xff", line::KV_ESCAPE);
-    assert_eq!(out, b"/a\\x20b\\x22c\\x5cd\\x01\\xff");
-    let mut long = Vec::new();
+    assert_eq!(out.as_bytes(), b"/a\\x20b\\x22c\\x5cd\\x01\\xff");
+    let mut long = line::LineBuf::new();
     line::escaped(&mut long, &[b'a'; MAX_LOGGED_TARGET + 10], line::KV_ESCAPE);
-    assert_eq!(long.len(), MAX_LOGGED_TARGET + 3);
-    assert!(long.ends_with(b"..."));
+    assert_eq!(long.as_bytes().len(), MAX_LOGGED_TARGET + 3);
+    assert!(long.as_bytes().ends_with(b"..."));
 }
 
 #[test]
@@ -212,9 +212,9 @@ fn json_line_with_quotes_and_control_bytes_still_parses() {
     let id = RequestId::from_client(b"q\"id").unwrap();
     let mut r = record(&id);
     r.target = b"/a\"b\\c\x01d e";
-    let mut out = Vec::new();
+    let mut out = line::LineBuf::new();
     line::json(&mut out, &line::time_text(Duration::ZERO), &r);
-    let line = String::from_utf8(out).unwrap();
+    let line = String::from_utf8(out.as_bytes().to_vec()).unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["target"], "/a\"b\\c\u{1}d e");
     assert_eq!(v["request_id"], "q\"id");
@@ -232,8 +232,45 @@ fn ipv6_clients_are_written_too() {
     let id = RequestId::from_bits(1);
     let mut r = record(&id);
     r.client = "[::1]:8080".parse().unwrap();
-    let mut out = Vec::new();
+    let mut out = line::LineBuf::new();
     line::key_value(&mut out, "p", b"t", &r);
-    let text = String::from_utf8(out).unwrap();
+    let text = String::from_utf8(out.as_bytes().to_vec()).unwrap();
     assert!(text.contains(" client=[::1]:8080 "), "{text}");
+}
+
+#[test]
+fn numbers_are_spelled_exactly() {
+    for n in [
+        0u64,
+        5,
+        9,
+        10,
+        42,
+        99,
+        100,
+        101,
+        999,
+        1000,
+        65_535,
+        1_234_567,
+        u64::MAX,
+    ] {
+        let id = RequestId::from_bits(1);
+        let mut r = record(&id);
+        r.bytes_in = n;
+        let mut out = line::LineBuf::new();
+        line::key_value(&mut out, "p", b"t", &r);
+        let text = String::from_utf8(out.as_bytes().to_vec()).unwrap();
+        assert!(text.contains(&format!(" bytes_in={n} ")), "{n}: {text}");
+    }
+}
+
+#[test]
+fn a_client_id_with_a_quote_is_still_escaped() {
+    let id = RequestId::from_client(b"a\"b").unwrap();
+    assert!(!id.is_plain());
+    let mut out = line::LineBuf::new();
+    line::key_value(&mut out, "p", b"t", &record(&id));
+    let text = String::from_utf8(out.as_bytes().to_vec()).unwrap();
+    assert!(text.contains(" request_id=a\\x22b "), "{text}");
 }
