@@ -438,10 +438,13 @@ impl Exchange {
         status: u16,
     ) -> (State, Progress) {
         let started = !matches!(self.x.resp, Resp::Head);
-        self.end(ctx, outcome);
         if started {
+            // The answer is under way: no canned one; the line says what was sent.
+            self.end_record(c, ctx);
+            self.end(ctx, outcome);
             return (State::Closing { shut: false }, Progress::Close);
         }
+        self.end(ctx, outcome);
         fail(c, ctx, status)
     }
 
