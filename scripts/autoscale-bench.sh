@@ -181,7 +181,8 @@ sup_pid=$!
 lb="http://127.0.0.1:$lb_port/api/v1/hello"
 admin="http://127.0.0.1:$admin_port"
 
-# /status every 50 ms: "epoch_ms desired active listed" lines (listed: workers in any state).
+# /status every 50 ms once running: "epoch_ms desired active listed" lines (listed: workers in
+# any state).
 python3 - "$admin/status" "$work/samples" <<'PY' &
 import json, sys, time, urllib.request
 url, out = sys.argv[1], sys.argv[2]
@@ -190,8 +191,10 @@ with open(out, "a", buffering=1) as f:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 v = json.load(r)
-            f.write(f"{int(time.time() * 1000)} {v['autoscale']['desired']} "
-                    f"{v.get('workers_actual', 0)} {len(v.get('workers', []))}\n")
+            # While starting, its zero workers are not the autoscaler's.
+            if v.get("state") == "running":
+                f.write(f"{int(time.time() * 1000)} {v['autoscale']['desired']} "
+                        f"{v.get('workers_actual', 0)} {len(v.get('workers', []))}\n")
         except Exception:
             pass
         time.sleep(0.05)

@@ -196,6 +196,34 @@ fn swarm_serves_round_robin_scales_under_load_and_stops_clean() {
         c.by_worker
     );
 
+    // A reload changing the worker flags: a rolling update of the service; each old task
+    // leaves (drained), its slot relaunched onto a new one; nothing fails.
+    let old: std::collections::BTreeSet<String> = s.active_worker_ids().into_iter().collect();
+    let load = Load::start(vec![s.lb(0), s.lb(1)], 4);
+    s.spec.avg_delay = 1;
+    s.write_config(2, "retries: 3");
+    s.signal(SIGHUP);
+    s.wait_status(
+        "2 new tasks after the update",
+        Duration::from_secs(180),
+        |st| {
+            let ws = st["workers"].as_array().cloned().unwrap_or_default();
+            ws.len() == 2
+                && ws.iter().all(|w| {
+                    w["state"] == "active" && !old.contains(w["id"].as_str().unwrap_or(""))
+                })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let c = load.finish();
+    eprintln!(
+        "swarm rolling update under load: ok={} refused={} failed={}",
+        c.ok, c.refused, c.failed
+    );
+    assert_eq!(c.refused, 0, "{:?}", c.errors);
+    assert_eq!(c.failed, 0, "{:?}", c.errors);
+    assert!(s.log_text().contains("event=service_update"));
+
     // SIGTERM: drain, scale in, remove the service; nothing of it left.
     s.signal(SIGTERM);
     let mut p = s.proc.take().expect("supervisor");

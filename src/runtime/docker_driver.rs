@@ -402,6 +402,10 @@ impl DockerDriver {
         let Some(spec) = self.last_launch.clone() else {
             return;
         };
+        // A spare is made in quiet times: its docker calls would slow a start under way.
+        if self.tracked.values().any(|t| t.stage == Stage::Launching) {
+            return;
+        }
         let want = (0..self.spare_slots).find(|s| !self.tracked.contains_key(s));
         if let Some(sp) = &self.spare {
             if Some(sp.slot) == want || sp.container.is_none() {

@@ -112,6 +112,9 @@ pub trait Driver {
     fn adopt(&mut self, slot: u16, generation: u64, found: &Existing, now: Instant);
     /// Removes a worker found by [`Driver::list`] that nobody adopts (`docker rm -f`).
     fn discard(&mut self, found: &Existing, now: Instant);
+    /// Worker settings changed (reload). Local runtimes take them at the next launch; a
+    /// cluster runtime whose workers share one spec updates it (swarm: a rolling update).
+    fn reconfigure(&mut self, _spec: &LaunchSpec, _now: Instant) {}
     /// Starts a worker: [`DriverEvent::Launched`].
     fn launch(&mut self, spec: &LaunchSpec, now: Instant);
     /// Asks a worker to stop (SIGTERM: it drains and flushes its stats; killed after

@@ -170,6 +170,11 @@ impl SwarmCli {
             .args(["--replicas", &replicas.to_string()])
             .args(["--stop-grace-period", &format!("{grace_ms}ms")])
             .args(["--update-order", "start-first"])
+            // One task at a time, the next once the last one's stop grace is over: the slot
+            // of the task it replaced has drained and taken the new task by then, so a rolling
+            // update never leaves every slot draining at once.
+            .args(["--update-parallelism", "1"])
+            .args(["--update-delay", &format!("{grace_ms}ms")])
             .args([
                 "--mount",
                 &format!(
@@ -190,16 +195,49 @@ impl SwarmCli {
         if self.local_image {
             cmd.arg("--no-resolve-image");
         }
-        cmd.arg(&self.image)
-            .args(["--listen", "0.0.0.0", "--port", &spec.port.to_string()])
-            .args(["--db", &format!("{DATA_DIR}/{}", spec.db_name)])
-            .args(["--avg-delay", &spec.avg_delay.to_string()])
-            .args(["--failure", &spec.failure.to_string()])
-            .args(["--drain-timeout-ms", &spec.drain_timeout_ms.to_string()])
-            .args(["--drain-grace-ms", &spec.drain_grace_ms.to_string()]);
+        cmd.arg(&self.image).args(self.worker_args(spec, peers));
+        cmd
+    }
+
+    /// The worker's flags (the image's entrypoint is `/goloadbalancer worker`).
+    fn worker_args(&self, spec: &ServiceSpec, peers: bool) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--listen",
+            "0.0.0.0",
+            "--port",
+            &spec.port.to_string(),
+            "--db",
+            &format!("{DATA_DIR}/{}", spec.db_name),
+            "--avg-delay",
+            &spec.avg_delay.to_string(),
+            "--failure",
+            &spec.failure.to_string(),
+            "--drain-timeout-ms",
+            &spec.drain_timeout_ms.to_string(),
+            "--drain-grace-ms",
+            &spec.drain_grace_ms.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
         if peers {
-            cmd.args(["--peers", &format!("tasks.{}:{}", self.service, spec.port)]);
+            args.push("--peers".into());
+            args.push(format!("tasks.{}:{}", self.service, spec.port));
         }
+        args
+    }
+
+    /// New worker flags (a reload): swarm replaces the tasks one at a time, new one first.
+    pub fn update_args(&self, spec: &ServiceSpec, peers: bool) -> Command {
+        let grace_ms = spec.stop_grace().as_millis();
+        let mut cmd = docker();
+        // No argument holds a space (numbers, a file name, a host:port), so the one string
+        // docker splits again is exact.
+        cmd.args(["service", "update", "--detach", "--quiet"])
+            .args(["--stop-grace-period", &format!("{grace_ms}ms")])
+            .args(["--update-delay", &format!("{grace_ms}ms")])
+            .args(["--args", &self.worker_args(spec, peers).join(" ")])
+            .arg(&self.service);
         cmd
     }
 
@@ -474,6 +512,7 @@ mod tests {
             "--publish mode=host,target=6000",
             "--replicas 3",
             "--stop-grace-period 6500ms",
+            "--update-order start-first --update-parallelism 1 --update-delay 6500ms",
             "--mount type=volume,source=glbt-workers-stats,target=/data",
             "--constraint node.role==worker",
             "--no-resolve-image",
@@ -487,5 +526,17 @@ mod tests {
         let image = args.iter().position(|a| a == "goloadbalancer-worker:0123");
         let listen = args.iter().position(|a| a == "--listen");
         assert!(image < listen, "{joined}");
+        let update: Vec<String> = cli
+            .update_args(&spec, true)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = update.iter().position(|a| a == "--args").expect("--args");
+        assert!(
+            update[at + 1].starts_with("--listen 0.0.0.0 --port 6000 --db /data/stats.db"),
+            "{update:?}"
+        );
+        assert!(update[at + 1].ends_with("--peers tasks.glbt-workers:6000"));
+        assert_eq!(update.last().map(String::as_str), Some("glbt-workers"));
     }
 }

@@ -134,6 +134,8 @@ pub struct SwarmDriver {
     events_retry: Instant,
     /// Stop: waiting for the service's containers on this engine to go, until then.
     sweep_until: Option<Instant>,
+    /// The service is on the peers network (false once creating the network failed).
+    peers: bool,
 }
 
 impl SwarmDriver {
@@ -165,6 +167,7 @@ impl SwarmDriver {
             events_watch: None,
             events_retry: now,
             sweep_until: None,
+            peers: true,
         }
     }
 
@@ -190,6 +193,7 @@ impl SwarmDriver {
             Step::NetworkCreate { replicas } => {
                 // "already exists" is fine; any other failure: workers without stats peers.
                 let peers = out.success || out.error_text().contains("already exists");
+                self.peers = peers;
                 if !peers {
                     warn!(
                         "peers_network_failed",
@@ -730,6 +734,32 @@ impl Driver for SwarmDriver {
         info!("worker_task_left_to_swarm", "task={}", found.handle);
     }
 
+    fn reconfigure(&mut self, spec: &LaunchSpec, now: Instant) {
+        let s = &self.spec;
+        if (s.avg_delay, s.failure, s.drain_timeout_ms)
+            == (spec.avg_delay, spec.failure, spec.drain_timeout_ms)
+        {
+            return;
+        }
+        self.spec.avg_delay = spec.avg_delay;
+        self.spec.failure = spec.failure;
+        self.spec.drain_timeout_ms = spec.drain_timeout_ms;
+        if self.service != Service::Present {
+            // Created (or being created) with the new flags anyway.
+            return;
+        }
+        info!(
+            "service_update",
+            "service={} avg_delay={} failure={} drain_timeout_ms={} action=\"rolling update, each old task drains\"",
+            self.cli.service,
+            spec.avg_delay,
+            spec.failure,
+            spec.drain_timeout_ms
+        );
+        let cmd = self.cli.update_args(&self.spec, self.peers);
+        self.spawn(cmd, Step::Other, now);
+    }
+
     fn launch(&mut self, spec: &LaunchSpec, now: Instant) {
         let slot = Slot {
             generation: spec.generation,
@@ -844,4 +874,191 @@ pub fn db_name(db: &Path) -> String {
     db.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "worker-stats.db".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver() -> SwarmDriver {
+        let cli = SwarmCli {
+            instance: "t".into(),
+            service: "t-workers".into(),
+            image: "img:1".into(),
+            local_image: true,
+            constraints: Vec::new(),
+        };
+        let spec = ServiceSpec {
+            port: 6000,
+            db_name: "s.db".into(),
+            avg_delay: 0,
+            failure: 0.0,
+            drain_timeout_ms: 1000,
+            drain_grace_ms: 100,
+            pids_limit: 64,
+            memory_mb: 64,
+        };
+        let mut d = SwarmDriver::new(cli, None, PathBuf::from("/x"), spec);
+        d.service = Service::Present;
+        for (id, state) in [("n1", "ready"), ("n2", "ready")] {
+            let node = NodeLine {
+                addr: Some("10.0.0.1".parse().expect("ip")),
+                state: state.into(),
+            };
+            d.nodes.insert(id.into(), node);
+        }
+        d
+    }
+
+    fn task(id: &str, node: &str, desired: &str, state: &str, port: u16) -> Task {
+        Task {
+            id: id.into(),
+            node: node.into(),
+            desired: desired.into(),
+            state: state.into(),
+            container: format!("{id}0000000000000000"),
+            error: String::new(),
+            port: Some(port),
+        }
+    }
+
+    fn spec(slot: u16, generation: u64) -> LaunchSpec {
+        LaunchSpec {
+            slot,
+            generation,
+            avg_delay: 0,
+            failure: 0.0,
+            drain_timeout_ms: 1000,
+        }
+    }
+
+    fn launched(ev: &[DriverEvent]) -> Vec<(u16, String)> {
+        ev.iter()
+            .filter_map(|e| match e {
+                DriverEvent::Launched {
+                    slot,
+                    result: Ok(p),
+                    ..
+                } => Some((*slot, p.id.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn when_swarm_stops_another_task_the_stopped_slots_task_is_reused() {
+        let mut d = driver();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for slot in 0..3 {
+            d.launch(&spec(slot, 1), t0);
+        }
+        d.want(3, t0);
+        d.scaled = Some((3, t0));
+        let serving = |a: &str, b: &str, c: &str| {
+            vec![
+                task("ta", "n1", a, "running", 30001),
+                task("tb", "n2", b, "running", 30002),
+                task("tc", "n1", c, "running", 30003),
+            ]
+        };
+        d.on_discovered(
+            serving("running", "running", "running"),
+            at(1),
+            false,
+            at(2),
+        );
+        let ev = std::mem::take(&mut d.events);
+        let ids: Vec<(u16, String)> = launched(&ev);
+        assert_eq!(ids.len(), 3, "{ev:?}");
+        assert_eq!(ids[0], (0, "ta0000000000".to_string()));
+        // The fleet stops slot 2 (task tc) and lowers the count; swarm stops ta instead.
+        d.stop(2, 1, Duration::from_secs(1), at(3));
+        d.want(2, at(3));
+        d.scaled = Some((2, at(4)));
+        d.on_discovered(serving("remove", "running", "running"), at(5), false, at(6));
+        let ev = std::mem::take(&mut d.events);
+        assert!(
+            ev.contains(&DriverEvent::Leaving {
+                slot: 0,
+                generation: 1
+            }),
+            "{ev:?}"
+        );
+        assert!(
+            ev.contains(&DriverEvent::Stopped {
+                slot: 2,
+                generation: 1
+            }),
+            "{ev:?}"
+        );
+        d.remove(2, 1, Removal::Normal, at(7));
+        // Slot 0 drained: stopped by the fleet, gone when its task is.
+        d.stop(0, 1, Duration::from_secs(1), at(8));
+        let mut tasks = serving("remove", "running", "running");
+        tasks[0].state = "shutdown".into();
+        d.on_discovered(tasks.clone(), at(9), false, at(10));
+        let ev = std::mem::take(&mut d.events);
+        assert!(
+            ev.contains(&DriverEvent::Stopped {
+                slot: 0,
+                generation: 1
+            }),
+            "{ev:?}"
+        );
+        d.remove(0, 1, Removal::Normal, at(11));
+        std::mem::take(&mut d.events);
+        // Slot 0 relaunched: it gets tc, which slot 2 gave back.
+        d.launch(&spec(0, 2), at(12));
+        d.on_discovered(tasks, at(13), false, at(14));
+        let ev = std::mem::take(&mut d.events);
+        assert_eq!(launched(&ev), vec![(0, "tc0000000000".to_string())]);
+    }
+
+    #[test]
+    fn a_task_on_a_down_node_or_gone_exits() {
+        let mut d = driver();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        d.launch(&spec(0, 1), t0);
+        d.launch(&spec(1, 1), t0);
+        d.want(2, t0);
+        let tasks = vec![
+            task("ta", "n1", "running", "running", 30001),
+            task("tb", "n2", "running", "running", 30002),
+        ];
+        d.on_discovered(tasks.clone(), at(1), false, at(2));
+        assert_eq!(launched(&std::mem::take(&mut d.events)).len(), 2);
+        if let Some(n) = d.nodes.get_mut("n2") {
+            n.state = "down".into();
+        }
+        // tb still listed running, but its node is down.
+        d.on_discovered(tasks.clone(), at(3), false, at(4));
+        let ev = std::mem::take(&mut d.events);
+        assert!(
+            matches!(
+                ev.as_slice(),
+                [DriverEvent::Exited {
+                    slot: 1,
+                    generation: 1,
+                    why,
+                }] if why.contains("node down")
+            ),
+            "{ev:?}"
+        );
+        // A discovery that started before a slot got its task cannot judge it.
+        d.remove(1, 1, Removal::Normal, at(5));
+        std::mem::take(&mut d.events);
+        d.launch(&spec(1, 2), at(5));
+        let mut fresh = tasks[0].clone();
+        fresh.id = "tc".into();
+        fresh.container = "tc0000000000000000".into();
+        d.on_discovered(vec![tasks[0].clone(), fresh], at(6), false, at(7));
+        assert_eq!(
+            launched(&std::mem::take(&mut d.events)),
+            vec![(1, "tc0000000000".to_string())]
+        );
+        d.on_discovered(vec![tasks[0].clone()], at(6), false, at(8));
+        assert!(d.events.is_empty(), "{:?}", d.events);
+    }
 }

@@ -164,6 +164,19 @@ pub struct FleetSettings {
     pub failure: f64,
 }
 
+impl FleetSettings {
+    /// The worker settings as a launch would use them (slot and generation unset).
+    pub fn launch_spec(&self) -> LaunchSpec {
+        LaunchSpec {
+            slot: 0,
+            generation: 0,
+            avg_delay: self.avg_delay,
+            failure: self.failure,
+            drain_timeout_ms: self.drain_timeout.as_millis() as u64,
+        }
+    }
+}
+
 /// What the fleet needs to know about the LB children.
 pub trait LbView {
     /// Whether any LB child is alive (else there is nobody to drain a worker from).

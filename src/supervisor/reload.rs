@@ -76,6 +76,9 @@ impl Supervisor {
         self.cfg = new;
         let now = Instant::now();
         self.fleet.reconfigure(super::fleet_settings(&self.cfg));
+        if let Some(d) = self.driver.as_deref_mut() {
+            d.reconfigure(&super::fleet_settings(&self.cfg).launch_spec(), now);
+        }
         self.apply_worker_count(worker_changed, now);
         self.pool.mark_retiring(&self.cfg, replace_all);
         if settings_changed && !replace_all {

@@ -213,6 +213,8 @@ pub(super) enum Turn {
 
 impl Exchange {
     /// One step: connect, request up, response down. Moved / Idle, or the turn taken.
+    // Inlined into `run`, its one caller: ~70 fewer instructions per request (callgrind).
+    #[inline]
     pub(super) fn step(mut self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
         match self.advance(c, ctx) {
             Ok(true) => {
@@ -436,10 +438,13 @@ impl Exchange {
         status: u16,
     ) -> (State, Progress) {
         let started = !matches!(self.x.resp, Resp::Head);
-        self.end(ctx, outcome);
         if started {
+            // The answer is under way: no canned one; the line says what was sent.
+            self.end_record(c, ctx);
+            self.end(ctx, outcome);
             return (State::Closing { shut: false }, Progress::Close);
         }
+        self.end(ctx, outcome);
         fail(c, ctx, status)
     }
 
