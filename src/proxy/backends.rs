@@ -409,7 +409,23 @@ impl Backends {
 
     /// Whether backend `i` may take this request.
     fn may_take(&self, i: usize, exclude: &Tried, policies: &Policies) -> bool {
-        self.list[i].eligible() && !exclude.contains(i) && !policies.is_ejected(i)
+        let b = &self.list[i];
+        b.eligible()
+            && !exclude.contains(i)
+            && !policies.is_ejected(i)
+            && policies.admits(b.in_flight)
+    }
+
+    /// `max-conn-per-worker`: whether a new request must wait in the queue: some backend
+    /// could take it, but every one of them is at its limit.
+    pub fn all_busy(&self, policies: &Policies) -> bool {
+        let mut open = self
+            .list
+            .iter()
+            .enumerate()
+            .filter(|&(i, b)| b.eligible() && !policies.is_ejected(i))
+            .peekable();
+        open.peek().is_some() && open.all(|(_, b)| !policies.admits(b.in_flight))
     }
 
     /// The next eligible backend from the cursor; a ramping one takes only its share of its

@@ -81,6 +81,31 @@ pub struct BackendMetrics {
     pub ejected: bool,
 }
 
+/// The wait queue's cumulative figures in a metrics report (`max-conn-per-worker`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueFigures {
+    /// Requests taken from the queue to a worker.
+    pub dispatched: u64,
+    /// Requests answered 503 because their wait passed `queue-timeout-ms`.
+    pub expired: u64,
+    /// Requests answered 503 at once because the queue was full.
+    pub rejected: u64,
+    /// Total time dispatched requests waited, ms.
+    pub wait_ms: u64,
+}
+
+impl QueueFigures {
+    /// The sum of two reports.
+    pub fn plus(self, o: QueueFigures) -> QueueFigures {
+        QueueFigures {
+            dispatched: self.dispatched + o.dispatched,
+            expired: self.expired + o.expired,
+            rejected: self.rejected + o.rejected,
+            wait_ms: self.wait_ms + o.wait_ms,
+        }
+    }
+}
+
 /// Upper bounds (ms) of the latency histogram buckets.
 pub const LATENCY_BUCKETS_MS: [f64; 12] = [
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
@@ -111,6 +136,9 @@ pub enum Up {
         /// Retries refused for lack of retry budget since the child started.
         #[serde(default)]
         retry_budget_refused: u64,
+        /// The wait queue's figures since the child started.
+        #[serde(default)]
+        queue: QueueFigures,
     },
     /// Requests found no worker (at most every 100 ms): the supervisor starts one at once
     /// when none runs. `queued`: requests waiting (or refused) since the previous signal.

@@ -41,6 +41,15 @@ pub enum Outcome<'a> {
     Dropped,
 }
 
+/// Whether a new request may lease now or waits for a worker slot (`max-conn-per-worker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Lease now.
+    Go,
+    /// Queue behind the earlier waiters (or every worker is at its limit).
+    Wait,
+}
+
 /// An upstream connection counted in flight on its backend until ended.
 #[must_use = "a lease must be ended (end or upgrade), else its backend's in-flight count leaks"]
 pub struct UpstreamLease {
@@ -48,6 +57,20 @@ pub struct UpstreamLease {
 }
 
 impl UpstreamLease {
+    /// Whether a new request (not a retry) may lease now: always without
+    /// `max-conn-per-worker`; else only when nobody waits (arrival order) and some worker
+    /// has a free slot (with no worker up at all it goes, and fails as it would unlimited).
+    pub fn admit(ctx: &LoopContext) -> Admission {
+        if !ctx.policies.limited() {
+            return Admission::Go;
+        }
+        if ctx.policies.queued() > 0 || ctx.backends.all_busy(&ctx.policies) {
+            Admission::Wait
+        } else {
+            Admission::Go
+        }
+    }
+
     /// Picks, connects and counts: a lease on a backend not in `tried` (which records every
     /// backend tried) for the session `owner`; None when no backend is left to try, or when
     /// this is a retry (`tried` not empty) and the retry budget is spent, or when we ran out

@@ -38,6 +38,8 @@ pub struct RequestRecord {
     pub bytes_out: u64,
     /// Connections tried again for this request.
     pub retries: u32,
+    /// Time spent in the wait queue (`max-conn-per-worker`), if it waited.
+    pub queued: Option<Duration>,
     /// The backend (index in the loop's set) serving it, once one is leased.
     pub backend: Option<usize>,
     /// The final status the client got from upstream (0 before the response head).
@@ -62,6 +64,7 @@ impl RequestRecord {
             bytes_in: 0,
             bytes_out: 0,
             retries: 0,
+            queued: None,
             backend: None,
             status: 0,
             blame: None,
@@ -166,7 +169,7 @@ impl RequestRecord {
             worker,
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
-            queued: None,
+            queued: self.queued,
             connect: since(self.connected),
             response_head: since(self.response_head),
             total: now.saturating_duration_since(self.started),

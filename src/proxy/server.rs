@@ -15,7 +15,7 @@ use super::LoopInputs;
 use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
 use super::context::{LoopContext, TimerKey};
-use super::control::{BackendSpec, Down, Up};
+use super::control::{BackendSpec, Down, QueueFigures, Up};
 use super::health::{self, HealthCheck};
 use super::http_session::{Flow, HttpSession};
 use super::tcp_session::TcpSession;
@@ -177,6 +177,7 @@ impl Server {
             }
             self.run_timers();
             self.ctx.restore_ejected();
+            self.serve_queue();
             self.ctx.access_log.tick(self.ctx.now);
             if self
                 .accept_retry
@@ -219,6 +220,9 @@ impl Server {
             next = next.min(t);
         }
         if let Some(t) = self.ctx.policies.next_return() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.ctx.policies.next_queue_expiry() {
             next = next.min(t);
         }
         // Round up to the next millisecond so a timer is never polled for 0 ms repeatedly.
@@ -437,6 +441,29 @@ impl Server {
         }
     }
 
+    /// The wait queue (`max-conn-per-worker`): waiters past `queue-timeout-ms` are answered
+    /// 503, then the oldest waiters go to the workers with a free slot, in arrival order.
+    fn serve_queue(&mut self) {
+        if self.ctx.policies.queued() == 0 {
+            return;
+        }
+        while let Some(left) = self.ctx.policies.dequeue_expired(self.ctx.now) {
+            self.run_session(left.key, |s, ctx| match s {
+                SessionRef::Http(h) => h.queue_expired(ctx, left.waited),
+                SessionRef::Tcp(_) => Flow::Keep,
+            });
+        }
+        while self.ctx.policies.queued() > 0 && !self.ctx.backends.all_busy(&self.ctx.policies) {
+            let Some(left) = self.ctx.policies.dequeue(self.ctx.now) else {
+                break;
+            };
+            self.run_session(left.key, |s, ctx| match s {
+                SessionRef::Http(h) => h.dispatch(ctx, left.waited),
+                SessionRef::Tcp(_) => Flow::Keep,
+            });
+        }
+    }
+
     /// Drops the deadline entries nobody can use any more once the heap has doubled (closed
     /// connections' entries would otherwise stay for a whole timeout).
     fn sweep_timers(&mut self) {
@@ -626,10 +653,22 @@ impl Server {
             connections: self.ctx.connections as u64,
             backends: self.ctx.backends.metrics(&self.ctx.policies),
             access_log_dropped: self.ctx.access_log.dropped(),
-            queued: 0,
+            queued: self.ctx.policies.queued() as u64,
             retry_budget_refused: self.ctx.policies.retries_refused(),
+            queue: self.queue_figures(),
         };
         self.send_up(&msg);
+    }
+
+    /// The wait queue's cumulative figures for the metrics report.
+    fn queue_figures(&self) -> QueueFigures {
+        let s = self.ctx.policies.queue_stats();
+        QueueFigures {
+            dispatched: s.dispatched,
+            expired: s.expired,
+            rejected: s.rejected,
+            wait_ms: u64::try_from(s.wait_total.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     /// Tells the supervisor requests found no worker (at most every [`DEMAND_EVERY`]).

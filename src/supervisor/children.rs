@@ -43,6 +43,8 @@ pub struct ChildMetrics {
     pub queued: u64,
     /// Retries refused for lack of budget since the child started.
     pub retry_budget_refused: u64,
+    /// The wait queue's figures since the child started.
+    pub queue: crate::proxy::control::QueueFigures,
 }
 
 /// One forked LB child.

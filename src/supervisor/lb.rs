@@ -15,7 +15,7 @@ use super::fleet::LbView;
 use super::metrics::{BackendView, Retired};
 use super::{LbListener, Tokens, autoscale};
 use crate::config::{Config, ProxySettings};
-use crate::proxy::control::{BackendSpec, BackendState, Down, Up};
+use crate::proxy::control::{BackendSpec, BackendState, Down, QueueFigures, Up};
 use crate::sys::log::quote;
 use crate::sys::signals::Signals;
 use crate::{error, info, warn};
@@ -57,6 +57,8 @@ pub struct LbPool {
     access_log_dropped_gone: u64,
     /// Retries refused for lack of budget by children that exited.
     retry_budget_refused_gone: u64,
+    /// Wait-queue figures of children that exited.
+    queue_gone: QueueFigures,
     /// Last Down seq handed out.
     seq: u64,
     /// Backend set last sent to the children.
@@ -118,6 +120,7 @@ impl LbPool {
             restarts: 0,
             access_log_dropped_gone: 0,
             retry_budget_refused_gone: 0,
+            queue_gone: QueueFigures::default(),
             seq: 0,
             sent: Vec::new(),
             retired: Retired::default(),
@@ -184,6 +187,14 @@ impl LbPool {
             .filter_map(|c| c.metrics.as_ref().map(|m| m.retry_budget_refused))
             .sum();
         live + self.retry_budget_refused_gone
+    }
+
+    /// Wait-queue figures of every child, gone ones included.
+    pub fn queue_figures(&self) -> QueueFigures {
+        self.children
+            .iter()
+            .filter_map(|c| c.metrics.as_ref().map(|m| m.queue))
+            .fold(self.queue_gone, QueueFigures::plus)
     }
 
     /// Children running (not draining).
@@ -523,6 +534,7 @@ impl LbPool {
                 self.retired.absorb(&m.backends);
                 self.access_log_dropped_gone += m.access_log_dropped;
                 self.retry_budget_refused_gone += m.retry_budget_refused;
+                self.queue_gone = self.queue_gone.plus(m.queue);
             }
             self.latency.forget_child(&c.pid.to_string());
             let how = match status {
@@ -657,6 +669,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> R
                 access_log_dropped,
                 queued,
                 retry_budget_refused,
+                queue,
             }) => {
                 c.metrics_basis = c.acked_seq;
                 latency.record(&c.pid.to_string(), &backends);
@@ -666,6 +679,7 @@ fn handle_messages(c: &mut LbChild, latency: &mut autoscale::LatencyWindow) -> R
                     access_log_dropped,
                     queued,
                     retry_budget_refused,
+                    queue,
                 });
                 c.metrics_at = Some(now);
                 got.metrics = true;
@@ -747,6 +761,7 @@ mod tests {
             }],
             queued: 0,
             retry_budget_refused: 0,
+            queue: Default::default(),
         });
     }
 

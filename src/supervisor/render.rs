@@ -160,6 +160,7 @@ impl Supervisor {
                 ChildState::Draining { .. } => "draining".into(),
             },
             connections: c.metrics.as_ref().map(|m| m.connections).unwrap_or(0),
+            queued: c.metrics.as_ref().map(|m| m.queued).unwrap_or(0),
             uptime_s: now.duration_since(c.started).as_secs(),
         }
     }
@@ -190,6 +191,31 @@ impl Supervisor {
             let port = p.addr.port().to_string();
             m.sample(&[("backend", id), ("port", &port)], u8::from(up));
         }
+    }
+
+    /// The wait queue (`max-conn-per-worker`): depth now, outcomes and time waited.
+    fn write_queue_families(&self, m: &mut MetricsText) {
+        m.family(
+            "goloadbalancer_queue_depth",
+            Kind::Gauge,
+            "Requests waiting for a worker slot now, across LB children.",
+        )
+        .sample(&[], self.pool.queued());
+        let q = self.pool.queue_figures();
+        m.family(
+            "goloadbalancer_queue_requests_total",
+            Kind::Counter,
+            "Requests that left the wait queue: to a worker, timed out (503) or refused full (503).",
+        );
+        m.sample(&[("outcome", "dispatched")], q.dispatched);
+        m.sample(&[("outcome", "expired")], q.expired);
+        m.sample(&[("outcome", "rejected")], q.rejected);
+        m.family(
+            "goloadbalancer_queue_wait_seconds_total",
+            Kind::Counter,
+            "Time the dispatched requests spent in the wait queue.",
+        )
+        .sample(&[], q.wait_ms as f64 / 1000.0);
     }
 
     /// The supervisor's own figures: workers, LB children, connections, reloads.
@@ -237,6 +263,7 @@ impl Supervisor {
             "Retries refused because the retry budget (retry-budget-percent) was spent.",
         )
         .sample(&[], self.pool.retry_budget_refused());
+        self.write_queue_families(m);
         let conns = self.pool.connections();
         m.family(
             "goloadbalancer_connections",

@@ -72,6 +72,9 @@ pub struct ChildStatus {
     pub state: String,
     /// Client connections open (latest report).
     pub connections: u64,
+    /// Requests waiting for a worker slot (latest report).
+    #[serde(default)]
+    pub queued: u64,
     /// Seconds since fork.
     pub uptime_s: u64,
 }

@@ -89,6 +89,8 @@ pub fn seed(name: &str, runtime: &'static str) {
                     "goloadbalancer_backend_retries_total{{backend=\"{id}\"}} 0\n"
                 ))
             }) && text.contains("goloadbalancer_retry_budget_refused_total 0\n")
+                && text.contains("goloadbalancer_queue_depth 0\n")
+                && text.contains("goloadbalancer_queue_requests_total{outcome=\"expired\"} 0\n")
                 && text.contains("goloadbalancer_workers_desired 3\n")
                 && text.contains("goloadbalancer_workers_actual 3\n")
         },

@@ -2,7 +2,7 @@
 //! upstream lease and the head rewritten for the backend).
 
 use super::exchange::{BodyLeft, Ex, Exchange, ReqInfo};
-use super::{Client, Progress, State, fail};
+use super::{Client, Progress, State, fail, queued};
 use crate::evloop::ReadResult;
 use crate::http::rewrite::{self, ConnectionOut, UpstreamRequest};
 use crate::http::{self, Framing, RequestHead};
@@ -10,7 +10,7 @@ use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::backends::Tried;
 use crate::proxy::buffer::{BUF_SIZE, Buf};
 use crate::proxy::context::LoopContext;
-use crate::proxy::lease::UpstreamLease;
+use crate::proxy::lease::{Admission, UpstreamLease};
 use crate::proxy::relay;
 
 /// Reads and parses a request head; idle (holding no buffer) while nothing is buffered.
@@ -94,6 +94,19 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
     if c.cin.is_none() {
         return fail(c, ctx, 400);
     }
+    if UpstreamLease::admit(ctx) == Admission::Wait {
+        return queued::queue_request(c, ctx, req, info);
+    }
+    lease_exchange(c, ctx, req, info)
+}
+
+/// Leases an upstream connection for a request and queues the rewritten head for it.
+pub(super) fn lease_exchange(
+    c: &mut Client,
+    ctx: &mut LoopContext,
+    req: RequestHead,
+    info: ReqInfo,
+) -> (State, Progress) {
     let mut tried = Tried::default();
     let Some(lease) = UpstreamLease::start(ctx, c.key, &mut tried, false) else {
         let who = if ctx.out_of_fds {

@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!   Head ──request head──> Exchange ──final response done──> Head (keep-alive / pipelined)
-//!    │  bad head: 4xx/5xx     │  101 to an upgrade            │
-//!    v                        v                               v
-//!  Closing <─── error ──── Tunnel ───── both sides done ───> (closed)
+//!    │  │ every worker full  ^ │  101 to an upgrade            │
+//!    │  └──> Queued ─slot────┘ │                               │
+//!    │  bad head: 4xx/5xx  │   v                               v
+//!  Closing <──── error ────┴─ Tunnel ───── both sides done ─> (closed)
 //! ```
 //!
 //! `Head` reads and parses a request head (idle keep-alive when nothing is buffered: then the
@@ -12,16 +13,19 @@
 //! body up and the response down, each side stopping when the other cannot take more.
 //! `Tunnel` relays raw bytes after a 101. `Closing` flushes a last response, shuts down the
 //! write side and discards input until the client closes (lingering close, so a client still
-//! sending does not get a reset that destroys the response).
+//! sending does not get a reset that destroys the response). `Queued` holds a complete head
+//! while every worker is at `max-conn-per-worker`: the loop dispatches it when a slot frees,
+//! or answers 503 with `Retry-After` when the queue is full or the wait too long.
 
 //!
-//! Files: `head` (reading and parsing the client's head, starting an exchange), `exchange`
+//! Files: `head` (reading and parsing the client's head, starting an exchange), `queued`
+//! (waiting for a worker slot), `exchange`
 //! (one request/response with an upstream lease: retry, abort, finish), `request` (head and
 //! body up), `response` (heads and body down), `tunnel` (after a 101), `closing` (the last
 //! response and the lingering close); `tests` drive the machine over socket pairs.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::event::Event;
 
@@ -37,6 +41,7 @@ use crate::http;
 mod closing;
 mod exchange;
 mod head;
+mod queued;
 mod request;
 mod response;
 #[cfg(test)]
@@ -44,6 +49,7 @@ mod tests;
 mod tunnel;
 
 use exchange::Exchange;
+use queued::Queued;
 use tunnel::Tunnel;
 
 /// What the loop should do with a session after it ran.
@@ -89,6 +95,8 @@ enum State {
     Head {
         clock: bool,
     },
+    /// A complete head waiting in the loop's queue for a worker slot (`max-conn-per-worker`).
+    Queued(Box<Queued>),
     Exchange(Exchange),
     Tunnel(Tunnel),
     /// Flushing a last response then closing; `shut` once the write side is shut down.
@@ -249,9 +257,46 @@ impl HttpSession {
                 (State::Head { clock }, Progress::Close)
             }
             State::Head { .. } => self.fail(ctx, 408),
+            // The loop answers expired waiters; this deadline only backs it up.
+            State::Queued(_) => queued::expire(&mut self.c, ctx),
             State::Exchange(ex) => ex.timer(&mut self.c, ctx),
             other => (other, Progress::Close),
         };
+        self.state = next;
+        if p == Progress::Close {
+            return Flow::Close;
+        }
+        self.run(ctx)
+    }
+
+    /// The loop took this session's request out of the wait queue after `waited`: a worker
+    /// has a free slot.
+    pub fn dispatch(&mut self, ctx: &mut LoopContext, waited: Duration) -> Flow {
+        let State::Queued(q) = std::mem::replace(&mut self.state, State::Void) else {
+            return Flow::Keep;
+        };
+        if let Some(r) = self.c.rec() {
+            r.queued = Some(waited);
+        }
+        let (next, p) = queued::dispatch(&mut self.c, ctx, *q);
+        self.resume(ctx, next, p)
+    }
+
+    /// The loop took this session's request out of the wait queue after `queue-timeout-ms`:
+    /// 503 with `Retry-After`.
+    pub fn queue_expired(&mut self, ctx: &mut LoopContext, waited: Duration) -> Flow {
+        if !matches!(self.state, State::Queued(_)) {
+            return Flow::Keep;
+        }
+        if let Some(r) = self.c.rec() {
+            r.queued = Some(waited);
+        }
+        let (next, p) = queued::expire(&mut self.c, ctx);
+        self.resume(ctx, next, p)
+    }
+
+    /// Goes on from `next` after a step taken from outside `run`.
+    fn resume(&mut self, ctx: &mut LoopContext, next: State, p: Progress) -> Flow {
         self.state = next;
         if p == Progress::Close {
             return Flow::Close;
@@ -265,6 +310,7 @@ impl HttpSession {
             let state = std::mem::replace(&mut self.state, State::Void);
             let (next, p) = match state {
                 State::Head { clock } => head::step_head(&mut self.c, ctx, clock),
+                State::Queued(q) => (State::Queued(q), Progress::Idle),
                 State::Exchange(ex) => ex.step(&mut self.c, ctx),
                 State::Tunnel(t) => t.step(&mut self.c, ctx),
                 State::Closing { shut } => closing::step_closing(&mut self.c, ctx, shut),
@@ -287,6 +333,7 @@ impl HttpSession {
     /// Frees everything the session holds (the loop counts the connection closed).
     pub fn close(mut self, ctx: &mut LoopContext) {
         match std::mem::replace(&mut self.state, State::Void) {
+            State::Queued(_) => queued::close(&mut self.c, ctx),
             State::Exchange(ex) => ex.close(&mut self.c, ctx),
             State::Tunnel(t) => t.close(ctx),
             _ => {}
@@ -298,6 +345,16 @@ impl HttpSession {
 
 /// Queues a canned `status` response and moves to Closing.
 fn fail(c: &mut Client, ctx: &mut LoopContext, status: u16) -> (State, Progress) {
+    fail_with(c, ctx, status, None)
+}
+
+/// `fail`, with a `Retry-After` of `retry_after` seconds when given.
+fn fail_with(
+    c: &mut Client,
+    ctx: &mut LoopContext,
+    status: u16,
+    retry_after: Option<u64>,
+) -> (State, Progress) {
     if let Some(cin) = c.cin.as_mut() {
         cin.clear();
     }
@@ -312,10 +369,17 @@ fn fail(c: &mut Client, ctx: &mut LoopContext, status: u16) -> (State, Progress)
         None => {}
     }
     let body = format!("{} {}\n", status, http::response::reason(status));
-    c.queue(
-        ctx,
-        &http::response::simple(status, "text/plain", body.as_bytes(), true),
-    );
+    let mut answer = http::response::simple(status, "text/plain", body.as_bytes(), true);
+    if let Some(secs) = retry_after {
+        // After the status line: the head's fields are in no particular order.
+        let at = answer
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(answer.len(), |i| i + 1);
+        let field = format!("Retry-After: {secs}\r\n");
+        answer.splice(at..at, field.into_bytes());
+    }
+    c.queue(ctx, &answer);
     c.set_deadline(ctx, linger::LINGER_MS);
     (State::Closing { shut: false }, Progress::Moved)
 }

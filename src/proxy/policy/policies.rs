@@ -9,9 +9,11 @@
 use std::time::{Duration, Instant};
 
 use super::outlier::{OutlierSettings, Outliers, Verdict};
+use super::queue::{Full, Left, QueueStats, WaitQueue, WorkerLimit};
 use super::retry_budget::RetryBudget;
 use super::slow_start::{SCALE, SlowStart, less_loaded};
 use crate::config::ProxySettings;
+use crate::evloop::Key;
 
 /// The policies of one loop.
 #[derive(Debug)]
@@ -26,6 +28,10 @@ pub struct Policies {
     /// `Outliers::next_return`, cached so the loop's tick looks at one field.
     next_return: Option<Instant>,
     budget: RetryBudget,
+    /// `max-conn-per-worker`.
+    limit: WorkerLimit,
+    /// Requests (their sessions' keys) waiting for a worker slot.
+    queue: WaitQueue<Key>,
 }
 
 fn outlier_settings(s: &ProxySettings) -> OutlierSettings {
@@ -46,6 +52,11 @@ impl Policies {
             eject_threshold: settings.eject_consecutive_5xx,
             next_return: None,
             budget: RetryBudget::new(settings.retry_budget_percent, now),
+            limit: WorkerLimit::new(settings.max_conn_per_worker),
+            queue: WaitQueue::new(
+                settings.queue_size as usize,
+                Duration::from_millis(settings.queue_timeout_ms),
+            ),
         }
     }
 
@@ -55,6 +66,11 @@ impl Policies {
         self.outliers.set_settings(outlier_settings(settings));
         self.eject_threshold = settings.eject_consecutive_5xx;
         self.budget.set_percent(settings.retry_budget_percent);
+        self.limit = WorkerLimit::new(settings.max_conn_per_worker);
+        self.queue.set_limits(
+            settings.queue_size as usize,
+            Duration::from_millis(settings.queue_timeout_ms),
+        );
     }
 
     /// Forgets slot `i`: its backend left the set or the slot now holds another one.
@@ -198,5 +214,55 @@ impl Policies {
     /// Workers ejected now.
     pub fn ejected(&self) -> usize {
         self.outliers.ejected()
+    }
+
+    /// Whether `max-conn-per-worker` is set (else the queue is never used).
+    pub fn limited(&self) -> bool {
+        !self.limit.unlimited()
+    }
+
+    /// Whether a worker with `in_flight` requests may take one more.
+    pub fn admits(&self, in_flight: u64) -> bool {
+        self.limit.admits(in_flight)
+    }
+
+    /// Queues the session `key` behind the earlier waiters; `Full` at `queue-size`.
+    pub fn enqueue(&mut self, key: Key, now: Instant) -> Result<(), Full> {
+        self.queue.push(key, now)
+    }
+
+    /// The oldest waiter, for dispatch (a slot is free).
+    pub fn dequeue(&mut self, now: Instant) -> Option<Left<Key>> {
+        self.queue.pop(now)
+    }
+
+    /// The oldest waiter if its wait passed `queue-timeout-ms` (answered 503).
+    pub fn dequeue_expired(&mut self, now: Instant) -> Option<Left<Key>> {
+        self.queue.pop_expired(now)
+    }
+
+    /// Takes the session `key` out of the queue (its client left).
+    pub fn leave_queue(&mut self, key: Key) {
+        self.queue.remove(&key);
+    }
+
+    /// Requests waiting now.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the oldest waiter's wait ends.
+    pub fn next_queue_expiry(&self) -> Option<Instant> {
+        self.queue.next_expiry()
+    }
+
+    /// The queue's cumulative figures.
+    pub fn queue_stats(&self) -> QueueStats {
+        self.queue.stats()
+    }
+
+    /// `Retry-After` seconds of a 503 from the queue.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.queue.retry_after_secs()
     }
 }

@@ -129,16 +129,22 @@ impl<K: PartialEq> WaitQueue<K> {
     /// Takes out every waiter whose wait reached the timeout, oldest first, handing each to
     /// `answer` (which answers it 503 with `Retry-After`).
     pub fn expire(&mut self, now: Instant, mut answer: impl FnMut(Left<K>)) {
-        while let Some((_, since)) = self.waiting.front() {
-            let waited = now.saturating_duration_since(*since);
-            if waited < self.timeout {
-                return;
-            }
-            if let Some((key, _)) = self.waiting.pop_front() {
-                self.stats.expired += 1;
-                answer(Left { key, waited });
-            }
+        while let Some(left) = self.pop_expired(now) {
+            answer(left);
         }
+    }
+
+    /// Takes out the oldest waiter if its wait reached the timeout (one at a time, so the
+    /// caller can answer each as it goes).
+    pub fn pop_expired(&mut self, now: Instant) -> Option<Left<K>> {
+        let (_, since) = self.waiting.front()?;
+        let waited = now.saturating_duration_since(*since);
+        if waited < self.timeout {
+            return None;
+        }
+        let (key, _) = self.waiting.pop_front()?;
+        self.stats.expired += 1;
+        Some(Left { key, waited })
     }
 
     /// Takes `key` out (its client left); whether it was queued.
