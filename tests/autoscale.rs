@@ -340,10 +340,15 @@ fn min_zero_reaches_zero_workers_after_idle_and_a_request_starts_one() {
         v["autoscale"]
     );
 
-    // A request at zero: the LB child signals the demand and a worker starts at once
-    // (holding the request meanwhile is the proxy's part; today it may get a 503).
+    // A request at zero: held in the LB child's queue while the demand signal starts a
+    // worker, then answered (not 503).
     let first = common::get(lb, "/api/v1/hello").expect("request at zero");
-    eprintln!("request at zero: status {}", first.status);
+    assert_eq!(
+        first.status,
+        200,
+        "held until a worker was up: {}",
+        first.text()
+    );
     let up = wait_workers(admin, Duration::from_secs(30), |a, _| a == 1);
     assert!(up.is_some(), "a worker started on demand");
     let v = status(admin).expect("status");
@@ -412,6 +417,39 @@ fn panic_adds_more_than_one_worker_in_one_decision() {
         m.text()
     );
 
+    sup.signal(15);
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean stop"
+    );
+}
+
+#[test]
+fn a_burst_at_zero_beyond_queue_size_gets_503_for_the_overflow_only() {
+    let dir = TempDir::new("autoscale-zero-burst");
+    let block = "queue-size: 2\nautoscale:\n  enabled: true\n  min: 0\n  max: 2\n  \
+                 idle-ms: 1000\n  breach-ms: 1000\n  cooldown-ms: 1000\n";
+    let (mut sup, lb, admin, _) = start_with(&dir, 0, block);
+    let zero = wait_workers(admin, Duration::from_secs(30), |a, all| a == 0 && all == 0);
+    assert!(zero.is_some(), "no worker after idle-ms");
+    // Twenty requests at once: two wait in the queue for the worker they start, the rest
+    // overflow it and are told when to come back.
+    let answers: Vec<common::Response> = (0..20)
+        .map(|_| std::thread::spawn(move || common::get(lb, "/api/v1/hello")))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client thread").expect("an answer"))
+        .collect();
+    let ok = answers.iter().filter(|r| r.status == 200).count();
+    let overflow: Vec<_> = answers.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + overflow.len(), 20, "only 200 and 503");
+    assert!(ok >= 2, "the queued requests were answered: {ok}");
+    assert!(!overflow.is_empty(), "the queue overflowed");
+    assert!(
+        overflow.iter().all(|r| r.header("retry-after").is_some()),
+        "every 503 says when to retry"
+    );
     sup.signal(15);
     assert_eq!(
         sup.wait_exit(Duration::from_secs(30)),

@@ -134,7 +134,7 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
             "the file is empty: expected keys like `worker: 3`".into(),
         ));
     }
-    let config = tree::config_from_tree(&root).map_err(|e| {
+    let mut config = tree::config_from_tree(&root).map_err(|e| {
         let (line, key, message) = locate_tree_error(text, e);
         error(line, key, message)
     })?;
@@ -142,6 +142,10 @@ pub fn parse_and_check(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let (line, key, message) = locate_violation(text, &v);
         error(line, Some(key), message)
     })?;
+    // Scale to zero: a request arriving at zero workers waits for the one it starts.
+    if config.autoscale.enabled && config.autoscale.min == 0 {
+        config.proxy.hold_when_no_worker = true;
+    }
     Ok(config)
 }
 

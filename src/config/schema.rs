@@ -257,6 +257,9 @@ section! {
             read Node::uint_as, rule between::<0, 1_000_000, _>;
         /// Longest wait in the queue, then 503 with Retry-After.
         "queue-timeout-ms" => queue_timeout_ms: u64 = 5_000, read Node::uint, rule timeout;
+        /// With no worker up, requests wait in the queue (and ask for a worker) instead of 503 at once; `run` sets it with autoscale.min 0.
+        "hold-when-no-worker" => hold_when_no_worker: bool = false,
+            read Node::boolean, rule any_value;
         /// A worker turning healthy ramps from 10% to its full share over this, 0 = off.
         "slow-start-ms" => slow_start_ms: u64 = 0,
             read Node::uint, rule between::<0, MAX_TIMEOUT_MS, _>;

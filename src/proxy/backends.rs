@@ -416,6 +416,15 @@ impl Backends {
             && policies.admits(b.in_flight)
     }
 
+    /// Whether some open (eligible, not ejected) worker is below its limit: a waiting
+    /// request can go now.
+    pub fn has_room(&self, policies: &Policies) -> bool {
+        self.list
+            .iter()
+            .enumerate()
+            .any(|(i, b)| b.eligible() && !policies.is_ejected(i) && policies.admits(b.in_flight))
+    }
+
     /// `max-conn-per-worker`: whether a new request must wait in the queue: some backend
     /// could take it, but every one of them is at its limit.
     pub fn all_busy(&self, policies: &Policies) -> bool {

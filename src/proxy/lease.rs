@@ -61,10 +61,14 @@ impl UpstreamLease {
     /// `max-conn-per-worker`; else only when nobody waits (arrival order) and some worker
     /// has a free slot (with no worker up at all it goes, and fails as it would unlimited).
     pub fn admit(ctx: &LoopContext) -> Admission {
-        if !ctx.policies.limited() {
+        let hold = ctx.settings.hold_when_no_worker;
+        if !ctx.policies.limited() && !hold {
             return Admission::Go;
         }
-        if ctx.policies.queued() > 0 || ctx.backends.all_busy(&ctx.policies) {
+        if ctx.policies.queued() > 0
+            || ctx.backends.all_busy(&ctx.policies)
+            || hold && !ctx.backends.has_room(&ctx.policies)
+        {
             Admission::Wait
         } else {
             Admission::Go

@@ -453,7 +453,7 @@ impl Server {
                 SessionRef::Tcp(_) => Flow::Keep,
             });
         }
-        while self.ctx.policies.queued() > 0 && !self.ctx.backends.all_busy(&self.ctx.policies) {
+        while self.ctx.policies.queued() > 0 && self.ctx.backends.has_room(&self.ctx.policies) {
             let Some(left) = self.ctx.policies.dequeue(self.ctx.now) else {
                 break;
             };
