@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::docker::{self, Docker, RunSpec};
-use super::docker_events::EventsWatch;
+use super::docker_events::EventsFeed;
 use super::driver::{Driver, DriverEvent, Existing, LaunchSpec, Placement, Removal};
 use super::job::{Job, JobOutput, Jobs, log_failure};
 use crate::sys::log::quote;
@@ -27,8 +27,6 @@ use crate::{info, warn};
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 /// Deadline of ordinary docker CLI calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// Delay before a `docker events` watcher that ended is started again.
-const EVENTS_RETRY: Duration = Duration::from_secs(2);
 /// Deadline of the image build.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -136,9 +134,7 @@ pub struct DockerDriver {
     events: Vec<DriverEvent>,
     image_ready: bool,
     /// `docker events` of our containers dying, once watching.
-    events_watch: Option<EventsWatch>,
-    /// When the events watcher may be (re)started.
-    events_retry: Instant,
+    events_feed: EventsFeed,
     watching: bool,
     last_reconcile: Instant,
     reconcile_running: bool,
@@ -173,8 +169,7 @@ impl DockerDriver {
             cleared: std::collections::BTreeSet::new(),
             events: Vec::new(),
             image_ready: false,
-            events_watch: None,
-            events_retry: Instant::now(),
+            events_feed: EventsFeed::default(),
             watching: false,
             last_reconcile: Instant::now(),
             reconcile_running: false,
@@ -733,32 +728,7 @@ impl DockerDriver {
         if !self.watching {
             return;
         }
-        if self.events_watch.is_none() && now >= self.events_retry {
-            match EventsWatch::start(self.cli.events()) {
-                Ok(w) => self.events_watch = Some(w),
-                Err(e) => {
-                    warn!("docker_events_failed", "error={}", quote(&e.to_string()));
-                    self.events_retry = now + EVENTS_RETRY;
-                }
-            }
-        }
-        let Some(w) = self.events_watch.as_mut() else {
-            return;
-        };
-        let ids = match w.read_ids() {
-            Ok(ids) => ids,
-            Err(e) => {
-                warn!(
-                    "docker_events_ended",
-                    "error={} retry_in_ms={}",
-                    quote(&e),
-                    EVENTS_RETRY.as_millis()
-                );
-                self.events_watch = None;
-                self.events_retry = now + EVENTS_RETRY;
-                return;
-            }
-        };
+        let ids = self.events_feed.poll(now, || self.cli.events());
         for id in ids {
             let Some((slot, t)) = self
                 .tracked
@@ -930,7 +900,7 @@ impl Driver for DockerDriver {
         // The spare has our label: the sweep's `docker ps` finds and removes it.
         self.spare = None;
         self.watching = false;
-        self.events_watch = None;
+        self.events_feed.stop();
         self.kill_jobs();
         let cmd = self.cli.ps();
         self.spawn(cmd, Step::SweepList, now + CALL_TIMEOUT);
@@ -944,7 +914,7 @@ impl Driver for DockerDriver {
         // A spare left behind is a created container the successor discards.
         self.spare = None;
         self.watching = false;
-        self.events_watch = None;
+        self.events_feed.stop();
         self.kill_jobs();
         self.tracked.clear();
     }
@@ -954,7 +924,7 @@ impl Driver for DockerDriver {
     }
 
     fn force_cleanup(&mut self) {
-        self.events_watch = None;
+        self.events_feed.stop();
         self.kill_jobs();
         // Blocking is fine now: we are leaving. Bounded all the same.
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -4,6 +4,9 @@
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sys::log::quote;
 
 /// Longest line kept (a container id is 64 hex digits).
 const MAX_LINE: usize = 256;
@@ -99,6 +102,64 @@ impl EventsWatch {
             Ok(Some(st)) => format!("docker events exited: {st}"),
             _ => "docker events closed its output".to_string(),
         }
+    }
+}
+
+/// A watcher that failed to start, or ended, is started again after this.
+const EVENTS_RETRY: Duration = Duration::from_secs(2);
+
+/// A driver's `docker events` feed: the watcher kept running (restarted after a pause when it
+/// fails or ends), read without blocking. Both docker drivers use it.
+#[derive(Debug)]
+pub struct EventsFeed {
+    watch: Option<EventsWatch>,
+    retry: Instant,
+}
+
+impl Default for EventsFeed {
+    fn default() -> Self {
+        EventsFeed {
+            watch: None,
+            retry: Instant::now(),
+        }
+    }
+}
+
+impl EventsFeed {
+    /// The ids reported since the last call, starting the watcher (`command`) when none runs
+    /// and its pause is over; a watcher that ended is logged and dropped (restarted later).
+    pub fn poll(&mut self, now: Instant, command: impl FnOnce() -> Command) -> Vec<String> {
+        if self.watch.is_none() && now >= self.retry {
+            match EventsWatch::start(command()) {
+                Ok(w) => self.watch = Some(w),
+                Err(e) => {
+                    crate::warn!("docker_events_failed", "error={}", quote(&e.to_string()));
+                    self.retry = now + EVENTS_RETRY;
+                }
+            }
+        }
+        let Some(w) = self.watch.as_mut() else {
+            return Vec::new();
+        };
+        match w.read_ids() {
+            Ok(ids) => ids,
+            Err(e) => {
+                crate::warn!(
+                    "docker_events_ended",
+                    "error={} retry_in_ms={}",
+                    quote(&e),
+                    EVENTS_RETRY.as_millis()
+                );
+                self.watch = None;
+                self.retry = now + EVENTS_RETRY;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Stops the watcher (it is started again by the next `poll`).
+    pub fn stop(&mut self) {
+        self.watch = None;
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::docker::{self, Docker};
-use super::docker_events::EventsWatch;
+use super::docker_events::EventsFeed;
 use super::driver::{Driver, DriverEvent, Existing, LaunchSpec, Placement, Removal};
 use super::job::{Job, JobOutput, Jobs, log_failure};
 use super::swarm::{self, NodeLine, ServiceSpec, SwarmCli, Task};
@@ -28,8 +28,6 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline of the image build.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
-/// Delay before a `docker events` watcher that ended is started again.
-const EVENTS_RETRY: Duration = Duration::from_secs(2);
 /// A launching slot that no serving task reached in this time has failed to start.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest the stop waits for the service's containers on this engine to be gone.
@@ -130,8 +128,8 @@ pub struct SwarmDriver {
     discovering: bool,
     next_discover: Instant,
     watching: bool,
-    events_watch: Option<EventsWatch>,
-    events_retry: Instant,
+    /// Swarm `docker events` (service and node changes), once watching.
+    events_feed: EventsFeed,
     /// Stop: waiting for the service's containers on this engine to go, until then.
     sweep_until: Option<Instant>,
     /// The service is on the peers network (false once creating the network failed).
@@ -164,8 +162,7 @@ impl SwarmDriver {
             discovering: false,
             next_discover: now,
             watching: false,
-            events_watch: None,
-            events_retry: now,
+            events_feed: EventsFeed::default(),
             sweep_until: None,
             peers: true,
         }
@@ -643,31 +640,9 @@ impl SwarmDriver {
         if !self.watching {
             return;
         }
-        if self.events_watch.is_none() && now >= self.events_retry {
-            match EventsWatch::start(self.cli.events()) {
-                Ok(w) => self.events_watch = Some(w),
-                Err(e) => {
-                    warn!("docker_events_failed", "error={}", quote(&e.to_string()));
-                    self.events_retry = now + EVENTS_RETRY;
-                }
-            }
-        }
-        let Some(w) = self.events_watch.as_mut() else {
-            return;
-        };
-        match w.read_ids() {
-            Ok(ids) if !ids.is_empty() => self.next_discover = now,
-            Ok(_) => {}
-            Err(e) => {
-                warn!(
-                    "docker_events_ended",
-                    "error={} retry_in_ms={}",
-                    quote(&e),
-                    EVENTS_RETRY.as_millis()
-                );
-                self.events_watch = None;
-                self.events_retry = now + EVENTS_RETRY;
-            }
+        let ids = self.events_feed.poll(now, || self.cli.events());
+        if !ids.is_empty() {
+            self.next_discover = now;
         }
     }
 
@@ -828,7 +803,7 @@ impl Driver for SwarmDriver {
 
     fn sweep(&mut self, now: Instant) {
         self.watching = false;
-        self.events_watch = None;
+        self.events_feed.stop();
         self.kill_jobs();
         self.slots.clear();
         // Stop removes the service: a load balancer that stopped serves no one, and no runtime
@@ -845,7 +820,7 @@ impl Driver for SwarmDriver {
 
     fn release(&mut self) {
         self.watching = false;
-        self.events_watch = None;
+        self.events_feed.stop();
         self.kill_jobs();
         self.slots.clear();
     }
@@ -855,7 +830,7 @@ impl Driver for SwarmDriver {
     }
 
     fn force_cleanup(&mut self) {
-        self.events_watch = None;
+        self.events_feed.stop();
         self.kill_jobs();
         let deadline = Instant::now() + Duration::from_secs(20);
         if let Ok(mut rm) = Job::spawn(self.cli.remove(), "docker service rm".into(), deadline) {
