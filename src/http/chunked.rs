@@ -242,7 +242,8 @@ impl ChunkedDecoder {
         })
     }
 
-    /// One byte outside chunk data.
+    /// One byte outside chunk data. One match over the states on purpose: the whole grammar
+    /// of the chunk framing is visible at once, as the fuzzer and property tests exercise it.
     fn step(&mut self, b: u8) -> Result<(), ChunkError> {
         match self.state {
             State::Size { any } => {

@@ -328,7 +328,9 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
     finish(buf, line, fields, head_len).map(Some)
 }
 
-/// Semantic checks on a complete head: Host, framing, Connection, Expect, Upgrade.
+/// Semantic checks on a complete head: Host, framing, Connection, Expect, Upgrade. Long on
+/// purpose: the rules interact (framing decides what Connection and Expect may say), and one
+/// function in the order RFC 9112 gives them is what the property tests check against.
 fn finish(
     buf: &[u8],
     line: RequestLine,
@@ -514,7 +516,8 @@ enum LineState {
 
 /// Scans the request line at the start of `buf` byte by byte (after skipping empty lines).
 /// `Ok(None)` = need more bytes. The first invalid byte or the limit decides the error, so
-/// the verdict is the same whatever prefix of the line is present.
+/// the verdict is the same whatever prefix of the line is present. Long on purpose: a
+/// byte-level state machine reads best as the one loop it is.
 fn scan_request_line(buf: &[u8], max_line: usize) -> Result<Option<RequestLine>, HeadError> {
     let mut i = 0;
     // Empty lines before the request line (RFC 9112 2.2); they count toward the limit.

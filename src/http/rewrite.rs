@@ -183,6 +183,23 @@ fn dropped(buf: &[u8], f: &Field, connection_tokens: &[super::Span], keep_upgrad
         .any(|t| t.get(buf).eq_ignore_ascii_case(name))
 }
 
+/// One `Via` line: the client's hops (those not dropped) then ours, `1.x <pseudonym>`.
+fn put_via(out: &mut Vec<u8>, head: &RequestHead, buf: &[u8], pseudonym: &str, keep_upgrade: bool) {
+    out.extend_from_slice(b"Via: ");
+    for f in &head.headers {
+        if f.name.get(buf).eq_ignore_ascii_case(b"via")
+            && !dropped(buf, f, &head.connection_tokens, keep_upgrade)
+            && !f.value.is_empty()
+        {
+            out.extend_from_slice(f.value.get(buf));
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(if head.version == 0 { b"1.0 " } else { b"1.1 " });
+    out.extend_from_slice(pseudonym.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Appends the head to send upstream for `head` (parsed from `buf`) to `out`.
 pub fn write_upstream_request(
     out: &mut Vec<u8>,
@@ -245,19 +262,7 @@ pub fn write_upstream_request(
         put_field(out, b"Host", host_value);
     }
     if let Some(pseudonym) = opts.via {
-        out.extend_from_slice(b"Via: ");
-        for f in &head.headers {
-            if f.name.get(buf).eq_ignore_ascii_case(b"via")
-                && !dropped(buf, f, &head.connection_tokens, keep_upgrade)
-                && !f.value.is_empty()
-            {
-                out.extend_from_slice(f.value.get(buf));
-                out.extend_from_slice(b", ");
-            }
-        }
-        out.extend_from_slice(if head.version == 0 { b"1.0 " } else { b"1.1 " });
-        out.extend_from_slice(pseudonym.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_via(out, head, buf, pseudonym, keep_upgrade);
     }
     if last_xff.is_none() {
         out.extend_from_slice(b"X-Forwarded-For: ");

@@ -187,43 +187,12 @@ impl SwarmDriver {
                 }
             }
             Step::ListServices => self.on_services_listed(out, now),
-            Step::NetworkCreate { replicas } => {
-                // "already exists" is fine; any other failure: workers without stats peers.
-                let peers = out.success || out.error_text().contains("already exists");
-                self.peers = peers;
-                if !peers {
-                    warn!(
-                        "peers_network_failed",
-                        "network={} error={} action=\"service without stats peers\"",
-                        self.cli.network(),
-                        quote(&out.error_text())
-                    );
-                }
-                let cmd = self.cli.create(&self.spec, replicas, peers);
-                if !self.spawn(cmd, Step::Create { replicas }, now) {
-                    self.service = Service::Absent;
-                }
-            }
+            Step::NetworkCreate { replicas } => self.on_network_created(out, replicas, now),
             Step::Create { replicas } => self.on_scaled(out, replicas, "service_create", now),
             Step::Scale { replicas } => self.on_scaled(out, replicas, "service_scale", now),
             Step::TaskIds { started, for_list } => self.on_task_ids(out, started, for_list, now),
             Step::InspectTasks { started, for_list } => {
-                // Tasks that vanished in between are missing from the output (and fail it).
-                let tasks = swarm::parse_tasks(&out.stdout);
-                let nodes: BTreeSet<String> = tasks.iter().map(|t| t.node.clone()).collect();
-                let nodes: Vec<String> = nodes.into_iter().filter(|n| !n.is_empty()).collect();
-                if nodes.is_empty() {
-                    return self.on_discovered(tasks, started, for_list, now);
-                }
-                let cmd = self.cli.inspect_nodes(&nodes);
-                let step = Step::InspectNodes {
-                    started,
-                    for_list,
-                    tasks,
-                };
-                if !self.spawn(cmd, step, now) {
-                    self.discovery_failed(for_list, "docker could not be started".into());
-                }
+                self.on_tasks_inspected(out, started, for_list, now)
             }
             Step::InspectNodes {
                 started,
@@ -250,22 +219,72 @@ impl SwarmDriver {
                     self.spawn(cmd, Step::NetworkRemove, now);
                 }
             }
-            Step::SweepContainers => {
-                let left = out.stdout.lines().filter(|l| !l.trim().is_empty()).count();
-                match self.sweep_until {
-                    Some(until) if out.success && left > 0 && now < until => {
-                        let cmd = self.cli.local_containers();
-                        self.spawn(cmd, Step::SweepContainers, now);
-                    }
-                    _ => {
-                        if left > 0 {
-                            warn!("service_containers_left", "count={left}");
-                        }
-                        self.sweep_until = None;
-                    }
-                }
-            }
+            Step::SweepContainers => self.on_containers_swept(out, now),
             Step::Other => log_failure("docker_call_failed", &out),
+        }
+    }
+
+    /// The peers network exists (or could not be made: workers without stats peers); the
+    /// service is created next.
+    fn on_network_created(&mut self, out: JobOutput, replicas: usize, now: Instant) {
+        // "already exists" is fine; any other failure: workers without stats peers.
+        let peers = out.success || out.error_text().contains("already exists");
+        self.peers = peers;
+        if !peers {
+            warn!(
+                "peers_network_failed",
+                "network={} error={} action=\"service without stats peers\"",
+                self.cli.network(),
+                quote(&out.error_text())
+            );
+        }
+        let cmd = self.cli.create(&self.spec, replicas, peers);
+        if !self.spawn(cmd, Step::Create { replicas }, now) {
+            self.service = Service::Absent;
+        }
+    }
+
+    /// The tasks' ports and nodes are known; the nodes' addresses are asked next.
+    fn on_tasks_inspected(
+        &mut self,
+        out: JobOutput,
+        started: Instant,
+        for_list: bool,
+        now: Instant,
+    ) {
+        // Tasks that vanished in between are missing from the output (and fail it).
+        let tasks = swarm::parse_tasks(&out.stdout);
+        let nodes: BTreeSet<String> = tasks.iter().map(|t| t.node.clone()).collect();
+        let nodes: Vec<String> = nodes.into_iter().filter(|n| !n.is_empty()).collect();
+        if nodes.is_empty() {
+            return self.on_discovered(tasks, started, for_list, now);
+        }
+        let cmd = self.cli.inspect_nodes(&nodes);
+        let step = Step::InspectNodes {
+            started,
+            for_list,
+            tasks,
+        };
+        if !self.spawn(cmd, step, now) {
+            self.discovery_failed(for_list, "docker could not be started".into());
+        }
+    }
+
+    /// Stop: the service's containers on this engine, listed again until none is left or
+    /// the sweep's time is up.
+    fn on_containers_swept(&mut self, out: JobOutput, now: Instant) {
+        let left = out.stdout.lines().filter(|l| !l.trim().is_empty()).count();
+        match self.sweep_until {
+            Some(until) if out.success && left > 0 && now < until => {
+                let cmd = self.cli.local_containers();
+                self.spawn(cmd, Step::SweepContainers, now);
+            }
+            _ => {
+                if left > 0 {
+                    warn!("service_containers_left", "count={left}");
+                }
+                self.sweep_until = None;
+            }
         }
     }
 

@@ -148,28 +148,7 @@ impl Admin {
             self.flush(registry, token);
             return None;
         }
-        let mut buf = [0u8; 4096];
-        let mut closed = false;
-        loop {
-            match conn.stream.read(&mut buf) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.inbuf.extend_from_slice(&buf[..n]);
-                    if conn.inbuf.len() > MAX_HEAD {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
+        let closed = read_available(conn);
         let parsed = parse(&conn.inbuf);
         let too_big = conn.inbuf.len() > MAX_HEAD;
         match parsed {
@@ -194,37 +173,46 @@ impl Admin {
                 self.respond(registry, token, status, "text/plain", msg.into_bytes());
                 None
             }
-            Parsed::Request { method, path } => {
-                let path = path.split('?').next().unwrap_or("");
-                let route = match path {
-                    "/status" => Some(Route::Status),
-                    "/metrics" => Some(Route::Metrics),
-                    "/" => None,
-                    _ => {
-                        self.respond(
-                            registry,
-                            token,
-                            404,
-                            "text/plain",
-                            b"not found: try /, /status or /metrics\n".to_vec(),
-                        );
-                        return None;
-                    }
-                };
-                if method != "GET" && method != "HEAD" {
-                    self.respond(registry, token, 405, "text/plain", b"only GET\n".to_vec());
-                    return None;
-                }
-                let Some(route) = route else {
-                    let page = super::dashboard::PAGE.as_bytes().to_vec();
-                    let (ctype, headers) =
-                        (super::dashboard::CONTENT_TYPE, super::dashboard::HEADERS);
-                    self.respond_with(registry, token, 200, ctype, headers, page);
-                    return None;
-                };
-                Some(Pending { token, route })
-            }
+            Parsed::Request { method, path } => self.route(registry, token, &method, &path),
         }
+    }
+
+    /// A complete request: the dashboard and errors are answered here, `/status` and
+    /// `/metrics` come back to be rendered.
+    fn route(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        method: &str,
+        path: &str,
+    ) -> Option<Pending> {
+        let path = path.split('?').next().unwrap_or("");
+        let route = match path {
+            "/status" => Some(Route::Status),
+            "/metrics" => Some(Route::Metrics),
+            "/" => None,
+            _ => {
+                self.respond(
+                    registry,
+                    token,
+                    404,
+                    "text/plain",
+                    b"not found: try /, /status or /metrics\n".to_vec(),
+                );
+                return None;
+            }
+        };
+        if method != "GET" && method != "HEAD" {
+            self.respond(registry, token, 405, "text/plain", b"only GET\n".to_vec());
+            return None;
+        }
+        let Some(route) = route else {
+            let page = super::dashboard::PAGE.as_bytes().to_vec();
+            let (ctype, headers) = (super::dashboard::CONTENT_TYPE, super::dashboard::HEADERS);
+            self.respond_with(registry, token, 200, ctype, headers, page);
+            return None;
+        };
+        Some(Pending { token, route })
     }
 
     /// Sends a rendered answer (200, never cached: it is live state) to a pending request.
@@ -308,6 +296,25 @@ impl Admin {
             .collect();
         for t in late {
             self.close(registry, t);
+        }
+    }
+}
+
+/// Reads what the connection has (up to just past the head limit); whether the peer closed.
+fn read_available(conn: &mut Conn) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                conn.inbuf.extend_from_slice(&buf[..n]);
+                if conn.inbuf.len() > MAX_HEAD {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
         }
     }
 }
