@@ -41,6 +41,8 @@ options:
       --no-build          use the existing release binary
       --bin PATH          use this goloadbalancer binary (implies --no-build; figures
                           from a debug build are not performance figures)
+      --glb-args ARGS     extra flags for `goloadbalancer proxy`, split on spaces (e.g.
+                          "--access-log all --access-log-path /tmp/a.log")
   -h, --help              this text
 
 The last lines are machine-readable:
@@ -68,6 +70,7 @@ full=0
 pool=1
 build=1
 bin=""
+glb_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
     -c | --connections) conns_list="${2:?}"; shift 2 ;;
@@ -80,6 +83,7 @@ while [ $# -gt 0 ]; do
     --pool) pool="${2:?}"; full=1; shift 2 ;;
     --no-build) build=0; shift ;;
     --bin) bin="${2:?}"; build=0; shift 2 ;;
+    --glb-args) read -r -a glb_args <<<"${2:?}"; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -225,7 +229,7 @@ start_stack() {
 start_glb() {
     port=$(free_port)
     "$glb" proxy --listen "127.0.0.1:$port" --backend "127.0.0.1:$b1" --backend "127.0.0.1:$b2" \
-        --max-connections 20000 --upstream-pool-size 512 >"$work/glb.log" 2>&1 &
+        --max-connections 20000 --upstream-pool-size 512 "${glb_args[@]}" >"$work/glb.log" 2>&1 &
     pids+=($!)
     ppids=($!)
     units=("/proc/$!/stat")
