@@ -457,3 +457,72 @@ fn a_burst_at_zero_beyond_queue_size_gets_503_for_the_overflow_only() {
         "clean stop"
     );
 }
+
+/// Cycles of [`twenty_cycles_zero_to_max_and_back_under_a_saw_tooth_load_fail_no_request`].
+const CYCLES: usize = 20;
+
+/// The rising edge of one saw tooth: one more client every 100 ms (up to [`CLIENTS`]) until
+/// /status shows `MAX` active workers, then every client stops at once (the drop). Returns
+/// whether max was reached within [`RISE_BOUND`]; the clients are stopped either way.
+fn saw_tooth(lb: SocketAddr, admin: SocketAddr, counts: &Arc<Counts>) -> bool {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let start = Instant::now();
+    let mut reached = false;
+    while start.elapsed() < RISE_BOUND {
+        if threads.len() < CLIENTS {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            threads.push(std::thread::spawn(move || client(lb, stop, counts)));
+        }
+        if status(admin).is_some_and(|v| worker_counts(&v).0 == MAX) {
+            reached = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    reached
+}
+
+#[test]
+fn twenty_cycles_zero_to_max_and_back_under_a_saw_tooth_load_fail_no_request() {
+    let dir = TempDir::new("autoscale-cycles");
+    // Short idle and calm windows: each cycle is about a second up and two down.
+    let block = format!(
+        "autoscale:\n  enabled: true\n  min: 0\n  max: {MAX}\n  target-inflight: 2\n  \
+         idle-ms: 400\n  breach-ms: 500\n  cooldown-ms: 500\n"
+    );
+    let (mut sup, lb, admin, _) = start_with(&dir, 50, &block);
+    let counts = Arc::new(Counts::default());
+    for cycle in 1..=CYCLES {
+        // Zero: none active and none still draining, then the next tooth starts from
+        // nothing: its first requests are held while the demand signal starts a worker.
+        let zero = wait_workers(admin, FALL_BOUND, |a, all| a == 0 && all == 0);
+        assert!(zero.is_some(), "cycle {cycle}: no worker after idle-ms");
+        let reached = saw_tooth(lb, admin, &counts);
+        let (ok, failed) = (
+            counts.ok.load(Ordering::Relaxed),
+            counts.failed.load(Ordering::Relaxed),
+        );
+        eprintln!("cycle {cycle}: max reached {reached}; requests ok {ok} failed {failed}");
+        assert!(reached, "cycle {cycle}: workers did not reach {MAX}");
+        assert_eq!(failed, 0, "cycle {cycle}: failed requests");
+    }
+    let zero = wait_workers(admin, FALL_BOUND, |a, all| a == 0 && all == 0);
+    assert!(zero.is_some(), "no worker after the last cycle");
+    let v = status(admin).expect("status");
+    let a = &v["autoscale"];
+    assert!(a["scale_from_zero"].as_u64() >= Some(CYCLES as u64), "{a}");
+    assert!(a["scale_to_zero"].as_u64() >= Some(CYCLES as u64), "{a}");
+    assert!(counts.ok.load(Ordering::Relaxed) >= 20 * CYCLES as u64);
+
+    sup.signal(15);
+    assert_eq!(
+        sup.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "clean stop"
+    );
+}

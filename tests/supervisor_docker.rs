@@ -126,3 +126,98 @@ fn docker_autoscale_keeps_a_spare_container_and_removes_it_at_stop() {
         );
     });
 }
+
+/// Saw-tooth cycles in [`docker_cycles_zero_to_max_and_back_fail_no_request`].
+const DOCKER_CYCLES: usize = 20;
+
+/// Scale to zero and back with containers: `DOCKER_CYCLES` times, from 0 workers, one more
+/// client every 100 ms (up to 8) until /status shows max (3) active workers, then every
+/// client stops at once; the next cycle starts when no worker is left. Requests arriving at
+/// zero are held while a container starts: not one request may fail (a 503 or a reset).
+#[test]
+fn docker_cycles_zero_to_max_and_back_fail_no_request() {
+    run("docker_cycles", || {
+        use std::time::{Duration, Instant};
+        const MAX: u64 = 3;
+        let mut spec = support::StackSpec::seed("docker");
+        spec.workers = 1;
+        spec.pool = 1;
+        spec.avg_delay = 50;
+        spec.extra = format!(
+            "autoscale:\n  enabled: true\n  min: 0\n  max: {MAX}\n  target-inflight: 2\n  \
+             idle-ms: 400\n  breach-ms: 500\n  cooldown-ms: 500\n"
+        );
+        let mut s = support::Stack::new("d-cycles", spec);
+        s.start();
+        let mut totals = support::Counts::default();
+        for cycle in 1..=DOCKER_CYCLES {
+            s.wait_status("no worker left", Duration::from_secs(120), |st| {
+                st["state"] == "running" && st["workers"].as_array().is_some_and(|w| w.is_empty())
+            });
+            // The rising edge: one client (fresh connection per request) every 100 ms.
+            let mut clients = Vec::new();
+            let start = Instant::now();
+            let mut reached = false;
+            while start.elapsed() < Duration::from_secs(120) {
+                if clients.len() < 8 {
+                    clients.push(support::Load::start(vec![s.lb(0)], 1));
+                }
+                if s.try_status()
+                    .is_some_and(|st| st["workers_actual"].as_u64() == Some(MAX))
+                {
+                    reached = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // The drop: every client at once.
+            for c in clients {
+                let counts = c.finish();
+                totals.ok += counts.ok;
+                totals.refused += counts.refused;
+                totals.failed += counts.failed;
+                totals.errors.extend(counts.errors);
+            }
+            eprintln!(
+                "cycle {cycle}: max reached {reached} after {:?}; ok {} refused {} failed {}",
+                start.elapsed(),
+                totals.ok,
+                totals.refused,
+                totals.failed
+            );
+            assert!(
+                reached,
+                "cycle {cycle}: not {MAX} workers\n{}",
+                s.log_tail()
+            );
+            assert_eq!(
+                (totals.refused, totals.failed),
+                (0, 0),
+                "cycle {cycle}: {:?}",
+                totals.errors
+            );
+        }
+        let st = s.wait_status(
+            "no worker after the last cycle",
+            Duration::from_secs(120),
+            |st| st["workers"].as_array().is_some_and(|w| w.is_empty()),
+        );
+        let a = &st["autoscale"];
+        assert!(
+            a["scale_from_zero"].as_u64() >= Some(DOCKER_CYCLES as u64),
+            "{a}"
+        );
+        assert!(
+            a["scale_to_zero"].as_u64() >= Some(DOCKER_CYCLES as u64),
+            "{a}"
+        );
+        s.signal(15);
+        let mut p = s.proc.take().expect("supervisor");
+        assert_eq!(p.wait_exit(Duration::from_secs(90)), Some(0), "clean stop");
+        assert_eq!(
+            support::containers(&s.instance),
+            Vec::<String>::new(),
+            "no container left"
+        );
+    });
+}
