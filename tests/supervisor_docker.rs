@@ -143,9 +143,11 @@ fn docker_cycles_zero_to_max_and_back_fail_no_request() {
         spec.workers = 1;
         spec.pool = 1;
         spec.avg_delay = 50;
+        // A held request waits up to 20 s: a container start on a loaded CI machine is not
+        // what this test judges (the 5 s default would turn a slow start into a 503).
         spec.extra = format!(
-            "autoscale:\n  enabled: true\n  min: 0\n  max: {MAX}\n  target-inflight: 2\n  \
-             idle-ms: 400\n  breach-ms: 500\n  cooldown-ms: 500\n"
+            "queue-timeout-ms: 20000\nautoscale:\n  enabled: true\n  min: 0\n  max: {MAX}\n  \
+             target-inflight: 2\n  idle-ms: 400\n  breach-ms: 500\n  cooldown-ms: 500\n"
         );
         let mut s = support::Stack::new("d-cycles", spec);
         s.start();
