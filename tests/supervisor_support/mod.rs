@@ -374,8 +374,15 @@ impl Stack {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(80);
+        // The access-log lines of failed requests say who ended them, wherever they are.
+        let access: Vec<&str> = lines[..from]
+            .iter()
+            .copied()
+            .filter(|l| l.contains("event=access"))
+            .collect();
         format!(
-            "--- supervisor log (last 80 lines) ---\n{}",
+            "--- access-log lines before the tail ---\n{}\n--- supervisor log (last 80 lines) ---\n{}",
+            access.join("\n"),
             lines[from..].join("\n")
         )
     }
