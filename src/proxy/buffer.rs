@@ -121,13 +121,14 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// without touching the allocator.
 const QUIET_SPARES: usize = 4;
 
-/// Free buffers kept for reuse, bounded so a burst does not pin memory forever: the spares a
-/// burst leaves are freed after the first quiet second (`trim`), and the freed pages handed
-/// back to the kernel.
-pub struct BufPool {
-    free: Vec<Box<[u8]>>,
+/// Spare values kept for reuse (buffers, request records), bounded so a burst does not pin
+/// memory forever: the spares a burst leaves are freed after the first quiet second (`trim`).
+pub struct Spares<T> {
+    free: Vec<T>,
     max_free: usize,
-    /// Buffers handed out since the last trim window began.
+    /// Spares kept through a quiet second, which is one with at most this many taken.
+    quiet: usize,
+    /// Values taken since the last trim window began.
     taken: usize,
     /// The current window saw more traffic than the quiet spares cover.
     busy: bool,
@@ -135,32 +136,96 @@ pub struct BufPool {
     next_trim: Option<Instant>,
 }
 
-impl BufPool {
-    /// A pool keeping at most `max_free` spare buffers.
-    pub fn new(max_free: usize) -> BufPool {
-        BufPool {
+impl<T> Spares<T> {
+    /// At most `max_free` spares, `quiet` of them kept through a quiet second.
+    pub fn new(max_free: usize, quiet: usize) -> Spares<T> {
+        Spares {
             free: Vec::new(),
             max_free,
+            quiet,
             taken: 0,
             busy: false,
             next_trim: None,
         }
     }
 
+    /// A spare, if one is kept (counted as taken either way).
+    pub fn take(&mut self) -> Option<T> {
+        self.taken += 1;
+        self.free.pop()
+    }
+
+    /// Keeps `value` for reuse, unless the spares are full (then it is dropped).
+    pub fn give(&mut self, value: T) {
+        if self.free.len() < self.max_free {
+            self.free.push(value);
+        }
+    }
+
+    /// Spares held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Whether none is held.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// Called from the loop's periodic tick (cheap when called more often): once a second
+    /// with little traffic follows a busy one, drops the spares beyond the quiet count.
+    /// Returns whether it dropped any.
+    pub fn trim(&mut self, now: Instant) -> bool {
+        let due = *self.next_trim.get_or_insert(now + TRIM_EVERY);
+        if now < due {
+            return false;
+        }
+        self.next_trim = Some(now + TRIM_EVERY);
+        let quiet = self.taken <= self.quiet;
+        self.taken = 0;
+        if !quiet {
+            self.busy = true;
+            return false;
+        }
+        let had_burst = std::mem::take(&mut self.busy);
+        if !had_burst && self.free.len() <= self.quiet {
+            return false;
+        }
+        self.free.truncate(self.quiet);
+        self.free.shrink_to_fit();
+        true
+    }
+}
+
+/// Free buffers kept for reuse ([`Spares`]); trimming also hands the freed pages back to the
+/// kernel.
+pub struct BufPool {
+    spares: Spares<Box<[u8]>>,
+}
+
+impl BufPool {
+    /// A pool keeping at most `max_free` spare buffers.
+    pub fn new(max_free: usize) -> BufPool {
+        BufPool {
+            spares: Spares::new(max_free, QUIET_SPARES),
+        }
+    }
+
     /// An empty buffer of [`BUF_SIZE`].
     pub fn get(&mut self) -> Buf {
-        self.taken += 1;
         let mem = self
-            .free
-            .pop()
+            .spares
+            .take()
             .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice());
         Buf::with_mem(mem)
     }
 
     /// Returns a buffer; oversized ones (grown heads) are freed instead of kept.
     pub fn put(&mut self, buf: Buf) {
-        if buf.mem.len() == BUF_SIZE && self.free.len() < self.max_free {
-            self.free.push(buf.mem);
+        if buf.mem.len() == BUF_SIZE {
+            self.spares.give(buf.mem);
         }
     }
 
@@ -178,27 +243,12 @@ impl BufPool {
         }
     }
 
-    /// Called from the loop's periodic tick (cheap when called more often): once a second
-    /// with little traffic follows a busy one, frees the spares beyond [`QUIET_SPARES`] and
-    /// asks the allocator to return its free pages to the kernel. Returns whether it trimmed.
+    /// [`Spares::trim`], then asks the allocator to return its free pages to the kernel.
+    /// Returns whether it trimmed.
     pub fn trim(&mut self, now: Instant) -> bool {
-        let due = *self.next_trim.get_or_insert(now + TRIM_EVERY);
-        if now < due {
+        if !self.spares.trim(now) {
             return false;
         }
-        self.next_trim = Some(now + TRIM_EVERY);
-        let quiet = self.taken <= QUIET_SPARES;
-        self.taken = 0;
-        if !quiet {
-            self.busy = true;
-            return false;
-        }
-        let had_burst = std::mem::take(&mut self.busy);
-        if !had_burst && self.free.len() <= QUIET_SPARES {
-            return false;
-        }
-        self.free.truncate(QUIET_SPARES);
-        self.free.shrink_to_fit();
         release_free_pages();
         true
     }
@@ -239,7 +289,7 @@ mod tests {
         b.consume(BUF_SIZE);
         assert!(b.is_empty());
         pool.put(b);
-        assert_eq!(pool.free.len(), 1);
+        assert_eq!(pool.spares.len(), 1);
     }
 
     #[test]
@@ -250,7 +300,7 @@ mod tests {
         b.grow(BUF_SIZE * 2);
         assert_eq!(b.data(), b"abc");
         pool.put(b);
-        assert!(pool.free.is_empty());
+        assert!(pool.spares.is_empty());
     }
 
     #[test]
@@ -260,21 +310,21 @@ mod tests {
         assert!(!pool.trim(t0), "the first call only starts the window");
         let burst: Vec<Buf> = (0..40).map(|_| pool.get()).collect();
         burst.into_iter().for_each(|b| pool.put(b));
-        assert_eq!(pool.free.len(), 40);
+        assert_eq!(pool.spares.len(), 40);
         assert!(!pool.trim(t0 + TRIM_EVERY / 2), "not due yet");
         assert!(
             !pool.trim(t0 + TRIM_EVERY),
             "a busy window keeps its spares"
         );
-        assert_eq!(pool.free.len(), 40);
+        assert_eq!(pool.spares.len(), 40);
         let b = pool.get();
         pool.put(b);
         assert!(
             pool.trim(t0 + TRIM_EVERY * 2),
             "a quiet window after the burst"
         );
-        assert_eq!(pool.free.len(), QUIET_SPARES);
+        assert_eq!(pool.spares.len(), QUIET_SPARES);
         assert!(!pool.trim(t0 + TRIM_EVERY * 3), "nothing left to trim");
-        assert_eq!(pool.free.len(), QUIET_SPARES);
+        assert_eq!(pool.spares.len(), QUIET_SPARES);
     }
 }

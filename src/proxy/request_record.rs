@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::access_log::{AccessLog, AccessRecord, MAX_LOGGED_TARGET, Phase, Termination};
+use super::buffer::Spares;
 use crate::http::RequestHead;
 use crate::http::request_id::{REQUEST_ID_FIELD, RequestId};
 
@@ -225,14 +226,9 @@ pub fn termination_of(status: u16) -> Termination {
     }
 }
 
-/// Spare records, so a request takes one without allocating.
+/// Spare records ([`Spares`]), so a request takes one without allocating.
 pub struct RecordPool {
-    // Boxes, not values: a record moves between pool and session as a pointer, never copied.
-    #[allow(clippy::vec_box)]
-    spare: Vec<Box<RequestRecord>>,
-    /// Records handed out since the last trim window began.
-    taken: usize,
-    next_trim: Option<Instant>,
+    spares: Spares<Box<RequestRecord>>,
 }
 
 impl Default for RecordPool {
@@ -245,9 +241,7 @@ impl RecordPool {
     /// An empty pool.
     pub fn new() -> RecordPool {
         RecordPool {
-            spare: Vec::new(),
-            taken: 0,
-            next_trim: None,
+            spares: Spares::new(MAX_SPARE, QUIET_SPARE),
         }
     }
 
@@ -260,10 +254,9 @@ impl RecordPool {
         keep_line: bool,
         now: Instant,
     ) -> Box<RequestRecord> {
-        self.taken += 1;
         let mut rec = self
-            .spare
-            .pop()
+            .spares
+            .take()
             .unwrap_or_else(|| Box::new(RequestRecord::blank(now)));
         rec.begin(client, head, buf, keep_line, now);
         rec
@@ -271,23 +264,12 @@ impl RecordPool {
 
     /// Takes a record back.
     pub fn put(&mut self, rec: Box<RequestRecord>) {
-        if self.spare.len() < MAX_SPARE {
-            self.spare.push(rec);
-        }
+        self.spares.give(rec);
     }
 
     /// After a quiet second, frees the spares a burst left (call from the loop's tick).
     pub fn trim(&mut self, now: Instant) {
-        let due = *self.next_trim.get_or_insert(now + Duration::from_secs(1));
-        if now < due {
-            return;
-        }
-        self.next_trim = Some(now + Duration::from_secs(1));
-        if self.taken == 0 && self.spare.len() > QUIET_SPARE {
-            self.spare.truncate(QUIET_SPARE);
-            self.spare.shrink_to_fit();
-        }
-        self.taken = 0;
+        self.spares.trim(now);
     }
 }
 
@@ -356,11 +338,11 @@ mod tests {
         for r in recs {
             pool.put(r);
         }
-        assert_eq!(pool.spare.len(), 40);
+        assert_eq!(pool.spares.len(), 40);
         pool.trim(t0);
         pool.trim(t0 + Duration::from_millis(1100)); // the burst's window
-        assert_eq!(pool.spare.len(), 40);
+        assert_eq!(pool.spares.len(), 40);
         pool.trim(t0 + Duration::from_millis(2200)); // a quiet second
-        assert_eq!(pool.spare.len(), QUIET_SPARE);
+        assert_eq!(pool.spares.len(), QUIET_SPARE);
     }
 }
