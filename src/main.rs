@@ -34,7 +34,8 @@ commands:
   help                             this text
 
 signals to `run`: SIGHUP reload the config, SIGTERM/SIGINT drain and stop,
-SIGUSR2 re-execute the (possibly replaced) binary on the same listeners (upgrade)
+SIGUSR2 re-execute the (possibly replaced) binary on the same listeners (upgrade),
+SIGUSR1 reopen the access-log file (passed on to the LB children; `proxy` reopens it too)
 ";
 
 /// Command-line arguments split into `--key value` pairs and positionals.
