@@ -9,6 +9,7 @@
 //! Pending -> Launching (driver.launch) -> Probing (GET health-path) -> Active
 //! Active -> Draining (draining in the backend set, until in-flight 0 or drain timeout)
 //!        -> Stopping (driver.stop: the worker drains and flushes its stats) -> Removing -> Gone
+//! Draining -> Active (wanted again before it stopped: a scale-in undone by new demand)
 //! a start that fails, or a worker that dies -> Removing -> Gone -> Pending (after a backoff)
 //! ```
 
@@ -121,6 +122,8 @@ pub struct Worker {
     /// Adopted from a previous run with an older worker image: replaced once a surge worker
     /// is serving.
     pub outdated: bool,
+    /// The runtime is stopping it (`DriverEvent::Leaving`): its drain is never undone.
+    pub leaving: bool,
 }
 
 impl Worker {
@@ -142,6 +145,7 @@ impl Worker {
             placed_ms: 0,
             probes: 0,
             outdated: false,
+            leaving: false,
         }
     }
 
@@ -448,6 +452,13 @@ impl Fleet {
             }
             WorkerState::Active if !wanted => self.begin_drain(slot, now),
             WorkerState::Active => {}
+            WorkerState::Draining { .. } if wanted && !w.leaving && !w.outdated => {
+                // Wanted again before it stopped (demand came back during a scale-in): it
+                // serves again now, instead of requests waiting for a stop and a fresh start.
+                info!("worker_undrained", "slot={slot} id={}", w.id());
+                w.state = WorkerState::Active;
+                w.drain_seq = None;
+            }
             WorkerState::Draining { deadline } => {
                 let seq = w.drain_seq;
                 if seq.is_some_and(|seq| lb.drained(w.id(), seq)) {
@@ -594,6 +605,7 @@ impl Fleet {
         w.placement = None;
         w.drain_seq = None;
         w.outdated = false;
+        w.leaving = false;
         w.state = WorkerState::Launching;
         let spec = LaunchSpec {
             slot,
@@ -624,6 +636,9 @@ impl Fleet {
         };
         if w.generation != generation {
             return;
+        }
+        if matches!(ev, DriverEvent::Leaving { .. }) {
+            w.leaving = true;
         }
         match (ev, w.state) {
             (DriverEvent::Launched { result, .. }, WorkerState::Launching) => match result {
@@ -1087,6 +1102,42 @@ mod tests {
         f.on_event(removed(1, 1), now, &mut d);
         f.drive(now, &mut d, &LB, false);
         assert_eq!(f.workers().count(), 1);
+    }
+
+    #[test]
+    fn a_scale_in_undone_before_the_stop_puts_the_draining_worker_back() {
+        let mut d = FakeDriver::default();
+        let now = Instant::now();
+        let mut f = active_fleet(1, &mut d, now);
+        f.set_desired(0, now);
+        f.drive(now, &mut d, &LB, false);
+        f.stamp_drains(2);
+        assert_eq!(f.backend_set()[0].state, BackendState::Draining);
+        // A request at zero: demand brings the worker back while it drains.
+        f.set_desired(1, now);
+        f.drive(now, &mut d, &LB, false);
+        assert_eq!(f.active(), 1);
+        assert_eq!(f.backend_set()[0].state, BackendState::Active);
+        assert!(d.take().is_empty(), "no stop, no launch: {:?}", d.calls);
+        // A later scale-in drains it again, with a new drain seq.
+        f.set_desired(0, now);
+        f.drive(now, &mut d, &LB, false);
+        assert_eq!(f.workers().next().and_then(|w| w.drain_seq), None);
+    }
+
+    #[test]
+    fn a_worker_the_runtime_stops_is_not_put_back() {
+        let mut d = FakeDriver::default();
+        let now = Instant::now();
+        let mut f = active_fleet(1, &mut d, now);
+        let leaving = DriverEvent::Leaving {
+            slot: 0,
+            generation: 1,
+        };
+        f.on_event(leaving, now, &mut d);
+        f.drive(now, &mut d, &LB, false);
+        assert_eq!(f.active(), 0, "still wanted, but leaving: it drains");
+        assert_eq!(f.backend_set()[0].state, BackendState::Draining);
     }
 
     #[test]
