@@ -197,6 +197,7 @@ impl Server {
                 self.send_metrics();
                 self.ctx.bufs.trim(self.ctx.now);
                 self.ctx.records.trim(self.ctx.now);
+                self.ctx.exchanges.trim(self.ctx.now);
             }
             self.flush_control();
         }
