@@ -132,10 +132,11 @@ impl FieldName {
     }
 }
 
-/// `token == lower` ignoring ASCII case, for a `token` of tchars and a `lower` of lowercase
-/// letters and `-`: OR-ing 0x20 folds the letters, and the only other byte it could map onto
-/// `-` is CR, which a token never holds. Eight bytes at a time.
-fn folded_eq(token: &[u8], lower: &[u8]) -> bool {
+/// `token == lower` ignoring ASCII case, for a `token` of tchars (or a field value) and a
+/// `lower` of lowercase letters and `-`: OR-ing 0x20 folds the letters, and the only other
+/// byte it could map onto `-` is CR, which neither a token nor a value holds. Eight bytes at
+/// a time.
+pub(crate) fn folded_eq(token: &[u8], lower: &[u8]) -> bool {
     const FOLD: u64 = 0x2020_2020_2020_2020;
     if token.len() != lower.len() {
         return false;

@@ -40,8 +40,8 @@
 
 use super::field_lines::{self, LinesError};
 use super::fields::{
-    Field, FieldName, Framing, Span, TransferCoding, is_tchar, is_token, is_valid_authority,
-    list_items, parse_content_length, transfer_coding,
+    Field, FieldName, Framing, Span, TransferCoding, folded_eq, is_tchar, is_token,
+    is_valid_authority, list_items, parse_content_length, transfer_coding,
 };
 
 /// Size limits for a request head (from `ProxySettings` or the worker's own).
@@ -378,6 +378,9 @@ fn finish(
                 );
             }
             FieldName::TransferEncoding => te_lines += 1,
+            // The usual single token at once (the general loop gives the same answer).
+            FieldName::Connection if folded_eq(value, b"keep-alive") => keep_alive_token = true,
+            FieldName::Connection if folded_eq(value, b"close") => close = true,
             FieldName::Connection => {
                 for item in list_items(value) {
                     if !is_token(item) {
@@ -565,8 +568,31 @@ fn scan_request_line(buf: &[u8], max_line: usize) -> Result<Option<RequestLine>,
         Ok(b' ') => return Err(HeadError::Malformed("empty request target")),
         Ok(_) => return Err(HeadError::Malformed("invalid byte in request target")),
     }
-    // "HTTP/" DIGIT "." DIGIT, byte by byte (eight of them).
     let version_start = target_end + 1;
+    // The usual line end, `HTTP/1.1` CRLF within the limit, at once; anything else byte by
+    // byte below, which gives every other verdict.
+    let version_end = version_start + 8;
+    if version_end - line_start <= max_line {
+        let version = match buf.get(version_start..version_end) {
+            Some(b"HTTP/1.1") => Some(1),
+            Some(b"HTTP/1.0") => Some(0),
+            _ => None,
+        };
+        let eol = match buf.get(version_end..) {
+            Some([b'\r', b'\n', ..]) => Some(2),
+            Some([b'\n', ..]) => Some(1),
+            _ => None,
+        };
+        if let (Some(version), Some(eol)) = (version, eol) {
+            return Ok(Some(RequestLine {
+                method: Span::new(line_start, method_end),
+                target: Span::new(target_start, target_end),
+                version,
+                end: version_end + eol,
+            }));
+        }
+    }
+    // "HTTP/" DIGIT "." DIGIT, byte by byte (eight of them).
     let mut digits = [0u8; 2];
     for n in 0..=8 {
         let k = version_start + n;

@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::field_lines::{self, LinesError};
 use super::fields::{
-    Field, FieldName, Framing, Span, TransferCoding, is_token, list_items, parse_content_length,
-    transfer_coding,
+    Field, FieldName, Framing, Span, TransferCoding, folded_eq, is_token, list_items,
+    parse_content_length, transfer_coding,
 };
 use super::request::Limits;
 
@@ -404,6 +404,9 @@ pub fn parse_response_head(
                 );
             }
             FieldName::TransferEncoding => te_lines += 1,
+            // The usual single token at once (the general loop gives the same answer).
+            FieldName::Connection if folded_eq(value, b"keep-alive") => keep_alive_token = true,
+            FieldName::Connection if folded_eq(value, b"close") => close = true,
             FieldName::Connection => {
                 for item in list_items(value) {
                     if !is_token(item) {
