@@ -103,30 +103,39 @@ fn decimal(n: u64, digits: &mut [u8; 20]) -> usize {
     }
 }
 
-/// Appends `ip` as text; IPv4 (the common case) spelled into a stack buffer and copied once.
+/// Each byte value in decimal: its (up to three) digits, then how many there are.
+static DECIMAL_BYTES: [[u8; 4]; 256] = {
+    let mut t = [[0u8; 4]; 256];
+    let mut n = 0;
+    while n < 256 {
+        let (h, d, u) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
+        t[n] = match n {
+            0..=9 => [b'0' + u, 0, 0, 1],
+            10..=99 => [b'0' + d, b'0' + u, 0, 2],
+            _ => [b'0' + h, b'0' + d, b'0' + u, 3],
+        };
+        n += 1;
+    }
+    t
+};
+
+/// Appends `ip` as text; IPv4 (the common case) spelled from a table into a stack buffer and
+/// copied once.
 fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut text = [0u8; 15];
+            // Three digits and a dot per octet, always written; `len` counts the ones kept.
+            let mut text = [0u8; 16];
             let mut len = 0;
-            for (k, octet) in v4.octets().into_iter().enumerate() {
-                if k > 0 {
-                    text[len] = b'.';
-                    len += 1;
+            for octet in v4.octets() {
+                let [a, b, c, n] = DECIMAL_BYTES[usize::from(octet)];
+                if let Some(slot) = text.get_mut(len..len + 4) {
+                    slot.copy_from_slice(&[a, b, c, b'.']);
+                    slot[usize::from(n)] = b'.';
                 }
-                let octet = usize::from(octet);
-                if octet >= 100 {
-                    text[len] = b'0' + (octet / 100) as u8;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    text[len] = b'0' + (octet / 10 % 10) as u8;
-                    len += 1;
-                }
-                text[len] = b'0' + (octet % 10) as u8;
-                len += 1;
+                len += usize::from(n) + 1;
             }
-            out.extend_from_slice(&text[..len]);
+            out.extend_from_slice(&text[..len - 1]);
         }
         IpAddr::V6(_) => {
             let _ = write!(out, "{ip}");
@@ -137,16 +146,11 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
 fn put_framing(out: &mut Vec<u8>, framing: Framing) {
     match framing {
         Framing::Length(n) => {
-            // One copy: the field name, the digits and the line end assembled on the stack.
-            const NAME: &[u8] = b"Content-Length: ";
-            let mut line = [0u8; NAME.len() + 20 + 2];
-            line[..NAME.len()].copy_from_slice(NAME);
             let mut digits = [0u8; 20];
             let start = decimal(n, &mut digits);
-            let end = NAME.len() + digits.len() - start;
-            line[NAME.len()..end].copy_from_slice(&digits[start..]);
-            line[end..end + 2].copy_from_slice(b"\r\n");
-            out.extend_from_slice(&line[..end + 2]);
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(&digits[start..]);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::Close => {}
