@@ -103,6 +103,7 @@ impl RequestRecord {
         self.bytes_in = head.head_len as u64;
         self.bytes_out = 0;
         self.retries = 0;
+        self.queued = None;
         self.backend = None;
         self.status = 0;
         self.blame = None;
@@ -267,9 +268,10 @@ impl RecordPool {
         self.spares.give(rec);
     }
 
-    /// After a quiet second, frees the spares a burst left (call from the loop's tick).
-    pub fn trim(&mut self, now: Instant) {
-        self.spares.trim(now);
+    /// After a quiet second, frees the spares a burst left (call from the loop's tick);
+    /// whether it freed any.
+    pub fn trim(&mut self, now: Instant) -> bool {
+        self.spares.trim(now)
     }
 }
 
@@ -321,6 +323,27 @@ mod tests {
         let raw = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
         let rec = begin(raw.as_bytes(), true);
         assert_eq!(rec.target_len as usize, MAX_LOGGED_TARGET + 1);
+    }
+
+    #[test]
+    fn a_reused_record_starts_blank() {
+        let mut pool = RecordPool::new();
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let client = "10.0.0.1:4000".parse().unwrap();
+        let mut first = pool.begin(client, &head, raw, true, Instant::now());
+        first.queued = Some(Duration::from_millis(40));
+        first.retries = 2;
+        first.backend = Some(1);
+        first.blame(Termination::WorkerTimeout, Phase::Connect);
+        pool.put(first);
+        let again = pool.begin(client, &head, raw, true, Instant::now());
+        assert_eq!(again.queued, None, "a request that never queued");
+        assert_eq!((again.retries, again.backend), (0, None));
+        let fallback = (Termination::Done, Phase::Complete);
+        assert_eq!(again.blamed_or(fallback), fallback);
     }
 
     #[test]
