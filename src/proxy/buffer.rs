@@ -199,8 +199,7 @@ impl<T> Spares<T> {
     }
 }
 
-/// Free buffers kept for reuse ([`Spares`]); trimming also hands the freed pages back to the
-/// kernel.
+/// Free buffers kept for reuse ([`Spares`]).
 pub struct BufPool {
     spares: Spares<Box<[u8]>>,
 }
@@ -243,22 +242,19 @@ impl BufPool {
         }
     }
 
-    /// [`Spares::trim`], then asks the allocator to return its free pages to the kernel.
-    /// Returns whether it trimmed.
+    /// [`Spares::trim`]: whether it dropped spares (then the loop calls
+    /// [`release_free_pages`], once every spare list is trimmed).
     pub fn trim(&mut self, now: Instant) -> bool {
-        if !self.spares.trim(now) {
-            return false;
-        }
-        release_free_pages();
-        true
+        self.spares.trim(now)
     }
 }
 
 /// Hands the allocator's free pages back to the kernel. glibc keeps freed 16 KiB blocks (below
 /// its mmap threshold) in the heap, resident, until asked: without this, RSS after a burst
-/// would stay at its peak.
+/// would stay at its peak. Call it after every spare list was trimmed: what is freed after
+/// it stays resident until the next call.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_pages() {
+pub fn release_free_pages() {
     // SAFETY: malloc_trim only walks the allocator's own free lists; the loop is the only
     // thread of an LB child, and the allocator is thread-safe anyway.
     unsafe {
@@ -268,7 +264,7 @@ fn release_free_pages() {
 
 /// Other allocators (musl's mallocng) unmap freed pages themselves.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_pages() {}
+pub fn release_free_pages() {}
 
 #[cfg(test)]
 mod tests {

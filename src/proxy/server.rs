@@ -14,6 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use super::LoopInputs;
 use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
+use super::buffer;
 use super::context::{LoopContext, TimerKey};
 use super::control::{BackendSpec, Down, QueueFigures, Up};
 use super::health::{self, HealthCheck};
@@ -195,11 +196,22 @@ impl Server {
             if self.ctx.now >= self.next_metrics {
                 self.next_metrics = self.ctx.now + METRICS_EVERY;
                 self.send_metrics();
-                self.ctx.bufs.trim(self.ctx.now);
-                self.ctx.records.trim(self.ctx.now);
-                self.ctx.exchanges.trim(self.ctx.now);
+                self.trim_spares();
             }
             self.flush_control();
+        }
+    }
+
+    /// Frees the spares a burst left (after a quiet second), then hands the freed pages back
+    /// to the kernel once, after every list was trimmed (what is freed after the release
+    /// would stay resident until the next burst's).
+    fn trim_spares(&mut self) {
+        let now = self.ctx.now;
+        let buffers = self.ctx.bufs.trim(now);
+        let records = self.ctx.records.trim(now);
+        let exchanges = self.ctx.exchanges.trim(now);
+        if buffers || records || exchanges {
+            buffer::release_free_pages();
         }
     }
 
