@@ -17,7 +17,7 @@ const MAX_LOGGED_METHOD: usize = 24;
 const KEPT_TARGET: usize = MAX_LOGGED_TARGET + 1;
 /// Spare records kept after a burst; beyond them, returned records are freed.
 const MAX_SPARE: usize = 1024;
-/// Spares kept once the pool has been quiet for a second.
+/// Spares kept once the pool has been quiet for a trim window.
 const QUIET_SPARE: usize = 16;
 
 /// One request's facts, filled as the exchange goes.
@@ -268,7 +268,12 @@ impl RecordPool {
         self.spares.give(rec);
     }
 
-    /// After a quiet second, frees the spares a burst left (call from the loop's tick);
+    /// [`Spares::has_excess`].
+    pub fn has_excess(&self) -> bool {
+        self.spares.has_excess()
+    }
+
+    /// After a quiet window, frees the spares a burst left (call from the loop's tick);
     /// whether it freed any.
     pub fn trim(&mut self, now: Instant) -> bool {
         self.spares.trim(now)
@@ -365,7 +370,7 @@ mod tests {
         pool.trim(t0);
         pool.trim(t0 + Duration::from_millis(1100)); // the burst's window
         assert_eq!(pool.spares.len(), 40);
-        pool.trim(t0 + Duration::from_millis(2200)); // a quiet second
+        pool.trim(t0 + Duration::from_millis(2200)); // a quiet window
         assert_eq!(pool.spares.len(), QUIET_SPARE);
     }
 }
