@@ -81,3 +81,8 @@ fn version_flag_prints_the_version() {
 fn sigusr2_runs_the_binary_that_replaced_ours() {
     scenarios::upgrade_to_a_new_binary("p-upgrade-new");
 }
+
+#[test]
+fn sigusr2_answers_requests_held_by_the_draining_old_children() {
+    scenarios::upgrade_answers_requests_held_by_the_old_children("p-upgrade-held");
+}

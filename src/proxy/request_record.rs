@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::access_log::{AccessLog, AccessRecord, MAX_LOGGED_TARGET, Phase, Termination};
 use super::buffer::Spares;
 use crate::http::RequestHead;
-use crate::http::request_id::{REQUEST_ID_FIELD, RequestId};
+use crate::http::request_id::RequestId;
 
 /// Longest method kept for the log (longer ones are cut).
 const MAX_LOGGED_METHOD: usize = 24;
@@ -82,17 +82,8 @@ impl RequestRecord {
         keep_line: bool,
         now: Instant,
     ) {
-        let mut sent = head.headers.iter().filter(|f| {
-            f.name
-                .get(buf)
-                .eq_ignore_ascii_case(REQUEST_ID_FIELD.as_bytes())
-        });
-        let only = match (sent.next(), sent.next()) {
-            (Some(f), None) => Some(f.value.get(buf)),
-            _ => None,
-        };
         // Field by field: the line arrays are overwritten only as far as they are used.
-        self.id = RequestId::kept_or_generated(only);
+        self.id = RequestId::kept_or_generated(head.sole_request_id(buf));
         self.client = client;
         self.method_len = 0;
         self.target_len = 0;

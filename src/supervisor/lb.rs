@@ -63,6 +63,8 @@ pub struct LbPool {
     seq: u64,
     /// Backend set last sent to the children.
     sent: Vec<BackendSpec>,
+    /// Upgrade hand-over: the children keep `sent` (see [`LbPool::hold_backends`]).
+    held: bool,
     retired: Retired,
     /// p90 of the requests completed between two samples.
     latency: autoscale::LatencyWindow,
@@ -123,6 +125,7 @@ impl LbPool {
             queue_gone: QueueFigures::default(),
             seq: 0,
             sent: Vec::new(),
+            held: false,
             retired: Retired::default(),
             latency: autoscale::LatencyWindow::new(),
             news: Received::default(),
@@ -397,9 +400,9 @@ impl LbPool {
         }
     }
 
-    /// Sends the backend set to every child when it changed.
+    /// Sends the backend set to every child when it changed (and the set is not held).
     pub fn publish_backends(&mut self, set: Vec<BackendSpec>) {
-        if set == self.sent {
+        if self.held || set == self.sent {
             return;
         }
         let seq = self.next_seq();
@@ -422,6 +425,15 @@ impl LbPool {
         };
         self.sent = set;
         self.send_all(&msg);
+    }
+
+    /// Upgrade hand-over: from now on the children keep the backend set last sent. The
+    /// workers in it are the new supervisor's, which replaces them one at a time on the same
+    /// addresses (a request finding the one being replaced closed is retried on another);
+    /// this supervisor no longer knows them, and an empty set would make its draining
+    /// children answer 503 to the requests still reaching them.
+    pub fn hold_backends(&mut self) {
+        self.held = true;
     }
 
     /// Sends new settings to every child.
@@ -806,6 +818,27 @@ mod tests {
         assert_eq!(pool.seq(), 1, "same set: no new seq");
         pool.publish_backends(vec![spec("w1", BackendState::Draining)]);
         assert_eq!(pool.seq(), 2);
+    }
+
+    #[test]
+    fn a_held_backend_set_is_not_replaced() {
+        use std::io::Read;
+        let (mut pool, mut peer) = pool_with_child();
+        pool.publish_backends(vec![spec("w1", BackendState::Active)]);
+        pool.hold_backends();
+        pool.publish_backends(Vec::new());
+        assert_eq!(pool.seq(), 1, "no set after the hold");
+        assert_eq!(
+            pool.children[0].conn.queued(),
+            0,
+            "nothing waits to be sent"
+        );
+        peer.set_nonblocking(true).expect("nonblocking");
+        let mut got = Vec::new();
+        let _ = peer.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(text.lines().count(), 1, "one set sent: {text}");
+        assert!(text.contains("\"w1\""), "the set before the hold: {text}");
     }
 
     #[test]

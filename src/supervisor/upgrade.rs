@@ -3,7 +3,8 @@
 //! (`sys::inherit`). The new one adopts the workers (docker: the same containers; process:
 //! the old one's worker processes, replaced one at a time through a surge slot, since they
 //! die with their parent), forks its LB children on the inherited listeners and says it is
-//! ready through a pipe. The old one then hands over: its children drain, it stops managing
+//! ready through a pipe. The old one then hands over: its children drain with the backend set
+//! they have (never emptied: their last requests still go to the workers), it stops managing
 //! workers, and exits once its children (and, process runtime, its worker processes) are gone.
 //! A new binary that fails to start or to get ready changes nothing: the old one goes on.
 
@@ -268,6 +269,9 @@ impl Supervisor {
         if let Some(d) = self.driver.as_mut() {
             d.release();
         }
+        // The draining children keep serving the workers they know (now the new supervisor's)
+        // until they are done: forgetting the fleet must not empty their backend set.
+        self.pool.hold_backends();
         self.fleet.forget_all();
         self.phase = Phase::Stopping(StopStep::HandOver {
             deadline: now + drain + PROCESS_HANDOVER,

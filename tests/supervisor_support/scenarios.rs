@@ -13,6 +13,7 @@ use super::support::*;
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
 const SIGHUP: i32 = 1;
+const SIGUSR2: i32 = 12;
 
 fn worker_field(status: &serde_json::Value, port: u64, key: &str) -> serde_json::Value {
     status["workers"]
@@ -709,6 +710,56 @@ pub fn upgrade_under_load(name: &str, runtime: &'static str) {
     upgrade(name, runtime, false);
 }
 
+/// SIGUSR2 while clients hold connections the old LB children accepted but have not yet sent
+/// a request on (a client descheduled between connect and write): each request sent once the
+/// old children drain is answered 200 by a worker, with `Connection: close`, not 503 (the old
+/// children keep the backend set they had; the old supervisor sent them an empty one).
+pub fn upgrade_answers_requests_held_by_the_old_children(name: &str) {
+    use std::io::Write;
+    let mut s = Stack::new(name, StackSpec::seed("process"));
+    s.start();
+    s.wait_ready();
+    let mut held: Vec<std::net::TcpStream> = (0..4)
+        .map(|i| std::net::TcpStream::connect(s.lb(i % 2)).expect("connect"))
+        .collect();
+    // The old children accept them now (they are idle), before any new child exists.
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(SIGUSR2);
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while s.log_text().matches("event=drain_started").count() < 2 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the old children never drained\n{}",
+            s.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A few of the old supervisor's ticks (100 ms), well inside the children's idle grace
+    // (1 s): whatever it sends its draining children has arrived.
+    std::thread::sleep(Duration::from_millis(300));
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_secs(15))).ok();
+        c.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("write the held request");
+    }
+    for (i, c) in held.iter_mut().enumerate() {
+        let r = common::read_response(c, &mut Vec::new(), false)
+            .unwrap_or_else(|e| panic!("held request {i}: {e}\n{}", s.log_tail()));
+        assert_eq!(
+            (r.status, r.header("connection")),
+            (200, Some("close")),
+            "held request {i}: {}\n{}",
+            r.text(),
+            s.log_tail()
+        );
+        assert!(
+            r.text().contains("hello from container: "),
+            "held request {i}: {}",
+            r.text()
+        );
+    }
+}
+
 /// SIGUSR2 after a new binary replaced the running one at its path (rename over it, as a
 /// package manager does): the new supervisor runs the new file.
 pub fn upgrade_to_a_new_binary(name: &str) {
@@ -716,7 +767,6 @@ pub fn upgrade_to_a_new_binary(name: &str) {
 }
 
 fn upgrade(name: &str, runtime: &'static str, new_binary: bool) {
-    const SIGUSR2: i32 = 12;
     let mut s = Stack::new(name, StackSpec::seed(runtime));
     let path = s.dir.join("bin-goloadbalancer");
     if new_binary {
