@@ -21,7 +21,7 @@ use crate::http::Limits;
 
 /// Spare exchange bookkeeping kept after a burst (as many as the buffer pool's buffers).
 const SPARE_EXCHANGES: usize = 1024;
-/// Spare exchange bookkeeping kept once the loop has been quiet for a second.
+/// Spare exchange bookkeeping kept once the loop has been quiet for a trim window.
 const QUIET_SPARE_EXCHANGES: usize = 16;
 
 /// What a deadline is for.
@@ -107,6 +107,12 @@ impl LoopContext {
             no_worker: 0,
             out_of_fds: false,
         }
+    }
+
+    /// Whether a spare list (buffers, records, exchanges) holds more than a quiet window
+    /// keeps: the loop wakes up to trim it.
+    pub fn has_spares_to_trim(&self) -> bool {
+        self.bufs.has_excess() || self.records.has_excess() || self.exchanges.has_excess()
     }
 
     /// Replaces the settings (limits follow).

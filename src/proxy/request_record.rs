@@ -17,7 +17,7 @@ const MAX_LOGGED_METHOD: usize = 24;
 const KEPT_TARGET: usize = MAX_LOGGED_TARGET + 1;
 /// Spare records kept after a burst; beyond them, returned records are freed.
 const MAX_SPARE: usize = 1024;
-/// Spares kept once the pool has been quiet for a second.
+/// Spares kept once the pool has been quiet for a trim window.
 const QUIET_SPARE: usize = 16;
 
 /// One request's facts, filled as the exchange goes.
@@ -94,6 +94,7 @@ impl RequestRecord {
         self.bytes_in = head.head_len as u64;
         self.bytes_out = 0;
         self.retries = 0;
+        self.queued = None;
         self.backend = None;
         self.status = 0;
         self.blame = None;
@@ -258,9 +259,15 @@ impl RecordPool {
         self.spares.give(rec);
     }
 
-    /// After a quiet second, frees the spares a burst left (call from the loop's tick).
-    pub fn trim(&mut self, now: Instant) {
-        self.spares.trim(now);
+    /// [`Spares::has_excess`].
+    pub fn has_excess(&self) -> bool {
+        self.spares.has_excess()
+    }
+
+    /// After a quiet window, frees the spares a burst left (call from the loop's tick);
+    /// whether it freed any.
+    pub fn trim(&mut self, now: Instant) -> bool {
+        self.spares.trim(now)
     }
 }
 
@@ -315,6 +322,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_record_starts_blank() {
+        let mut pool = RecordPool::new();
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let client = "10.0.0.1:4000".parse().unwrap();
+        let mut first = pool.begin(client, &head, raw, true, Instant::now());
+        first.queued = Some(Duration::from_millis(40));
+        first.retries = 2;
+        first.backend = Some(1);
+        first.blame(Termination::WorkerTimeout, Phase::Connect);
+        pool.put(first);
+        let again = pool.begin(client, &head, raw, true, Instant::now());
+        assert_eq!(again.queued, None, "a request that never queued");
+        assert_eq!((again.retries, again.backend), (0, None));
+        let fallback = (Termination::Done, Phase::Complete);
+        assert_eq!(again.blamed_or(fallback), fallback);
+    }
+
+    #[test]
     fn pool_reuses_and_trims() {
         let mut pool = RecordPool::new();
         let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
@@ -333,7 +361,7 @@ mod tests {
         pool.trim(t0);
         pool.trim(t0 + Duration::from_millis(1100)); // the burst's window
         assert_eq!(pool.spares.len(), 40);
-        pool.trim(t0 + Duration::from_millis(2200)); // a quiet second
+        pool.trim(t0 + Duration::from_millis(2200)); // a quiet window
         assert_eq!(pool.spares.len(), QUIET_SPARE);
     }
 }
