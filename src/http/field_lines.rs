@@ -210,6 +210,32 @@ mod tests {
     }
 
     #[test]
+    fn spare_list_is_reused_and_bounded() {
+        let mut small = Vec::with_capacity(8);
+        small.push(Field::default());
+        recycle(small);
+        let again = take_list();
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), 8, "the spare comes back, emptied");
+        assert_eq!(take_list().capacity(), 0, "one spare only");
+        recycle(Vec::with_capacity(SPARE_MAX + 1));
+        assert_eq!(take_list().capacity(), 0, "a huge list is freed");
+        // Through the parsers: a dropped head's list serves the next parse.
+        let limits = crate::http::Limits::default();
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        let head = crate::http::parse_request_head(raw, &limits)
+            .unwrap()
+            .unwrap();
+        let capacity = head.headers.capacity();
+        drop(head);
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let resp = crate::http::parse_response_head(raw, false, &limits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.headers.capacity(), capacity);
+    }
+
+    #[test]
     fn names_recognised_whatever_their_case() {
         for (name, kind) in [
             ("te", FieldName::Te),
