@@ -48,6 +48,117 @@ pub struct Field {
     pub name: Span,
     /// Field value, leading/trailing SP/HTAB trimmed.
     pub value: Span,
+    /// The name, recognised once by the parser (`Other` for every name the proxy forwards
+    /// without looking at it), so later passes compare a byte, not the name.
+    pub kind: FieldName,
+    /// The line is exactly `name ": " value CRLF` in the buffer: a forwarded copy of it is
+    /// those bytes as they are (runs of such lines are copied at once).
+    pub plain: bool,
+}
+
+/// The field names the parsers and the head rewriter act on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldName {
+    /// Any other name.
+    #[default]
+    Other,
+    /// `Host`
+    Host,
+    /// `Content-Length`
+    ContentLength,
+    /// `Transfer-Encoding`
+    TransferEncoding,
+    /// `Connection`
+    Connection,
+    /// `Keep-Alive`
+    KeepAlive,
+    /// `Proxy-Connection`
+    ProxyConnection,
+    /// `TE`
+    Te,
+    /// `Trailer`
+    Trailer,
+    /// `Upgrade`
+    Upgrade,
+    /// `Expect`
+    Expect,
+    /// `Via`
+    Via,
+    /// `X-Forwarded-For`
+    XForwardedFor,
+    /// `X-Forwarded-Proto`
+    XForwardedProto,
+    /// `X-Request-Id`
+    XRequestId,
+}
+
+impl FieldName {
+    /// Recognises `name` (a token: the parsers validated it), ASCII case-insensitively. The
+    /// length picks the one or two candidates, so most names cost one comparison or none.
+    pub fn classify(name: &[u8]) -> FieldName {
+        let is = |lower: &[u8]| folded_eq(name, lower);
+        match name.len() {
+            2 if is(b"te") => FieldName::Te,
+            3 if is(b"via") => FieldName::Via,
+            4 if is(b"host") => FieldName::Host,
+            6 if is(b"expect") => FieldName::Expect,
+            7 if is(b"upgrade") => FieldName::Upgrade,
+            7 if is(b"trailer") => FieldName::Trailer,
+            10 if is(b"connection") => FieldName::Connection,
+            10 if is(b"keep-alive") => FieldName::KeepAlive,
+            12 if is(b"x-request-id") => FieldName::XRequestId,
+            14 if is(b"content-length") => FieldName::ContentLength,
+            15 if is(b"x-forwarded-for") => FieldName::XForwardedFor,
+            16 if is(b"proxy-connection") => FieldName::ProxyConnection,
+            17 if is(b"transfer-encoding") => FieldName::TransferEncoding,
+            17 if is(b"x-forwarded-proto") => FieldName::XForwardedProto,
+            _ => FieldName::Other,
+        }
+    }
+
+    /// Hop-by-hop in both directions whatever Connection says (RFC 9110 7.6.1), Upgrade
+    /// included (kept only by an upgrading exchange, which the caller decides).
+    pub fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            FieldName::Connection
+                | FieldName::KeepAlive
+                | FieldName::ProxyConnection
+                | FieldName::Te
+                | FieldName::Trailer
+                | FieldName::TransferEncoding
+                | FieldName::Upgrade
+        )
+    }
+}
+
+/// `token == lower` ignoring ASCII case, for a `token` of tchars (or a field value) and a
+/// `lower` of lowercase letters and `-`: OR-ing 0x20 folds the letters, and the only other
+/// byte it could map onto `-` is CR, which neither a token nor a value holds. Eight bytes at
+/// a time.
+pub(crate) fn folded_eq(token: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if token.len() != lower.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let n = token.len();
+    if n < 8 {
+        return token.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+    }
+    let mut at = 0;
+    while at + 8 <= n {
+        if word(token, at) | FOLD != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The tail, as the last eight bytes (overlapping what was compared).
+    at == n || word(token, n - 8) | FOLD == word(lower, n - 8)
 }
 
 /// How a message body is delimited.
@@ -63,13 +174,43 @@ pub enum Framing {
     Close,
 }
 
+/// Byte classes, one table lookup per byte on the hot paths (`matches!` over a dozen ranges
+/// compiles to a chain of compares).
+const TCHAR: u8 = 1;
+/// RFC 3986 unreserved or sub-delims: what a reg-name holds besides `%HH`.
+const HOST: u8 = 2;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alnum = c.is_ascii_alphanumeric();
+        if alnum
+            || matches!(c, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+')
+            || matches!(c, b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+        {
+            t[b] |= TCHAR;
+        }
+        if alnum
+            || matches!(c, b'-' | b'.' | b'_' | b'~')
+            || matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b','
+            )
+            || matches!(c, b';' | b'=')
+        {
+            t[b] |= HOST;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// RFC 9110 tchar.
 #[inline]
 pub fn is_tchar(b: u8) -> bool {
-    matches!(b,
-        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
-        | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+'
-        | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+    CLASS[usize::from(b)] & TCHAR != 0
 }
 
 /// Whether `s` is a non-empty token.
@@ -172,50 +313,41 @@ pub fn transfer_coding<'a>(values: impl Iterator<Item = &'a [u8]>) -> TransferCo
 /// Whether `v` is a valid `uri-host [ ":" port ]` (RFC 9110 7.2 / RFC 3986 3.2.2), host
 /// non-empty. `allow_empty` accepts an entirely empty value (a Host field may be empty).
 pub fn is_valid_authority(v: &[u8], allow_empty: bool) -> bool {
-    if v.is_empty() {
-        return allow_empty;
-    }
-    let rest = if v[0] == b'[' {
-        let Some(close) = v.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let inner = &v[1..close];
-        if inner.is_empty()
-            || !inner.iter().all(|&b| {
-                b.is_ascii_hexdigit()
-                    || matches!(b, b':' | b'.' | b'v' | b'V')
-                    || is_unreserved(b)
-                    || is_sub_delim(b)
-            })
-        {
-            return false;
-        }
-        &v[close + 1..]
-    } else {
-        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
-        let host = &v[..end];
-        if host.is_empty() {
-            return false;
-        }
-        let mut i = 0;
-        while i < host.len() {
-            let b = host[i];
-            if b == b'%' {
-                if i + 2 >= host.len()
-                    || !host[i + 1].is_ascii_hexdigit()
-                    || !host[i + 2].is_ascii_hexdigit()
-                {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            if !(is_unreserved(b) || is_sub_delim(b)) {
+    let rest = match v {
+        [] => return allow_empty,
+        [b'[', inner @ ..] => {
+            // IP-literal: unreserved / sub-delims / ':' (hex digits, '.' and 'v' are unreserved).
+            let Some(close) = inner.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &inner[..close];
+            if literal.is_empty() || !literal.iter().all(|&b| b == b':' || is_host_byte(b)) {
                 return false;
             }
-            i += 1;
+            &inner[close + 1..]
         }
-        &v[end..]
+        _ => {
+            // reg-name (IPv4 addresses are reg-names too): up to the first ':'. The usual
+            // run of plain host bytes at once, then '%HH' escapes one by one.
+            let mut i = v.iter().position(|&b| !is_host_byte(b)).unwrap_or(v.len());
+            while let Some(&b) = v.get(i) {
+                if is_host_byte(b) {
+                    i += 1;
+                } else if b == b'%' {
+                    let hex = |k: usize| v.get(i + k).is_some_and(u8::is_ascii_hexdigit);
+                    if !(hex(1) && hex(2)) {
+                        return false;
+                    }
+                    i += 3;
+                } else {
+                    break;
+                }
+            }
+            if i == 0 {
+                return false; // empty host (`:80`) or a first byte that is no host byte
+            }
+            &v[i..]
+        }
     };
     match rest {
         [] => true,
@@ -224,15 +356,8 @@ pub fn is_valid_authority(v: &[u8], allow_empty: bool) -> bool {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn is_sub_delim(b: u8) -> bool {
-    matches!(
-        b,
-        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-    )
+fn is_host_byte(b: u8) -> bool {
+    CLASS[usize::from(b)] & HOST != 0
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Strict HTTP/1.1 request-head parser (RFC 9110 / 9112) over httparse, with limits.
+//! Strict HTTP/1.1 request-head parser (RFC 9110 / 9112) with limits.
 //!
 //! `parse_request_head(buf, &limits)` is stateless: call it again when more bytes arrived.
 //! It returns `Ok(None)` while the head is incomplete and still within the limits,
@@ -9,7 +9,8 @@
 //! either `Ok(None)` or the same answer as the whole buffer.
 //!
 //! Strictness decisions (also in docs/ARCHITECTURE.md):
-//! - Bare LF line endings are accepted (as httparse does); the forwarded head uses CRLF.
+//! - Bare LF line endings are accepted (as httparse does, which this parser used before);
+//!   the forwarded head uses CRLF.
 //!   Empty lines before the request line are skipped (RFC 9112 2.2); they count toward the
 //!   head limit, not the request-line limit. A bare CR anywhere is 400.
 //! - Request line: `method SP target SP HTTP/x.y`, single spaces, method a token, target
@@ -23,7 +24,7 @@
 //!   bytes of the line arrived without its end); 431 when the head exceeds
 //!   `max_header_bytes` (request line and final empty line included) or has more than
 //!   `max_headers` fields.
-//! - Fields: httparse rejects whitespace before the colon, obs-fold, and CTLs (NUL, CR, LF,
+//! - Fields (`field_lines`): whitespace before the colon, obs-fold, and CTLs (NUL, CR, LF,
 //!   DEL) in values: 400.
 //! - HTTP/1.1 needs exactly one Host; more than one Host is 400 for any version; the value
 //!   must be a valid `host[:port]` (or empty).
@@ -37,11 +38,10 @@
 //!   HTTP/1.0 requests' Expect and Upgrade are ignored, as RFC 9110 requires.
 //! - Connection tokens must be tokens (400 otherwise).
 
-use std::mem::MaybeUninit;
-
+use super::field_lines::{self, LinesError};
 use super::fields::{
-    Field, Framing, Span, TransferCoding, is_tchar, is_token, is_valid_authority, list_items,
-    parse_content_length, transfer_coding,
+    Field, FieldName, Framing, Span, TransferCoding, folded_eq, is_tchar, is_token,
+    is_valid_authority, list_items, parse_content_length, transfer_coding,
 };
 
 /// Size limits for a request head (from `ProxySettings` or the worker's own).
@@ -264,6 +264,24 @@ impl RequestHead {
             .iter()
             .any(|t| t.get(buf).eq_ignore_ascii_case(name))
     }
+
+    /// The `X-Request-Id` value when the client sent exactly one such field.
+    pub fn sole_request_id<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        let mut sent = self
+            .headers
+            .iter()
+            .filter(|f| f.kind == FieldName::XRequestId);
+        match (sent.next(), sent.next()) {
+            (Some(f), None) => Some(f.value.get(buf)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for RequestHead {
+    fn drop(&mut self) {
+        field_lines::recycle(std::mem::take(&mut self.headers));
+    }
 }
 
 /// Result of scanning the request line.
@@ -271,6 +289,8 @@ struct RequestLine {
     method: Span,
     target: Span,
     version: u8,
+    /// Where the field lines start (just after the line's end).
+    end: usize,
 }
 
 /// Parses a request head from the start of `buf`; see the module documentation.
@@ -283,48 +303,26 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
         None => return Ok(None),
     };
 
-    let head_len;
-    let mut fields: Vec<Field>;
-    {
-        const STACK_SLOTS: usize = 128;
-        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_SLOTS];
-        let mut heap = Vec::new();
-        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_SLOTS {
-            &mut stack[..limits.max_headers]
-        } else {
-            heap.resize_with(limits.max_headers, MaybeUninit::uninit);
-            &mut heap[..]
+    let mut fields = field_lines::take_list();
+    let head_len =
+        match field_lines::parse_field_lines(window, line.end, limits.max_headers, &mut fields) {
+            Ok(Some(n)) => n,
+            incomplete_or_bad => {
+                field_lines::recycle(fields);
+                return match incomplete_or_bad {
+                    Ok(_) if over => Err(HeadError::HeadTooLarge),
+                    Ok(_) => Ok(None),
+                    Err(LinesError::TooMany) => Err(HeadError::TooManyHeaders),
+                    Err(LinesError::Name) => Err(HeadError::Malformed(
+                        "invalid header field name (whitespace before colon, obs-fold or bad byte)",
+                    )),
+                    Err(LinesError::Value) => {
+                        Err(HeadError::Malformed("invalid byte in header field value"))
+                    }
+                    Err(LinesError::NewLine) => Err(HeadError::Malformed("invalid line ending")),
+                };
+            }
         };
-        let mut req = httparse::Request::new(&mut []);
-        match req.parse_with_uninit_headers(window, slots) {
-            Ok(httparse::Status::Complete(n)) => head_len = n,
-            Ok(httparse::Status::Partial) if over => return Err(HeadError::HeadTooLarge),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(httparse::Error::HeaderName) => {
-                return Err(HeadError::Malformed(
-                    "invalid header field name (whitespace before colon, obs-fold or bad byte)",
-                ));
-            }
-            Err(httparse::Error::HeaderValue) => {
-                return Err(HeadError::Malformed("invalid byte in header field value"));
-            }
-            Err(httparse::Error::NewLine) => {
-                return Err(HeadError::Malformed("invalid line ending"));
-            }
-            Err(_) => return Err(HeadError::Malformed("malformed request line")),
-        }
-        fields = Vec::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            fields.push(Field {
-                name: Span::of(buf, h.name.as_bytes()),
-                value: Span::of(buf, h.value),
-            });
-        }
-    }
-    // httparse's request line rules are looser than ours, so it must agree with the scan.
-    debug_assert_eq!(line.method.end + 1, line.target.start);
-
     finish(buf, line, fields, head_len).map(Some)
 }
 
@@ -358,54 +356,58 @@ fn finish(
     let mut expect_continue = false;
     let mut upgrade_field = None;
     for f in &headers {
-        let name = f.name.get(buf);
         let value = f.value.get(buf);
-        if name.eq_ignore_ascii_case(b"host") {
-            if host.is_some() {
-                return Err(HeadError::Malformed("more than one Host field"));
-            }
-            if !is_valid_authority(value, true) {
-                return Err(HeadError::Malformed("invalid Host field value"));
-            }
-            host = Some(f.value);
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            cl_lines += 1;
-            if cl_lines > 1 {
-                return Err(HeadError::Malformed("more than one Content-Length field"));
-            }
-            content_length = Some(
-                parse_content_length(value)
-                    .ok_or(HeadError::Malformed("invalid Content-Length"))?,
-            );
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_lines += 1;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for item in list_items(value) {
-                if !is_token(item) {
-                    return Err(HeadError::Malformed("invalid Connection field value"));
+        match f.kind {
+            FieldName::Host => {
+                if host.is_some() {
+                    return Err(HeadError::Malformed("more than one Host field"));
                 }
-                if item.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if item.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive_token = true;
-                } else if item.eq_ignore_ascii_case(b"upgrade") {
-                    upgrade_token = true;
-                } else {
-                    // Only tokens that can name a forwardable field: no allocation for the
-                    // common `Connection: keep-alive` / `close`.
-                    connection_tokens.push(Span::of(buf, item));
+                if !is_valid_authority(value, true) {
+                    return Err(HeadError::Malformed("invalid Host field value"));
+                }
+                host = Some(f.value);
+            }
+            FieldName::ContentLength => {
+                cl_lines += 1;
+                if cl_lines > 1 {
+                    return Err(HeadError::Malformed("more than one Content-Length field"));
+                }
+                content_length = Some(
+                    parse_content_length(value)
+                        .ok_or(HeadError::Malformed("invalid Content-Length"))?,
+                );
+            }
+            FieldName::TransferEncoding => te_lines += 1,
+            // The usual single token at once (the general loop gives the same answer).
+            FieldName::Connection if folded_eq(value, b"keep-alive") => keep_alive_token = true,
+            FieldName::Connection if folded_eq(value, b"close") => close = true,
+            FieldName::Connection => {
+                for item in list_items(value) {
+                    if !is_token(item) {
+                        return Err(HeadError::Malformed("invalid Connection field value"));
+                    }
+                    if item.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    } else if item.eq_ignore_ascii_case(b"upgrade") {
+                        upgrade_token = true;
+                    } else {
+                        // Only tokens that can name a forwardable field: no allocation for
+                        // the common `Connection: keep-alive` / `close`.
+                        connection_tokens.push(Span::of(buf, item));
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if line.version == 1 {
+            FieldName::Expect if line.version == 1 => {
                 if value.eq_ignore_ascii_case(b"100-continue") {
                     expect_continue = true;
                 } else {
                     return Err(HeadError::ExpectationFailed);
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") && upgrade_field.is_none() {
-            upgrade_field = Some(f.value);
+            FieldName::Upgrade if upgrade_field.is_none() => upgrade_field = Some(f.value),
+            _ => {}
         }
     }
     if line.version == 1 && host.is_none() {
@@ -425,7 +427,7 @@ fn finish(
         }
         let values = headers
             .iter()
-            .filter(|f| f.name.get(buf).eq_ignore_ascii_case(b"transfer-encoding"))
+            .filter(|f| f.kind == FieldName::TransferEncoding)
             .map(|f| f.value.get(buf));
         match transfer_coding(values) {
             TransferCoding::Chunked => Framing::Chunked,
@@ -506,21 +508,13 @@ fn classify_target(target: &[u8], method: Method) -> Result<(TargetForm, Option<
     }
 }
 
-/// States of the request-line scan.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum LineState {
-    Method,
-    Target,
-    Version(u8),
-}
-
-/// Scans the request line at the start of `buf` byte by byte (after skipping empty lines).
-/// `Ok(None)` = need more bytes. The first invalid byte or the limit decides the error, so
-/// the verdict is the same whatever prefix of the line is present. Long on purpose: a
-/// byte-level state machine reads best as the one loop it is.
+/// Scans the request line at the start of `buf` (after skipping empty lines). `Ok(None)` =
+/// need more bytes. The first invalid byte or the limit decides the error, so the verdict is
+/// the same whatever prefix of the line is present: each part is a tight loop over the bytes
+/// its class allows, bounded by the limit, and the byte that stops it decides.
 fn scan_request_line(buf: &[u8], max_line: usize) -> Result<Option<RequestLine>, HeadError> {
     let mut i = 0;
-    // Empty lines before the request line (RFC 9112 2.2); they count toward the limit.
+    // Empty lines before the request line (RFC 9112 2.2); they count toward the head limit.
     loop {
         match buf.get(i) {
             None => return Ok(None),
@@ -533,102 +527,123 @@ fn scan_request_line(buf: &[u8], max_line: usize) -> Result<Option<RequestLine>,
             Some(_) => break,
         }
     }
-    let method_start = i;
-    let mut target_start = 0;
-    let mut method_end = 0;
-    let mut target_end = 0;
-    let mut state = LineState::Method;
-    // Version bytes as scanned: "HTTP/" D "." D.
-    let mut version = [0u8; 3];
-    loop {
-        let Some(&b) = buf.get(i) else {
-            return Ok(None);
-        };
-        let at_eol = match b {
-            b'\n' => Some(1),
-            b'\r' => match buf.get(i + 1) {
-                None => return Ok(None),
-                Some(b'\n') => Some(2),
-                Some(_) => return Err(HeadError::Malformed("bare CR in request line")),
+    let line_start = i;
+    // The first index where a byte other than a line end is over the limit.
+    let limit = line_start.saturating_add(max_line).min(buf.len());
+    // What stops a part: its byte, or `Err` with the verdict (need more, or a bare CR).
+    let stop = |k: usize| -> Result<u8, Result<Option<RequestLine>, HeadError>> {
+        match buf.get(k) {
+            None => Err(Ok(None)),
+            Some(b'\r') => match buf.get(k + 1) {
+                None => Err(Ok(None)),
+                Some(b'\n') => Ok(b'\r'),
+                Some(_) => Err(Err(HeadError::Malformed("bare CR in request line"))),
             },
+            Some(&b) => Ok(b),
+        }
+    };
+
+    let method_end = run_of(buf, line_start, limit, is_tchar);
+    match stop(method_end) {
+        Err(verdict) => return verdict,
+        Ok(b'\r' | b'\n') => return Err(HeadError::Malformed("malformed request line")),
+        Ok(_) if method_end - line_start >= max_line => return Err(HeadError::RequestLineTooLong),
+        Ok(b' ') if method_end > line_start => {}
+        Ok(b' ') => return Err(HeadError::Malformed("empty method")),
+        Ok(_) => return Err(HeadError::Malformed("invalid method")),
+    }
+    let target_start = method_end + 1;
+    let target_end = run_of(buf, target_start, limit, |b| {
+        (0x21..=0x7e).contains(&b) && b != b'#'
+    });
+    match stop(target_end) {
+        Err(verdict) => return verdict,
+        Ok(b'\r' | b'\n') if target_end == target_start => {
+            return Err(HeadError::Malformed("empty request target"));
+        }
+        // "GET /" with no version: the HTTP/0.9 form.
+        Ok(b'\r' | b'\n') => return Err(HeadError::VersionNotSupported),
+        Ok(_) if target_end - line_start >= max_line => return Err(HeadError::RequestLineTooLong),
+        Ok(b' ') if target_end > target_start => {}
+        Ok(b' ') => return Err(HeadError::Malformed("empty request target")),
+        Ok(_) => return Err(HeadError::Malformed("invalid byte in request target")),
+    }
+    let version_start = target_end + 1;
+    // The usual line end, `HTTP/1.1` CRLF within the limit, at once; anything else byte by
+    // byte below, which gives every other verdict.
+    let version_end = version_start + 8;
+    if version_end - line_start <= max_line {
+        let version = match buf.get(version_start..version_end) {
+            Some(b"HTTP/1.1") => Some(1),
+            Some(b"HTTP/1.0") => Some(0),
             _ => None,
         };
-        if let Some(eol_len) = at_eol {
-            return match state {
-                LineState::Method => Err(HeadError::Malformed("malformed request line")),
-                LineState::Target if i == target_start => {
-                    Err(HeadError::Malformed("empty request target"))
-                }
-                // "GET /" with no version: the HTTP/0.9 form.
-                LineState::Target => Err(HeadError::VersionNotSupported),
-                LineState::Version(8) => {
-                    let _ = eol_len;
-                    match (version[0], version[2]) {
-                        (b'1', b'0') => Ok(Some(RequestLine {
-                            method: Span::new(method_start, method_end),
-                            target: Span::new(target_start, target_end),
-                            version: 0,
-                        })),
-                        (b'1', b'1') => Ok(Some(RequestLine {
-                            method: Span::new(method_start, method_end),
-                            target: Span::new(target_start, target_end),
-                            version: 1,
-                        })),
-                        _ => Err(HeadError::VersionNotSupported),
-                    }
-                }
-                LineState::Version(_) => Err(HeadError::Malformed("invalid HTTP version")),
-            };
+        let eol = match buf.get(version_end..) {
+            Some([b'\r', b'\n', ..]) => Some(2),
+            Some([b'\n', ..]) => Some(1),
+            _ => None,
+        };
+        if let (Some(version), Some(eol)) = (version, eol) {
+            return Ok(Some(RequestLine {
+                method: Span::new(line_start, method_end),
+                target: Span::new(target_start, target_end),
+                version,
+                end: version_end + eol,
+            }));
         }
-        if i - method_start >= max_line {
-            return Err(HeadError::RequestLineTooLong);
-        }
-        match state {
-            LineState::Method => {
-                if b == b' ' {
-                    if i == method_start {
-                        return Err(HeadError::Malformed("empty method"));
-                    }
-                    method_end = i;
-                    target_start = i + 1;
-                    state = LineState::Target;
-                } else if !is_tchar(b) {
-                    return Err(HeadError::Malformed("invalid method"));
-                }
-            }
-            LineState::Target => {
-                if b == b' ' {
-                    if i == target_start {
-                        return Err(HeadError::Malformed("empty request target"));
-                    }
-                    target_end = i;
-                    state = LineState::Version(0);
-                } else if !(0x21..=0x7e).contains(&b) || b == b'#' {
-                    return Err(HeadError::Malformed("invalid byte in request target"));
-                }
-            }
-            LineState::Version(n) => {
-                const PREFIX: &[u8; 5] = b"HTTP/";
-                let ok = match n {
-                    0..=4 => b == PREFIX[n as usize],
-                    5 | 7 => b.is_ascii_digit(),
-                    6 => b == b'.',
-                    _ => false,
-                };
-                if !ok {
-                    return Err(HeadError::Malformed("invalid HTTP version"));
-                }
-                match n {
-                    5 => version[0] = b,
-                    6 => version[1] = b,
-                    7 => version[2] = b,
-                    _ => {}
-                }
-                state = LineState::Version(n + 1);
-            }
-        }
-        i += 1;
     }
+    // "HTTP/" DIGIT "." DIGIT, byte by byte (eight of them).
+    let mut digits = [0u8; 2];
+    for n in 0..=8 {
+        let k = version_start + n;
+        let b = match stop(k) {
+            Err(verdict) => return verdict,
+            Ok(b'\r' | b'\n') if n == 8 => break,
+            Ok(b'\r' | b'\n') => return Err(HeadError::Malformed("invalid HTTP version")),
+            Ok(_) if k - line_start >= max_line => return Err(HeadError::RequestLineTooLong),
+            Ok(b) => b,
+        };
+        let ok = match n {
+            0..=4 => b == b"HTTP/"[n],
+            5 | 7 => b.is_ascii_digit(),
+            6 => b == b'.',
+            _ => false,
+        };
+        if !ok {
+            return Err(HeadError::Malformed("invalid HTTP version"));
+        }
+        match n {
+            5 => digits[0] = b,
+            7 => digits[1] = b,
+            _ => {}
+        }
+    }
+    let eol = version_start + 8;
+    let end = eol + if buf.get(eol) == Some(&b'\r') { 2 } else { 1 };
+    let version = match digits {
+        [b'1', b'0'] => 0,
+        [b'1', b'1'] => 1,
+        _ => return Err(HeadError::VersionNotSupported),
+    };
+    Ok(Some(RequestLine {
+        method: Span::new(line_start, method_end),
+        target: Span::new(target_start, target_end),
+        version,
+        end,
+    }))
+}
+
+/// The end of the run of bytes in `class` from `from`, stopping at `limit` at the latest.
+#[inline]
+fn run_of(buf: &[u8], from: usize, limit: usize, class: impl Fn(u8) -> bool) -> usize {
+    let mut k = from;
+    while let Some(&b) = buf.get(k).filter(|_| k < limit) {
+        if !class(b) {
+            break;
+        }
+        k += 1;
+    }
+    k
 }
 
 #[cfg(test)]
@@ -1139,6 +1154,183 @@ mod tests {
                     String::from_utf8_lossy(raw)
                 );
             }
+        }
+    }
+
+    /// The request-line scan as it was before the fast loops, byte by byte: the reference the
+    /// property below holds the new one to.
+    mod before {
+        use super::super::*;
+
+        /// States of the request-line scan.
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        enum LineState {
+            Method,
+            Target,
+            Version(u8),
+        }
+
+        /// Scans the request line at the start of `buf` byte by byte (after skipping empty lines).
+        /// `Ok(None)` = need more bytes. The first invalid byte or the limit decides the error, so
+        /// the verdict is the same whatever prefix of the line is present. Long on purpose: a
+        /// byte-level state machine reads best as the one loop it is.
+        pub(super) fn reference_scan(
+            buf: &[u8],
+            max_line: usize,
+        ) -> Result<Option<(Span, Span, u8, usize)>, HeadError> {
+            let mut i = 0;
+            // Empty lines before the request line (RFC 9112 2.2); they count toward the limit.
+            loop {
+                match buf.get(i) {
+                    None => return Ok(None),
+                    Some(b'\n') => i += 1,
+                    Some(b'\r') => match buf.get(i + 1) {
+                        None => return Ok(None),
+                        Some(b'\n') => i += 2,
+                        Some(_) => return Err(HeadError::Malformed("bare CR")),
+                    },
+                    Some(_) => break,
+                }
+            }
+            let method_start = i;
+            let mut target_start = 0;
+            let mut method_end = 0;
+            let mut target_end = 0;
+            let mut state = LineState::Method;
+            // Version bytes as scanned: "HTTP/" D "." D.
+            let mut version = [0u8; 3];
+            loop {
+                let Some(&b) = buf.get(i) else {
+                    return Ok(None);
+                };
+                let at_eol = match b {
+                    b'\n' => Some(1),
+                    b'\r' => match buf.get(i + 1) {
+                        None => return Ok(None),
+                        Some(b'\n') => Some(2),
+                        Some(_) => return Err(HeadError::Malformed("bare CR in request line")),
+                    },
+                    _ => None,
+                };
+                if let Some(eol_len) = at_eol {
+                    return match state {
+                        LineState::Method => Err(HeadError::Malformed("malformed request line")),
+                        LineState::Target if i == target_start => {
+                            Err(HeadError::Malformed("empty request target"))
+                        }
+                        // "GET /" with no version: the HTTP/0.9 form.
+                        LineState::Target => Err(HeadError::VersionNotSupported),
+                        LineState::Version(8) => {
+                            let line = |v| {
+                                let (m, t) = (
+                                    Span::new(method_start, method_end),
+                                    Span::new(target_start, target_end),
+                                );
+                                Ok(Some((m, t, v, i + eol_len)))
+                            };
+                            match (version[0], version[2]) {
+                                (b'1', b'0') => line(0),
+                                (b'1', b'1') => line(1),
+                                _ => Err(HeadError::VersionNotSupported),
+                            }
+                        }
+                        LineState::Version(_) => Err(HeadError::Malformed("invalid HTTP version")),
+                    };
+                }
+                if i - method_start >= max_line {
+                    return Err(HeadError::RequestLineTooLong);
+                }
+                match state {
+                    LineState::Method => {
+                        if b == b' ' {
+                            if i == method_start {
+                                return Err(HeadError::Malformed("empty method"));
+                            }
+                            method_end = i;
+                            target_start = i + 1;
+                            state = LineState::Target;
+                        } else if !is_tchar(b) {
+                            return Err(HeadError::Malformed("invalid method"));
+                        }
+                    }
+                    LineState::Target => {
+                        if b == b' ' {
+                            if i == target_start {
+                                return Err(HeadError::Malformed("empty request target"));
+                            }
+                            target_end = i;
+                            state = LineState::Version(0);
+                        } else if !(0x21..=0x7e).contains(&b) || b == b'#' {
+                            return Err(HeadError::Malformed("invalid byte in request target"));
+                        }
+                    }
+                    LineState::Version(n) => {
+                        const PREFIX: &[u8; 5] = b"HTTP/";
+                        let ok = match n {
+                            0..=4 => b == PREFIX[n as usize],
+                            5 | 7 => b.is_ascii_digit(),
+                            6 => b == b'.',
+                            _ => false,
+                        };
+                        if !ok {
+                            return Err(HeadError::Malformed("invalid HTTP version"));
+                        }
+                        match n {
+                            5 => version[0] = b,
+                            6 => version[1] = b,
+                            7 => version[2] = b,
+                            _ => {}
+                        }
+                        state = LineState::Version(n + 1);
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// Pieces of request lines, so random concatenations reach every state of the scan.
+    const LINE_PIECES: &[&[u8]] = &[
+        b"GET",
+        b"G(T",
+        b" ",
+        b"/",
+        b"/a?b",
+        b"#",
+        b"*",
+        b"\x7f",
+        b"\xc3",
+        b"\t",
+        b"HTTP/1.1",
+        b"HTTP/1.0",
+        b"HTTP/2.0",
+        b"HTTP/",
+        b"HTTP/1.10",
+        b"1",
+        b".",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"x",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 4096,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Same verdict and spans as the byte-by-byte scan, for every line limit.
+        #[test]
+        fn request_line_scan_agrees_with_before(
+            pieces in proptest::collection::vec(proptest::sample::select(LINE_PIECES), 0..10),
+            max_line in 1usize..40,
+        ) {
+            let buf = pieces.concat();
+            let ours = scan_request_line(&buf, max_line)
+                .map(|l| l.map(|l| (l.method, l.target, l.version, l.end)));
+            proptest::prop_assert_eq!(ours, before::reference_scan(&buf, max_line));
         }
     }
 

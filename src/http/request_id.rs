@@ -40,12 +40,11 @@ impl RequestId {
     }
 
     /// The id spelling `bits` as 32 lowercase hex digits.
-    pub fn from_bits(mut bits: u128) -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+    pub fn from_bits(bits: u128) -> RequestId {
         let mut bytes = [0u8; MAX_REQUEST_ID];
-        for b in bytes[..32].iter_mut().rev() {
-            *b = HEX[(bits & 0xf) as usize];
-            bits >>= 4;
+        for (k, quarter) in bytes[..32].chunks_exact_mut(8).enumerate() {
+            let shift = 96 - 32 * k;
+            quarter.copy_from_slice(&hex8((bits >> shift) as u32));
         }
         RequestId {
             len: 32,
@@ -97,6 +96,21 @@ impl PartialEq for RequestId {
 }
 
 impl Eq for RequestId {}
+
+/// `x` as 8 lowercase hex digits, most significant first, with word arithmetic instead of a
+/// loop over nibbles: spread the nibbles one per byte, then map 0-9 and 10-15 to their
+/// digits in all eight bytes at once.
+fn hex8(x: u32) -> [u8; 8] {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut v = u64::from(x);
+    v = (v & 0xffff_0000) << 16 | (v & 0x0000_ffff);
+    v = (v & 0x0000_ff00_0000_ff00) << 8 | (v & 0x0000_00ff_0000_00ff);
+    v = (v & 0x00f0_00f0_00f0_00f0) << 4 | (v & 0x000f_000f_000f_000f);
+    // Byte k now holds nibble k (k = 0 the least significant). 1 in the bytes holding 10-15:
+    let letters = ((v + ONES * 6) >> 4) & ONES;
+    let digits = v + ONES * u64::from(b'0') + letters * u64::from(b'a' - b'0' - 10);
+    digits.to_be_bytes()
+}
 
 /// Whether `value` may be kept as a request id.
 pub fn is_valid(value: &[u8]) -> bool {
@@ -150,6 +164,11 @@ mod tests {
             format!("{:032x}", 0xab)
         );
         assert_eq!(RequestId::from_bits(u128::MAX).as_str(), "f".repeat(32));
+        let mut bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        for _ in 0..1000 {
+            assert_eq!(RequestId::from_bits(bits).as_str(), format!("{bits:032x}"));
+            bits = bits.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17) ^ 0x9e37;
+        }
     }
 
     #[test]

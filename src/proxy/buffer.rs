@@ -115,18 +115,19 @@ impl Buf {
     }
 }
 
-/// How often `trim` looks at the pool's traffic.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// Spares kept through a quiet second: enough for a trickle (health checks, a few clients)
+/// How often `trim` looks at the pool's traffic (a trim window): a burst's spares are freed
+/// a quarter to half a second after it ends, so RSS settles soon after a burst.
+pub const TRIM_EVERY: Duration = Duration::from_millis(250);
+/// Spares kept through a quiet window: enough for a trickle (health checks, a few clients)
 /// without touching the allocator.
 const QUIET_SPARES: usize = 4;
 
 /// Spare values kept for reuse (buffers, request records), bounded so a burst does not pin
-/// memory forever: the spares a burst leaves are freed after the first quiet second (`trim`).
+/// memory: the spares a burst leaves are freed after the first quiet window (`trim`).
 pub struct Spares<T> {
     free: Vec<T>,
     max_free: usize,
-    /// Spares kept through a quiet second, which is one with at most this many taken.
+    /// Spares kept through a quiet window, which is one with at most this many taken.
     quiet: usize,
     /// Values taken since the last trim window began.
     taken: usize,
@@ -137,7 +138,7 @@ pub struct Spares<T> {
 }
 
 impl<T> Spares<T> {
-    /// At most `max_free` spares, `quiet` of them kept through a quiet second.
+    /// At most `max_free` spares, `quiet` of them kept through a quiet window.
     pub fn new(max_free: usize, quiet: usize) -> Spares<T> {
         Spares {
             free: Vec::new(),
@@ -174,7 +175,13 @@ impl<T> Spares<T> {
         self.free.is_empty()
     }
 
-    /// Called from the loop's periodic tick (cheap when called more often): once a second
+    /// Whether more spares are held than a quiet window keeps (the loop then wakes up to
+    /// trim them).
+    pub fn has_excess(&self) -> bool {
+        self.free.len() > self.quiet
+    }
+
+    /// Called from the loop's periodic tick (cheap when called more often): once a window
     /// with little traffic follows a busy one, drops the spares beyond the quiet count.
     /// Returns whether it dropped any.
     pub fn trim(&mut self, now: Instant) -> bool {
@@ -199,8 +206,7 @@ impl<T> Spares<T> {
     }
 }
 
-/// Free buffers kept for reuse ([`Spares`]); trimming also hands the freed pages back to the
-/// kernel.
+/// Free buffers kept for reuse ([`Spares`]).
 pub struct BufPool {
     spares: Spares<Box<[u8]>>,
 }
@@ -243,22 +249,24 @@ impl BufPool {
         }
     }
 
-    /// [`Spares::trim`], then asks the allocator to return its free pages to the kernel.
-    /// Returns whether it trimmed.
+    /// [`Spares::has_excess`].
+    pub fn has_excess(&self) -> bool {
+        self.spares.has_excess()
+    }
+
+    /// [`Spares::trim`]: whether it dropped spares (then the loop calls
+    /// [`release_free_pages`], once every spare list is trimmed).
     pub fn trim(&mut self, now: Instant) -> bool {
-        if !self.spares.trim(now) {
-            return false;
-        }
-        release_free_pages();
-        true
+        self.spares.trim(now)
     }
 }
 
 /// Hands the allocator's free pages back to the kernel. glibc keeps freed 16 KiB blocks (below
 /// its mmap threshold) in the heap, resident, until asked: without this, RSS after a burst
-/// would stay at its peak.
+/// would stay at its peak. Call it after every spare list was trimmed: what is freed after
+/// it stays resident until the next call.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_pages() {
+pub fn release_free_pages() {
     // SAFETY: malloc_trim only walks the allocator's own free lists; the loop is the only
     // thread of an LB child, and the allocator is thread-safe anyway.
     unsafe {
@@ -268,7 +276,7 @@ fn release_free_pages() {
 
 /// Other allocators (musl's mallocng) unmap freed pages themselves.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_pages() {}
+pub fn release_free_pages() {}
 
 #[cfg(test)]
 mod tests {
@@ -304,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn spares_are_trimmed_after_a_quiet_second_only() {
+    fn spares_are_trimmed_after_a_quiet_window_only() {
         let mut pool = BufPool::new(64);
         let t0 = Instant::now();
         assert!(!pool.trim(t0), "the first call only starts the window");

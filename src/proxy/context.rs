@@ -9,7 +9,8 @@ use mio::Registry;
 
 use super::access_log::{AccessLog, AccessLogSettings};
 use super::backends::Backends;
-use super::buffer::BufPool;
+use super::buffer::{BufPool, Spares};
+use super::http_session::Ex;
 use super::policy::Policies;
 use super::policy::outlier::Verdict;
 use super::request_record::RecordPool;
@@ -17,6 +18,11 @@ use super::upstream::Upstreams;
 use crate::config::ProxySettings;
 use crate::evloop::{DeadlineHeap, Key};
 use crate::http::Limits;
+
+/// Spare exchange bookkeeping kept after a burst (as many as the buffer pool's buffers).
+const SPARE_EXCHANGES: usize = 1024;
+/// Spare exchange bookkeeping kept once the loop has been quiet for a trim window.
+const QUIET_SPARE_EXCHANGES: usize = 16;
 
 /// What a deadline is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +66,8 @@ pub struct LoopContext {
     pub access_log: AccessLog,
     /// Spare per-request records.
     pub records: RecordPool,
+    /// Spare exchange bookkeeping (HTTP sessions), so a request allocates none.
+    pub exchanges: Spares<Box<Ex>>,
     /// Requests that found no worker since the last `Up::Demand` (the supervisor's signal).
     pub no_worker: u64,
     /// A connect ran out of descriptors since the server last looked: it pauses accepting.
@@ -95,9 +103,16 @@ impl LoopContext {
             scratch: Vec::with_capacity(4096),
             access_log,
             records: RecordPool::new(),
+            exchanges: Spares::new(SPARE_EXCHANGES, QUIET_SPARE_EXCHANGES),
             no_worker: 0,
             out_of_fds: false,
         }
+    }
+
+    /// Whether a spare list (buffers, records, exchanges) holds more than a quiet window
+    /// keeps: the loop wakes up to trim it.
+    pub fn has_spares_to_trim(&self) -> bool {
+        self.bufs.has_excess() || self.records.has_excess() || self.exchanges.has_excess()
     }
 
     /// Replaces the settings (limits follow).

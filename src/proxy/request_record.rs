@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::access_log::{AccessLog, AccessRecord, MAX_LOGGED_TARGET, Phase, Termination};
 use super::buffer::Spares;
 use crate::http::RequestHead;
-use crate::http::request_id::{REQUEST_ID_FIELD, RequestId};
+use crate::http::request_id::RequestId;
 
 /// Longest method kept for the log (longer ones are cut).
 const MAX_LOGGED_METHOD: usize = 24;
@@ -17,7 +17,7 @@ const MAX_LOGGED_METHOD: usize = 24;
 const KEPT_TARGET: usize = MAX_LOGGED_TARGET + 1;
 /// Spare records kept after a burst; beyond them, returned records are freed.
 const MAX_SPARE: usize = 1024;
-/// Spares kept once the pool has been quiet for a second.
+/// Spares kept once the pool has been quiet for a trim window.
 const QUIET_SPARE: usize = 16;
 
 /// One request's facts, filled as the exchange goes.
@@ -82,17 +82,8 @@ impl RequestRecord {
         keep_line: bool,
         now: Instant,
     ) {
-        let mut sent = head.headers.iter().filter(|f| {
-            f.name
-                .get(buf)
-                .eq_ignore_ascii_case(REQUEST_ID_FIELD.as_bytes())
-        });
-        let only = match (sent.next(), sent.next()) {
-            (Some(f), None) => Some(f.value.get(buf)),
-            _ => None,
-        };
         // Field by field: the line arrays are overwritten only as far as they are used.
-        self.id = RequestId::kept_or_generated(only);
+        self.id = RequestId::kept_or_generated(head.sole_request_id(buf));
         self.client = client;
         self.method_len = 0;
         self.target_len = 0;
@@ -103,6 +94,7 @@ impl RequestRecord {
         self.bytes_in = head.head_len as u64;
         self.bytes_out = 0;
         self.retries = 0;
+        self.queued = None;
         self.backend = None;
         self.status = 0;
         self.blame = None;
@@ -267,9 +259,15 @@ impl RecordPool {
         self.spares.give(rec);
     }
 
-    /// After a quiet second, frees the spares a burst left (call from the loop's tick).
-    pub fn trim(&mut self, now: Instant) {
-        self.spares.trim(now);
+    /// [`Spares::has_excess`].
+    pub fn has_excess(&self) -> bool {
+        self.spares.has_excess()
+    }
+
+    /// After a quiet window, frees the spares a burst left (call from the loop's tick);
+    /// whether it freed any.
+    pub fn trim(&mut self, now: Instant) -> bool {
+        self.spares.trim(now)
     }
 }
 
@@ -324,6 +322,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_record_starts_blank() {
+        let mut pool = RecordPool::new();
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head = parse_request_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        let client = "10.0.0.1:4000".parse().unwrap();
+        let mut first = pool.begin(client, &head, raw, true, Instant::now());
+        first.queued = Some(Duration::from_millis(40));
+        first.retries = 2;
+        first.backend = Some(1);
+        first.blame(Termination::WorkerTimeout, Phase::Connect);
+        pool.put(first);
+        let again = pool.begin(client, &head, raw, true, Instant::now());
+        assert_eq!(again.queued, None, "a request that never queued");
+        assert_eq!((again.retries, again.backend), (0, None));
+        let fallback = (Termination::Done, Phase::Complete);
+        assert_eq!(again.blamed_or(fallback), fallback);
+    }
+
+    #[test]
     fn pool_reuses_and_trims() {
         let mut pool = RecordPool::new();
         let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
@@ -342,7 +361,7 @@ mod tests {
         pool.trim(t0);
         pool.trim(t0 + Duration::from_millis(1100)); // the burst's window
         assert_eq!(pool.spares.len(), 40);
-        pool.trim(t0 + Duration::from_millis(2200)); // a quiet second
+        pool.trim(t0 + Duration::from_millis(2200)); // a quiet window
         assert_eq!(pool.spares.len(), QUIET_SPARE);
     }
 }

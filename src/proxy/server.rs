@@ -14,6 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use super::LoopInputs;
 use super::access_log::AccessLog;
 use super::backends::{Admin, Backends};
+use super::buffer;
 use super::context::{LoopContext, TimerKey};
 use super::control::{BackendSpec, Down, QueueFigures, Up};
 use super::health::{self, HealthCheck};
@@ -76,6 +77,8 @@ pub struct Server {
     drain_timeout_ms: u64,
     drain_deadline: Option<Instant>,
     next_metrics: Instant,
+    /// Next look at the spare lists (`buffer::TRIM_EVERY`).
+    next_trim: Instant,
     /// Earliest next `Up::Demand`.
     next_demand: Instant,
     /// After an accept error (EMFILE...): when to try again.
@@ -123,6 +126,7 @@ impl Server {
             drain_timeout_ms: inputs.drain_timeout_ms,
             drain_deadline: None,
             next_metrics: Instant::now() + METRICS_EVERY,
+            next_trim: Instant::now() + buffer::TRIM_EVERY,
             next_demand: Instant::now(),
             accept_retry: None,
         })
@@ -195,15 +199,35 @@ impl Server {
             if self.ctx.now >= self.next_metrics {
                 self.next_metrics = self.ctx.now + METRICS_EVERY;
                 self.send_metrics();
-                self.ctx.bufs.trim(self.ctx.now);
-                self.ctx.records.trim(self.ctx.now);
+            }
+            if self.ctx.now >= self.next_trim {
+                self.next_trim = self.ctx.now + buffer::TRIM_EVERY;
+                self.trim_spares();
             }
             self.flush_control();
         }
     }
 
+    /// Frees the spares a burst left (after a quiet window), then hands the freed pages back
+    /// to the kernel once, after every list was trimmed (what is freed after the release
+    /// would stay resident until the next burst's).
+    fn trim_spares(&mut self) {
+        let now = self.ctx.now;
+        let buffers = self.ctx.bufs.trim(now);
+        let records = self.ctx.records.trim(now);
+        let exchanges = self.ctx.exchanges.trim(now);
+        if buffers || records || exchanges {
+            buffer::release_free_pages();
+        }
+    }
+
     fn poll_timeout(&self) -> Duration {
         let mut next = self.next_metrics;
+        if self.ctx.has_spares_to_trim() {
+            // Woken up for it only while there is something to trim: RSS settles within
+            // half a second of a burst's end; an idle loop still wakes once a second.
+            next = next.min(self.next_trim);
+        }
         if self.ctx.no_worker > 0 {
             next = next.min(self.next_demand);
         }

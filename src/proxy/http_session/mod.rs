@@ -48,6 +48,8 @@ mod response;
 mod tests;
 mod tunnel;
 
+/// An exchange's bookkeeping, kept spare in `LoopContext::exchanges`.
+pub(super) use exchange::Ex;
 use exchange::Exchange;
 use queued::Queued;
 use tunnel::Tunnel;
@@ -89,6 +91,20 @@ struct Client {
     deadline: Deadline,
 }
 
+/// What a step did: the state stays (stepped in place) or gives way to the next.
+enum Step {
+    Stay(Progress),
+    Next(State, Progress),
+}
+
+impl From<(State, Progress)> for Step {
+    fn from((next, p): (State, Progress)) -> Step {
+        Step::Next(next, p)
+    }
+}
+
+/// Where the connection stands. Every variant is small (the big parts are boxed), so an
+/// idle session is small and a transition moves a few words.
 enum State {
     /// Reading a request head; `clock` = the header deadline runs (a head has started, or
     /// this is a new connection).
@@ -98,7 +114,7 @@ enum State {
     /// A complete head waiting in the loop's queue for a worker slot (`max-conn-per-worker`).
     Queued(Box<Queued>),
     Exchange(Exchange),
-    Tunnel(Tunnel),
+    Tunnel(Box<Tunnel>),
     /// Flushing a last response then closing; `shut` once the write side is shut down.
     Closing {
         shut: bool,
@@ -304,24 +320,43 @@ impl HttpSession {
         self.run(ctx)
     }
 
-    /// Runs the state machine until nothing can move.
+    /// Runs the state machine until nothing can move. Each state steps in place; the state
+    /// is replaced only on a transition.
     fn run(&mut self, ctx: &mut LoopContext) -> Flow {
         loop {
-            let state = std::mem::replace(&mut self.state, State::Void);
-            let (next, p) = match state {
+            let step = match &mut self.state {
                 State::Head { clock } => head::step_head(&mut self.c, ctx, clock),
-                State::Queued(q) => (State::Queued(q), Progress::Idle),
-                State::Exchange(ex) => ex.step(&mut self.c, ctx),
-                State::Tunnel(t) => t.step(&mut self.c, ctx),
-                State::Closing { shut } => closing::step_closing(&mut self.c, ctx, shut),
-                State::Void => (State::Void, Progress::Close),
+                State::Queued(_) => Step::Stay(Progress::Idle),
+                State::Exchange(ex) => match ex.step(&mut self.c, ctx) {
+                    Ok(p) => Step::Stay(p),
+                    Err(turn) => self.exchange_turn(ctx, turn),
+                },
+                State::Tunnel(t) => Step::Stay(t.step(&mut self.c, ctx)),
+                State::Closing { shut } => {
+                    Step::Stay(closing::step_closing(&mut self.c, ctx, shut))
+                }
+                State::Void => Step::Stay(Progress::Close),
             };
-            self.state = next;
+            let p = match step {
+                Step::Stay(p) => p,
+                Step::Next(next, p) => {
+                    self.state = next;
+                    p
+                }
+            };
             match p {
                 Progress::Moved => continue,
                 Progress::Idle => return Flow::Keep,
                 Progress::Close => return Flow::Close,
             }
+        }
+    }
+
+    /// The exchange takes `turn` (it ends, retries or becomes a tunnel): the next state.
+    fn exchange_turn(&mut self, ctx: &mut LoopContext, turn: exchange::Turn) -> Step {
+        match std::mem::replace(&mut self.state, State::Void) {
+            State::Exchange(ex) => ex.take_turn(turn, &mut self.c, ctx).into(),
+            other => Step::Next(other, Progress::Close),
         }
     }
 

@@ -2,7 +2,7 @@
 //! are done.
 
 use super::exchange::Exchange;
-use super::{Client, Progress, State};
+use super::{Client, Progress};
 use crate::proxy::access_log::{Phase, Termination};
 use crate::proxy::context::LoopContext;
 use crate::proxy::relay::Half;
@@ -30,7 +30,8 @@ impl Tunnel {
         }
     }
 
-    pub(super) fn step(mut self, c: &mut Client, ctx: &mut LoopContext) -> (State, Progress) {
+    /// Relays both ways, in place.
+    pub(super) fn step(&mut self, c: &mut Client, ctx: &mut LoopContext) -> Progress {
         let a = self
             .c2u
             .relay(&mut c.sock, &mut self.up.sock, &mut ctx.bufs);
@@ -39,16 +40,16 @@ impl Tunnel {
             .relay(&mut self.up.sock, &mut c.sock, &mut ctx.bufs);
         let moved = match (a, b) {
             (Ok(a), Ok(b)) => a || b,
-            _ => return (State::Tunnel(self), Progress::Close),
+            _ => return Progress::Close,
         };
         if self.c2u.finished() && self.u2c.finished() {
-            return (State::Tunnel(self), Progress::Close);
+            return Progress::Close;
         }
         if moved {
             c.set_deadline(ctx, ctx.settings.tunnel_timeout_ms);
-            (State::Tunnel(self), Progress::Moved)
+            Progress::Moved
         } else {
-            (State::Tunnel(self), Progress::Idle)
+            Progress::Idle
         }
     }
 
