@@ -731,12 +731,21 @@ pub fn upgrade_answers_requests_held_by_the_old_children(name: &str) {
         .collect();
     // The old children take them now, before any new child exists.
     std::thread::sleep(Duration::from_millis(300));
+    let old_pid = i64::from(s.pid());
     s.signal(SIGUSR2);
+    // Stopped when the test ends, whatever happens (it outlives the supervisor we started).
+    let mut successor = Successor(0);
     let end = std::time::Instant::now() + Duration::from_secs(60);
-    while s.log_text().matches("event=drain_started").count() < 2 {
+    while successor.0 == 0 || s.log_text().matches("event=drain_started").count() < 2 {
+        if successor.0 == 0
+            && let Some(pid) = s.try_status().and_then(|st| st["pid"].as_i64())
+            && pid != old_pid
+        {
+            successor.0 = pid;
+        }
         assert!(
             std::time::Instant::now() < end,
-            "the old children never drained\n{}",
+            "no new supervisor, or the old children never drained\n{}",
             s.log_tail()
         );
         std::thread::sleep(Duration::from_millis(20));
