@@ -1,9 +1,9 @@
-//! The field-line scan shared by the request and response parsers: one left-to-right pass
-//! that validates each byte once, records the spans, recognises the name (`FieldName`) and
-//! notes the lines a forwarded head can copy as they are.
+//! The field-line scan shared by the request and response parsers: httparse scans (one
+//! pass, SIMD where the CPU has it), then each field's spans are recorded, its name
+//! recognised once (`FieldName`) and the lines a forwarded head can copy as they are noted.
 //!
-//! The grammar and the verdicts are httparse 1.10's with its strict defaults (what the
-//! parsers used before; the unit tests below compare the two on random heads):
+//! The grammar and the verdicts are httparse 1.10's with its strict defaults (the unit tests
+//! below hold our fields to httparse's own headers on random heads):
 //! - a field name is 1*tchar immediately followed by `:` (whitespace before the colon, a
 //!   line starting with SP/HTAB (obs-fold), or any other byte: `Name`);
 //! - the value is what follows the colon, SP/HTAB trimmed on both sides; it may hold HTAB,
@@ -18,7 +18,7 @@
 
 use std::cell::Cell;
 
-use super::fields::{Field, FieldName, Span, is_tchar};
+use super::fields::{Field, FieldName, Span};
 
 thread_local! {
     /// The field list of the last head dropped on this thread, reused by the next parse: the
@@ -58,135 +58,72 @@ pub(crate) enum LinesError {
     NewLine,
 }
 
+/// Header slots for the usual head, on the stack; a head with more fields is parsed again
+/// with `max_fields` slots (rare: the usual request and response carry 5 to 15).
+const USUAL_FIELDS: usize = 24;
+
 /// Scans the field lines of `buf` from `start` (just after the start line) through the empty
 /// line that ends the head, appending each field to `out`. `Ok(Some(end))`: the head is
 /// complete and `buf[end..]` follows it; `Ok(None)`: more bytes are needed.
+///
+/// httparse does the scan (its strict grammar, above); this adds what the parsers need of
+/// each field: spans into `buf`, the recognised name, whether the line is plain.
 pub(crate) fn parse_field_lines(
     buf: &[u8],
     start: usize,
     max_fields: usize,
     out: &mut Vec<Field>,
 ) -> Result<Option<usize>, LinesError> {
-    let mut i = start;
-    loop {
-        match buf.get(i) {
-            None => return Ok(None),
-            Some(b'\n') => return Ok(Some(i + 1)),
-            Some(b'\r') => {
-                return match buf.get(i + 1) {
-                    None => Ok(None),
-                    Some(b'\n') => Ok(Some(i + 2)),
-                    Some(_) => Err(LinesError::NewLine),
-                };
-            }
-            Some(_) => {}
+    let mut usual = [httparse::EMPTY_HEADER; USUAL_FIELDS];
+    if max_fields <= USUAL_FIELDS {
+        return scan(buf, start, &mut usual[..max_fields], out);
+    }
+    match scan(buf, start, &mut usual, out) {
+        Err(LinesError::TooMany) => {
+            out.clear();
+            let mut many = vec![httparse::EMPTY_HEADER; max_fields];
+            scan(buf, start, &mut many, out)
         }
-        let Some((field, next)) = field_line(buf, i)? else {
-            return Ok(None);
-        };
-        if out.len() >= max_fields {
-            return Err(LinesError::TooMany);
-        }
-        out.push(field);
-        i = next;
+        verdict => verdict,
     }
 }
 
-/// One field line starting at `buf[i]` (not a line end): the field and where the next line
-/// starts, `None` if the line is incomplete.
-fn field_line(buf: &[u8], i: usize) -> Result<Option<(Field, usize)>, LinesError> {
-    let name_end = skip_tchars(buf, i);
-    match buf.get(name_end) {
-        None => return Ok(None),
-        Some(b':') if name_end > i => {}
-        Some(_) => return Err(LinesError::Name),
+/// One httparse pass over `buf[start..]` with `slots`, its fields appended to `out`.
+fn scan<'b>(
+    buf: &'b [u8],
+    start: usize,
+    slots: &mut [httparse::Header<'b>],
+    out: &mut Vec<Field>,
+) -> Result<Option<usize>, LinesError> {
+    let lines = buf.get(start..).unwrap_or(&[]);
+    match httparse::parse_headers(lines, slots) {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            out.extend(fields.iter().map(|h| field(buf, h)));
+            Ok(Some(start + n))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(LinesError::TooMany),
+        Err(httparse::Error::HeaderValue) => Err(LinesError::Value),
+        Err(httparse::Error::NewLine) => Err(LinesError::NewLine),
+        // HeaderName, and any other verdict httparse may give a field line.
+        Err(_) => Err(LinesError::Name),
     }
-    let mut value_start = name_end + 1;
-    while let Some(b' ' | b'\t') = buf.get(value_start) {
-        value_start += 1;
-    }
-    let stop = skip_value_bytes(buf, value_start);
-    let next = match buf.get(stop) {
-        None => return Ok(None),
-        Some(b'\n') => stop + 1,
-        Some(b'\r') => match buf.get(stop + 1) {
-            None => return Ok(None),
-            Some(b'\n') => stop + 2,
-            Some(_) => return Err(LinesError::Value),
-        },
-        Some(_) => return Err(LinesError::Value),
-    };
-    let mut value_end = stop;
-    while value_end > value_start && matches!(buf[value_end - 1], b' ' | b'\t') {
-        value_end -= 1;
-    }
-    let name = Span::new(i, name_end);
-    let plain = value_start == name_end + 2
-        && buf[name_end + 1] == b' '
-        && value_end == stop
-        && next == stop + 2;
-    let field = Field {
+}
+
+/// Our view of one field httparse found in `buf`.
+fn field(buf: &[u8], h: &httparse::Header<'_>) -> Field {
+    let name = Span::of(buf, h.name.as_bytes());
+    let value = Span::of(buf, h.value);
+    // Exactly `name ": " value CRLF`: nothing trimmed around the value, a CRLF ending.
+    let plain = value.start == name.end + 2
+        && buf.get(name.end + 1) == Some(&b' ')
+        && buf.get(value.end..value.end + 2) == Some(&b"\r\n"[..]);
+    Field {
         name,
-        value: Span::new(value_start, value_end),
+        value,
         kind: FieldName::classify(name.get(buf)),
         plain,
-    };
-    Ok(Some((field, next)))
-}
-
-/// The index of the first byte at or after `i` that is not a tchar (or `buf.len()`): eight
-/// bytes per step (a loop LLVM unrolls), the step that meets the end giving its index, so no
-/// byte is looked at twice; the last few bytes of the buffer one by one.
-fn skip_tchars(buf: &[u8], mut i: usize) -> usize {
-    while let Some(w) = buf.get(i..i + 8) {
-        if let Some(k) = w.iter().position(|&b| !is_tchar(b)) {
-            return i + k;
-        }
-        i += 8;
     }
-    while let Some(&b) = buf.get(i) {
-        if !is_tchar(b) {
-            break;
-        }
-        i += 1;
-    }
-    i
-}
-
-/// Whether `b` may appear in a field value: HTAB, SP, VCHAR, obs-text.
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (b >= 0x20 && b != 0x7f)
-}
-
-/// The index of the first byte at or after `i` that may not appear in a value (or
-/// `buf.len()`), eight bytes at a time: a word test flags the bytes below 0x20 and DEL, its
-/// lowest flag is exact (borrows only run upwards), and a flagged HTAB is stepped over.
-fn skip_value_bytes(buf: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    while let Some(w) = buf.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
-        let w = u64::from_le_bytes(w);
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-        let x = w ^ (ONES * 0x7f);
-        let del = x.wrapping_sub(ONES) & !x & HIGH;
-        let flags = below_space | del;
-        if flags == 0 {
-            i += 8;
-            continue;
-        }
-        let k = i + (flags.trailing_zeros() / 8) as usize;
-        if buf.get(k) != Some(&b'\t') {
-            return k;
-        }
-        i = k + 1;
-    }
-    while let Some(&b) = buf.get(i) {
-        if !is_value_byte(b) {
-            break;
-        }
-        i += 1;
-    }
-    i
 }
 
 #[cfg(test)]
@@ -270,6 +207,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn spare_list_is_reused_and_bounded() {
+        let mut small = Vec::with_capacity(8);
+        small.push(Field::default());
+        recycle(small);
+        let again = take_list();
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), 8, "the spare comes back, emptied");
+        assert_eq!(take_list().capacity(), 0, "one spare only");
+        recycle(Vec::with_capacity(SPARE_MAX + 1));
+        assert_eq!(take_list().capacity(), 0, "a huge list is freed");
+        // Through the parsers: a dropped head's list serves the next parse.
+        let limits = crate::http::Limits::default();
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        let head = crate::http::parse_request_head(raw, &limits)
+            .unwrap()
+            .unwrap();
+        let capacity = head.headers.capacity();
+        drop(head);
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let resp = crate::http::parse_response_head(raw, false, &limits)
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.headers.capacity(), capacity);
     }
 
     #[test]

@@ -327,8 +327,9 @@ pub fn is_valid_authority(v: &[u8], allow_empty: bool) -> bool {
             &inner[close + 1..]
         }
         _ => {
-            // reg-name (IPv4 addresses are reg-names too): up to the first ':'.
-            let mut i = 0;
+            // reg-name (IPv4 addresses are reg-names too): up to the first ':'. The usual
+            // run of plain host bytes at once, then '%HH' escapes one by one.
+            let mut i = v.iter().position(|&b| !is_host_byte(b)).unwrap_or(v.len());
             while let Some(&b) = v.get(i) {
                 if is_host_byte(b) {
                     i += 1;

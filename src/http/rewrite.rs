@@ -175,6 +175,7 @@ fn put_connection(out: &mut Vec<u8>, c: ConnectionOut) {
 }
 
 /// Whether field `f` is dropped when forwarding (hop-by-hop, or named by Connection).
+#[inline]
 fn dropped(buf: &[u8], f: &Field, connection_tokens: &[Span], keep_upgrade: bool) -> bool {
     match f.kind {
         FieldName::Upgrade => !keep_upgrade,

@@ -710,19 +710,26 @@ pub fn upgrade_under_load(name: &str, runtime: &'static str) {
     upgrade(name, runtime, false);
 }
 
-/// SIGUSR2 while clients hold connections the old LB children accepted but have not yet sent
-/// a request on (a client descheduled between connect and write): each request sent once the
-/// old children drain is answered 200 by a worker, with `Connection: close`, not 503 (the old
-/// children keep the backend set they had; the old supervisor sent them an empty one).
+/// SIGUSR2 while clients are midway through sending a request head to the old LB children
+/// (slow clients, or a client descheduled between two writes): each head finished once the old
+/// children drain is answered 200 by a worker, with `Connection: close`, not 503 (the old
+/// children keep the backend set they had; the old supervisor used to send them an empty one).
 pub fn upgrade_answers_requests_held_by_the_old_children(name: &str) {
     use std::io::Write;
     let mut s = Stack::new(name, StackSpec::seed("process"));
     s.start();
     s.wait_ready();
     let mut held: Vec<std::net::TcpStream> = (0..4)
-        .map(|i| std::net::TcpStream::connect(s.lb(i % 2)).expect("connect"))
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(s.lb(i % 2)).expect("connect");
+            // A started head: not idle, so the drain keeps the connection until its deadline
+            // (drain-timeout-ms, 5 s here) instead of closing it after the idle grace.
+            c.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n")
+                .expect("write the start of the head");
+            c
+        })
         .collect();
-    // The old children accept them now (they are idle), before any new child exists.
+    // The old children take them now, before any new child exists.
     std::thread::sleep(Duration::from_millis(300));
     s.signal(SIGUSR2);
     let end = std::time::Instant::now() + Duration::from_secs(60);
@@ -732,15 +739,14 @@ pub fn upgrade_answers_requests_held_by_the_old_children(name: &str) {
             "the old children never drained\n{}",
             s.log_tail()
         );
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    // A few of the old supervisor's ticks (100 ms), well inside the children's idle grace
-    // (1 s): whatever it sends its draining children has arrived.
-    std::thread::sleep(Duration::from_millis(300));
+    // Several of the old supervisor's ticks (100 ms), well inside the drain: whatever it
+    // sends its draining children has arrived.
+    std::thread::sleep(Duration::from_millis(500));
     for c in &mut held {
         c.set_read_timeout(Some(Duration::from_secs(15))).ok();
-        c.write_all(b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n\r\n")
-            .expect("write the held request");
+        c.write_all(b"\r\n").expect("finish the head");
     }
     for (i, c) in held.iter_mut().enumerate() {
         let r = common::read_response(c, &mut Vec::new(), false)
