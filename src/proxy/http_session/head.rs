@@ -32,7 +32,8 @@ pub(super) fn step_head(c: &mut Client, ctx: &mut LoopContext, clock: &mut bool)
                 );
                 return fail(c, ctx, e.status()).into();
             }
-            Ok(Some(req)) => return start_exchange(c, ctx, &req).into(),
+            // Borrowed where it lies: binding it by value would move (copy) the whole head.
+            Ok(Some(ref req)) => return start_exchange(c, ctx, req).into(),
             Ok(None) => {}
         }
     }
