@@ -32,7 +32,8 @@ pub(super) fn step_head(c: &mut Client, ctx: &mut LoopContext, clock: &mut bool)
                 );
                 return fail(c, ctx, e.status()).into();
             }
-            Ok(Some(req)) => return start_exchange(c, ctx, req).into(),
+            // Borrowed where it lies: binding it by value would move (copy) the whole head.
+            Ok(Some(ref req)) => return start_exchange(c, ctx, req).into(),
             Ok(None) => {}
         }
     }
@@ -69,9 +70,10 @@ pub(super) fn step_head(c: &mut Client, ctx: &mut LoopContext, clock: &mut bool)
 }
 
 /// A complete head: leases an upstream connection and queues the rewritten head for it.
-fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (State, Progress) {
+/// By reference: moving a parsed head (its spans and field lists) costs a `memcpy` call.
+fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: &RequestHead) -> (State, Progress) {
     c.served += 1;
-    begin_record(c, ctx, &req);
+    begin_record(c, ctx, req);
     if let Framing::Length(n) = req.framing
         && ctx.max_body > 0
         && n > ctx.max_body
@@ -84,14 +86,15 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
         idempotent: req.is_idempotent(),
         framing: req.framing,
         keep_alive: req.keep_alive,
-        upgrade: upgrade_allowed(ctx, &req, c.cin.as_ref()),
+        upgrade: upgrade_allowed(ctx, req, c.cin.as_ref()),
         expect_continue: req.expect_continue,
     };
     if c.cin.is_none() {
         return fail(c, ctx, 400);
     }
     if UpstreamLease::admit(ctx) == Admission::Wait {
-        return queued::queue_request(c, ctx, req, info);
+        // Waiting is the rare path: the head is copied into the queue entry.
+        return queued::queue_request(c, ctx, req.clone(), info);
     }
     lease_exchange(c, ctx, req, info)
 }
@@ -100,7 +103,7 @@ fn start_exchange(c: &mut Client, ctx: &mut LoopContext, req: RequestHead) -> (S
 pub(super) fn lease_exchange(
     c: &mut Client,
     ctx: &mut LoopContext,
-    req: RequestHead,
+    req: &RequestHead,
     info: ReqInfo,
 ) -> (State, Progress) {
     let mut x = Ex::take(ctx);
@@ -128,7 +131,7 @@ pub(super) fn lease_exchange(
         }
         r.blame(Termination::WorkerBroke, Phase::ResponseHead);
     }
-    let head = upstream_head(c, ctx, &req, info.upgrade);
+    let head = upstream_head(c, ctx, req, info.upgrade);
     let body = BodyLeft::request(req.framing, ctx.max_body);
     let body_deadline = ctx.after_ms(ctx.settings.body_timeout_ms);
     x.begin(info, body, head, ctx.now, body_deadline);

@@ -39,7 +39,7 @@ pub(super) fn queue_request(
 
 /// A slot is free: the waiting request leases an upstream connection.
 pub(super) fn dispatch(c: &mut Client, ctx: &mut LoopContext, q: Queued) -> (State, Progress) {
-    head::lease_exchange(c, ctx, q.req, q.info)
+    head::lease_exchange(c, ctx, &q.req, q.info)
 }
 
 /// The wait passed `queue-timeout-ms` (or the client left while waiting): out of the queue,

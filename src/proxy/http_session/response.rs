@@ -76,7 +76,9 @@ impl Exchange {
             let Some(uin) = x.uin.as_mut().filter(|u| !u.is_empty()) else {
                 return Ok(HeadOutcome::Pending);
             };
-            let resp = match http::parse_response_head(uin.data(), x.req.is_head, &ctx.limits) {
+            // Borrowed where it lies: binding the head by value would move (copy) all of it.
+            let parsed = http::parse_response_head(uin.data(), x.req.is_head, &ctx.limits);
+            let resp = match &parsed {
                 Ok(Some(r)) => r,
                 Ok(None) if uin.room() == 0 && uin.capacity() <= ctx.limits.max_header_bytes => {
                     // A head larger than one buffer: grow up to the head limit (beyond it
@@ -95,9 +97,9 @@ impl Exchange {
                     return Err(());
                 }
             };
-            let kind = classify(&x.req, &mut x.interims, &resp, uin, c, ctx, backend)?;
+            let kind = classify(&x.req, &mut x.interims, resp, uin, c, ctx, backend)?;
             let (mut out, close_client) =
-                client_head(kind, &resp, &x.req, x.body.done(), ctx.draining);
+                client_head(kind, resp, &x.req, x.body.done(), ctx.draining);
             if kind != HeadKind::Interim {
                 out.request_id = c.rec.as_deref().map(|r| r.id.as_bytes());
             }
@@ -106,7 +108,7 @@ impl Exchange {
             // Interim heads go to HTTP/1.1 clients only (RFC 9110 15.2).
             let relayed = kind != HeadKind::Interim || x.req.minor == 1;
             if relayed {
-                rewrite::write_client_response(&mut ctx.scratch, &resp, uin.data(), &out);
+                rewrite::write_client_response(&mut ctx.scratch, resp, uin.data(), &out);
                 note_head_sent(c, kind, resp.status, ctx);
                 c.cout
                     .get_or_insert_with(|| ctx.bufs.get())
@@ -127,7 +129,7 @@ impl Exchange {
                 }
                 HeadKind::Final => {
                     x.close_client = close_client;
-                    x.start_body(&resp, client_framing);
+                    x.start_body(resp, client_framing);
                     ctx.bufs.put_opt(&mut x.head);
                     return Ok(HeadOutcome::Final);
                 }
