@@ -15,6 +15,10 @@ use crate::proxy::buffer::Buf;
 use crate::proxy::context::LoopContext;
 use crate::proxy::lease::{Outcome, UpstreamLease};
 
+/// Capacity of a spare exchange's head vector kept for the next request (a larger one, a
+/// rare long head's, is freed).
+const KEPT_HEAD_CAPACITY: usize = 4096;
+
 /// What the exchange needs to remember of the request head (the head itself is gone once
 /// rewritten for upstream).
 pub(super) struct ReqInfo {
@@ -98,7 +102,9 @@ pub(super) struct Exchange {
 pub(crate) struct Ex {
     pub(super) req: ReqInfo,
     /// The head sent upstream, kept until the response head arrives (to retry).
-    pub(super) head: Option<Buf>,
+    /// Empty once the response head arrived. Kept with the box between requests, so its
+    /// capacity is reused: the head is written here, not into a scratch copy and a buffer.
+    pub(super) head: Vec<u8>,
     pub(super) head_sent: usize,
     /// Request body still to forward, and bytes at the front of `cin` known to be body.
     pub(super) body: BodyLeft,
@@ -140,7 +146,7 @@ impl Ex {
                 upgrade: false,
                 expect_continue: false,
             },
-            head: None,
+            head: Vec::new(),
             head_sent: 0,
             body: BodyLeft::Done,
             body_ready: 0,
@@ -175,7 +181,10 @@ impl Ex {
 
     /// Back to the loop's spares, its buffers to the pool.
     pub(super) fn give_back(mut self: Box<Ex>, ctx: &mut LoopContext) {
-        ctx.bufs.put_opt(&mut self.head);
+        if self.head.capacity() > KEPT_HEAD_CAPACITY {
+            self.head = Vec::new();
+        }
+        self.head.clear();
         ctx.bufs.put_opt(&mut self.uin);
         // A chunked body's decoder is not kept with the spare.
         self.body = BodyLeft::Done;
@@ -183,18 +192,17 @@ impl Ex {
         ctx.exchanges.give(self);
     }
 
-    /// Starts the bookkeeping of a request whose rewritten `head` is ready to go up; its
-    /// body must have arrived by `body_deadline`. Field by field, in place (the box is reused).
+    /// Starts the bookkeeping of a request whose rewritten head is in `head`, ready to go up;
+    /// its body must have arrived by `body_deadline`. Field by field, in place (the box is
+    /// reused).
     pub(super) fn begin(
         &mut self,
         req: ReqInfo,
         body: BodyLeft,
-        head: Buf,
         now: Instant,
         body_deadline: Instant,
     ) {
         self.req = req;
-        self.head = Some(head);
         self.head_sent = 0;
         self.body = body;
         self.body_ready = 0;

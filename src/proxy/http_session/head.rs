@@ -131,10 +131,10 @@ pub(super) fn lease_exchange(
         }
         r.blame(Termination::WorkerBroke, Phase::ResponseHead);
     }
-    let head = upstream_head(c, ctx, req, info.upgrade);
+    write_upstream_head(c, req, info.upgrade, &mut x.head);
     let body = BodyLeft::request(req.framing, ctx.max_body);
     let body_deadline = ctx.after_ms(ctx.settings.body_timeout_ms);
-    x.begin(info, body, head, ctx.now, body_deadline);
+    x.begin(info, body, ctx.now, body_deadline);
     if connected {
         x.arm_response_timer(c, ctx);
     } else {
@@ -178,15 +178,14 @@ fn upgrade_allowed(ctx: &LoopContext, req: &RequestHead, cin: Option<&Buf>) -> b
     allowed
 }
 
-/// The head rewritten for the backend (in a pooled buffer), consumed from `cin`.
-fn upstream_head(c: &mut Client, ctx: &mut LoopContext, req: &RequestHead, upgrade: bool) -> Buf {
-    let mut head = ctx.bufs.get();
+/// Writes the head rewritten for the backend into `head`, consumed from `cin`.
+fn write_upstream_head(c: &mut Client, req: &RequestHead, upgrade: bool, head: &mut Vec<u8>) {
+    head.clear();
     let Some(cin) = c.cin.as_mut() else {
-        return head;
+        return;
     };
-    ctx.scratch.clear();
     rewrite::write_upstream_request(
-        &mut ctx.scratch,
+        head,
         req,
         cin.data(),
         &UpstreamRequest {
@@ -204,6 +203,4 @@ fn upstream_head(c: &mut Client, ctx: &mut LoopContext, req: &RequestHead, upgra
         },
     );
     cin.consume(req.head_len);
-    head.push_all(&ctx.scratch);
-    head
 }

@@ -34,16 +34,17 @@ impl Ex {
     /// Writes what is left of the head (with the first Content-Length body bytes when they
     /// are already read): (moved, the head is all sent). A failed write sets `up_write_failed`.
     fn send_head(&mut self, up: &mut TcpSock, c: &mut Client) -> (bool, bool) {
-        let Some(head) = self.head.as_ref() else {
+        let head = &self.head;
+        if head.is_empty() {
             return (false, true);
-        };
+        }
         let mut moved = false;
         if let (BodyLeft::Length(rem), Some(cin)) = (&mut self.body, c.cin.as_mut())
             && self.head_sent < head.len()
             && up.writable
             && !cin.is_empty()
         {
-            let head_rem = &head.data()[self.head_sent..];
+            let head_rem = &head[self.head_sent..];
             let body_n = (*rem).min(cin.len() as u64) as usize;
             let Ok(n) = up.write2(head_rem, &cin.data()[..body_n]) else {
                 self.up_write_failed = true;
@@ -63,7 +64,7 @@ impl Ex {
             moved |= n > 0;
         }
         while self.head_sent < head.len() && up.writable {
-            let Ok(n) = up.write(&head.data()[self.head_sent..]) else {
+            let Ok(n) = up.write(&head[self.head_sent..]) else {
                 self.up_write_failed = true;
                 return (moved, false);
             };

@@ -123,14 +123,14 @@ impl Exchange {
                     out.push_all(uin.data());
                     uin.clear();
                     ctx.bufs.put_opt(&mut x.uin);
-                    ctx.bufs.put_opt(&mut x.head);
+                    x.head.clear();
                     x.status = 101;
                     return Ok(HeadOutcome::Upgrade);
                 }
                 HeadKind::Final => {
                     x.close_client = close_client;
                     x.start_body(resp, client_framing);
-                    ctx.bufs.put_opt(&mut x.head);
+                    x.head.clear();
                     return Ok(HeadOutcome::Final);
                 }
             }
