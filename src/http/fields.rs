@@ -229,6 +229,49 @@ pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// What the Connection field lines of a head say, read line by line (both head parsers).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionOptions {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) upgrade: bool,
+    /// Every other token: names of fields the sender means as hop-by-hop.
+    pub(crate) others: Vec<Span>,
+}
+
+impl ConnectionOptions {
+    /// Reads one Connection field line's `value` (a slice of `buf`); Err when an item is not
+    /// a token.
+    pub(crate) fn read(&mut self, buf: &[u8], value: &[u8]) -> Result<(), ()> {
+        // The usual single token at once (the general loop gives the same answer).
+        if folded_eq(value, b"keep-alive") {
+            self.keep_alive = true;
+            return Ok(());
+        }
+        if folded_eq(value, b"close") {
+            self.close = true;
+            return Ok(());
+        }
+        for item in list_items(value) {
+            if !is_token(item) {
+                return Err(());
+            }
+            if item.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if item.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if item.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else {
+                // Only tokens that can name a forwardable field: no allocation for the common
+                // `Connection: keep-alive` / `close`.
+                self.others.push(Span::of(buf, item));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The elements of a comma-separated list value (RFC 9110 5.6.1), trimmed, empty elements
 /// skipped (the grammar allows them).
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -40,8 +40,8 @@
 
 use super::field_lines::{self, LinesError};
 use super::fields::{
-    Field, FieldName, Framing, Span, TransferCoding, folded_eq, is_tchar, is_token,
-    is_valid_authority, list_items, parse_content_length, transfer_coding,
+    ConnectionOptions, Field, FieldName, Framing, Span, TransferCoding, is_tchar,
+    is_valid_authority, parse_content_length, transfer_coding,
 };
 
 /// Size limits for a request head (from `ProxySettings` or the worker's own).
@@ -349,10 +349,7 @@ fn finish(
     let mut content_length: Option<u64> = None;
     let mut cl_lines = 0usize;
     let mut te_lines = 0usize;
-    let mut connection_tokens = Vec::new();
-    let mut close = false;
-    let mut keep_alive_token = false;
-    let mut upgrade_token = false;
+    let mut connection = ConnectionOptions::default();
     let mut expect_continue = false;
     let mut upgrade_field = None;
     for f in &headers {
@@ -378,27 +375,9 @@ fn finish(
                 );
             }
             FieldName::TransferEncoding => te_lines += 1,
-            // The usual single token at once (the general loop gives the same answer).
-            FieldName::Connection if folded_eq(value, b"keep-alive") => keep_alive_token = true,
-            FieldName::Connection if folded_eq(value, b"close") => close = true,
-            FieldName::Connection => {
-                for item in list_items(value) {
-                    if !is_token(item) {
-                        return Err(HeadError::Malformed("invalid Connection field value"));
-                    }
-                    if item.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if item.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive_token = true;
-                    } else if item.eq_ignore_ascii_case(b"upgrade") {
-                        upgrade_token = true;
-                    } else {
-                        // Only tokens that can name a forwardable field: no allocation for
-                        // the common `Connection: keep-alive` / `close`.
-                        connection_tokens.push(Span::of(buf, item));
-                    }
-                }
-            }
+            FieldName::Connection => connection
+                .read(buf, value)
+                .map_err(|()| HeadError::Malformed("invalid Connection field value"))?,
             FieldName::Expect if line.version == 1 => {
                 if value.eq_ignore_ascii_case(b"100-continue") {
                     expect_continue = true;
@@ -448,12 +427,12 @@ fn finish(
     };
 
     let keep_alive = if line.version == 1 {
-        !close
+        !connection.close
     } else {
-        keep_alive_token && !close
+        connection.keep_alive && !connection.close
     };
     let upgrade = match upgrade_field {
-        Some(u) if line.version == 1 && upgrade_token => Some(u),
+        Some(u) if line.version == 1 && connection.upgrade => Some(u),
         _ => None,
     };
 
@@ -470,7 +449,7 @@ fn finish(
         keep_alive,
         expect_continue,
         upgrade,
-        connection_tokens,
+        connection_tokens: connection.others,
         host,
     })
 }

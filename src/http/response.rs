@@ -8,8 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::field_lines::{self, LinesError};
 use super::fields::{
-    Field, FieldName, Framing, Span, TransferCoding, folded_eq, is_token, list_items,
-    parse_content_length, transfer_coding,
+    ConnectionOptions, Field, FieldName, Framing, Span, TransferCoding, parse_content_length,
+    transfer_coding,
 };
 use super::request::Limits;
 
@@ -385,9 +385,7 @@ pub fn parse_response_head(
 
     let mut content_length = None;
     let mut te_lines = 0usize;
-    let mut connection_tokens = Vec::new();
-    let mut close = false;
-    let mut keep_alive_token = false;
+    let mut connection = ConnectionOptions::default();
     let mut upgrade = None;
     for f in &fields {
         let value = f.value.get(buf);
@@ -404,23 +402,9 @@ pub fn parse_response_head(
                 );
             }
             FieldName::TransferEncoding => te_lines += 1,
-            // The usual single token at once (the general loop gives the same answer).
-            FieldName::Connection if folded_eq(value, b"keep-alive") => keep_alive_token = true,
-            FieldName::Connection if folded_eq(value, b"close") => close = true,
-            FieldName::Connection => {
-                for item in list_items(value) {
-                    if !is_token(item) {
-                        return Err(ResponseError::Malformed("invalid Connection field value"));
-                    }
-                    if item.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if item.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive_token = true;
-                    } else if !item.eq_ignore_ascii_case(b"upgrade") {
-                        connection_tokens.push(Span::of(buf, item));
-                    }
-                }
-            }
+            FieldName::Connection => connection
+                .read(buf, value)
+                .map_err(|()| ResponseError::Malformed("invalid Connection field value"))?,
             FieldName::Upgrade if upgrade.is_none() => upgrade = Some(f.value),
             _ => {}
         }
@@ -459,9 +443,9 @@ pub fn parse_response_head(
         Framing::Close
     };
     let persistent = if version == 1 {
-        !close
+        !connection.close
     } else {
-        keep_alive_token && !close
+        connection.keep_alive && !connection.close
     };
     Ok(Some(ResponseHead {
         version,
@@ -471,7 +455,7 @@ pub fn parse_response_head(
         head_len,
         framing,
         keep_alive: persistent && framing != Framing::Close,
-        connection_tokens,
+        connection_tokens: connection.others,
         upgrade: if status == 101 { upgrade } else { None },
     }))
 }
