@@ -588,7 +588,9 @@ idle_run() {
     pids+=("$pid")
     wait_port "$port" || { failed=1; return 1; }
     drive "$port" "$conns" >/dev/null || true # warm-up: upstream pool, first buffers
-    sleep 0.5
+    # The baseline after the warm-up's spares are trimmed (glb: within 250 ms of a burst's
+    # end), so it is not taken halfway through a trim; the figures below settle 1 s likewise.
+    sleep 1.5
     base=$(rss_kib "$pid")
     rm -f "$work/connected" "$work/go" "$work/answered" "$work/done"
     python3 "$work/idle.py" "$port" "$n" "$work" &
