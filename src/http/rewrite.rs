@@ -298,15 +298,7 @@ pub fn write_upstream_request(
             FieldName::XForwardedProto => {}
             FieldName::XForwardedFor if Some(i) == last_xff => {
                 run.flush(out);
-                out.extend_from_slice(f.name.get(buf));
-                out.extend_from_slice(b": ");
-                let v = f.value.get(buf);
-                if !v.is_empty() {
-                    out.extend_from_slice(v);
-                    out.extend_from_slice(b", ");
-                }
-                put_ip(out, opts.client_ip);
-                out.extend_from_slice(b"\r\n");
+                put_appended_xff(out, f.name.get(buf), f.value.get(buf), opts.client_ip);
             }
             // Re-emitted with our hop appended below, in this position's stead.
             FieldName::Via if opts.via.is_some() => {}
@@ -323,7 +315,25 @@ pub fn write_upstream_request(
     if let Some(pseudonym) = opts.via {
         put_via(out, head, buf, pseudonym, keep_upgrade);
     }
-    if last_xff.is_none() {
+    put_proxy_fields(out, opts, last_xff.is_none());
+}
+
+/// The client's last X-Forwarded-For line with its address appended.
+fn put_appended_xff(out: &mut Vec<u8>, name: &[u8], value: &[u8], client_ip: IpAddr) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    if !value.is_empty() {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b", ");
+    }
+    put_ip(out, client_ip);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the proxy adds after the client's fields (X-Forwarded-For when the client sent none,
+/// X-Forwarded-Proto, the request id, framing, Connection) and the empty line ending the head.
+fn put_proxy_fields(out: &mut Vec<u8>, opts: &UpstreamRequest<'_>, add_xff: bool) {
+    if add_xff {
         out.extend_from_slice(b"X-Forwarded-For: ");
         put_ip(out, opts.client_ip);
         out.extend_from_slice(b"\r\n");
