@@ -173,6 +173,68 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
     panic!("{addr} did not accept connections within {timeout:?}");
 }
 
+/// The address in the first `event=<event>` line of `log` that has a `listen=<addr>` field.
+fn logged_listen(log: &str, event: &str) -> Option<SocketAddr> {
+    let tag = format!("event={event} ");
+    log.lines().filter(|l| l.contains(&tag)).find_map(|l| {
+        l.split(' ')
+            .find_map(|f| f.strip_prefix("listen="))
+            .and_then(|a| a.parse().ok())
+    })
+}
+
+/// Starts `cmd` (a server told to listen on port 0, so no other process can hold its port)
+/// with stderr piped; every line is passed on to the test's stderr. Returns the address the
+/// server logged in its `event=<event> ... listen=<addr>` line. Panics, with the exit status,
+/// when the server exits or stays silent for 10 s: the address is the one this process bound,
+/// never a port something else may answer on.
+pub fn start_logging_listen(name: &str, cmd: &mut Command, event: &str) -> (Proc, SocketAddr) {
+    use std::io::BufRead;
+    let mut p = Proc::start_cmd(name, cmd.stderr(Stdio::piped()));
+    let stderr = p.child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let event = event.to_string();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if let Some(addr) = logged_listen(&line, &event)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(addr) => (p, addr),
+        Err(e) => {
+            let status = p.wait_exit(Duration::from_secs(1));
+            panic!("{name} logged no listen address ({e}); exit code {status:?}")
+        }
+    }
+}
+
+/// Waits until the server `p`, told to listen on port 0 with its stderr in `log`, logged its
+/// `event=<event> ... listen=<addr>` line; returns that address. Panics when it exits first
+/// or stays silent for 10 s.
+pub fn wait_logged_listen(p: &mut Proc, log: &Path, event: &str) -> SocketAddr {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = logged_listen(&text, event) {
+            return addr;
+        }
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!("{} exited ({st}) before listening: {text}", p.name);
+        }
+        if Instant::now() >= end {
+            panic!("{} logged no listen address within 10 s: {text}", p.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A connected client with read/write deadlines.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
