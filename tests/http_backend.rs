@@ -112,3 +112,37 @@ fn scripted_steps_close_and_echo() {
     let r = common::get(b.addr, "/other").unwrap();
     assert_eq!((r.status, r.text().as_str()), (404, "no"));
 }
+
+/// Test ports are claimed machine-wide: a port whose lock another live process holds is not
+/// handed out, and it is free again once that process is gone (the kernel drops the lock).
+#[test]
+fn a_port_claimed_by_another_process_is_not_handed_out() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let lock = std::env::temp_dir()
+        .join("glb-test-ports")
+        .join(port.to_string());
+    std::fs::create_dir_all(lock.parent().expect("dir")).expect("lock dir");
+    // The holder keeps the lock until its stdin closes (then exits, lock released).
+    let mut holder = std::process::Command::new("flock")
+        .arg("-n")
+        .arg(&lock)
+        .args(["-c", "echo locked; read _"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flock");
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("flock output");
+    let claimed_while_held = common::claim_on_machine(&[port]);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert_eq!(line, "locked\n", "the other process held port {port}");
+    assert!(!claimed_while_held);
+    assert!(common::claim_on_machine(&[port]));
+}

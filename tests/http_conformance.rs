@@ -16,16 +16,15 @@ const T: Duration = Duration::from_secs(10);
 
 /// Starts `goloadbalancer proxy` in front of `backends` with extra `--key value` flags.
 fn proxy(backends: &[&Backend], extra: &[&str]) -> (Proc, SocketAddr) {
-    let port = common::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut args: Vec<String> = vec!["proxy".into(), "--listen".into(), addr.to_string()];
+    // Port 0, read back from its log: a port picked here and bound later could be taken
+    // meanwhile by another process, which the probe would then reach instead.
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(["proxy", "--listen", "127.0.0.1:0"]);
     for b in backends {
-        args.push("--backend".into());
-        args.push(b.arg());
+        cmd.args(["--backend", &b.arg()]);
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = Proc::start("proxy", &argv);
+    cmd.args(extra);
+    let (p, addr) = common::start_logging_listen("proxy", &mut cmd, "lb_started");
     common::wait_for_port(addr, T);
     (p, addr)
 }
@@ -1198,17 +1197,16 @@ fn no_backend_listening_is_502_or_503_quickly() {
     let dead = Backend::ok("unused");
     let addr_dead = dead.addr;
     drop(dead);
-    let port = common::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _p = Proc::start(
+    let (_p, addr) = common::start_logging_listen(
         "proxy",
-        &[
+        std::process::Command::new(common::bin()).args([
             "proxy",
             "--listen",
-            &addr.to_string(),
+            "127.0.0.1:0",
             "--backend",
             &addr_dead.to_string(),
-        ],
+        ]),
+        "lb_started",
     );
     common::wait_for_port(addr, T);
     let start = Instant::now();

@@ -178,17 +178,17 @@ fn proxy_logged(
     extra: &[&str],
     log: &std::path::Path,
 ) -> (common::Proc, std::net::SocketAddr) {
-    let port = common::free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut cmd = std::process::Command::new(common::bin());
-    cmd.args(["proxy", "--listen", &addr.to_string()]);
+    // Port 0, read back from the log: see `proxy_support::proxy`.
+    cmd.args(["proxy", "--listen", "127.0.0.1:0"]);
     for b in backends {
         cmd.args(["--backend", b]);
     }
     cmd.args(extra)
         .env("GLB_DEBUG", "1")
         .stderr(std::fs::File::create(log).unwrap());
-    let p = common::Proc::start_cmd("proxy", &mut cmd);
+    let mut p = common::Proc::start_cmd("proxy", &mut cmd);
+    let addr = common::wait_logged_listen(&mut p, log, "lb_started");
     common::wait_for_port(addr, std::time::Duration::from_secs(10));
     (p, addr)
 }
@@ -294,23 +294,22 @@ fn out_of_descriptors_on_the_upstream_connect_is_503_and_the_backend_stays_up() 
     let dir = common::TempDir::new("emfile upstream");
     let log = dir.join("proxy.log");
     let b = Backend::ok("fine");
-    let port = common::free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     const LIMIT: usize = 32;
     // No health check during the test: only the request path can take the backend down.
-    let p = common::Proc::start_cmd(
+    let mut p = common::Proc::start_cmd(
         "proxy",
         std::process::Command::new("sh")
             .args([
                 "-c",
                 &format!(
-                    "ulimit -n {LIMIT} && exec {} proxy --listen {addr} --backend {} --health-interval-ms 600000 --retries 0",
+                    "ulimit -n {LIMIT} && exec {} proxy --listen 127.0.0.1:0 --backend {} --health-interval-ms 600000 --retries 0",
                     common::bin(),
                     b.arg()
                 ),
             ])
             .stderr(std::fs::File::create(&log).unwrap()),
     );
+    let addr = common::wait_logged_listen(&mut p, &log, "lb_started");
     common::wait_for_port(addr, std::time::Duration::from_secs(10));
     // The first health check runs within a second of the start (then not for 10 minutes):
     // let it end, so its descriptor is not counted.

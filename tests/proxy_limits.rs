@@ -267,19 +267,19 @@ fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn out_of_descriptors_the_proxy_waits_without_spinning_and_recovers() {
     let b = Backend::ok("x");
-    let port = common::free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // 40 descriptors: the loop's own, then a handful of connections; the rest queue up.
-    let mut p = common::Proc::start_cmd(
+    // Port 0, read back from the log: see `proxy_support::proxy`.
+    let (mut p, addr) = common::start_logging_listen(
         "proxy",
         std::process::Command::new("sh").args([
             "-c",
             &format!(
-                "ulimit -n 40 && exec {} proxy --listen {addr} --backend {}",
+                "ulimit -n 40 && exec {} proxy --listen 127.0.0.1:0 --backend {}",
                 common::bin(),
                 b.arg()
             ),
         ]),
+        "lb_started",
     );
     common::wait_for_port(addr, Duration::from_secs(10));
     let held: Vec<TcpStream> = (0..60).map(|_| connect(addr)).collect();

@@ -221,22 +221,18 @@ fn expect_refusal(addr: SocketAddr, raw: &[u8], status: u16) {
     assert!(common::read_to_close(&mut s).is_empty());
 }
 
+// The refusals are checked on a worker with its default timeouts (10 s head, 60 s idle):
+// with 300 ms ones a test thread descheduled for 300 ms (a build on the other cores) between
+// its connect and its write, or between a `100 Continue` and its body, met the idle close or
+// a 408 instead of the status asserted. The timeouts themselves are tested below, each on its
+// own worker where only the clock being tested is short.
 #[test]
 fn bad_requests_get_exact_statuses() {
     let dir = TempDir::new("worker-bad");
     let (mut w, addr) = start_worker(
         &dir.join("s.db"),
         "t-bad",
-        &[
-            "--avg-delay",
-            "0",
-            "--failure",
-            "0",
-            "--head-timeout-ms",
-            "300",
-            "--idle-timeout-ms",
-            "300",
-        ],
+        &["--avg-delay", "0", "--failure", "0"],
     );
     expect_refusal(addr, b"GARBAGE\r\n\r\n", 400);
     expect_refusal(addr, b"GET /api/v1/hello HTTP/1.1\r\n\r\n", 400); // no Host
@@ -308,6 +304,30 @@ fn bad_requests_get_exact_statuses() {
         read_response(&mut s, &mut pending, false).unwrap().status,
         200
     );
+    // Still serving, never crashed.
+    assert_eq!(get(addr, "/healthz").unwrap().status, 200);
+    assert!(w.alive());
+    let st = stats(addr);
+    assert_eq!(entry(&st, "TotalRequests", "t-bad"), Some(3.into()));
+}
+
+/// A 300 ms head timeout with the default 60 s idle one: a stall starts the head clock only
+/// once its first bytes arrived, so however late the test writes them, the answer is 408.
+#[test]
+fn a_stalled_head_or_body_gets_408_then_the_close() {
+    let dir = TempDir::new("worker-stall");
+    let (mut w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-stall",
+        &[
+            "--avg-delay",
+            "0",
+            "--failure",
+            "0",
+            "--head-timeout-ms",
+            "300",
+        ],
+    );
     // A client that stalls mid-head gets 408, then the close.
     expect_refusal(addr, b"GET /api/v1/hello HTTP/1.1\r\nHost: t\r\n", 408);
     // ... and mid-body as well.
@@ -316,23 +336,53 @@ fn bad_requests_get_exact_statuses() {
         b"GET /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc",
         408,
     );
-    // An idle keep-alive connection is closed without a word.
-    let mut s = connect(addr);
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut pending = Vec::new();
-    assert_eq!(
-        read_response(&mut s, &mut pending, false).unwrap().status,
-        200
-    );
-    assert!(common::read_to_close(&mut s).is_empty());
-    let mut s = connect(addr);
-    assert!(common::read_to_close(&mut s).is_empty());
-    // Still serving, never crashed.
     assert_eq!(get(addr, "/healthz").unwrap().status, 200);
     assert!(w.alive());
-    let st = stats(addr);
-    assert_eq!(entry(&st, "TotalRequests", "t-bad"), Some(3.into()));
+}
+
+/// A 300 ms idle timeout: a connection that never sends, and one idle after its answer, are
+/// closed without a word (no 408).
+#[test]
+fn idle_connections_are_closed_without_a_word() {
+    let dir = TempDir::new("worker-idle");
+    let (mut w, addr) = start_worker(
+        &dir.join("s.db"),
+        "t-idle",
+        &[
+            "--avg-delay",
+            "0",
+            "--failure",
+            "0",
+            "--idle-timeout-ms",
+            "300",
+        ],
+    );
+    let mut s = connect(addr);
+    assert!(common::read_to_close(&mut s).is_empty());
+    // The request must reach the worker before the idle clock of a fresh connection runs
+    // out; an attempt where the test itself took 150 ms from connect to written proves
+    // nothing either way and is made again (a worker closing early fails every attempt).
+    let mut answered = None;
+    for _ in 0..10 {
+        let start = Instant::now();
+        let mut s = connect(addr);
+        let sent = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+        if start.elapsed() > Duration::from_millis(150) {
+            continue;
+        }
+        sent.unwrap();
+        let mut pending = Vec::new();
+        let r = read_response(&mut s, &mut pending, false).expect("an answer");
+        answered = Some((r.status, pending, common::read_to_close(&mut s)));
+        break;
+    }
+    let (status, pending, rest) = answered.expect("one attempt written within 150 ms");
+    assert_eq!(status, 200);
+    assert!(
+        pending.is_empty() && rest.is_empty(),
+        "closed without a word"
+    );
+    assert!(w.alive());
 }
 
 #[test]

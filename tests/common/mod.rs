@@ -16,7 +16,8 @@ pub fn bin() -> &'static str {
 
 /// Ports this test process already handed out: a port is released between `free_port` and
 /// the binary binding it, so the kernel may give it out again; the set keeps two picks of one
-/// process (parallel tests, or a range and a single port of one test) from ever colliding.
+/// process (parallel tests, or a range and a single port of one test) from ever colliding,
+/// and [`claim_on_machine`] keeps picks of two test processes apart.
 fn claim(ports: std::ops::Range<u32>) -> bool {
     use std::collections::HashSet;
     use std::sync::Mutex;
@@ -26,7 +27,45 @@ fn claim(ports: std::ops::Range<u32>) -> bool {
     if ports.clone().any(|p| set.contains(&(p as u16))) {
         return false;
     }
-    set.extend(ports.map(|p| p as u16));
+    let ports: Vec<u16> = ports.map(|p| p as u16).collect();
+    if !claim_on_machine(&ports) {
+        return false;
+    }
+    set.extend(ports);
+    true
+}
+
+/// Claims `ports` for this test process against every other test process on the machine
+/// (other test binaries, other checkouts' runs): one lock file per port under the temp dir,
+/// locked (flock) for the rest of this process's life. The kernel drops the lock when the
+/// process dies, so a crashed run leaves nothing to clean up. False, with nothing claimed,
+/// when another live process holds one of them. Ports are picked free, then bound later by
+/// the binary under test; without this, two processes could both pick a port in that window.
+pub fn claim_on_machine(ports: &[u16]) -> bool {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<Flock<std::fs::File>>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("glb-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut got = Vec::with_capacity(ports.len());
+    for port in ports {
+        // std opens close-on-exec: the binaries under test never inherit a lock.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+        else {
+            return false;
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => got.push(lock),
+            // Held by another process (or an earlier claim of ours): dropping `got`
+            // unlocks what this call took.
+            Err(_) => return false,
+        }
+    }
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).extend(got);
     true
 }
 
@@ -171,6 +210,68 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("{addr} did not accept connections within {timeout:?}");
+}
+
+/// The address in the first `event=<event>` line of `log` that has a `listen=<addr>` field.
+fn logged_listen(log: &str, event: &str) -> Option<SocketAddr> {
+    let tag = format!("event={event} ");
+    log.lines().filter(|l| l.contains(&tag)).find_map(|l| {
+        l.split(' ')
+            .find_map(|f| f.strip_prefix("listen="))
+            .and_then(|a| a.parse().ok())
+    })
+}
+
+/// Starts `cmd` (a server told to listen on port 0, so no other process can hold its port)
+/// with stderr piped; every line is passed on to the test's stderr. Returns the address the
+/// server logged in its `event=<event> ... listen=<addr>` line. Panics, with the exit status,
+/// when the server exits or stays silent for 10 s: the address is the one this process bound,
+/// never a port something else may answer on.
+pub fn start_logging_listen(name: &str, cmd: &mut Command, event: &str) -> (Proc, SocketAddr) {
+    use std::io::BufRead;
+    let mut p = Proc::start_cmd(name, cmd.stderr(Stdio::piped()));
+    let stderr = p.child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let event = event.to_string();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("{line}");
+            if let Some(addr) = logged_listen(&line, &event)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(addr) => (p, addr),
+        Err(e) => {
+            let status = p.wait_exit(Duration::from_secs(1));
+            panic!("{name} logged no listen address ({e}); exit code {status:?}")
+        }
+    }
+}
+
+/// Waits until the server `p`, told to listen on port 0 with its stderr in `log`, logged its
+/// `event=<event> ... listen=<addr>` line; returns that address. Panics when it exits first
+/// or stays silent for 10 s.
+pub fn wait_logged_listen(p: &mut Proc, log: &Path, event: &str) -> SocketAddr {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = logged_listen(&text, event) {
+            return addr;
+        }
+        if let Ok(Some(st)) = p.child.try_wait() {
+            panic!("{} exited ({st}) before listening: {text}", p.name);
+        }
+        if Instant::now() >= end {
+            panic!("{} logged no listen address within 10 s: {text}", p.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A connected client with read/write deadlines.
@@ -357,7 +458,7 @@ pub fn quiet_port_range(n: u16) -> u16 {
         let held: Vec<_> = (0..n)
             .map_while(|i| TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
-        if held.len() == n as usize {
+        if held.len() == n as usize && claim(u32::from(base)..u32::from(base) + u32::from(n)) {
             return base;
         }
     }

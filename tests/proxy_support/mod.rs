@@ -240,19 +240,19 @@ fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>, body: &mut Vec<u8>) -> std
     }
 }
 
-/// Starts `goloadbalancer proxy` on a free port in front of `backends`, with extra flags;
-/// waits until it accepts.
+/// Starts `goloadbalancer proxy` in front of `backends`, with extra flags, on a port it binds
+/// itself (port 0, read back from its `lb_started` line: a port picked here and bound later
+/// could be taken meanwhile, and a probe would then reach whoever took it); waits until it
+/// accepts.
 pub fn proxy(backends: &[String], extra: &[&str]) -> (Proc, SocketAddr) {
-    let port = common::free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut args: Vec<String> = vec!["proxy".into(), "--listen".into(), addr.to_string()];
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.args(["proxy", "--listen", "127.0.0.1:0"]);
     for b in backends {
-        args.push("--backend".into());
-        args.push(b.clone());
+        cmd.args(["--backend", b]);
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = Proc::start("proxy", &argv);
+    cmd.args(extra);
+    let (p, addr) = common::start_logging_listen("proxy", &mut cmd, "lb_started");
+    // Tests count on this first (empty) connection: see proxy_tcp.rs.
     common::wait_for_port(addr, Duration::from_secs(10));
     (p, addr)
 }

@@ -126,7 +126,8 @@ pub fn quiet_ports(n: u16) -> u16 {
             .map(|d| d.subsec_nanos() as u64)
             .unwrap_or(0);
     // Ports handed out in this test process: tests run in parallel, and a port is only
-    // bound once its stack starts, so a free-looking range may already be promised.
+    // bound once its stack starts, so a free-looking range may already be promised (by
+    // another test process too: `claim_on_machine`).
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,8 +142,9 @@ pub fn quiet_ports(n: u16) -> u16 {
         let held: Vec<_> = (0..n)
             .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
             .collect();
-        if held.len() == n as usize {
-            handed.extend(base..base + n);
+        let ports: Vec<u16> = (base..base + n).collect();
+        if held.len() == n as usize && common::claim_on_machine(&ports) {
+            handed.extend(ports);
             return base;
         }
     }
