@@ -17,6 +17,7 @@
 //! split the head.
 
 use std::cell::Cell;
+use std::ops::Deref;
 
 use super::fields::{Field, FieldName, Span};
 
@@ -30,19 +31,55 @@ thread_local! {
 /// A spare list longer than this (a rare huge head's) is freed rather than kept.
 const SPARE_MAX: usize = 128;
 
-/// An empty field list, the spare one when there is one.
-pub(crate) fn take_list() -> Vec<Field> {
-    SPARE.try_with(Cell::take).unwrap_or_default()
+/// A head's fields: the list is the thread's spare when there is one, and goes back to be
+/// the spare when dropped (or is freed), whoever drops it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldList(Vec<Field>);
+
+impl FieldList {
+    /// An empty list, the spare one when there is one.
+    fn take() -> FieldList {
+        FieldList(SPARE.try_with(Cell::take).unwrap_or_default())
+    }
 }
 
-/// Gives `list` back for the next parse (or frees it).
-pub(crate) fn recycle(mut list: Vec<Field>) {
-    if list.capacity() == 0 || list.capacity() > SPARE_MAX {
-        return;
+impl Deref for FieldList {
+    type Target = [Field];
+    fn deref(&self) -> &[Field] {
+        &self.0
     }
-    list.clear();
-    // Fails only while the thread's locals are being destroyed: then the list is freed.
-    let _ = SPARE.try_with(|s| s.set(list));
+}
+
+impl<'a> IntoIterator for &'a FieldList {
+    type Item = &'a Field;
+    type IntoIter = std::slice::Iter<'a, Field>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Drop for FieldList {
+    fn drop(&mut self) {
+        let mut list = std::mem::take(&mut self.0);
+        if list.capacity() == 0 || list.capacity() > SPARE_MAX {
+            return;
+        }
+        list.clear();
+        // Fails only while the thread's locals are being destroyed: then the list is freed.
+        let _ = SPARE.try_with(|s| s.set(list));
+    }
+}
+
+/// [`parse_field_lines`] into a [`FieldList`]: `Ok(Some((fields, end)))` for a complete head
+/// (an incomplete or bad one's list goes back to the spare as it drops).
+pub(crate) fn read_field_lines(
+    buf: &[u8],
+    start: usize,
+    max_fields: usize,
+) -> Result<Option<(FieldList, usize)>, LinesError> {
+    let mut list = FieldList::take();
+    let end = parse_field_lines(buf, start, max_fields, &mut list.0)?;
+    Ok(end.map(|end| (list, end)))
 }
 
 /// Why the field lines of a head were rejected (each parser words its own message).
@@ -214,26 +251,26 @@ mod tests {
     fn spare_list_is_reused_and_bounded() {
         let mut small = Vec::with_capacity(8);
         small.push(Field::default());
-        recycle(small);
-        let again = take_list();
+        drop(FieldList(small));
+        let again = FieldList::take();
         assert!(again.is_empty());
-        assert_eq!(again.capacity(), 8, "the spare comes back, emptied");
-        assert_eq!(take_list().capacity(), 0, "one spare only");
-        recycle(Vec::with_capacity(SPARE_MAX + 1));
-        assert_eq!(take_list().capacity(), 0, "a huge list is freed");
+        assert_eq!(again.0.capacity(), 8, "the spare comes back, emptied");
+        assert_eq!(FieldList::take().0.capacity(), 0, "one spare only");
+        drop(FieldList(Vec::with_capacity(SPARE_MAX + 1)));
+        assert_eq!(FieldList::take().0.capacity(), 0, "a huge list is freed");
         // Through the parsers: a dropped head's list serves the next parse.
         let limits = crate::http::Limits::default();
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
         let head = crate::http::parse_request_head(raw, &limits)
             .unwrap()
             .unwrap();
-        let capacity = head.headers.capacity();
+        let capacity = head.headers.0.capacity();
         drop(head);
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let resp = crate::http::parse_response_head(raw, false, &limits)
             .unwrap()
             .unwrap();
-        assert_eq!(resp.headers.capacity(), capacity);
+        assert_eq!(resp.headers.0.capacity(), capacity);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod chunked;
 mod field_lines;
+pub use field_lines::FieldList;
 pub mod fields;
 pub mod request;
 pub mod request_id;

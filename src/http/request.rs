@@ -38,10 +38,10 @@
 //!   HTTP/1.0 requests' Expect and Upgrade are ignored, as RFC 9110 requires.
 //! - Connection tokens must be tokens (400 otherwise).
 
-use super::field_lines::{self, LinesError};
+use super::field_lines::{self, FieldList, LinesError};
 use super::fields::{
-    ConnectionOptions, Field, FieldName, Framing, Span, TransferCoding, is_tchar,
-    is_valid_authority, parse_content_length, transfer_coding,
+    ConnectionOptions, FieldName, Framing, Span, TransferCoding, is_tchar, is_valid_authority,
+    parse_content_length, transfer_coding,
 };
 
 /// Size limits for a request head (from `ProxySettings` or the worker's own).
@@ -209,7 +209,7 @@ pub struct RequestHead {
     /// Minor version: 0 (HTTP/1.0) or 1 (HTTP/1.1).
     pub version: u8,
     /// Every field line in order.
-    pub headers: Vec<Field>,
+    pub headers: FieldList,
     /// Bytes of the head, final empty line (and skipped leading empty lines) included: the
     /// body (or the next request) starts at `buf[head_len..]`.
     pub head_len: usize,
@@ -278,12 +278,6 @@ impl RequestHead {
     }
 }
 
-impl Drop for RequestHead {
-    fn drop(&mut self) {
-        field_lines::recycle(std::mem::take(&mut self.headers));
-    }
-}
-
 /// Result of scanning the request line.
 struct RequestLine {
     method: Span,
@@ -303,12 +297,10 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
         None => return Ok(None),
     };
 
-    let mut fields = field_lines::take_list();
-    let head_len =
-        match field_lines::parse_field_lines(window, line.end, limits.max_headers, &mut fields) {
-            Ok(Some(n)) => n,
+    let (fields, head_len) =
+        match field_lines::read_field_lines(window, line.end, limits.max_headers) {
+            Ok(Some(complete)) => complete,
             incomplete_or_bad => {
-                field_lines::recycle(fields);
                 return match incomplete_or_bad {
                     Ok(_) if over => Err(HeadError::HeadTooLarge),
                     Ok(_) => Ok(None),
@@ -332,7 +324,7 @@ pub fn parse_request_head(buf: &[u8], limits: &Limits) -> Result<Option<RequestH
 fn finish(
     buf: &[u8],
     line: RequestLine,
-    headers: Vec<Field>,
+    headers: FieldList,
     head_len: usize,
 ) -> Result<RequestHead, HeadError> {
     let method_bytes = line.method.get(buf);

@@ -6,9 +6,9 @@ use std::cell::Cell;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::field_lines::{self, LinesError};
+use super::field_lines::{self, FieldList, LinesError};
 use super::fields::{
-    ConnectionOptions, Field, FieldName, Framing, Span, TransferCoding, parse_content_length,
+    ConnectionOptions, FieldName, Framing, Span, TransferCoding, parse_content_length,
     transfer_coding,
 };
 use super::request::Limits;
@@ -187,7 +187,7 @@ pub struct ResponseHead {
     /// Reason phrase as received (may be empty).
     pub reason: Span,
     /// Every field line in order.
-    pub headers: Vec<Field>,
+    pub headers: FieldList,
     /// Bytes of the head; the body starts at `buf[head_len..]`.
     pub head_len: usize,
     /// How the body is delimited, given the request method: `None` for HEAD, 1xx, 204 and
@@ -228,12 +228,6 @@ impl ResponseHead {
         self.connection_tokens
             .iter()
             .any(|t| t.get(buf).eq_ignore_ascii_case(name))
-    }
-}
-
-impl Drop for ResponseHead {
-    fn drop(&mut self) {
-        field_lines::recycle(std::mem::take(&mut self.headers));
     }
 }
 
@@ -356,12 +350,10 @@ pub fn parse_response_head(
         None if over => return Err(ResponseError::HeadTooLarge),
         None => return Ok(None),
     };
-    let mut fields = field_lines::take_list();
-    let head_len =
-        match field_lines::parse_field_lines(window, line.end, limits.max_headers, &mut fields) {
-            Ok(Some(n)) => n,
+    let (fields, head_len) =
+        match field_lines::read_field_lines(window, line.end, limits.max_headers) {
+            Ok(Some(complete)) => complete,
             incomplete_or_bad => {
-                field_lines::recycle(fields);
                 return match incomplete_or_bad {
                     Ok(_) if over => Err(ResponseError::HeadTooLarge),
                     Ok(_) => Ok(None),
