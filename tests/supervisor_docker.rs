@@ -116,14 +116,7 @@ fn docker_autoscale_keeps_a_spare_container_and_removes_it_at_stop() {
         );
         assert!(log.contains("event=worker_spare_used"), "{}", s.log_tail());
         assert!(support::hello(s.lb(0)).is_ok(), "served after the start");
-        s.signal(15);
-        let mut p = s.proc.take().expect("supervisor");
-        assert_eq!(p.wait_exit(Duration::from_secs(90)), Some(0), "clean stop");
-        assert_eq!(
-            support::containers(&s.instance),
-            Vec::<String>::new(),
-            "no container left, spare included"
-        );
+        s.stop_leaving_no_container("no container left, spare included");
     });
 }
 
@@ -213,13 +206,6 @@ fn docker_cycles_zero_to_max_and_back_fail_no_request() {
             a["scale_to_zero"].as_u64() >= Some(DOCKER_CYCLES as u64),
             "{a}"
         );
-        s.signal(15);
-        let mut p = s.proc.take().expect("supervisor");
-        assert_eq!(p.wait_exit(Duration::from_secs(90)), Some(0), "clean stop");
-        assert_eq!(
-            support::containers(&s.instance),
-            Vec::<String>::new(),
-            "no container left"
-        );
+        s.stop_leaving_no_container("no container left");
     });
 }

@@ -401,6 +401,15 @@ impl Stack {
         }
     }
 
+    /// SIGTERM, then a clean exit within 90 s and no container of the instance left (`what`
+    /// names what must be gone, for the failure message).
+    pub fn stop_leaving_no_container(&mut self, what: &str) {
+        self.signal(15);
+        let mut p = self.proc.take().expect("supervisor");
+        assert_eq!(p.wait_exit(Duration::from_secs(90)), Some(0), "clean stop");
+        assert_eq!(containers(&self.instance), Vec::<String>::new(), "{what}");
+    }
+
     /// Worker ids in /status with state active.
     pub fn active_worker_ids(&self) -> Vec<String> {
         let s = self.status();
